@@ -1,0 +1,143 @@
+"""The edge bundle: one signed file per (pump class, model version).
+
+A bundle is a tar archive holding the model (ONNX), the feature spec, thresholds and a
+manifest listing the sha256 of every member, signed with ed25519. A device verifies the
+signature and every hash before it switches to a bundle.
+
+Imports only the standard library, numpy-free, and ``cryptography``: it runs on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pumpfleet.errors import BundleError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+SUFFIX = ".pfbundle"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    manifest: dict[str, Any]
+    members: dict[str, bytes]
+
+
+def _crypto() -> Any:
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ModuleNotFoundError as e:  # pragma: no cover - install problem
+        raise BundleError("signing needs the 'cryptography' package (pumpfleet[edge])") from e
+    return ed25519
+
+
+def load_or_create_key(path: Path) -> Any:
+    """The ed25519 private key at ``path`` (PEM); a new one is made if none is there."""
+    from cryptography.hazmat.primitives import serialization
+
+    ed25519 = _crypto()
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise BundleError(f"{path} is not an ed25519 private key")
+        return key
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public_key_path(path).write_text(public_key_hex(key) + "\n")
+    return key
+
+
+def public_key_path(private_key: Path) -> Path:
+    return private_key.with_suffix(".pub")
+
+
+def public_key_hex(private_key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return str(raw.hex())
+
+
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_bundle(
+    path: Path, members: dict[str, bytes], meta: dict[str, Any], private_key: Any
+) -> dict[str, Any]:
+    """Write a signed bundle; returns its manifest."""
+    for reserved in (MANIFEST, SIGNATURE):
+        if reserved in members:
+            raise BundleError(f"{reserved} is reserved in a bundle")
+    manifest = {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **meta,
+        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+    }
+    body = _canonical(manifest)
+    signature = private_key.sign(body)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for name, data in [(MANIFEST, body), (SIGNATURE, signature), *sorted(members.items())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)
+    return manifest
+
+
+def read_bundle(path: Path, public_key_hex_: str) -> Bundle:
+    """Read and verify a bundle: the signature against the given public key, then every
+    member's sha256 against the manifest. Raises BundleError on any mismatch."""
+    ed25519 = _crypto()
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        with tarfile.open(path, "r") as tar:
+            files = {}
+            for m in tar.getmembers():
+                if not m.isfile():
+                    raise BundleError(f"{path.name}: member {m.name} is not a plain file")
+                f = tar.extractfile(m)
+                assert f is not None
+                files[m.name] = f.read()
+    except (tarfile.TarError, OSError) as e:
+        raise BundleError(f"{path}: not a readable bundle ({e})") from e
+    if MANIFEST not in files or SIGNATURE not in files:
+        raise BundleError(f"{path.name}: manifest or signature missing")
+    try:
+        key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex_.strip()))
+        key.verify(files[SIGNATURE], files[MANIFEST])
+    except (InvalidSignature, ValueError) as e:
+        raise BundleError(f"{path.name}: signature does not verify") from e
+    manifest = json.loads(files[MANIFEST])
+    members = {k: v for k, v in files.items() if k not in (MANIFEST, SIGNATURE)}
+    if set(members) != set(manifest["members"]):
+        raise BundleError(f"{path.name}: members differ from the manifest")
+    for name, digest in manifest["members"].items():
+        if hashlib.sha256(members[name]).hexdigest() != digest:
+            raise BundleError(f"{path.name}: {name} does not match its sha256")
+    return Bundle(manifest=manifest, members=members)

@@ -1,0 +1,76 @@
+"""torch → ONNX, and onnxruntime sessions on CPU, with the parity check that gates both.
+
+Used where a model is registered (the registry holds ONNX, loadable anywhere without the
+training code), by the Serve replicas, and by the edge export.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pumpfleet.errors import ParityError
+
+log = logging.getLogger(__name__)
+
+OPSET = 17  # accepted by current Jetson TensorRT releases
+INPUT = "window"
+OUTPUT = "scores"
+
+
+def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
+    """Export a windows → scores model to ONNX with a dynamic batch dimension."""
+    import torch
+
+    model.eval()
+    example = torch.zeros(1, window, n_channels)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of dynamo, which takes ~10x
+        # longer on these small models and needs onnxscript; both give the same graph.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            buf,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def session(onnx_bytes: bytes, threads: int = 1) -> Any:
+    """An onnxruntime session on CPU (no CUDA provider is asked for)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0])
+
+
+def check_parity(model: Any, onnx_bytes: bytes, x: np.ndarray, atol: float = 1e-5) -> float:
+    """Max abs difference between torch and onnxruntime on windows ``x``; raises
+    ParityError above ``atol``."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()
+    got = run(session(onnx_bytes), x)
+    err = float(np.max(np.abs(expected - got))) if len(x) else 0.0
+    if err > atol:
+        raise ParityError(f"ONNX differs from torch by {err:.2e} (limit {atol:.0e})")
+    return err

@@ -1,0 +1,221 @@
+"""MLflow behind one small class: tracking runs and the model registry.
+
+Nothing else in the project imports mlflow. Runs are addressed by id (no global active
+run), so one driver can track many Ray Tune trials at once.
+
+A registered version is an ONNX model (loadable with onnxruntime anywhere, without the
+training code) carrying, as extra files, its feature spec, the torch weights and the
+model config it was built from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pumpfleet.errors import RegistryError
+from pumpfleet.features import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+SPEC_FILE = "feature_spec.json"
+WEIGHTS_FILE = "torch_state.pt"
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def model_name(pump_class: str) -> str:
+    return f"pumpfleet-{pump_class}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    run_id: str
+    onnx: bytes
+    spec: FeatureSpec
+    model_config: dict[str, Any]
+    state_dict_path: Path
+    tags: dict[str, str]
+
+    def torch_model(self) -> Any:
+        """Rebuild the torch model from its config and weights."""
+        import torch
+
+        from pumpfleet.models import ModelConfig, build_model
+
+        model = build_model(self.spec.n_channels, ModelConfig(**self.model_config))
+        model.load_state_dict(torch.load(self.state_dict_path, weights_only=True))
+        model.eval()
+        return model
+
+
+class Registry:
+    """Tracking and registry on one MLflow backend (SQLite by default, or a server)."""
+
+    def __init__(self, tracking_uri: str, artifact_root: str | None = None) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+
+    # --- tracking -------------------------------------------------------------------
+
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = f"{self.artifact_root}/{name}" if self.artifact_root else None
+        return str(self.client.create_experiment(name, artifact_location=location))
+
+    def start_run(
+        self,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment(experiment), run_name=run_name, tags=all_tags)
+        run_id = str(run.info.run_id)
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and v == v  # skip None and NaN
+        ]
+        if rows:
+            self.client.log_batch(run_id, metrics=rows)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        self.client.log_dict(run_id, obj, artifact_file)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # --- models ---------------------------------------------------------------------
+
+    def log_model(
+        self,
+        run_id: str,
+        onnx_bytes: bytes,
+        spec: FeatureSpec,
+        state_dict: dict[str, Any],
+        model_config: dict[str, Any],
+    ) -> str:
+        """Log an ONNX model with its spec and torch weights; returns the model URI."""
+        import onnx
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            files = []
+            for name, write in [
+                (SPEC_FILE, lambda p: p.write_text(spec.to_json())),
+                (MODEL_CONFIG_FILE, lambda p: p.write_text(json.dumps(model_config))),
+                (WEIGHTS_FILE, lambda p: torch.save(state_dict, p)),
+            ]:
+                path = Path(tmp) / name
+                write(path)
+                files.append(str(path))
+            with self._mlflow.start_run(run_id=run_id):
+                info = self._mlflow.onnx.log_model(
+                    onnx.load_from_string(onnx_bytes),
+                    name="model",
+                    extra_files=files,
+                    pip_requirements=["onnxruntime==1.32.0", "numpy"],
+                    onnx_execution_providers=["CPUExecutionProvider"],
+                    save_as_external_data=False,
+                )
+        return str(info.model_uri)
+
+    def register(self, model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
+        """Register a logged model as a new version of ``name``; returns the version."""
+        if self.client.search_registered_models(filter_string=f"name = '{name}'") == []:
+            self.client.create_registered_model(name)
+        mv = self.client.create_model_version(
+            name, model_uri, tags={k: str(v) for k, v in (tags or {}).items()}
+        )
+        return str(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, version, k, str(v))
+
+    def version_by_alias(self, name: str, alias: str) -> str | None:
+        """The version behind ``name@alias``, or None if the alias (or model) is unset."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def aliases(self, name: str) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException:
+            return {}
+        return {str(k): str(v) for k, v in rm.aliases.items()}
+
+    def load(self, name: str, alias: str, dst: Path | None = None) -> LoadedModel:
+        """Download ``name@alias``: its ONNX, feature spec and weights."""
+        version = self.version_by_alias(name, alias)
+        if version is None:
+            raise RegistryError(f"no model version {name}@{alias} in {self.tracking_uri}")
+        mv = self.client.get_model_version(name, version)
+        dst = dst or Path(tempfile.mkdtemp(prefix="pumpfleet-model-"))
+        path = Path(
+            self._mlflow.artifacts.download_artifacts(
+                f"models:/{name}/{version}", dst_path=str(dst / f"{name}-{version}")
+            )
+        )
+        extra = path / "extra_files"
+        return LoadedModel(
+            name=name,
+            version=version,
+            run_id=str(mv.run_id),
+            onnx=(path / "model.onnx").read_bytes(),
+            spec=FeatureSpec.from_json((extra / SPEC_FILE).read_text()),
+            model_config=json.loads((extra / MODEL_CONFIG_FILE).read_text()),
+            state_dict_path=extra / WEIGHTS_FILE,
+            tags={str(k): str(v) for k, v in (mv.tags or {}).items()},
+        )

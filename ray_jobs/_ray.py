@@ -1,0 +1,50 @@
+"""Connecting to Ray: a local instance on embedded defaults, or the cluster in
+``RAY_ADDRESS`` (which ``ray job submit`` sets for the entry points)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from pumpfleet.settings import Settings, quiet_telemetry
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(settings: Settings) -> bool:
+    """Start or join Ray; returns True if this call started it (so should shut it down)."""
+    quiet_telemetry(settings)
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": {k: os.environ[k] for k in _PASS_ON if k in os.environ}}
+    if settings.ray_address:
+        log.info("joining the Ray cluster at %s", settings.ray_address)
+        ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        # Local: bound to loopback so that no Ray port listens on other interfaces.
+        ray.init(
+            num_cpus=settings.num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    return True
+
+
+def cluster_cpus() -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# Settings the workers need to see as the driver does.
+_PASS_ON = (
+    "PUMPFLEET_HOME",
+    "MLFLOW_TRACKING_URI",
+    "RAY_USAGE_STATS_ENABLED",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "ORT_DISABLE_TELEMETRY",
+    "NML_DISABLE_USAGE_LOGGING",
+)

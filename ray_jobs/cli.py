@@ -1,0 +1,34 @@
+"""What every ``python -m ray_jobs.<name>`` entry point shares: logging, the one-line
+error on bad input, and the JSON summary on stdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from pumpfleet.errors import PumpfleetError
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "input"
+    return f"{where}: {first['msg']}"
+
+
+def run_main(job: Callable[[], Any]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        result = job()
+    except PumpfleetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        print(f"error: {describe_validation_error(e)}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
