@@ -1,0 +1,230 @@
+"""The ``pumpfleet`` command. Each step calls a Ray job / Serve / export entry point.
+
+Bad input gets one line on stderr that says what was wrong and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from pumpfleet.errors import InputError, PumpfleetError
+from pumpfleet.settings import Settings, get_settings, quiet_telemetry
+
+log = logging.getLogger("pumpfleet")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not usage text plus a line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _existing(path: str, what: str) -> str:
+    from pumpfleet import storage
+
+    if not storage.exists(path):
+        raise InputError(f"{what} {path}: no such file or folder")
+    return path
+
+
+def _print(result: Any) -> None:
+    print(json.dumps(result, indent=2, default=str))
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.simulator import SimulationConfig, simulate
+
+    cfg = SimulationConfig(pumps=args.pumps, days=args.days, seed=args.seed)
+    _print(simulate(cfg, args.out or str(settings.data_dir), overwrite=args.overwrite))
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.windows import WindowConfig
+    from ray_jobs._ray import init_ray
+    from ray_jobs.ingest import run_ingest
+
+    source = _existing(args.source or str(settings.data_dir), "--source")
+    cfg = WindowConfig(window=args.window, stride=args.stride)
+    init_ray(settings)
+    _print(run_ingest(source, args.out or str(settings.features_dir), cfg))
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs._ray import init_ray
+    from ray_jobs.train import SearchSpace, run_train
+
+    space = SearchSpace(epochs=args.epochs, seed=args.seed)
+    init_ray(settings)
+    _print(run_train(settings, args.snapshot, space))
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs.evaluate import run_evaluate
+
+    _print(run_evaluate(settings, args.snapshot))
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
+    from edge_export.export import run_export
+
+    _print(run_export(settings, args.out))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs._ray import init_ray
+    from serve_apps import run as serve_run
+
+    if not 0.0 <= args.challenger_weight <= 1.0:
+        raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
+    init_ray(settings)
+    url = serve_run.start(settings, args.port, args.challenger_weight, args.host)
+    print(f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve_run.stop()
+
+
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs._ray import init_ray
+    from ray_jobs.monitor import run_monitor
+
+    init_ray(settings)
+    result = run_monitor(settings, args.snapshot, args.chunk_size, args.min_alert_chunks)
+    _print({k: v for k, v in result.items() if k != "classes"} | {
+        "classes": {c: {"drifted": r["drifted"], "drifted_features": r["drifted_features"]}
+                    for c, r in result["classes"].items()}
+    })
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs.demo import DemoConfig, run_demo, shutdown, summary_text
+
+    cfg = DemoConfig(pumps=args.pumps, days=args.days, seed=args.seed, port=args.port)
+    try:
+        result = run_demo(settings, cfg)
+    finally:
+        shutdown()
+    print(summary_text(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pumpfleet", description="Predictive maintenance for pump fleets on Ray.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("simulate", help="write a simulated fleet dataset")
+    s.add_argument("--pumps", type=_positive("--pumps"), default=48)
+    s.add_argument("--days", type=_positive("--days"), default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="dataset folder or s3:// URI (default: workspace data)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("ingest", help="Ray Data: validate, window, label → feature snapshot")
+    s.add_argument("--source", help="fleet dataset (default: workspace data)")
+    s.add_argument("--out", help="features folder (default: workspace features)")
+    s.add_argument("--window", type=_positive("--window"), default=24)
+    s.add_argument("--stride", type=_positive("--stride"), default=4)
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("train", help="Ray Tune: one model per pump class, in parallel")
+    s.add_argument("--snapshot", default="latest")
+    s.add_argument("--epochs", type=_positive("--epochs"), default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="challenger vs champion on the holdout; promote")
+    s.add_argument("--snapshot", default="latest")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("export", help="ONNX of each champion into a signed edge bundle")
+    s.add_argument("--out", help="bundle folder (default: workspace bundles)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("serve", help="Ray Serve scoring endpoint over HTTP")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=_positive("--port"), default=8000)
+    s.add_argument("--challenger-weight", type=float, default=0.2)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("monitor", help="NannyML drift of served inputs vs training")
+    s.add_argument("--snapshot", default="latest")
+    s.add_argument("--chunk-size", type=_positive("--chunk-size"), default=50)
+    s.add_argument("--min-alert-chunks", type=_positive("--min-alert-chunks"), default=2)
+    s.set_defaults(func=cmd_monitor)
+
+    s = sub.add_parser("demo", help="the whole loop on a small simulated fleet")
+    s.add_argument("--pumps", type=_positive("--pumps"), default=48)
+    s.add_argument("--days", type=_positive("--days"), default=60)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--port", type=_positive("--port"), default=None)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock", "ray.tune"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        settings = get_settings()
+        quiet_telemetry(settings)
+        os.environ.setdefault("PUMPFLEET_HOME", str(settings.home))
+        args.func(args, settings)
+    except (PumpfleetError, FileNotFoundError) as e:
+        print(f"pumpfleet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "input"
+        print(f"pumpfleet {args.command}: error: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        print(
+            f"pumpfleet {args.command}: error: {e.name} is not installed; "
+            "install pumpfleet[cloud] for this command",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Start and stop the scoring app on the Ray that ``init_ray`` reached."""
+
+from __future__ import annotations
+
+import logging
+
+from ray import serve
+
+from pumpfleet.settings import Settings
+from serve_apps.scoring import ScoringConfig, build_app
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "pumpfleet"
+
+
+def start(settings: Settings, port: int, challenger_weight: float, host: str = "127.0.0.1") -> str:
+    """Deploy the scoring app; returns its base URL. Binds to loopback by default."""
+    serve.start(http_options={"host": host, "port": port})
+    cfg = ScoringConfig(
+        tracking_uri=settings.tracking_uri,
+        predictions_dir=str(settings.predictions_dir),
+        challenger_weight=challenger_weight,
+    )
+    serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    log.info("scoring service up at %s (challenger weight %.2f)", url, challenger_weight)
+    return url
+
+
+def stop() -> None:
+    """Shut Serve down gracefully: replicas flush their prediction logs first."""
+    serve.shutdown()
