@@ -116,10 +116,15 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
 
     init_ray(settings)
     result = run_monitor(settings, args.snapshot, args.chunk_size, args.min_alert_chunks)
-    _print({k: v for k, v in result.items() if k != "classes"} | {
-        "classes": {c: {"drifted": r["drifted"], "drifted_features": r["drifted_features"]}
-                    for c, r in result["classes"].items()}
-    })
+    _print(
+        {k: v for k, v in result.items() if k != "classes"}
+        | {
+            "classes": {
+                c: {"drifted": r["drifted"], "drifted_features": r["drifted_features"]}
+                for c, r in result["classes"].items()
+            }
+        }
+    )
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:

@@ -78,7 +78,7 @@ class DriftMonitor:
         )
         calc.fit(reference[[*features, "timestamp"]])
         result = calc.calculate(analysis[[*features, "timestamp"]])
-        table = result.filter(period="analysis").to_df()
+        table = result.filter(period="analysis").to_df().sort_index(axis=1)
         out: dict[str, FeatureDrift] = {}
         for f in features:
             cols = table[(f, METHOD)]

@@ -36,7 +36,7 @@ def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # a file object works and saves a temp file
             input_names=[INPUT],
             output_names=[OUTPUT],
             dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},

@@ -47,7 +47,9 @@ def decide_promotion(
     if champion is None:
         need = base * (1.0 - policy.min_gain_over_baseline)
         if ch <= need:
-            return Decision(promote=True, reason=f"first model: {m} {ch:.3f} beats baseline {base:.3f}")
+            return Decision(
+                promote=True, reason=f"first model: {m} {ch:.3f} beats baseline {base:.3f}"
+            )
         return Decision(
             promote=False, reason=f"first model: {m} {ch:.3f} does not beat baseline {base:.3f}"
         )

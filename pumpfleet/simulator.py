@@ -34,33 +34,23 @@ log = logging.getLogger(__name__)
 START = datetime(2026, 1, 1, tzinfo=UTC)
 FAILURE_MODES = ("bearing_wear", "seal_leak", "motor_insulation")
 
-# Per class: nominal speed, speed regimes (fractions of nominal), and the baseline of
-# each channel at nominal speed on a healthy pump.
-_CLASS_PARAMS: dict[str, dict[str, object]] = {
-    "esp": {
-        "speed": 60.0,
-        "regimes": (0.8, 0.9, 1.0),
-        "base": (60.0, 180.0, 95.0, 2.0, 45.0, 900.0),
-        "life_days": (10.0, 35.0),
-    },
-    "rod": {
-        "speed": 8.0,
-        "regimes": (0.75, 1.0),
-        "base": (0.0, 40.0, 70.0, 4.0, 30.0, 120.0),
-        "life_days": (15.0, 45.0),
-    },
-    "pcp": {
-        "speed": 300.0,
-        "regimes": (0.7, 0.85, 1.0),
-        "base": (20.0, 90.0, 80.0, 0.0, 60.0, 400.0),
-        "life_days": (12.0, 40.0),
-    },
-    "centrifugal": {
-        "speed": 3000.0,
-        "regimes": (0.85, 1.0),
-        "base": (5.0, 25.0, 65.0, 1.5, 120.0, 2500.0),
-        "life_days": (15.0, 50.0),
-    },
+
+@dataclass(frozen=True)
+class _ClassParams:
+    speed: float  # nominal speed setpoint
+    regimes: tuple[float, ...]  # operating regimes, as fractions of nominal speed
+    # Channel baselines at nominal speed on a healthy pump, in CHANNEL_NAMES order.
+    base: tuple[float, float, float, float, float, float]
+    life_days: tuple[float, float]  # range of run lives between failures
+
+
+_CLASS_PARAMS: dict[str, _ClassParams] = {
+    "esp": _ClassParams(60.0, (0.8, 0.9, 1.0), (60.0, 180.0, 95.0, 2.0, 45.0, 900.0), (10, 35)),
+    "rod": _ClassParams(8.0, (0.75, 1.0), (0.0, 40.0, 70.0, 4.0, 30.0, 120.0), (15, 45)),
+    "pcp": _ClassParams(300.0, (0.7, 0.85, 1.0), (20.0, 90.0, 80.0, 0.0, 60.0, 400.0), (12, 40)),
+    "centrifugal": _ClassParams(
+        3000.0, (0.85, 1.0), (5.0, 25.0, 65.0, 1.5, 120.0, 2500.0), (15, 50)
+    ),
 }
 
 
@@ -152,7 +142,7 @@ def _speed(rng: np.random.Generator, n: int, regimes: tuple[float, ...]) -> np.n
 def _channels(
     rng: np.random.Generator, cls: str, s: np.ndarray, deg: np.ndarray, mode: np.ndarray
 ) -> dict[str, np.ndarray]:
-    base = np.asarray(_CLASS_PARAMS[cls]["base"], dtype=float)
+    base = np.asarray(_CLASS_PARAMS[cls].base, dtype=float)
     base = base * rng.uniform(0.95, 1.05, size=base.shape)  # pump-to-pump spread
     bearing = deg * (mode == 0)
     seal = deg * (mode == 1)
@@ -183,33 +173,32 @@ def simulate_tables(cfg: SimulationConfig) -> tuple[pa.Table, pa.Table]:
     steps_per_day = 24 * 60 // cfg.interval_minutes
     n = cfg.days * steps_per_day
     step = timedelta(minutes=cfg.interval_minutes)
-    ts_ms = (
-        np.int64(START.timestamp() * 1000)
-        + np.arange(n, dtype=np.int64) * int(step.total_seconds() * 1000)
+    ts_ms = np.int64(START.timestamp() * 1000) + np.arange(n, dtype=np.int64) * int(
+        step.total_seconds() * 1000
     )
     cols: dict[str, list[np.ndarray]] = {c: [] for c in readings_schema().names}
     events: dict[str, list[object]] = {c: [] for c in events_schema().names}
     for i, pump in enumerate(_pumps(cfg)):
         rng = np.random.default_rng([cfg.seed, i])
         params = _CLASS_PARAMS[pump.pump_class]
-        lo, hi = params["life_days"]  # type: ignore[misc]
+        lo, hi = params.life_days
         deg, mode, failures, maint, modes = _health(
             rng, n, (lo * steps_per_day, hi * steps_per_day)
         )
-        s = _speed(rng, n, params["regimes"])  # type: ignore[arg-type]
+        s = _speed(rng, n, params.regimes)
         values = _channels(rng, pump.pump_class, s, deg, mode)
         cols["pump_id"].append(np.full(n, pump.pump_id, dtype=object))
         cols["pump_class"].append(np.full(n, pump.pump_class, dtype=object))
         cols["site"].append(np.full(n, pump.site, dtype=object))
         cols["timestamp"].append(ts_ms)
-        cols["speed_setpoint"].append(s * float(params["speed"]))  # type: ignore[arg-type]
+        cols["speed_setpoint"].append(s * params.speed)
         cols["load_setpoint"].append(np.round(0.5 + 0.5 * s, 3))
         fitted = CLASS_CHANNELS[pump.pump_class]
         for c in CHANNEL_NAMES:
             cols[c].append(values[c] if c in fitted else np.full(n, np.nan))
-        for idx, kind, detail in [(f, EventType.FAILURE, m) for f, m in zip(failures, modes)] + [
-            (m, EventType.MAINTENANCE, "planned") for m in maint
-        ]:
+        happened = [(f, EventType.FAILURE, m) for f, m in zip(failures, modes, strict=True)]
+        happened += [(m, EventType.MAINTENANCE, "planned") for m in maint]
+        for idx, kind, detail in happened:
             events["pump_id"].append(pump.pump_id)
             events["pump_class"].append(pump.pump_class)
             events["site"].append(pump.site)

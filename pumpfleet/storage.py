@@ -44,9 +44,7 @@ def list_files(uri: str | Path, suffix: str = "") -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    return sorted(
-        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
-    )
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
 def read_bytes(uri: str | Path) -> bytes:

@@ -95,9 +95,9 @@ def fit(
             loss = nn.functional.mse_loss(torch.sigmoid(raw[:, 0]), y_rul[t])
             loss = loss + cfg.failure_loss_weight * bce(raw[:, 1], y_fail[t])
             opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         report = evaluate(model, val, spec)
         report["train_loss"] = total / max(1, len(train))
         log.debug("epoch %d: %s", epoch, report)

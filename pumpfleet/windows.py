@@ -101,7 +101,8 @@ def make_windows(
     fail = np.sort(np.asarray(failures.get(pump_id, ()), dtype=np.int64))
     nxt = np.searchsorted(fail, end_ts, side="left")
     has_failure = nxt < len(fail)
-    to_failure = np.where(has_failure, fail[np.minimum(nxt, len(fail) - 1)] - end_ts, 0)
+    next_failure = fail[np.minimum(nxt, len(fail) - 1)] if len(fail) else end_ts
+    to_failure = np.where(has_failure, next_failure - end_ts, 0)
     to_end = ts[-1] - end_ts
     cap_ms = cfg.rul_cap_hours * MS_PER_HOUR
     rul_ms = np.where(has_failure, np.minimum(to_failure, cap_ms), cap_ms)

@@ -23,8 +23,10 @@ def init_ray(settings: Settings) -> bool:
         log.info("joining the Ray cluster at %s", settings.ray_address)
         ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        # Local: bound to loopback so that no Ray port listens on other interfaces.
+        # A new local instance ("local": never someone else's head on this machine),
+        # bound to loopback so that no Ray port listens on other interfaces.
         ray.init(
+            address="local",
             num_cpus=settings.num_cpus,
             include_dashboard=False,
             runtime_env=runtime_env,

@@ -134,7 +134,9 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     init_ray(settings)
     ingest = run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig())
     step(3, "training one model per class on Ray Tune")
-    train = run_train(settings, ingest["snapshot_id"], SearchSpace(epochs=cfg.epochs, seed=cfg.seed))
+    train = run_train(
+        settings, ingest["snapshot_id"], SearchSpace(epochs=cfg.epochs, seed=cfg.seed)
+    )
     step(4, "evaluating challengers against champions")
     evaluation = run_evaluate(settings, ingest["snapshot_id"])
     step(5, "exporting ONNX edge bundles")
@@ -190,8 +192,18 @@ def summary_text(result: dict[str, Any]) -> str:
             ]
         )
     table = format_table(
-        ["class", "windows", "val RMSE h", "holdout RMSE h", "baseline RMSE h", "champion",
-         "challenger", "bundle", "served", "drift"],
+        [
+            "class",
+            "windows",
+            "val RMSE h",
+            "holdout RMSE h",
+            "baseline RMSE h",
+            "champion",
+            "challenger",
+            "bundle",
+            "served",
+            "drift",
+        ],
         rows,
     )
     serve = result["serve"]
@@ -208,8 +220,8 @@ def summary_text(result: dict[str, Any]) -> str:
         f"logged: {serve['logged']}",
         f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
         f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {DRIFT_CLASS} {DRIFT_CHANNEL})",
-        f"bundles: {result['export']['bundles'] and str(next(iter(ex.values()))['bundle']).rsplit('/', 2)[0]}"
-        f" · verify with public key {result['export']['public_key_file']}",
+        f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
+        f"bundle signing public key: {result['export']['public_key_file']}",
         f"drift report: {mon['report']}",
         f"wall time: {result['seconds']} s",
     ]

@@ -77,8 +77,13 @@ def evaluate_class(
             "eval.reason": reason,
         },
     )
-    log.info("%s: challenger v%s %s (%s)", cls, challenger.version,
-             "promoted" if promote else "not promoted", reason)
+    log.info(
+        "%s: challenger v%s %s (%s)",
+        cls,
+        challenger.version,
+        "promoted" if promote else "not promoted",
+        reason,
+    )
     return {
         "challenger": challenger.version,
         "champion_before": champion_version,
@@ -98,7 +103,10 @@ def run_evaluate(
     snap = open_snapshot(str(settings.features_dir), snapshot)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     run_id = registry.start_run(
-        EXPERIMENT, f"evaluate-{snap.id}", params=policy.model_dump(), tags={"feature_snapshot": snap.id}
+        EXPERIMENT,
+        f"evaluate-{snap.id}",
+        params=policy.model_dump(),
+        tags={"feature_snapshot": snap.id},
     )
     out: dict[str, Any] = {}
     for cls in snap.classes:

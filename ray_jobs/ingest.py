@@ -10,7 +10,7 @@ import argparse
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -108,7 +108,7 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     rows_in = ds.count()
     checked = (
         ds.groupby("pump_id", num_partitions=partitions)
-        .map_groups(validate_pump, batch_format="pandas")
+        .map_groups(cast(Any, validate_pump), batch_format="pandas")
         .materialize()
     )
     bad = checked.map_batches(_rows, fn_kwargs={"good": False}, batch_format="pandas")
@@ -150,8 +150,10 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
         raise DataError(f"counts do not reconcile: {rows_in} in, {n_good} good + {n_bad} bad")
     counts = windows.groupby(["pump_class", "split"]).count().to_pandas()
     per_class = {
-        cls: {s: int(counts[(counts.pump_class == cls) & (counts.split == s)]["count()"].sum())
-              for s in SPLITS}
+        cls: {
+            s: int(counts[(counts.pump_class == cls) & (counts.split == s)]["count()"].sum())
+            for s in SPLITS
+        }
         for cls in sorted(specs)
     }
     reasons = (

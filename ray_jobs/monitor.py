@@ -132,7 +132,9 @@ def _html(summary: dict[str, Any], results: dict[str, DriftResult]) -> str:
         f"<td>{r.analysis_rows}</td><td>{r.reference_rows}</td></tr>"
         for c, r in sorted(results.items())
     )
-    figures = "".join(f"<h2>{html.escape(c)}</h2>{r.figure_html}" for c, r in sorted(results.items()))
+    figures = "".join(
+        f"<h2>{html.escape(c)}</h2>{r.figure_html}" for c, r in sorted(results.items())
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>pumpfleet drift</title>"
         f"<script>{get_plotlyjs()}</script></head><body>"

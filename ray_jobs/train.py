@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 import torch
 from pydantic import BaseModel, Field
 from ray import tune
@@ -64,7 +63,9 @@ def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     train, val, spec_json = data[config["pump_class"]]
     spec = FeatureSpec.model_validate_json(spec_json)
     model_cfg = ModelConfig(**{k: v for k, v in config.items() if k in MODEL_KEYS})
-    cfg = TrainConfig(model=model_cfg, lr=config["lr"], epochs=config["epochs"], seed=config["seed"])
+    cfg = TrainConfig(
+        model=model_cfg, lr=config["lr"], epochs=config["epochs"], seed=config["seed"]
+    )
 
     def on_epoch(epoch: int, report: dict[str, float | None], model: torch.nn.Module) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -98,7 +99,8 @@ class MlflowTracking(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        metrics = {k: result[k] for k in ("rmse", "mae", "phm08", "auc", "train_loss") if k in result}
+        keys = ("rmse", "mae", "phm08", "auc", "train_loss")
+        metrics: dict[str, Any] = {k: result[k] for k in keys if k in result}
         self.registry.log_metrics(self.runs[trial.trial_id], metrics, step=int(result["epoch"]))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -154,17 +156,18 @@ def run_train(
         ),
     )
     grid = tuner.fit()
+    trials = [grid[i] for i in range(len(grid))]
     out: dict[str, Any] = {}
     for cls in classes:
-        results = [r for r in grid if r.config["pump_class"] == cls and r.error is None]
+        results = [
+            r for r in trials if (r.config or {}).get("pump_class") == cls and r.error is None
+        ]
         scored = [(r, r.get_best_checkpoint(METRIC, "min")) for r in results]
         scored = [(r, c) for r, c in scored if c is not None]
         if not scored:
             log.error("class %s: every trial failed", cls)
             continue
-        best, ckpt = min(
-            scored, key=lambda rc: min(rc[0].metrics_dataframe[METRIC].dropna(), default=np.inf)
-        )
+        best, ckpt = min(scored, key=lambda rc: _best_metric(rc[0]))
         out[cls] = _register(registry, snap, cls, best, ckpt, data[cls], tracking, tags)
     registry.log_metrics(parent, {f"{c}.{METRIC}": r["val_rmse"] for c, r in out.items()})
     registry.end_run(parent)
@@ -174,6 +177,12 @@ def run_train(
         "classes": out,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _best_metric(result: Any) -> float:
+    """The trial's best validation metric over its epochs."""
+    history = result.metrics_dataframe
+    return float(history[METRIC].min()) if history is not None else float("inf")
 
 
 def _register(
@@ -195,7 +204,7 @@ def _register(
     onnx_bytes = to_onnx(model, spec.window, spec.n_channels)
     parity = check_parity(model, onnx_bytes, data[1].x[:1000])
     run_id = tracking.runs[str(result.metrics["trial_id"])]
-    val_rmse = float(result.metrics_dataframe[METRIC].min())
+    val_rmse = _best_metric(result)
     registry.set_tags(run_id, {"onnx_parity_max_abs": f"{parity:.2e}", **describe(model)})
     uri = registry.log_model(run_id, onnx_bytes, spec, state, model_cfg)
     version = registry.register(

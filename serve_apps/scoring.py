@@ -7,7 +7,6 @@ than these models do (STACK.md, "Serving on 2 cores").
     serve run serve_apps.scoring:build_app tracking_uri=sqlite:///...
 """
 
-
 import logging
 import threading
 import time
@@ -56,8 +55,8 @@ class ScoringConfig(BaseModel):
 class ScoreRequest(BaseModel):
     pump_id: str = Field(min_length=1, max_length=128)
     pump_class: str
-    readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = Field(
-        description="raw readings per channel over the window, oldest first; null = missing"
+    readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = (
+        Field(description="raw readings per channel over the window, oldest first; null = missing")
     )
 
 
@@ -90,9 +89,7 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 
 def _unprocessable(field: str, msg: str) -> HTTPException:
-    return HTTPException(
-        status_code=422, detail=[{"loc": ["body", *field.split(".")], "msg": msg}]
-    )
+    return HTTPException(status_code=422, detail=[{"loc": ["body", *field.split(".")], "msg": msg}])
 
 
 @serve.deployment(
@@ -105,7 +102,7 @@ class PumpScorer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = ScoringConfig(**config)
         registry = Registry(self.config.tracking_uri)
-        self.models: dict[str, dict[Arm, _Model]] = {}
+        self.arms: dict[str, dict[Arm, _Model]] = {}
         for cls in PUMP_CLASSES:
             arms: dict[Arm, _Model] = {}
             for arm, alias in ((Arm.CHAMPION, CHAMPION), (Arm.CHALLENGER, CHALLENGER)):
@@ -115,12 +112,12 @@ class PumpScorer:
                     continue
                 arms[arm] = _Model(m.version, m.onnx, m.spec)
             if Arm.CHAMPION in arms:
-                self.models[cls] = arms
+                self.arms[cls] = arms
         self.log = PredictionLog(self.config.predictions_dir)
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self._flusher.start()
-        log.info("serving classes %s", sorted(self.models))
+        log.info("serving classes %s", sorted(self.arms))
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
@@ -135,21 +132,21 @@ class PumpScorer:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    def models(self) -> dict[str, Any]:
+    def list_models(self) -> dict[str, Any]:
         return {
             "challenger_weight": self.config.challenger_weight,
             "classes": {
                 cls: {str(arm): m.version for arm, m in arms.items()}
-                for cls, arms in self.models.items()
+                for cls, arms in self.arms.items()
             },
         }
 
     @app.post("/v1/score")
     def score(self, req: ScoreRequest) -> ScoreResponse:
         started = time.perf_counter()
-        arms = self.models.get(req.pump_class)
+        arms = self.arms.get(req.pump_class)
         if arms is None:
-            known = ", ".join(sorted(self.models)) or "none"
+            known = ", ".join(sorted(self.arms)) or "none"
             raise _unprocessable("pump_class", f"unknown or unserved class (served: {known})")
         unknown = sorted(set(req.readings) - set(CHANNEL_NAMES))
         if unknown:
@@ -194,6 +191,6 @@ class PumpScorer:
 
 def build_app(args: ScoringConfig) -> Application:
     """The app builder ``serve run`` / ``serve deploy`` and ``pumpfleet serve`` share."""
-    return PumpScorer.options(ray_actor_options={"num_cpus": args.num_cpus}).bind(
-        args.model_dump()
-    )
+    return PumpScorer.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": args.num_cpus}
+    ).bind(args.model_dump())

@@ -1,0 +1,56 @@
+"""Shared test setup: telemetry off, small fleets, a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pumpfleet.settings import TELEMETRY_OFF, Settings
+
+for _k, _v in TELEMETRY_OFF.items():
+    os.environ.setdefault(_k, _v)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings on a fresh workspace under the test's temp folder."""
+    return Settings(home=tmp_path / "ws")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri() -> object:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to the process environment;
+    keep one test's registry from leaking into the next test's settings."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> object:
+    """One local Ray for the whole test session (integration and e2e)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,48 @@
+"""The whole loop, as `pumpfleet demo` runs it, on a small fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pumpfleet.bundle import read_bundle
+from pumpfleet.settings import Settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
+
+
+def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
+    from ray_jobs.demo import BAD_REQUESTS, DRIFT_CLASS, DemoConfig, run_demo, summary_text
+
+    settings = Settings(home=tmp_path / "ws")
+    cfg = DemoConfig(pumps=32, days=45, requests_per_class=100, epochs=8)
+    result = run_demo(settings, cfg)
+
+    ingest = result["ingest"]
+    assert ingest["rows_in"] == 32 * 45 * 24 == result["simulation"]["readings"]
+    assert ingest["rows_quarantined"] == 0
+
+    promoted = [c for c, r in result["evaluate"]["classes"].items() if r["promoted"]]
+    assert len(promoted) >= 3
+    assert set(result["export"]["bundles"]) == set(promoted)
+    for b in result["export"]["bundles"].values():
+        read_bundle(Path(b["bundle"]), result["export"]["public_key"])
+
+    serve = result["serve"]
+    served = sum(serve["arms"].values())
+    assert serve["status"] == {200: served, 422: len(BAD_REQUESTS)}
+    assert serve["arms"]["champion"] > 0 and serve["arms"]["challenger"] > 0
+    assert serve["logged"] == served
+
+    # The demo shifts ESP motor temperature by 15 %: that class, and only it, drifts.
+    monitor = result["monitor"]
+    assert monitor["drifted_classes"] == [DRIFT_CLASS]
+    assert monitor["classes"][DRIFT_CLASS]["drifted_features"] == ["motor_temp"]
+    assert Path(monitor["report"]).exists()
+
+    text = summary_text(result)
+    assert "pumpfleet demo: summary" in text
+    assert f"drifted classes: {DRIFT_CLASS}" in text
+    assert f"rows ingested: {ingest['rows_in']}" in text

@@ -1,0 +1,125 @@
+"""Ingest (Ray Data), train (Ray Tune + MLflow), evaluate and export, on local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pumpfleet import bundle
+from pumpfleet.errors import BundleError, InputError
+from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+from pumpfleet.schema import PUMP_CLASSES
+from tests.integration.conftest import INJECTED
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def test_ingest_counts_reconcile_and_quarantine_says_why(workspace: dict[str, Any]) -> None:
+    ing = workspace["ingest"]
+    n_bad = sum(INJECTED.values())
+    assert ing["rows_in"] == workspace["simulated_rows"] + n_bad
+    assert ing["rows_quarantined"] == n_bad
+    assert ing["rows_valid"] + ing["rows_quarantined"] == ing["rows_in"]
+    assert ing["quarantine_reasons"] == {k: v for k, v in INJECTED.items() if v}
+    root = workspace["settings"].features_dir / ing["snapshot_id"]
+    quarantine = pd.read_parquet(root / "quarantine")
+    assert len(quarantine) == n_bad
+    assert quarantine["quarantine_reason"].notna().all()
+    assert set(ing["windows"]) == set(PUMP_CLASSES)
+    for cls, splits in ing["windows"].items():
+        assert all(n > 0 for n in splits.values()), (cls, splits)
+
+
+def test_ingest_again_does_nothing(workspace: dict[str, Any]) -> None:
+    from ray_jobs.ingest import run_ingest
+
+    s = workspace["settings"]
+    again = run_ingest(str(s.data_dir), str(s.features_dir), workspace["window_config"])
+    assert again["up_to_date"] is True
+    assert again["snapshot_id"] == workspace["ingest"]["snapshot_id"]
+
+
+def test_ingest_of_an_empty_folder_is_refused(tmp_path: Path, ray_session: Any) -> None:
+    from pumpfleet.windows import WindowConfig
+    from ray_jobs.ingest import run_ingest
+
+    (tmp_path / "readings").mkdir()
+    with pytest.raises(InputError, match="no Parquet files"):
+        run_ingest(str(tmp_path), str(tmp_path / "features"), WindowConfig())
+
+
+def test_every_trial_is_tracked_and_the_best_registered(workspace: dict[str, Any]) -> None:
+    s = workspace["settings"]
+    train = workspace["train"]
+    assert train["trials"] == len(PUMP_CLASSES)
+    client = MlflowClient(tracking_uri=s.tracking_uri)
+    exp = client.get_experiment_by_name("pumpfleet-train")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if "tune.trial_id" in r.data.tags]
+    assert len(trials) == len(PUMP_CLASSES)
+    for r in trials:
+        history = client.get_metric_history(r.info.run_id, "rmse")
+        assert [m.step for m in history] == list(range(1, 13))
+        assert r.data.tags["feature_snapshot"] == workspace["ingest"]["snapshot_id"]
+        assert r.info.status == "FINISHED"
+    reg = Registry(s.tracking_uri)
+    for cls, info in train["classes"].items():
+        assert info["onnx_parity"] <= 1e-5
+        assert reg.version_by_alias(model_name(cls), CHALLENGER) == info["version"]
+
+
+def test_first_models_face_the_baseline_gate(workspace: dict[str, Any]) -> None:
+    # The fixture's fleet is tiny (one holdout pump per class), so a class may fairly
+    # lose to the baseline; the gate must then keep it out, and most classes must learn.
+    s = workspace["settings"]
+    reg = Registry(s.tracking_uri)
+    promoted = 0
+    for cls, r in workspace["evaluate"]["classes"].items():
+        beats = r["challenger_report"]["rmse"] <= 0.95 * r["baseline_report"]["rmse"]
+        assert r["promoted"] == beats, (cls, r["reason"])
+        assert r["reason"].startswith("first model")
+        champion = reg.version_by_alias(model_name(cls), CHAMPION)
+        assert champion == (r["challenger"] if beats else None)
+        promoted += beats
+    assert promoted >= 3
+
+
+def test_a_second_challenger_faces_the_champion(workspace: dict[str, Any]) -> None:
+    from ray_jobs.evaluate import run_evaluate
+    from ray_jobs.train import SearchSpace, run_train
+
+    s = workspace["settings"]
+    run_train(s, "latest", SearchSpace(lr=[3e-3], epochs=2, seed=1))
+    second = run_evaluate(s)["classes"]
+    reg = Registry(s.tracking_uri)
+    for cls, r in second.items():
+        assert r["challenger"] == "2"
+        if r["champion_before"] is not None:
+            assert "champion" in r["reason"]
+            better = r["challenger_report"]["rmse"] < r["champion_report"]["rmse"]
+            assert r["promoted"] == better
+        expected = "2" if r["promoted"] else r["champion_before"]
+        assert reg.version_by_alias(model_name(cls), CHAMPION) == expected
+
+
+def test_export_writes_verifiable_bundles(workspace: dict[str, Any]) -> None:
+    from edge_export.export import run_export
+
+    s = workspace["settings"]
+    out = run_export(s)
+    reg = Registry(s.tracking_uri)
+    served = {c for c in PUMP_CLASSES if reg.version_by_alias(model_name(c), CHAMPION)}
+    assert set(out["bundles"]) == served and "esp" in served
+    for cls, b in out["bundles"].items():
+        path = Path(b["bundle"])
+        got = bundle.read_bundle(path, out["public_key"])
+        assert got.manifest["model_version"] == reg.version_by_alias(model_name(cls), CHAMPION)
+        assert sorted(got.members) == ["feature_spec.json", "model.onnx", "thresholds.json"]
+        assert b["onnx_parity_max_abs"] <= 1e-5
+    other = bundle.public_key_hex(bundle.load_or_create_key(s.home / "other.pem"))
+    with pytest.raises(BundleError):
+        bundle.read_bundle(Path(out["bundles"]["esp"]["bundle"]), other)

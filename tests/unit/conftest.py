@@ -1,0 +1,15 @@
+"""Unit tests prove they need no cluster: ray.init fails here."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("unit tests must not start Ray; move this test to tests/integration")
+
+    monkeypatch.setattr(ray, "init", refuse)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pumpfleet import bundle
+from pumpfleet.errors import BundleError
+
+MEMBERS = {"model.onnx": b"\x08\x01onnx", "feature_spec.json": b'{"window": 24}'}
+
+
+def make(tmp_path: Path) -> tuple[Path, str]:
+    key = bundle.load_or_create_key(tmp_path / "keys" / "k.pem")
+    path = tmp_path / "esp-v1.pfbundle"
+    bundle.write_bundle(path, MEMBERS, {"pump_class": "esp", "model_version": "1"}, key)
+    return path, bundle.public_key_hex(key)
+
+
+def test_round_trip_verifies(tmp_path: Path) -> None:
+    path, pub = make(tmp_path)
+    b = bundle.read_bundle(path, pub)
+    assert b.members == MEMBERS
+    assert b.manifest["pump_class"] == "esp" and set(b.manifest["members"]) == set(MEMBERS)
+    assert (tmp_path / "keys" / "k.pem").stat().st_mode & 0o077 == 0  # private key is private
+    assert (tmp_path / "keys" / "k.pub").read_text().strip() == pub
+    # The same key is loaded again, not replaced.
+    assert bundle.public_key_hex(bundle.load_or_create_key(tmp_path / "keys" / "k.pem")) == pub
+
+
+def test_wrong_key_is_rejected(tmp_path: Path) -> None:
+    path, _ = make(tmp_path)
+    other = bundle.public_key_hex(bundle.load_or_create_key(tmp_path / "other.pem"))
+    with pytest.raises(BundleError, match="signature does not verify"):
+        bundle.read_bundle(path, other)
+
+
+def _rewrite(path: Path, change: dict[str, bytes]) -> None:
+    with tarfile.open(path) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    files.update(change)
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_changed_member_is_rejected(tmp_path: Path) -> None:
+    path, pub = make(tmp_path)
+    _rewrite(path, {"model.onnx": b"evil"})
+    with pytest.raises(BundleError, match=r"model\.onnx does not match its sha256"):
+        bundle.read_bundle(path, pub)
+
+
+def test_changed_manifest_is_rejected(tmp_path: Path) -> None:
+    path, pub = make(tmp_path)
+    with tarfile.open(path) as tar:
+        manifest = json.loads(tar.extractfile(bundle.MANIFEST).read())  # type: ignore[union-attr]
+    manifest["model_version"] = "99"
+    _rewrite(path, {bundle.MANIFEST: json.dumps(manifest).encode()})
+    with pytest.raises(BundleError, match="signature does not verify"):
+        bundle.read_bundle(path, pub)
+
+
+def test_garbage_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "x.pfbundle"
+    path.write_bytes(b"not a tar")
+    with pytest.raises(BundleError, match="not a readable bundle"):
+        bundle.read_bundle(path, "00" * 32)

@@ -1,0 +1,66 @@
+"""Bad input on the command line: one line that says what was wrong, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pumpfleet.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(list(argv)))
+    err = capsys.readouterr().err.strip().splitlines()
+    return int(exc.value.code or 0), err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simulate", "--pumps", "0"], "--pumps must be at least 1, got 0"),
+        (["simulate", "--pumps", "many"], "--pumps must be an integer, got 'many'"),
+        (["simulate", "--days", "-3"], "--days must be at least 1, got -3"),
+        (["ingest", "--source", "/nonexistent/fleet"], "--source /nonexistent/fleet: no such"),
+        (["ingest", "--window", "0"], "--window must be at least 1"),
+        (["serve", "--challenger-weight", "2"], "--challenger-weight must be in [0, 1], got 2.0"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_gets_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("PUMPFLEET_HOME", str(tmp_path))
+    code, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err) == 1, err
+    assert message in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_missing_snapshot_and_registry_are_clear(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pumpfleet.settings import get_settings
+
+    monkeypatch.setenv("PUMPFLEET_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        code, err = run(capsys, "evaluate")
+        assert code == 2 and err == [
+            f"pumpfleet evaluate: error: no feature snapshot under {tmp_path / 'features'}; "
+            "run `pumpfleet ingest`"
+        ]
+    finally:
+        get_settings.cache_clear()
+
+
+def test_simulate_writes_and_reports(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["simulate", "--pumps", "4", "--days", "2", "--out", str(tmp_path / "f")])
+    assert code == 0
+    assert '"readings": 192' in capsys.readouterr().out

@@ -1,0 +1,91 @@
+"""MLflow (SQLite in a temp folder) and NannyML, for real, with no Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pumpfleet.drift import DriftMonitor
+from pumpfleet.errors import DataError, RegistryError
+from pumpfleet.features import FeatureSpec
+from pumpfleet.models import ModelConfig, build_model
+from pumpfleet.onnx_io import run, session, to_onnx
+from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+
+SPEC = FeatureSpec(
+    pump_class="rod",
+    channels=["motor_temp", "flow"],
+    window=6,
+    stride=1,
+    interval_minutes=60,
+    rul_cap_hours=100,
+    horizon_hours=20,
+    mean=[70.0, 100.0],
+    std=[5.0, 10.0],
+)
+
+
+def register(reg: Registry, seed: int) -> str:
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(2, ModelConfig(hidden=4))
+    run_id = reg.start_run("t", f"run-{seed}", params={"seed": seed})
+    uri = reg.log_model(run_id, to_onnx(model, 6, 2), SPEC, model.state_dict(), {"hidden": 4})
+    reg.end_run(run_id)
+    return reg.register(uri, model_name("rod"), tags={"seed": seed})
+
+
+def test_register_alias_load_and_roll_back(tmp_path: Path) -> None:
+    reg = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri())
+    name = model_name("rod")
+    with pytest.raises(RegistryError, match="no model version pumpfleet-rod@champion"):
+        reg.load(name, CHAMPION)
+    v1, v2 = register(reg, 1), register(reg, 2)
+    assert (v1, v2) == ("1", "2")
+    reg.set_alias(name, CHAMPION, v1)
+    reg.set_alias(name, CHALLENGER, v2)
+    assert reg.aliases(name) == {CHAMPION: "1", CHALLENGER: "2"}
+    reg.set_alias(name, CHAMPION, v2)  # promote
+    reg.set_alias(name, CHAMPION, v1)  # and roll back
+    loaded = reg.load(name, CHAMPION, tmp_path / "dl")
+    assert loaded.version == "1" and loaded.spec == SPEC and loaded.tags["seed"] == "1"
+    x = np.random.default_rng(0).normal(size=(5, 6, 2)).astype(np.float32)
+    import torch
+
+    with torch.no_grad():
+        expected = loaded.torch_model()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(run(session(loaded.onnx), x), expected, atol=1e-6)
+    assert reg.version_by_alias("pumpfleet-nothing", CHAMPION) is None
+
+
+def frame(n: int, shift: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "a": rng.normal(0, 1, n) + shift,
+            "b": rng.normal(5, 2, n),
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
+        }
+    )
+
+
+def test_drift_flags_the_shifted_feature_only() -> None:
+    monitor = DriftMonitor(["a", "b"], chunk_size=100, min_alert_chunks=2)
+    ref = frame(2000, 0.0, 0)
+    shifted = monitor.run("esp", ref, frame(400, 0.8, 1), with_plot=False)
+    assert shifted.drifted_features == ["a"]
+    assert shifted.features["a"].alerts == 4 and shifted.features["b"].alerts <= 1
+    calm = monitor.run("esp", ref, frame(400, 0.0, 2), with_plot=False)
+    assert not calm.drifted
+
+
+def test_drift_refuses_too_little_data() -> None:
+    monitor = DriftMonitor(["a", "b"], chunk_size=100)
+    with pytest.raises(DataError, match="reference has 150 rows, need at least 200"):
+        monitor.run("esp", frame(150, 0, 0), frame(100, 0, 1), with_plot=False)
+    with pytest.raises(DataError, match="nothing to analyse"):
+        monitor.run("esp", frame(300, 0, 0), frame(0, 0, 1), with_plot=False)
