@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from pumpfleet.errors import InputError, PumpfleetError
+from pumpfleet.errors import InputError, PumpfleetError, one_line
 from pumpfleet.settings import Settings, get_settings, quiet_telemetry
 
 log = logging.getLogger("pumpfleet")
@@ -138,15 +138,19 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     print(summary_text(result))
 
 
+def _fleet_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--pumps", type=_positive("--pumps"), default=48)
+    s.add_argument("--days", type=_positive("--days"), default=60)
+    s.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pumpfleet", description="Predictive maintenance for pump fleets on Ray.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("simulate", help="write a simulated fleet dataset")
-    s.add_argument("--pumps", type=_positive("--pumps"), default=48)
-    s.add_argument("--days", type=_positive("--days"), default=60)
-    s.add_argument("--seed", type=int, default=0)
+    _fleet_args(s)
     s.add_argument("--out", help="dataset folder or s3:// URI (default: workspace data)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_simulate)
@@ -185,9 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_monitor)
 
     s = sub.add_parser("demo", help="the whole loop on a small simulated fleet")
-    s.add_argument("--pumps", type=_positive("--pumps"), default=48)
-    s.add_argument("--days", type=_positive("--days"), default=60)
-    s.add_argument("--seed", type=int, default=0)
+    _fleet_args(s)
     s.add_argument("--port", type=_positive("--port"), default=None)
     s.set_defaults(func=cmd_demo)
     return p
@@ -215,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pumpfleet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "input"
-        print(f"pumpfleet {args.command}: error: {where}: {first['msg']}", file=sys.stderr)
+        print(f"pumpfleet {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
         print(

@@ -1,5 +1,12 @@
 """Domain errors. The edges translate them: a one-line exit in the CLI, a 4xx in Serve."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class PumpfleetError(Exception):
     """Base of every error this project raises on purpose."""
@@ -23,3 +30,10 @@ class BundleError(PumpfleetError):
 
 class ParityError(PumpfleetError):
     """An exported model does not score like the model it was exported from."""
+
+
+def one_line(e: ValidationError) -> str:
+    """A pydantic validation error as one line naming the first bad field."""
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "input"
+    return f"{where}: {first['msg']}"

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,11 +69,23 @@ class Registry:
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._mlflow = mlflow
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+
+    @contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """Point MLflow's process-wide (fluent) API at this backend for one call only.
+
+        ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI to the environment;
+        setting it for good would leak this registry into every later Settings().
+        """
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        self._mlflow.set_tracking_uri(self.tracking_uri)
+        try:
+            yield
+        finally:
+            self._mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
 
     # --- tracking -------------------------------------------------------------------
 
@@ -151,7 +166,7 @@ class Registry:
                 path = Path(tmp) / name
                 write(path)
                 files.append(str(path))
-            with self._mlflow.start_run(run_id=run_id):
+            with self._fluent(), self._mlflow.start_run(run_id=run_id):
                 info = self._mlflow.onnx.log_model(
                     onnx.load_from_string(onnx_bytes),
                     name="model",
@@ -166,9 +181,10 @@ class Registry:
         """Register a logged model as a new version of ``name``; returns the version."""
         if self.client.search_registered_models(filter_string=f"name = '{name}'") == []:
             self.client.create_registered_model(name)
-        mv = self.client.create_model_version(
-            name, model_uri, tags={k: str(v) for k, v in (tags or {}).items()}
-        )
+        with self._fluent():  # the models:/ source is resolved through the fluent URI
+            mv = self.client.create_model_version(
+                name, model_uri, tags={k: str(v) for k, v in (tags or {}).items()}
+            )
         return str(mv.version)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
@@ -203,11 +219,12 @@ class Registry:
             raise RegistryError(f"no model version {name}@{alias} in {self.tracking_uri}")
         mv = self.client.get_model_version(name, version)
         dst = dst or Path(tempfile.mkdtemp(prefix="pumpfleet-model-"))
-        path = Path(
-            self._mlflow.artifacts.download_artifacts(
-                f"models:/{name}/{version}", dst_path=str(dst / f"{name}-{version}")
+        with self._fluent():
+            path = Path(
+                self._mlflow.artifacts.download_artifacts(
+                    f"models:/{name}/{version}", dst_path=str(dst / f"{name}-{version}")
+                )
             )
-        )
         extra = path / "extra_files"
         return LoadedModel(
             name=name,

@@ -11,13 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pumpfleet.errors import PumpfleetError
-
-
-def describe_validation_error(e: ValidationError) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "input"
-    return f"{where}: {first['msg']}"
+from pumpfleet.errors import PumpfleetError, one_line
 
 
 def run_main(job: Callable[[], Any]) -> int:
@@ -28,7 +22,7 @@ def run_main(job: Callable[[], Any]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:
-        print(f"error: {describe_validation_error(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
     return 0

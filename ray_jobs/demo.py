@@ -145,10 +145,11 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     url = serve_run.start(settings, cfg.port or free_port(), cfg.challenger_weight)
     try:
         reqs = _requests(settings, cfg.requests_per_class, cfg.seed)
+        before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
         arms, codes = _send(url, reqs + BAD_REQUESTS)
         if not arms:
             raise DataError(f"no scoring request succeeded (HTTP status counts {dict(codes)})")
-        logged = _wait_for_log(settings, sum(arms.values()))
+        logged = _wait_for_log(settings, before + sum(arms.values())) - before
         step(7, "monitoring drift with NannyML")
         monitor = run_monitor(settings, ingest["snapshot_id"])
     finally:

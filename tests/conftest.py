@@ -28,18 +28,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(autouse=True)
-def _restore_tracking_uri() -> object:
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to the process environment;
-    keep one test's registry from leaking into the next test's settings."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 @pytest.fixture(scope="session")
 def ray_session() -> object:
     """One local Ray for the whole test session (integration and e2e)."""

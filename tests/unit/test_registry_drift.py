@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def register(reg: Registry, seed: int) -> str:
     return reg.register(uri, model_name("rod"), tags={"seed": seed})
 
 
-def test_register_alias_load_and_roll_back(tmp_path: Path) -> None:
+def test_register_alias_load_and_roll_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     reg = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri())
     name = model_name("rod")
     with pytest.raises(RegistryError, match="no model version pumpfleet-rod@champion"):
@@ -60,6 +62,9 @@ def test_register_alias_load_and_roll_back(tmp_path: Path) -> None:
         expected = loaded.torch_model()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(run(session(loaded.onnx), x), expected, atol=1e-6)
     assert reg.version_by_alias("pumpfleet-nothing", CHAMPION) is None
+    # The registry leaves the process environment as it found it (mlflow's fluent API
+    # exports MLFLOW_TRACKING_URI, which later Settings() would read).
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def frame(n: int, shift: float, seed: int) -> pd.DataFrame:
