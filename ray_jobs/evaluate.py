@@ -27,20 +27,20 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "pumpfleet-evaluate"
 
 
-def score_holdout(model: LoadedModel, snap: Snapshot, cls: str) -> dict[str, float | None]:
-    """A registered model's report on the class's holdout windows, through onnxruntime."""
-    raw, cols = snap.load(cls, "holdout")
-    if len(raw) == 0:
-        raise DataError(f"{cls}: the holdout of snapshot {snap.id} is empty")
+Holdout = tuple[np.ndarray, dict[str, np.ndarray]]
+
+
+def score_holdout(model: LoadedModel, holdout: Holdout) -> dict[str, float | None]:
+    """A registered model's report on holdout windows, through onnxruntime."""
+    raw, cols = holdout
     x = window_features(raw, model.spec)
     rul, prob = decode_outputs(onnx_io.run(onnx_io.session(model.onnx), x), model.spec)
     return regression_report(rul, cols["rul_hours"], prob, cols["failure_within_horizon"])
 
 
-def baseline_report(snap: Snapshot, cls: str) -> dict[str, float | None]:
+def baseline_report(train: dict[str, np.ndarray], holdout: Holdout) -> dict[str, float | None]:
     """The trivial model: the training mean RUL and failure rate, for every window."""
-    _, train = snap.load(cls, "train")
-    _, hold = snap.load(cls, "holdout")
+    hold = holdout[1]
     n = len(hold["rul_hours"])
     rul = np.full(n, float(np.mean(train["rul_hours"])))
     prob = np.full(n, float(np.mean(train["failure_within_horizon"])))
@@ -51,15 +51,16 @@ def evaluate_class(
     registry: Registry, snap: Snapshot, cls: str, policy: PromotionPolicy
 ) -> dict[str, Any]:
     name = model_name(cls)
+    holdout = snap.load(cls, "holdout")
+    if len(holdout[0]) == 0:
+        raise DataError(f"{cls}: the holdout of snapshot {snap.id} is empty")
     challenger = registry.load(name, CHALLENGER)
     champion_version = registry.version_by_alias(name, CHAMPION)
-    champion = None
     champ_report = None
     if champion_version is not None and champion_version != challenger.version:
-        champion = registry.load(name, CHAMPION)
-        champ_report = score_holdout(champion, snap, cls)
-    ch_report = score_holdout(challenger, snap, cls)
-    base = baseline_report(snap, cls)
+        champ_report = score_holdout(registry.load(name, CHAMPION), holdout)
+    ch_report = score_holdout(challenger, holdout)
+    base = baseline_report(snap.load(cls, "train")[1], holdout)
     if champion_version == challenger.version:
         promote, reason = False, "challenger is already champion"
     else:

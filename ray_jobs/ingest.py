@@ -52,8 +52,8 @@ def _inputs(readings_uri: str) -> list[tuple[str, int]]:
 def _failures(source: str) -> dict[str, list[int]]:
     files = storage.list_files(storage.join(source, "events"), ".parquet")
     out: dict[str, list[int]] = {}
+    fs, _ = storage.resolve(source)
     for f in files:
-        fs, _ = storage.resolve(source)
         t = pq.read_table(f, filesystem=fs).to_pandas()
         t = t[t["event_type"] == EventType.FAILURE]
         ms = pd.to_datetime(t["timestamp"], utc=True).dt.as_unit("ms").astype("int64")

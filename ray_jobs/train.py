@@ -12,7 +12,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -41,8 +41,8 @@ MODEL_KEYS = set(ModelConfig.model_fields)
 class SearchSpace(BaseModel):
     """Grid searched for every class (as data, so a config file can change it)."""
 
-    lr: list[float] = Field(default=[3e-3, 1e-2], min_length=1)
-    hidden: list[int] = Field(default=[32], min_length=1)
+    lr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[3e-3, 1e-2], min_length=1)
+    hidden: list[Annotated[int, Field(ge=4, le=512)]] = Field(default=[32], min_length=1)
     epochs: int = Field(default=8, ge=1)
     seed: int = 0
 

@@ -6,6 +6,9 @@ import logging
 
 from ray import serve
 
+from pumpfleet.errors import RegistryError
+from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.schema import PUMP_CLASSES
 from pumpfleet.settings import Settings
 from serve_apps.scoring import ScoringConfig, build_app
 
@@ -16,6 +19,11 @@ APP_NAME = "pumpfleet"
 
 def start(settings: Settings, port: int, challenger_weight: float, host: str = "127.0.0.1") -> str:
     """Deploy the scoring app; returns its base URL. Binds to loopback by default."""
+    registry = Registry(settings.tracking_uri)
+    if not any(registry.version_by_alias(model_name(c), CHAMPION) for c in PUMP_CLASSES):
+        raise RegistryError(
+            f"no champion model in {settings.tracking_uri}; run `pumpfleet evaluate` first"
+        )
     serve.start(http_options={"host": host, "port": port})
     cfg = ScoringConfig(
         tracking_uri=settings.tracking_uri,

@@ -64,3 +64,25 @@ def test_simulate_writes_and_reports(capsys: pytest.CaptureFixture[str], tmp_pat
     code = main(["simulate", "--pumps", "4", "--days", "2", "--out", str(tmp_path / "f")])
     assert code == 0
     assert '"readings": 192' in capsys.readouterr().out
+
+
+def test_serve_without_a_champion_refuses_to_start(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pumpfleet.errors import RegistryError
+    from pumpfleet.settings import Settings
+    from serve_apps import run as serve_run
+
+    with pytest.raises(RegistryError, match="no champion model in sqlite:"):
+        serve_run.start(Settings(home=tmp_path), 8000, 0.2)
+
+
+def test_search_space_values_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from ray_jobs.train import SearchSpace
+
+    with pytest.raises(ValidationError, match="greater than 0"):
+        SearchSpace(lr=[0.01, -1.0])
+    with pytest.raises(ValidationError, match="at least 1 item"):
+        SearchSpace(hidden=[])
