@@ -212,7 +212,8 @@ def summary_text(result: dict[str, Any]) -> str:
         "",
         "pumpfleet demo: summary",
         f"rows ingested: {ing['rows_in']} ({ing['rows_valid']} valid, "
-        f"{ing['rows_quarantined']} quarantined) · snapshot {ing['snapshot_id']} · "
+        f"{ing['rows_quarantined']} quarantined) · snapshot {ing['snapshot_id']}"
+        f"{' (up to date, reused)' if ing.get('up_to_date') else ''} · "
         f"{result['train']['trials']} Tune trials",
         "",
         table,
