@@ -30,7 +30,7 @@ def _spec() -> FeatureSpec:
         channels=list(CHANNEL_NAMES),
         window=WINDOW,
         stride=4,
-        interval_minutes=60,
+        interval_seconds=3600,
         rul_cap_hours=168,
         horizon_hours=48,
         mean=[50.0] * len(CHANNEL_NAMES),

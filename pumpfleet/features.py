@@ -7,6 +7,7 @@ numpy only, so the edge agent can import it without pandas, torch or Ray.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,10 @@ class FeatureSpec(BaseModel):
     the window, the normalisation statistics, and how to read the model's outputs."""
 
     pump_class: str
-    channels: list[str]
+    channels: list[str] = Field(min_length=1)
     window: int = Field(ge=2)
     stride: int = Field(ge=1)
-    interval_minutes: int = Field(ge=1)
+    interval_seconds: float = Field(gt=0)
     rul_cap_hours: float = Field(gt=0)
     horizon_hours: float = Field(gt=0)
     alert_threshold: float = Field(default=0.5, gt=0, lt=1)
@@ -37,9 +38,8 @@ class FeatureSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
-        unknown = [c for c in self.channels if c not in CHANNEL_NAMES]
-        if unknown:
-            raise ValueError(f"unknown channels {unknown}")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels must be unique")
         if not (len(self.channels) == len(self.mean) == len(self.std)):
             raise ValueError("channels, mean and std must have the same length")
         if any(s <= 0 for s in self.std):
@@ -58,10 +58,15 @@ class FeatureSpec(BaseModel):
         return cls.model_validate(json.loads(text))
 
 
-def select_channels(raw_all: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """From windows holding every schema channel ``[..., W, len(CHANNEL_NAMES)]``, the
+def select_channels(
+    raw_all: np.ndarray, spec: FeatureSpec, layout: Sequence[str] = CHANNEL_NAMES
+) -> np.ndarray:
+    """From windows holding every channel of ``layout`` ``[..., W, len(layout)]``, the
     spec's channels in the spec's order."""
-    idx = [CHANNEL_NAMES.index(c) for c in spec.channels]
+    missing = [c for c in spec.channels if c not in layout]
+    if missing:
+        raise InputError(f"the windows hold no channel {missing[0]!r}")
+    idx = [list(layout).index(c) for c in spec.channels]
     return raw_all[..., idx]
 
 

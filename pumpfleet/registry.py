@@ -194,6 +194,11 @@ class Registry:
         for k, v in tags.items():
             self.client.set_model_version_tag(name, version, k, str(v))
 
+    def classes(self) -> list[str]:
+        """The pump classes with a registered model (``pumpfleet-<class>``)."""
+        models = self.client.search_registered_models(filter_string="name LIKE 'pumpfleet-%'")
+        return sorted(str(m.name).removeprefix("pumpfleet-") for m in models)
+
     def version_by_alias(self, name: str, alias: str) -> str | None:
         """The version behind ``name@alias``, or None if the alias (or model) is unset."""
         from mlflow.exceptions import MlflowException

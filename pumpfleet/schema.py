@@ -2,13 +2,17 @@
 
 Every real or simulated source is mapped into these schemas by an adapter; nothing
 downstream knows where a row came from. A fleet dataset is a folder with ``readings/``
-(Parquet, hive-partitioned by ``pump_class``) and ``events/`` (Parquet).
+(Parquet, hive-partitioned by ``pump_class``), ``events/`` (Parquet) and ``fleet.json``:
+the dataset's :class:`FleetSchema` (its classes, channels with their physical ranges, and
+settings). A dataset without ``fleet.json`` is a pump fleet (:func:`pump_fleet_schema`).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
+
+from pydantic import BaseModel, Field, model_validator
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -59,18 +63,8 @@ EVENT_COLUMNS: Final = ("pump_id", "pump_class", "site", "timestamp", "event_typ
 
 
 def readings_schema() -> pa.Schema:
-    """Arrow schema of one sensor reading (one row per pump per timestamp)."""
-    import pyarrow as pa
-
-    fields = [
-        pa.field("pump_id", pa.string(), nullable=False),
-        pa.field("pump_class", pa.string(), nullable=False),
-        pa.field("site", pa.string(), nullable=False),
-        pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
-    ]
-    fields += [pa.field(c, pa.float64()) for c in SETTING_COLUMNS]
-    fields += [pa.field(c, pa.float64()) for c in CHANNEL_NAMES]
-    return pa.schema(fields)
+    """Arrow schema of one pump-fleet reading (one row per pump per timestamp)."""
+    return pump_fleet_schema().readings_schema()
 
 
 def events_schema() -> pa.Schema:
@@ -87,3 +81,81 @@ def events_schema() -> pa.Schema:
             pa.field("detail", pa.string()),
         ]
     )
+
+
+FLEET_FILE = "fleet.json"
+
+
+class ChannelSpec(BaseModel):
+    unit: str
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChannelSpec:
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class FleetSchema(BaseModel):
+    """What a fleet dataset holds: its classes, each class's channels, the physical
+    range of every channel (outside it a value is a sensor fault), and the settings."""
+
+    name: str = "pumps"
+    settings: list[str] = Field(default_factory=lambda: list(SETTING_COLUMNS))
+    channels: dict[str, ChannelSpec]
+    classes: dict[str, list[str]] = Field(min_length=1)
+    interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetSchema:
+        for cls, chans in self.classes.items():
+            unknown = [c for c in chans if c not in self.channels]
+            if unknown:
+                raise ValueError(f"class {cls} lists unknown channels {unknown}")
+        clash = set(self.channels) & (set(KEY_COLUMNS) | set(self.settings))
+        if clash:
+            raise ValueError(f"channel names clash with key or setting columns: {sorted(clash)}")
+        return self
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return tuple(self.channels)
+
+    def readings_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
+        fields = [
+            pa.field("pump_id", pa.string(), nullable=False),
+            pa.field("pump_class", pa.string(), nullable=False),
+            pa.field("site", pa.string(), nullable=False),
+            pa.field("timestamp", pa.timestamp("ms", tz="UTC"), nullable=False),
+        ]
+        fields += [pa.field(c, pa.float64()) for c in self.settings]
+        fields += [pa.field(c, pa.float64()) for c in self.channels]
+        return pa.schema(fields)
+
+
+def pump_fleet_schema() -> FleetSchema:
+    """The schema of a pump fleet: the simulator's, and any dataset without fleet.json."""
+    return FleetSchema(
+        channels={c: ChannelSpec(unit=u, min=lo, max=hi) for c, (u, lo, hi) in CHANNELS.items()},
+        classes={str(k): list(v) for k, v in CLASS_CHANNELS.items()},
+    )
+
+
+def read_fleet_schema(dataset: str) -> FleetSchema:
+    """The dataset's fleet.json, or the pump fleet schema if it has none."""
+    from pumpfleet import storage
+
+    uri = storage.join(dataset, FLEET_FILE)
+    if not storage.exists(uri):
+        return pump_fleet_schema()
+    return FleetSchema.model_validate_json(storage.read_bytes(uri))
+
+
+def write_fleet_schema(dataset: str, fleet: FleetSchema) -> None:
+    from pumpfleet import storage
+
+    storage.write_bytes(storage.join(dataset, FLEET_FILE), fleet.model_dump_json(indent=2).encode())

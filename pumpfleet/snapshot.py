@@ -59,7 +59,8 @@ class Snapshot:
             filter=pads.field("split") == split
         )
         table = table.sort_by([("pump_id", "ascending"), ("end_time", "ascending")])
-        raw = select_channels(windows_to_numpy(table, spec.window), spec)
+        layout = self.manifest["channels"]
+        raw = select_channels(windows_to_numpy(table, spec.window, len(layout)), spec, layout)
         cols = {
             name: table.column(name).to_numpy(zero_copy_only=False)
             for name in ("pump_id", "site", "end_time", "rul_hours", "failure_within_horizon")

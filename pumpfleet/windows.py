@@ -21,7 +21,9 @@ class WindowConfig(BaseModel):
 
     window: int = Field(default=24, ge=2, le=10_000)
     stride: int = Field(default=4, ge=1)
-    interval_minutes: int = Field(default=60, ge=1)
+    # The readings' nominal interval; windows spanning gaps of more than half a window
+    # are dropped. None: take it from the dataset's fleet schema.
+    interval_seconds: float | None = Field(default=None, gt=0)
     rul_cap_hours: float = Field(default=168.0, gt=0)
     horizon_hours: float = Field(default=48.0, gt=0)
     # Share of each class's pumps held out for validation and for the final holdout.
@@ -35,7 +37,7 @@ class WindowConfig(BaseModel):
         return self
 
 
-def window_schema(cfg: WindowConfig) -> pa.Schema:
+def window_schema(cfg: WindowConfig, n_channels: int = len(CHANNEL_NAMES)) -> pa.Schema:
     return pa.schema(
         [
             ("pump_id", pa.string()),
@@ -45,7 +47,7 @@ def window_schema(cfg: WindowConfig) -> pa.Schema:
             ("end_time", pa.timestamp("ms", tz="UTC")),
             ("rul_hours", pa.float32()),
             ("failure_within_horizon", pa.int8()),
-            ("window", pa.list_(pa.float32(), cfg.window * len(CHANNEL_NAMES))),
+            ("window", pa.list_(pa.float32(), cfg.window * n_channels)),
         ]
     )
 
@@ -74,6 +76,7 @@ def make_windows(
     failures: Mapping[str, Sequence[int]],
     splits: Mapping[str, str],
     cfg: WindowConfig,
+    channels: Sequence[str] = CHANNEL_NAMES,
 ) -> pa.Table:
     """Labelled sliding windows of one pump's validated readings.
 
@@ -81,9 +84,10 @@ def make_windows(
     time from its last reading to the next failure, capped; where no failure follows
     within the record, the window is labelled with the cap if the record runs on for at
     least the cap, and dropped otherwise (its RUL is unknown). Windows that span a gap of
-    more than half a window's worth of missing readings are dropped.
+    more than half a window's worth of missing readings are dropped. A window holds
+    ``channels`` in that order, flattened time-major.
     """
-    schema = window_schema(cfg)
+    schema = window_schema(cfg, len(channels))
     if df.empty:
         return schema.empty_table()
     df = df.sort_values("timestamp", kind="stable")
@@ -92,10 +96,10 @@ def make_windows(
     if len(df) < w:
         return schema.empty_table()
     pump_id = str(df["pump_id"].iloc[0])
-    values = df[list(CHANNEL_NAMES)].to_numpy(dtype=np.float32, na_value=np.nan)
+    values = df[list(channels)].to_numpy(dtype=np.float32, na_value=np.nan)
     ends = np.arange(w - 1, len(df), cfg.stride)
     span = ts[ends] - ts[ends - (w - 1)]
-    interval_ms = cfg.interval_minutes * 60_000
+    interval_ms = (cfg.interval_seconds or 3600.0) * 1000.0
     ok = span <= (w - 1) * interval_ms * 1.5
     end_ts = ts[ends]
     fail = np.sort(np.asarray(failures.get(pump_id, ()), dtype=np.int64))
@@ -124,16 +128,14 @@ def make_windows(
             pa.array(end_ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
             pa.array(rul_h, type=pa.float32()),
             pa.array((rul_h <= cfg.horizon_hours).astype(np.int8), type=pa.int8()),
-            pa.FixedSizeListArray.from_arrays(
-                pa.array(flat, type=pa.float32()), w * len(CHANNEL_NAMES)
-            ),
+            pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), w * len(channels)),
         ],
         schema=schema,
     )
 
 
-def windows_to_numpy(table: pa.Table, window: int) -> np.ndarray:
-    """The ``window`` column of a windows table as ``[N, W, len(CHANNEL_NAMES)]``."""
+def windows_to_numpy(table: pa.Table, window: int, n_channels: int) -> np.ndarray:
+    """The ``window`` column of a windows table as ``[N, W, n_channels]``."""
     col = table.column("window").combine_chunks()
     flat = col.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(len(table), window, len(CHANNEL_NAMES))
+    return flat.reshape(len(table), window, n_channels)

@@ -20,7 +20,7 @@ from ray.data.aggregate import Count, Mean, Std
 from pumpfleet import storage
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.features import FeatureSpec
-from pumpfleet.schema import CHANNEL_NAMES, CLASS_CHANNELS, EventType
+from pumpfleet.schema import EventType, FleetSchema, read_fleet_schema
 from pumpfleet.settings import get_settings
 from pumpfleet.snapshot import LATEST, MANIFEST, snapshot_id
 from pumpfleet.validation import REASON, validate_pump
@@ -62,15 +62,17 @@ def _failures(source: str) -> dict[str, list[int]]:
     return out
 
 
-def _specs(train_rows: ray.data.Dataset, cfg: WindowConfig) -> dict[str, dict[str, Any]]:
-    aggs = [Count()] + [a(c) for c in CHANNEL_NAMES for a in (Mean, Std)]
+def _specs(
+    train_rows: ray.data.Dataset, cfg: WindowConfig, fleet: FleetSchema
+) -> dict[str, dict[str, Any]]:
+    aggs = [Count()] + [a(c) for c in fleet.channel_names for a in (Mean, Std)]
     stats = train_rows.groupby("pump_class").aggregate(*aggs).to_pandas()
     specs: dict[str, dict[str, Any]] = {}
     for _, row in stats.iterrows():
         cls = str(row["pump_class"])
         chans = [
             c
-            for c in CLASS_CHANNELS.get(cls, ())
+            for c in fleet.classes.get(cls, ())
             if pd.notna(row[f"std({c})"]) and row[f"std({c})"] > 0
         ]
         if not chans:
@@ -80,7 +82,7 @@ def _specs(train_rows: ray.data.Dataset, cfg: WindowConfig) -> dict[str, dict[st
             channels=chans,
             window=cfg.window,
             stride=cfg.stride,
-            interval_minutes=cfg.interval_minutes,
+            interval_seconds=cfg.interval_seconds or fleet.interval_seconds,
             rul_cap_hours=cfg.rul_cap_hours,
             horizon_hours=cfg.horizon_hours,
             mean=[float(row[f"mean({c})"]) for c in chans],
@@ -95,7 +97,10 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     started = time.monotonic()
     readings_uri = storage.join(source, "readings")
     inputs = _inputs(readings_uri)
-    sid = snapshot_id(inputs, cfg.model_dump())
+    fleet = read_fleet_schema(source)
+    if cfg.interval_seconds is None:
+        cfg = cfg.model_copy(update={"interval_seconds": fleet.interval_seconds})
+    sid = snapshot_id(inputs, {**cfg.model_dump(), "fleet": fleet.model_dump()})
     final = storage.join(features_root, sid)
     if storage.exists(storage.join(final, MANIFEST)):
         log.info("snapshot %s is up to date with %s; nothing to do", sid, source)
@@ -108,7 +113,7 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     rows_in = ds.count()
     checked = (
         ds.groupby("pump_id", num_partitions=partitions)
-        .map_groups(cast(Any, validate_pump), batch_format="pandas")
+        .map_groups(cast(Any, validate_pump), fn_kwargs={"fleet": fleet}, batch_format="pandas")
         .materialize()
     )
     bad = checked.map_batches(_rows, fn_kwargs={"good": False}, batch_format="pandas")
@@ -125,7 +130,7 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     good = checked.map_batches(
         _rows, fn_kwargs={"good": True, "splits": splits}, batch_format="pandas"
     ).materialize()
-    specs = _specs(good.filter(expr="split == 'train'"), cfg)
+    specs = _specs(good.filter(expr="split == 'train'"), cfg, fleet)
     if not specs:
         raise DataError(f"{source}: no class has training data with varying readings")
 
@@ -135,7 +140,12 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
         good.groupby("pump_id", num_partitions=partitions)
         .map_groups(
             make_windows,
-            fn_kwargs={"failures": _failures(source), "splits": splits, "cfg": cfg},
+            fn_kwargs={
+                "failures": _failures(source),
+                "splits": splits,
+                "cfg": cfg,
+                "channels": fleet.channel_names,
+            },
             batch_format="pandas",
         )
         .materialize()
@@ -176,6 +186,8 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "inputs": inputs,
         "config": cfg.model_dump(),
+        "fleet": fleet.model_dump(),
+        "channels": list(fleet.channel_names),
         "specs": specs,
         "splits": splits,
         "summary": summary,

@@ -8,7 +8,6 @@ from ray import serve
 
 from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, Registry, model_name
-from pumpfleet.schema import PUMP_CLASSES
 from pumpfleet.settings import Settings
 from serve_apps.scoring import ScoringConfig, build_app
 
@@ -20,7 +19,7 @@ APP_NAME = "pumpfleet"
 def start(settings: Settings, port: int, challenger_weight: float, host: str = "127.0.0.1") -> str:
     """Deploy the scoring app; returns its base URL. Binds to loopback by default."""
     registry = Registry(settings.tracking_uri)
-    if not any(registry.version_by_alias(model_name(c), CHAMPION) for c in PUMP_CLASSES):
+    if not any(registry.version_by_alias(model_name(c), CHAMPION) for c in registry.classes()):
         raise RegistryError(
             f"no champion model in {settings.tracking_uri}; run `pumpfleet evaluate` first"
         )

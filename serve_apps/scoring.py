@@ -33,7 +33,6 @@ from pumpfleet.features import (
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
 from pumpfleet.routing import Arm, assign_arm
-from pumpfleet.schema import CHANNEL_NAMES, PUMP_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ class PumpScorer:
         self.config = ScoringConfig(**config)
         registry = Registry(self.config.tracking_uri)
         self.arms: dict[str, dict[Arm, _Model]] = {}
-        for cls in PUMP_CLASSES:
+        for cls in registry.classes():
             arms: dict[Arm, _Model] = {}
             for arm, alias in ((Arm.CHAMPION, CHAMPION), (Arm.CHALLENGER, CHALLENGER)):
                 try:
@@ -148,13 +147,13 @@ class PumpScorer:
         if arms is None:
             known = ", ".join(sorted(self.arms)) or "none"
             raise _unprocessable("pump_class", f"unknown or unserved class (served: {known})")
-        unknown = sorted(set(req.readings) - set(CHANNEL_NAMES))
-        if unknown:
-            raise _unprocessable(f"readings.{unknown[0]}", "unknown channel")
         arm = assign_arm(req.pump_id, self.config.challenger_weight, self.config.salt)
         model = arms.get(arm) or arms[Arm.CHAMPION]
         if arm not in arms:
             arm = Arm.CHAMPION
+        unknown = sorted(set(req.readings) - set(model.spec.channels))
+        if unknown:
+            raise _unprocessable(f"readings.{unknown[0]}", f"not a channel of {req.pump_class}")
         try:
             raw = readings_to_window(req.readings, model.spec)
         except InputError as e:

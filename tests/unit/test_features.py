@@ -23,7 +23,7 @@ def spec(**kw: object) -> FeatureSpec:
         channels=["motor_temp", "flow"],
         window=3,
         stride=1,
-        interval_minutes=60,
+        interval_seconds=3600,
         rul_cap_hours=100.0,
         horizon_hours=24.0,
         mean=[80.0, 1000.0],
@@ -76,13 +76,16 @@ def test_select_channels_and_summary() -> None:
     sel = select_channels(raw_all, spec())
     np.testing.assert_array_equal(sel[:, 0], raw_all[:, CHANNEL_NAMES.index("motor_temp")])
     summary = window_summary(sel[None], spec())
+    with pytest.raises(InputError, match="the windows hold no channel 'flow'"):
+        select_channels(raw_all[:, :2], spec(), ["intake_pressure", "motor_temp"])
     assert summary["flow"][0] == pytest.approx(raw_all[:, CHANNEL_NAMES.index("flow")].mean())
 
 
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"channels": ["warp_core"], "mean": [0.0], "std": [1.0]}, "unknown channels"),
+        ({"channels": ["flow", "flow"]}, "channels must be unique"),
+        ({"channels": [], "mean": [], "std": []}, "at least 1 item"),
         ({"std": [0.0, 1.0]}, "std must be positive"),
         ({"mean": [0.0]}, "same length"),
         ({"window": 1}, "greater than or equal to 2"),

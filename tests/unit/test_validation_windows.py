@@ -82,7 +82,7 @@ def test_windows_and_rul_labels() -> None:
     np.testing.assert_allclose(rul, np.minimum(20 - ends, 10))
     assert table.column("failure_within_horizon").to_pylist() == [int(r <= 3) for r in rul]
     assert set(table.column("split").to_pylist()) == {"val"}
-    x = windows_to_numpy(table, 4)
+    x = windows_to_numpy(table, 4, len(CHANNEL_NAMES))
     assert x.shape == (len(table), 4, len(CHANNEL_NAMES))
     # Last window ends at hour 19: rows 16..19 of channel 0 (values = row index).
     np.testing.assert_array_equal(x[-1, :, 0], [16, 17, 18, 19])
