@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
@@ -62,13 +63,38 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
     _print(simulate(cfg, args.out or str(settings.data_dir), overwrite=args.overwrite))
 
 
+def shared_data_dir() -> Path:
+    """``../shared/data`` beside the project's checkout (where the public data lives)."""
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
+    if args.source == "cmapss":
+        from pumpfleet.adapters.cmapss import import_cmapss
+
+        data_dir = Path(args.data_dir) if args.data_dir else shared_data_dir() / "cmapss"
+        out = args.out or str(settings.home / "datasets" / f"cmapss-{args.subset.lower()}")
+        _print(import_cmapss(args.subset, data_dir, out, overwrite=args.overwrite) | {"out": out})
+    else:
+        from pumpfleet.adapters.skab import import_skab
+
+        data_dir = Path(args.data_dir) if args.data_dir else shared_data_dir() / "skab"
+        out = args.out or str(settings.home / "datasets" / "skab")
+        _print(import_skab(data_dir, out, overwrite=args.overwrite) | {"out": out})
+
+
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet.windows import WindowConfig
     from ray_jobs._ray import init_ray
     from ray_jobs.ingest import run_ingest
 
     source = _existing(args.source or str(settings.data_dir), "--source")
-    cfg = WindowConfig(window=args.window, stride=args.stride)
+    cfg = WindowConfig(
+        window=args.window,
+        stride=args.stride,
+        rul_cap_hours=args.rul_cap_hours,
+        horizon_hours=args.horizon_hours,
+    )
     init_ray(settings)
     _print(run_ingest(source, args.out or str(settings.features_dir), cfg))
 
@@ -160,7 +186,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="features folder (default: workspace features)")
     s.add_argument("--window", type=_positive("--window"), default=24)
     s.add_argument("--stride", type=_positive("--stride"), default=4)
+    s.add_argument("--rul-cap-hours", type=float, default=168.0, help="cap of the RUL label")
+    s.add_argument("--horizon-hours", type=float, default=48.0, help="failure-within horizon")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("import", help="map a public dataset into a fleet dataset")
+    src = s.add_subparsers(dest="source", required=True, parser_class=_Parser)
+    c = src.add_parser("cmapss", help="NASA C-MAPSS turbofan run-to-failure (FD001-FD004)")
+    c.add_argument("--subset", default="FD001")
+    c.add_argument(
+        "--data-dir", help="folder of the C-MAPSS files (default: ../shared/data/cmapss)"
+    )
+    c.add_argument("--out", help="writes OUT/train and OUT/test (default: workspace datasets)")
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=cmd_import)
+    k = src.add_parser("skab", help="SKAB pump testbed with anomaly labels")
+    k.add_argument("--data-dir", help="the SKAB folder (default: ../shared/data/skab)")
+    k.add_argument("--out", help="dataset folder (default: workspace datasets/skab)")
+    k.add_argument("--overwrite", action="store_true")
+    k.set_defaults(func=cmd_import)
 
     s = sub.add_parser("train", help="Ray Tune: one model per pump class, in parallel")
     s.add_argument("--snapshot", default="latest")

@@ -1,0 +1,1 @@
+"""Adapters: public datasets mapped into the canonical fleet dataset layout."""
