@@ -52,8 +52,14 @@ def _existing(path: str, what: str) -> str:
     return path
 
 
-def _print(result: Any) -> None:
+PARTIAL = 3  # the job finished but set some input aside (e.g. unreadable files)
+
+
+def _print(result: Any) -> int:
+    """Print a job's JSON summary; its exit code (PARTIAL if it says so)."""
     print(json.dumps(result, indent=2, default=str))
+    partial = isinstance(result, dict) and result.get("status") == "partial"
+    return PARTIAL if partial else 0
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
@@ -96,7 +102,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
         horizon_hours=args.horizon_hours,
     )
     init_ray(settings)
-    _print(run_ingest(source, args.out or str(settings.features_dir), cfg))
+    code = _print(run_ingest(source, args.out or str(settings.features_dir), cfg))
+    if code:
+        raise SystemExit(code)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:

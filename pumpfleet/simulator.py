@@ -4,54 +4,45 @@ toward failure, repaired by maintenance and after failures.
 Physics, coarse but with the right shape: flow follows speed, head follows speed
 squared and power (current, heat) speed cubed (the pump affinity laws); each failure
 mode leaves its own signature that grows as the pump's health declines.
+
+Pumps are generated in batches and written as they come, so memory stays bounded
+whatever the fleet's size; faults and drift (``pumpfleet.faults``) are optional.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pumpfleet import storage
+from pumpfleet import faults as fx
+from pumpfleet import physics, storage
 from pumpfleet.errors import InputError
+from pumpfleet.faults import DriftSpec, FaultSpec
 from pumpfleet.schema import (
     CHANNEL_NAMES,
     CLASS_CHANNELS,
     PUMP_CLASSES,
     EventType,
     events_schema,
+    pump_fleet_schema,
     readings_schema,
+    write_fleet_schema,
 )
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import pyarrow.fs as pafs
 
 log = logging.getLogger(__name__)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-FAILURE_MODES = ("bearing_wear", "seal_leak", "motor_insulation")
-
-
-@dataclass(frozen=True)
-class _ClassParams:
-    speed: float  # nominal speed setpoint
-    regimes: tuple[float, ...]  # operating regimes, as fractions of nominal speed
-    # Channel baselines at nominal speed on a healthy pump, in CHANNEL_NAMES order.
-    base: tuple[float, float, float, float, float, float]
-    life_days: tuple[float, float]  # range of run lives between failures
-
-
-_CLASS_PARAMS: dict[str, _ClassParams] = {
-    "esp": _ClassParams(60.0, (0.8, 0.9, 1.0), (60.0, 180.0, 95.0, 2.0, 45.0, 900.0), (10, 35)),
-    "rod": _ClassParams(8.0, (0.75, 1.0), (0.0, 40.0, 70.0, 4.0, 30.0, 120.0), (15, 45)),
-    "pcp": _ClassParams(300.0, (0.7, 0.85, 1.0), (20.0, 90.0, 80.0, 0.0, 60.0, 400.0), (12, 40)),
-    "centrifugal": _ClassParams(
-        3000.0, (0.85, 1.0), (5.0, 25.0, 65.0, 1.5, 120.0, 2500.0), (15, 50)
-    ),
-}
+_STRINGS = ("pump_id", "pump_class", "site")
+Event = tuple[int, str, str]  # timestamp (ms), event type, detail
 
 
 @dataclass(frozen=True)
@@ -61,6 +52,14 @@ class SimulationConfig:
     seed: int = 0
     interval_minutes: int = 60
     sites: int | None = None  # default: one site per 8 pumps
+    faults: Sequence[FaultSpec] = ()
+    drifts: Sequence[DriftSpec] = ()
+    batch_rows: int = 250_000  # rows generated and written at a time
+
+    def __post_init__(self) -> None:
+        # Tuples, so that a config stays immutable and comparable when given lists.
+        object.__setattr__(self, "faults", tuple(self.faults))
+        object.__setattr__(self, "drifts", tuple(self.drifts))
 
     def validate(self) -> None:
         if self.pumps < 1:
@@ -73,6 +72,8 @@ class SimulationConfig:
             )
         if self.sites is not None and self.sites < 1:
             raise InputError(f"--sites must be at least 1, got {self.sites}")
+        if self.batch_rows < 1:
+            raise InputError(f"batch_rows must be at least 1, got {self.batch_rows}")
 
 
 @dataclass
@@ -91,178 +92,236 @@ def _pumps(cfg: SimulationConfig) -> list[_Pump]:
     return out
 
 
-def _health(
-    rng: np.random.Generator, n: int, life_steps: tuple[float, float]
-) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[str]]:
-    """Degradation in [0, 1] per step, failure mode per step, and the event indices."""
-    deg = np.zeros(n)
-    mode = np.zeros(n, dtype=np.int64)
-    failures: list[int] = []
-    maint: list[int] = []
-    failure_modes: list[str] = []
-    t = 0
-    first = True
-    while t < n:
-        life = rng.uniform(*life_steps)
-        m = int(rng.integers(len(FAILURE_MODES)))
-        age = rng.uniform(0, 0.8 * life) if first else 0.0
-        first = False
-        # One cycle may hold a maintenance visit that takes some of the wear back.
-        visit = rng.uniform(0.3, 0.7) * life if rng.random() < 0.3 else None
-        while t < n:
-            stop = visit if visit is not None and age < visit else life
-            k = min(n - t, max(1, int(np.ceil(stop - age))))
-            ages = age + np.arange(k)
-            deg[t : t + k] = np.clip(ages / life, 0.0, 1.0) ** 2
-            mode[t : t + k] = m
-            t += k
-            age += k
-            if stop is visit and age >= stop:
-                maint.append(t - 1)
-                age *= 0.4
-                visit = None
-                continue
-            if age >= life:
-                failures.append(t - 1)
-                failure_modes.append(FAILURE_MODES[m])
-            break
-    return deg, mode, failures, maint, failure_modes
+class _Clock(NamedTuple):
+    steps_per_day: int
+    ts_ms: np.ndarray  # every step's timestamp, ms since the epoch
 
 
-def _speed(rng: np.random.Generator, n: int, regimes: tuple[float, ...]) -> np.ndarray:
-    out = np.empty(n)
-    t = 0
-    while t < n:
-        k = int(rng.integers(72, 240))
-        out[t : t + k] = regimes[int(rng.integers(len(regimes)))]
-        t += k
-    return out
+def _clock(cfg: SimulationConfig) -> _Clock:
+    steps_per_day = 24 * 60 // cfg.interval_minutes
+    step_ms = int(timedelta(minutes=cfg.interval_minutes).total_seconds() * 1000)
+    n = cfg.days * steps_per_day
+    ts_ms = np.int64(START.timestamp() * 1000) + np.arange(n, dtype=np.int64) * step_ms
+    return _Clock(steps_per_day, ts_ms)
 
 
-def _channels(
-    rng: np.random.Generator, cls: str, s: np.ndarray, deg: np.ndarray, mode: np.ndarray
-) -> dict[str, np.ndarray]:
-    base = np.asarray(_CLASS_PARAMS[cls].base, dtype=float)
-    base = base * rng.uniform(0.95, 1.05, size=base.shape)  # pump-to-pump spread
-    bearing = deg * (mode == 0)
-    seal = deg * (mode == 1)
-    insul = deg * (mode == 2)
-    n = len(s)
-
-    def noise(scale: float = 0.02) -> np.ndarray:
-        return 1.0 + rng.normal(0.0, scale, n)
-
-    values = {
-        "intake_pressure": base[0] * (1.0 + 0.1 * (1.0 - s)) * (1.0 + 0.15 * seal) * noise(),
-        "discharge_pressure": base[1] * s**2 * (1.0 - 0.25 * seal - 0.05 * deg) * noise(),
-        "motor_temp": (25.0 + (base[2] - 25.0) * s**3 * (1 + 0.5 * insul + 0.3 * bearing))
-        * (1.0 + 0.1 * deg)
-        * noise(0.01),
-        "vibration": base[3] * s * (1.0 + 2.5 * bearing + 0.6 * deg) * noise(0.05),
-        "motor_current": base[4] * s**3 * (1.0 + 0.35 * insul + 0.1 * bearing) * noise(),
-        "flow": base[5] * s * (1.0 - 0.3 * seal - 0.05 * deg) * noise(),
+def _pump_arrays(
+    cfg: SimulationConfig,
+    i: int,
+    pump: _Pump,
+    clock: _Clock,
+    drifts: Sequence[tuple[int, DriftSpec]] = (),
+) -> tuple[dict[str, np.ndarray], list[Event], list[fx.Record]]:
+    """One pump's columns (timestamp in ms, NaN for null) and events, before any fault
+    (after regime drift, if any), from its own RNG: they depend on the seed and the
+    pump's index only, never on batching."""
+    rng = np.random.default_rng([cfg.seed, i])
+    params = physics.CLASS_PARAMS[pump.pump_class]
+    lo, hi = params.life_days
+    spd, ts_ms = clock
+    n = len(ts_ms)
+    deg, mode, failures, maint, modes = physics.health(rng, n, (lo * spd, hi * spd))
+    s = physics.speed(rng, n, params.regimes)
+    records: list[fx.Record] = []
+    if any(d.kind == "regime" for _, d in drifts):
+        # Before the channels, which follow speed; the pump's RNG draws do not depend on s.
+        ref = fx.PumpRef(pump.pump_id, pump.pump_class, i, cfg.seed, int(ts_ms[0]))
+        s, records = fx.drift_speed(s, ts_ms, drifts, ref)
+    values = physics.channels(rng, pump.pump_class, s, deg, mode)
+    cols = {
+        "timestamp": ts_ms,
+        "speed_setpoint": s * params.speed,
+        "load_setpoint": np.round(0.5 + 0.5 * s, 3),
     }
-    return values
+    fitted = CLASS_CHANNELS[pump.pump_class]
+    for c in CHANNEL_NAMES:
+        cols[c] = values[c] if c in fitted else np.full(n, np.nan)
+    happened = [(f, EventType.FAILURE, m) for f, m in zip(failures, modes, strict=True)]
+    happened += [(m, EventType.MAINTENANCE, "planned") for m in maint]
+    events = [(int(ts_ms[idx]), str(kind), detail) for idx, kind, detail in happened]
+    return cols, events, records
+
+
+def _readings_table(pumps: Sequence[_Pump], parts: Sequence[dict[str, np.ndarray]]) -> pa.Table:
+    import pyarrow as pa
+
+    schema = readings_schema()
+    # String columns as Arrow takes from one value per pump: no Python object per row.
+    owner = pa.array(
+        np.repeat(np.arange(len(pumps), dtype=np.int32), [len(p["timestamp"]) for p in parts])
+    )
+    arrays = []
+    for field in schema:
+        if field.name in _STRINGS:
+            per_pump = pa.array([getattr(p, field.name) for p in pumps], type=field.type)
+            arrays.append(per_pump.take(owner))
+            continue
+        data = np.concatenate([p[field.name] for p in parts])
+        if field.name == "timestamp":
+            arrays.append(pa.array(data, type=pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(data, type=field.type, mask=np.isnan(data)))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _events_table(rows: Sequence[tuple[_Pump, Event]]) -> pa.Table:
+    import pyarrow as pa
+
+    schema = events_schema()
+    cols = {
+        "pump_id": [p.pump_id for p, _ in rows],
+        "pump_class": [p.pump_class for p, _ in rows],
+        "site": [p.site for p, _ in rows],
+        "timestamp": pa.array([e[0] for _, e in rows], type=pa.int64()).cast(
+            schema.field("timestamp").type
+        ),
+        "event_type": [e[1] for _, e in rows],
+        "detail": [e[2] for _, e in rows],
+    }
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+class FleetBatch(NamedTuple):
+    """Some pumps' readings and events, and what was injected into them."""
+
+    readings: pa.Table
+    events: pa.Table
+    faults: list[fx.Record]
+    drifts: list[fx.Record]
+    pumps: int
+
+
+def iter_batches(cfg: SimulationConfig) -> Iterator[FleetBatch]:
+    """The fleet, about ``cfg.batch_rows`` readings at a time, whole pumps per batch."""
+    cfg.validate()
+    clock = _clock(cfg)
+    pumps = _pumps(cfg)
+    refs = [(p.pump_id, p.pump_class) for p in pumps]
+    fault_hits = fx.select(cfg.faults, refs, cfg.seed, salt=1)
+    drift_hits = fx.select(cfg.drifts, refs, cfg.seed, salt=2)
+    per_batch = max(1, cfg.batch_rows // len(clock.ts_ms))
+    for first in range(0, len(pumps), per_batch):
+        chunk = pumps[first : first + per_batch]
+        parts, events, faults, drifts = [], [], [], []
+        for i, pump in enumerate(chunk, start=first):
+            ds = [(k, cfg.drifts[k]) for k in drift_hits.get(i, [])]
+            fs = [(k, cfg.faults[k]) for k in fault_hits.get(i, [])]
+            cols, evs, drift_records = _pump_arrays(cfg, i, pump, clock, ds)
+            if ds or fs:
+                ref = fx.PumpRef(pump.pump_id, pump.pump_class, i, cfg.seed, int(clock.ts_ms[0]))
+                cols, evs, more, fault_records = fx.inject(cols, evs, ds, fs, ref)
+                drifts += drift_records + more
+                faults += fault_records
+            parts.append(cols)
+            events += [(pump, e) for e in evs]
+        readings = _readings_table(chunk, parts)
+        yield FleetBatch(readings, _events_table(events), faults, drifts, len(chunk))
+
+
+def _sort_events(events: Sequence[pa.Table]) -> pa.Table:
+    import pyarrow as pa
+
+    table = pa.concat_tables(events) if events else _events_table([])
+    return table.sort_by([("pump_id", "ascending"), ("timestamp", "ascending")])
+
+
+class FleetTables(NamedTuple):
+    readings: pa.Table
+    events: pa.Table
+    faults: pa.Table  # what was injected (fx.record_schema)
+    drifts: pa.Table
+
+
+def simulate_fleet(cfg: SimulationConfig) -> FleetTables:
+    """The whole fleet in memory, with the records of its faults and drift."""
+    import pyarrow as pa
+
+    batches = list(iter_batches(cfg))
+    return FleetTables(
+        pa.concat_tables([b.readings for b in batches]),
+        _sort_events([b.events for b in batches]),
+        fx.records_table([r for b in batches for r in b.faults]),
+        fx.records_table([r for b in batches for r in b.drifts]),
+    )
 
 
 def simulate_tables(cfg: SimulationConfig) -> tuple[pa.Table, pa.Table]:
     """Readings and events of a simulated fleet, deterministic in ``cfg.seed``."""
-    import pyarrow as pa
+    fleet = simulate_fleet(cfg)
+    return fleet.readings, fleet.events
 
-    cfg.validate()
-    steps_per_day = 24 * 60 // cfg.interval_minutes
-    n = cfg.days * steps_per_day
-    step = timedelta(minutes=cfg.interval_minutes)
-    ts_ms = np.int64(START.timestamp() * 1000) + np.arange(n, dtype=np.int64) * int(
-        step.total_seconds() * 1000
-    )
-    cols: dict[str, list[np.ndarray]] = {c: [] for c in readings_schema().names}
-    events: dict[str, list[object]] = {c: [] for c in events_schema().names}
-    for i, pump in enumerate(_pumps(cfg)):
-        rng = np.random.default_rng([cfg.seed, i])
-        params = _CLASS_PARAMS[pump.pump_class]
-        lo, hi = params.life_days
-        deg, mode, failures, maint, modes = _health(
-            rng, n, (lo * steps_per_day, hi * steps_per_day)
-        )
-        s = _speed(rng, n, params.regimes)
-        values = _channels(rng, pump.pump_class, s, deg, mode)
-        cols["pump_id"].append(np.full(n, pump.pump_id, dtype=object))
-        cols["pump_class"].append(np.full(n, pump.pump_class, dtype=object))
-        cols["site"].append(np.full(n, pump.site, dtype=object))
-        cols["timestamp"].append(ts_ms)
-        cols["speed_setpoint"].append(s * params.speed)
-        cols["load_setpoint"].append(np.round(0.5 + 0.5 * s, 3))
-        fitted = CLASS_CHANNELS[pump.pump_class]
-        for c in CHANNEL_NAMES:
-            cols[c].append(values[c] if c in fitted else np.full(n, np.nan))
-        happened = [(f, EventType.FAILURE, m) for f, m in zip(failures, modes, strict=True)]
-        happened += [(m, EventType.MAINTENANCE, "planned") for m in maint]
-        for idx, kind, detail in happened:
-            events["pump_id"].append(pump.pump_id)
-            events["pump_class"].append(pump.pump_class)
-            events["site"].append(pump.site)
-            events["timestamp"].append(int(ts_ms[idx]))
-            events["event_type"].append(str(kind))
-            events["detail"].append(detail)
-    schema = readings_schema()
-    arrays = []
-    for field in schema:
-        data = np.concatenate(cols[field.name])
-        if field.name == "timestamp":
-            arrays.append(pa.array(data, type=pa.int64()).cast(field.type))
-        elif pa.types.is_floating(field.type):
-            arrays.append(pa.array(data, type=field.type, mask=np.isnan(data)))
-        else:
-            arrays.append(pa.array(data, type=field.type))
-    readings = pa.Table.from_arrays(arrays, schema=schema)
-    ev = events_schema()
-    events_table = pa.Table.from_pydict(
-        {
-            **{k: events[k] for k in ev.names if k != "timestamp"},
-            "timestamp": pa.array(events["timestamp"], type=pa.int64()).cast(
-                ev.field("timestamp").type
-            ),
-        },
-        schema=ev,
-    )
-    return readings, events_table.sort_by([("pump_id", "ascending"), ("timestamp", "ascending")])
+
+def _write_readings(fs: pafs.FileSystem, root: str, readings: pa.Table, part: int) -> None:
+    """One file per class present, in the hive layout ``pump_class=<c>/part-<part>``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    classes = readings.column("pump_class")
+    for cls in pc.unique(classes).to_pylist():
+        rows = readings.filter(pc.equal(classes, cls)).drop_columns(["pump_class"])
+        fs.create_dir(f"{root}/pump_class={cls}", recursive=True)
+        pq.write_table(rows, f"{root}/pump_class={cls}/part-{part}.parquet", filesystem=fs)
+
+
+def _write_table(out: str, name: str, table: pa.Table) -> None:
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(storage.join(out, name))
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(table, path, filesystem=fs)
 
 
 def write_fleet(readings: pa.Table, events: pa.Table, out: str, overwrite: bool = False) -> None:
     """Write a fleet dataset: ``readings/`` partitioned by pump class, ``events/``."""
-    import pyarrow as pa
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
+    storage.prepare_dataset(out, overwrite)
+    fs, root = storage.resolve(storage.join(out, "readings"))
+    _write_readings(fs, root, readings, 0)
+    _write_table(out, "events/events.parquet", events)
 
-    readings_uri = storage.join(out, "readings")
-    if storage.list_files(readings_uri, ".parquet") and not overwrite:
-        raise InputError(f"{out} already holds a fleet dataset; pass --overwrite to replace it")
-    fs, path = storage.resolve(readings_uri)
-    pads.write_dataset(
-        readings,
-        base_dir=path,
-        filesystem=fs,
-        format="parquet",
-        partitioning=pads.partitioning(pa.schema([("pump_class", pa.string())]), flavor="hive"),
-        existing_data_behavior="delete_matching",
-        basename_template="part-{i}.parquet",
+
+def simulate(
+    cfg: SimulationConfig,
+    out: str,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Simulate a fleet and stream it to ``out``, with ``faults/injected.parquet`` and
+    ``faults/drift.parquet``; returns the counts written and, per injected kind,
+    ``fault_<kind>`` / ``drift_<kind>``: the rows it changed. ``progress(pumps_done,
+    pumps)`` is called after each batch."""
+    cfg.validate()
+    storage.prepare_dataset(out, overwrite)
+    fs, root = storage.resolve(storage.join(out, "readings"))
+    rows = done = 0
+    events: list[pa.Table] = []
+    faults: list[fx.Record] = []
+    drifts: list[fx.Record] = []
+    for part, batch in enumerate(iter_batches(cfg)):
+        _write_readings(fs, root, batch.readings, part)
+        rows += batch.readings.num_rows
+        done += batch.pumps
+        events.append(batch.events)
+        faults += batch.faults
+        drifts += batch.drifts
+        if progress is not None:
+            progress(done, cfg.pumps)
+    ev = _sort_events(events)
+    _write_table(out, "events/events.parquet", ev)
+    _write_table(out, "faults/injected.parquet", fx.records_table(faults))
+    _write_table(out, "faults/drift.parquet", fx.records_table(drifts))
+    fleet = pump_fleet_schema()
+    write_fleet_schema(
+        out, fleet.model_copy(update={"interval_seconds": cfg.interval_minutes * 60.0})
     )
-    efs, epath = storage.resolve(storage.join(out, "events"))
-    efs.create_dir(epath, recursive=True)
-    pq.write_table(events, f"{epath}/events.parquet", filesystem=efs)
-
-
-def simulate(cfg: SimulationConfig, out: str, overwrite: bool = False) -> dict[str, int]:
-    """Simulate a fleet and write it to ``out``; returns the counts written."""
-    readings, events = simulate_tables(cfg)
-    write_fleet(readings, events, out, overwrite=overwrite)
-    kinds = events.column("event_type").to_pylist()
+    kinds = ev.column("event_type").to_pylist()
     counts = {
         "pumps": cfg.pumps,
-        "readings": readings.num_rows,
+        "readings": rows,
         "failures": kinds.count(EventType.FAILURE),
         "maintenance": kinds.count(EventType.MAINTENANCE),
     }
+    for prefix, specs, records in (("fault", cfg.faults, faults), ("drift", cfg.drifts, drifts)):
+        for kind in sorted({s.kind for s in specs}):
+            counts[f"{prefix}_{kind}"] = sum(r.rows for r in records if r.kind == kind)
     log.info("simulated fleet written to %s: %s", out, counts)
     return counts

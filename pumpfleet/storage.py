@@ -75,3 +75,26 @@ def read_json(uri: str | Path) -> Any:
 
 def write_json(uri: str | Path, obj: Any) -> None:
     write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+# What a fleet dataset folder holds (see pumpfleet.schema).
+DATASET_PARTS = ("readings", "events", "faults", "truth", "labels", "fleet.json")
+
+
+def prepare_dataset(out: str, overwrite: bool) -> None:
+    """Make ``out`` ready for a new fleet dataset: refuse to replace one unless
+    ``overwrite``, and then remove every part of it, so nothing stale survives (a
+    partition of a class the new data lacks, or another dataset's fleet.json)."""
+    import pyarrow.fs as pafs
+
+    from pumpfleet.errors import InputError
+
+    if list_files(join(out, "readings"), ".parquet") and not overwrite:
+        raise InputError(f"{out} already holds a fleet dataset; pass --overwrite to replace it")
+    for part in DATASET_PARTS:
+        fs, path = resolve(join(out, part))
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(path)

@@ -25,4 +25,13 @@ def run_main(job: Callable[[], Any]) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return exit_code(result)
+
+
+PARTIAL = 3
+
+
+def exit_code(result: Any) -> int:
+    """0 on success; 3 when the job finished but set some input aside (partial success)."""
+    partial = isinstance(result, dict) and result.get("status") == "partial"
+    return PARTIAL if partial else 0

@@ -16,10 +16,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import ray
 from ray.data.aggregate import Count, Mean, Std
+from ray.data.datasource import Partitioning
+from ray.data.datasource.partitioning import PartitionStyle
 
 from pumpfleet import storage
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.features import FeatureSpec
+from pumpfleet.inputs import scan
 from pumpfleet.schema import EventType, FleetSchema, read_fleet_schema
 from pumpfleet.settings import get_settings
 from pumpfleet.snapshot import LATEST, MANIFEST, snapshot_id
@@ -35,18 +38,12 @@ def _rows(df: pd.DataFrame, good: bool, splits: dict[str, str] | None = None) ->
     mask = df[REASON].isna() if good else df[REASON].notna()
     out = df[mask]
     if good:
-        out = out.drop(columns=[REASON])
+        out = out.drop(columns=[REASON, "path"])
         if splits is not None:
             out = out.assign(split=out["pump_id"].map(splits).fillna("train"))
+    else:
+        out = out.rename(columns={"path": "source_file"})
     return out
-
-
-def _inputs(readings_uri: str) -> list[tuple[str, int]]:
-    fs, _ = storage.resolve(readings_uri)
-    files = storage.list_files(readings_uri, ".parquet")
-    if not files:
-        raise InputError(f"{readings_uri}: no Parquet files (expected a fleet dataset)")
-    return [(f, int(fs.get_file_info(f).size or 0)) for f in files]
 
 
 def _failures(source: str) -> dict[str, list[int]]:
@@ -96,8 +93,20 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     """Turn a fleet dataset into a feature snapshot; returns the job summary."""
     started = time.monotonic()
     readings_uri = storage.join(source, "readings")
-    inputs = _inputs(readings_uri)
     fleet = read_fleet_schema(source)
+    files, rows_in, rejected = scan(readings_uri, fleet)
+    if not files:
+        if rejected:
+            raise DataError(
+                f"{readings_uri}: all {len(rejected)} files rejected "
+                f"(first: {rejected[0].path}: {rejected[0].reason})"
+            )
+        raise InputError(f"{readings_uri}: no Parquet files (expected a fleet dataset)")
+    for r in rejected:
+        log.warning("file rejected: %s: %s", r.path, r.reason)
+    fs, path = storage.resolve(readings_uri)
+    inputs = [(f, int(fs.get_file_info(f).size or 0)) for f in files]
+    inputs += [(f"rejected:{r.path}", 0) for r in rejected]
     if cfg.interval_seconds is None:
         cfg = cfg.model_copy(update={"interval_seconds": fleet.interval_seconds})
     sid = snapshot_id(inputs, {**cfg.model_dump(), "fleet": fleet.model_dump()})
@@ -108,9 +117,12 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
         return {**manifest["summary"], "snapshot_id": sid, "up_to_date": True}
 
     partitions = max(2, cluster_cpus())
-    fs, path = storage.resolve(readings_uri)
-    ds = ray.data.read_parquet(path, filesystem=fs)
-    rows_in = ds.count()
+    ds = ray.data.read_parquet(
+        files,
+        filesystem=fs,
+        partitioning=Partitioning(PartitionStyle.HIVE, base_dir=path),
+        include_paths=True,
+    )
     checked = (
         ds.groupby("pump_id", num_partitions=partitions)
         .map_groups(cast(Any, validate_pump), fn_kwargs={"fleet": fleet}, batch_format="pandas")
@@ -158,6 +170,11 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
     n_good = good.count()
     if n_good + n_bad != rows_in:  # pragma: no cover - would be a bug in validation
         raise DataError(f"counts do not reconcile: {rows_in} in, {n_good} good + {n_bad} bad")
+    per_file = (
+        checked.groupby("path")
+        .aggregate(Count(), Count(REASON, ignore_nulls=True, alias_name="quarantined"))
+        .to_pandas()
+    )
     counts = windows.groupby(["pump_class", "split"]).count().to_pandas()
     per_class = {
         cls: {
@@ -172,11 +189,19 @@ def run_ingest(source: str, features_root: str, cfg: WindowConfig) -> dict[str, 
         else {}
     )
     summary = {
+        "status": "partial" if rejected else "success",
         "source": str(source),
+        "files_read": len(files),
+        "files_rejected": [r.as_dict() for r in rejected],
+        "rows_in_rejected_files": sum(r.rows or 0 for r in rejected),
         "rows_in": rows_in,
         "rows_valid": n_good,
         "rows_quarantined": n_bad,
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "per_file": {
+            str(r["path"]): {"rows": int(r["count()"]), "quarantined": int(r["quarantined"])}
+            for _, r in per_file.iterrows()
+        },
         "pumps": len(splits),
         "windows": per_class,
         "seconds": round(time.monotonic() - started, 1),

@@ -36,8 +36,7 @@ def write_dataset(
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    if storage.list_files(storage.join(out, "readings"), ".parquet") and not overwrite:
-        raise InputError(f"{out} already holds a fleet dataset; pass --overwrite to replace it")
+    storage.prepare_dataset(out, overwrite)
     table = pa.Table.from_pandas(readings, schema=fleet.readings_schema(), preserve_index=False)
     fs, path = storage.resolve(storage.join(out, "readings"))
     pads.write_dataset(

@@ -147,3 +147,18 @@ def test_validation_follows_the_dataset_schema() -> None:
     )
     reasons = validate_pump(df, fleet)[REASON].tolist()
     assert reasons == [None, "out_of_range:a", "unknown_class"]
+
+
+@pytest.mark.realdata
+@realdata
+def test_overwrite_leaves_nothing_of_the_old_dataset(tmp_path: Path) -> None:
+    from pumpfleet.simulator import SimulationConfig, simulate
+
+    simulate(SimulationConfig(pumps=4, days=2), str(tmp_path))
+    with pytest.raises(InputError, match="--overwrite"):
+        import_skab(SHARED_DATA / "skab", str(tmp_path))
+    import_skab(SHARED_DATA / "skab", str(tmp_path), overwrite=True)
+    classes = {p.name for p in (tmp_path / "readings").iterdir()}
+    assert classes == {"pump_class=skab"}
+    assert not (tmp_path / "faults").exists()
+    assert read_fleet_schema(str(tmp_path)).name == "skab"

@@ -1,0 +1,86 @@
+"""Damaged input files: set aside with their reason, the rest ingested, counts exact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pumpfleet.errors import DataError
+from pumpfleet.simulator import SimulationConfig, simulate
+from pumpfleet.windows import WindowConfig
+
+pytestmark = [pytest.mark.ray]
+
+
+def test_damaged_files_are_set_aside_and_the_rest_goes_on(tmp_path: Path, ray_session: Any) -> None:
+    from ray_jobs.ingest import run_ingest
+
+    data = tmp_path / "fleet"
+    counts = simulate(SimulationConfig(pumps=12, days=12, seed=2), str(data))
+    esp = data / "readings" / "pump_class=esp"
+    good_file = next(esp.glob("*.parquet"))
+    sample = pq.read_table(good_file).slice(0, 50)
+    # Truncated: the footer is gone.
+    raw = good_file.read_bytes()
+    (esp / "truncated.parquet").write_bytes(raw[: len(raw) // 2])
+    # A mistyped column: temperatures written as text.
+    typed = sample.set_column(
+        sample.schema.get_field_index("motor_temp"),
+        "motor_temp",
+        pa.array([str(v) for v in sample.column("motor_temp").to_pylist()]),
+    )
+    pq.write_table(typed, esp / "mistyped.parquet")
+    # A missing column.
+    pq.write_table(sample.drop_columns(["flow"]), esp / "missing.parquet")
+
+    out = run_ingest(str(data), str(tmp_path / "features"), WindowConfig())
+    assert out["status"] == "partial"
+    rejected = {Path(r["path"]).name: r for r in out["files_rejected"]}
+    assert set(rejected) == {"truncated.parquet", "mistyped.parquet", "missing.parquet"}
+    assert rejected["truncated.parquet"]["reason"].startswith("unreadable")
+    assert rejected["truncated.parquet"]["rows"] is None
+    assert rejected["mistyped.parquet"]["reason"] == "column motor_temp is string, expected number"
+    assert rejected["missing.parquet"]["reason"] == "missing column flow"
+    assert out["rows_in_rejected_files"] == 100
+    # Everything readable went through, exactly.
+    assert out["rows_in"] == counts["readings"]
+    assert out["rows_valid"] + out["rows_quarantined"] == out["rows_in"]
+    assert sum(f["rows"] for f in out["per_file"].values()) == out["rows_in"]
+    assert out["files_read"] == len(out["per_file"]) == 4
+
+
+def test_quarantined_rows_name_their_source_file(tmp_path: Path, ray_session: Any) -> None:
+    from ray_jobs.ingest import run_ingest
+
+    data = tmp_path / "fleet"
+    simulate(SimulationConfig(pumps=4, days=6, seed=3), str(data))
+    rod = data / "readings" / "pump_class=rod"
+    rows = pq.read_table(next(rod.glob("*.parquet"))).slice(10, 4).to_pandas()
+    rows["vibration"] = 500.0  # beyond the physical range
+    rows["timestamp"] = rows["timestamp"] + pd.Timedelta(minutes=30)  # fresh timestamps
+    loose = pa.schema([f.with_nullable(True) for f in pq.read_schema(next(rod.glob("*.parquet")))])
+    pq.write_table(
+        pa.Table.from_pandas(rows, schema=loose, preserve_index=False), rod / "late.parquet"
+    )
+    out = run_ingest(str(data), str(tmp_path / "features"), WindowConfig())
+    assert out["status"] == "success"
+    assert out["quarantine_reasons"] == {"out_of_range:vibration": 4}
+    q = pd.read_parquet(tmp_path / "features" / out["snapshot_id"] / "quarantine")
+    assert [Path(p).name for p in q["source_file"]] == ["late.parquet"] * 4
+    late = [f for p, f in out["per_file"].items() if p.endswith("late.parquet")]
+    assert late == [{"rows": 4, "quarantined": 4}]
+
+
+def test_all_files_damaged_is_a_failure(tmp_path: Path, ray_session: Any) -> None:
+    from ray_jobs.ingest import run_ingest
+
+    part = tmp_path / "fleet" / "readings" / "pump_class=esp"
+    part.mkdir(parents=True)
+    (part / "x.parquet").write_bytes(b"PAR1 nothing here")
+    with pytest.raises(DataError, match="all 1 files rejected"):
+        run_ingest(str(tmp_path / "fleet"), str(tmp_path / "features"), WindowConfig())
