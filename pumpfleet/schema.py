@@ -87,9 +87,19 @@ FLEET_FILE = "fleet.json"
 
 
 class ChannelSpec(BaseModel):
+    """A channel's unit, its physical range, and the sensor-fault checks that suit it.
+
+    ``stuck_after``: so many identical readings in a row mean a stuck sensor (leave
+    unset for quantised channels, which repeat legitimately). ``spike_ratio``: a reading
+    further than this share of the local median (over five readings) from it is a spike
+    (leave unset where a sudden excursion may be the event itself, as in SKAB).
+    """
+
     unit: str
     min: float
     max: float
+    stuck_after: int | None = Field(default=None, ge=2)
+    spike_ratio: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> ChannelSpec:
@@ -139,8 +149,13 @@ class FleetSchema(BaseModel):
 
 def pump_fleet_schema() -> FleetSchema:
     """The schema of a pump fleet: the simulator's, and any dataset without fleet.json."""
+    # The pumps' analogue sensors are noisy floats: an exact repeat six readings long is
+    # a stuck sensor, and a reading twice its neighbours' level is a spike.
     return FleetSchema(
-        channels={c: ChannelSpec(unit=u, min=lo, max=hi) for c, (u, lo, hi) in CHANNELS.items()},
+        channels={
+            c: ChannelSpec(unit=u, min=lo, max=hi, stuck_after=6, spike_ratio=1.0)
+            for c, (u, lo, hi) in CHANNELS.items()
+        },
         classes={str(k): list(v) for k, v in CLASS_CHANNELS.items()},
     )
 

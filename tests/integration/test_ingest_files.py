@@ -84,3 +84,60 @@ def test_all_files_damaged_is_a_failure(tmp_path: Path, ray_session: Any) -> Non
     (part / "x.parquet").write_bytes(b"PAR1 nothing here")
     with pytest.raises(DataError, match="all 1 files rejected"):
         run_ingest(str(tmp_path / "fleet"), str(tmp_path / "features"), WindowConfig())
+
+
+def test_every_fault_kind_injected_reconciles(tmp_path: Path, ray_session: Any) -> None:
+    """Each fault on its own class or span, so the expected counts are exact."""
+    from pumpfleet.faults import FaultSpec
+    from ray_jobs.ingest import run_ingest
+
+    faults = [
+        FaultSpec(kind="spike", classes=("esp",), start_day=0, duration_days=1, rate=0.1),
+        FaultSpec(kind="duplicate", classes=("rod",), start_day=0, duration_days=1, rate=0.2),
+        FaultSpec(kind="dropout", classes=("pcp",), start_day=0, duration_days=1),
+        FaultSpec(kind="stuck", classes=("centrifugal",), start_day=0.5, duration_days=0.3),
+        FaultSpec(
+            kind="unit_error",
+            classes=("esp",),
+            channel="discharge_pressure",
+            start_day=2,
+            duration_days=1,
+        ),
+        FaultSpec(kind="out_of_order", classes=("rod",), start_day=2, duration_days=1),
+        FaultSpec(
+            kind="clock_skew",
+            classes=("pcp",),
+            pumps=0.5,
+            start_day=2,
+            duration_days=1,
+            skew_minutes=-120,
+        ),
+    ]
+    data = tmp_path / "fleet"
+    counts = simulate(SimulationConfig(pumps=16, days=8, seed=4, faults=faults), str(data))
+    rec = pd.read_parquet(data / "faults" / "injected.parquet").groupby("kind")
+    rows = rec.rows.sum()
+    beyond = rec.rows_out_of_range.sum()
+    skewed = rec.pump_id.nunique()["clock_skew"]
+
+    out = run_ingest(str(data), str(tmp_path / "features"), WindowConfig())
+    assert out["rows_in"] == counts["readings"]
+    assert out["rows_valid"] + out["rows_quarantined"] == out["rows_in"]
+    by_kind: dict[str, int] = {}
+    for reason, n in out["quarantine_reasons"].items():
+        by_kind[reason.split(":")[0]] = by_kind.get(reason.split(":")[0], 0) + n
+    assert by_kind == {
+        # Spikes beyond the range, and every psi-for-bar reading (all beyond 600 bar).
+        "out_of_range": beyond["spike"] + rows["unit_error"],
+        "spike": rows["spike"] - beyond["spike"],
+        # Exact copies, plus the two hours a -120 min skew lays over the rows before it.
+        "duplicate_timestamp": rows["duplicate"] + 2 * skewed,
+        "no_readings": rows["dropout"],
+        "stuck": rows["stuck"],
+    }
+    assert beyond["unit_error"] == rows["unit_error"]
+    # Rows that arrived out of order are sorted back, not lost.
+    assert rows["out_of_order"] > 0
+    q = pd.read_parquet(tmp_path / "features" / out["snapshot_id"] / "quarantine")
+    assert len(q) == out["rows_quarantined"]
+    assert q["quarantine_reason"].notna().all() and q["source_file"].notna().all()

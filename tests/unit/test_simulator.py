@@ -360,9 +360,10 @@ def test_faults_are_deterministic_by_seed(tmp_path: Path) -> None:
 
 def test_validation_catches_what_was_injected() -> None:
     faults = [
-        FaultSpec(kind="spike", pumps=0.5, start_day=0, duration_days=1, rate=0.3),
+        FaultSpec(kind="spike", pumps=0.5, start_day=0, duration_days=1, rate=0.1),
         FaultSpec(kind="duplicate", pumps=0.5, start_day=1.5, duration_days=1, rate=0.2),
         FaultSpec(kind="dropout", pumps=0.25, start_day=3, duration_days=0.5),
+        FaultSpec(kind="stuck", pumps=0.5, start_day=2.6, duration_days=0.3),
     ]
     fleet = simulate_fleet(SimulationConfig(**BASE, faults=faults))
     checked = pd.concat(
@@ -370,11 +371,23 @@ def test_validation_catches_what_was_injected() -> None:
     )
     found = checked[REASON].str.split(":").str[0].value_counts().to_dict()
     records = fleet.faults.to_pandas().groupby("kind")
+    spikes = records.rows.sum()["spike"]
+    beyond = records.rows_out_of_range.sum()["spike"]
+    # Every injected row is caught, each for its own reason, and nothing else is.
     assert found == {
-        "out_of_range": records.rows_out_of_range.sum()["spike"],
+        "out_of_range": beyond,
+        "spike": spikes - beyond,
         "duplicate_timestamp": records.rows.sum()["duplicate"],
         "no_readings": records.rows.sum()["dropout"],
+        "stuck": records.rows.sum()["stuck"],
     }
+    # ...on the very channel the record names.
+    stuck = fleet.faults.to_pandas().query("kind == 'stuck'")
+    flagged = checked[checked[REASON].fillna("").str.startswith("stuck:")]
+    for _, rec in stuck.iterrows():
+        mine = flagged[flagged.pump_id == rec.pump_id]
+        assert set(mine[REASON]) == {f"stuck:{rec.channel}"}
+        assert len(mine) == rec.rows
 
 
 # --- drift: real changes, recorded apart from the faults ---
