@@ -63,9 +63,24 @@ def _print(result: Any) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.faults import Injection
     from pumpfleet.simulator import SimulationConfig, simulate
 
-    cfg = SimulationConfig(pumps=args.pumps, days=args.days, seed=args.seed)
+    injection = Injection()
+    if args.inject:
+        path = Path(_existing(args.inject, "--inject"))
+        try:
+            injection = Injection.model_validate_json(path.read_text())
+        except ValidationError as e:
+            raise InputError(f"--inject {path}: {one_line(e)}") from None
+    cfg = SimulationConfig(
+        pumps=args.pumps,
+        days=args.days,
+        seed=args.seed,
+        interval_minutes=args.interval_minutes,
+        faults=injection.faults,
+        drifts=injection.drifts,
+    )
     _print(simulate(cfg, args.out or str(settings.data_dir), overwrite=args.overwrite))
 
 
@@ -185,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a simulated fleet dataset")
     _fleet_args(s)
+    s.add_argument("--interval-minutes", type=_positive("--interval-minutes"), default=60)
+    s.add_argument(
+        "--inject",
+        metavar="FILE",
+        help="JSON file of faults and drifts to inject (see examples/faults.json)",
+    )
     s.add_argument("--out", help="dataset folder or s3:// URI (default: workspace data)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_simulate)

@@ -105,6 +105,15 @@ class DriftSpec(_Targeted):
         return self
 
 
+class Injection(BaseModel):
+    """A file of faults and drifts to inject (``pumpfleet simulate --inject FILE``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    faults: list[FaultSpec] = Field(default_factory=list)
+    drifts: list[DriftSpec] = Field(default_factory=list)
+
+
 class Record(NamedTuple):
     pump_id: str
     pump_class: str

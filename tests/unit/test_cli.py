@@ -86,3 +86,53 @@ def test_search_space_values_are_checked() -> None:
         SearchSpace(lr=[0.01, -1.0])
     with pytest.raises(ValidationError, match="at least 1 item"):
         SearchSpace(hidden=[])
+
+
+def test_simulate_injects_faults_from_a_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+
+    spec = tmp_path / "inject.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "faults": [
+                    {
+                        "kind": "duplicate",
+                        "classes": ["rod"],
+                        "start_day": 0,
+                        "duration_days": 1,
+                        "rate": 0.5,
+                    }
+                ]
+            }
+        )
+    )
+    out = tmp_path / "f"
+    assert (
+        main(["simulate", "--pumps", "4", "--days", "2", "--inject", str(spec), "--out", str(out)])
+        == 0
+    )
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["fault_duplicate"] == 12  # half of one rod pump's first 24 hours
+    assert counts["readings"] == 4 * 2 * 24 + 12
+    assert (out / "faults" / "injected.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('{"faults": [{"kind": "meteor"}]}', "faults.0.kind: Input should be"),
+        ('{"faults": [{"kind": "spike", "classes": ["submarine"]}]}', "unknown classes"),
+        ('{"fault": []}', "fault: Extra inputs are not permitted"),
+        ("not json", "Invalid JSON"),
+    ],
+)
+def test_a_bad_injection_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, body: str, message: str
+) -> None:
+    spec = tmp_path / "inject.json"
+    spec.write_text(body)
+    code, err = run(capsys, "simulate", "--inject", str(spec), "--out", str(tmp_path / "f"))
+    assert code == 2 and len(err) == 1 and message in err[0], err
