@@ -1,0 +1,181 @@
+"""What one pass over a pump's rows yields, as plain functions that the ingest job maps.
+
+Validation needs a pump's rows together, and so does windowing, so the job groups the
+readings by pump once: each pump comes out as one row of small Arrow tables in IPC form
+(its row counts per file and reason, the statistics of its good readings per class, the
+good readings that its windows are cut from, and its quarantined rows). The splits, which
+need every pump, are then decided from those parts, and the windows are cut as they are
+written: six times the size of the readings they come from, they are never held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pumpfleet.schema import FleetSchema
+from pumpfleet.validation import REASON, validate_pump
+from pumpfleet.windows import WindowConfig, make_windows, window_schema
+
+PATH = "path"
+_KEYS = ("pump_id", "pump_class", "site")
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def from_ipc(blobs: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
+    """The tables in a column of IPC blobs; empty blobs (no table) are skipped."""
+    chunks = blobs.chunks if isinstance(blobs, pa.ChunkedArray) else [blobs]
+    return [
+        pa.ipc.open_stream(b.as_buffer()).read_all()
+        for chunk in chunks
+        for b in chunk
+        if b.is_valid and len(b.as_buffer())
+    ]
+
+
+def compact_paths(table: pa.Table) -> pa.Table:
+    """The ``path`` column (one file name repeated per row) as a dictionary, so that the
+    shuffle moves an index per row rather than the name."""
+    i = table.schema.get_field_index(PATH)
+    return table.set_column(i, PATH, pc.dictionary_encode(table.column(PATH)))
+
+
+def _counts(checked: pd.DataFrame, bad: np.ndarray) -> pa.Table:
+    """Rows per source file and reason (null: good)."""
+    paths = checked[PATH].astype("category")  # one already, from compact_paths
+    per_path = np.bincount(paths.cat.codes.to_numpy()[~bad], minlength=len(paths.cat.categories))
+    seen = np.flatnonzero(per_path)
+    categories = list(paths.cat.categories)
+    names = [str(categories[i]) for i in seen]
+    reasons: list[str | None] = [None] * len(seen)
+    rows = [int(n) for n in per_path[seen]]
+    if bad.any():
+        quarantined = checked[bad].groupby([PATH, REASON], observed=True).size()
+        names += [str(p) for p, _ in quarantined.index]
+        reasons += [str(r) for _, r in quarantined.index]
+        rows += [int(n) for n in quarantined.to_numpy()]
+    return pa.table(
+        {
+            "path": pa.array(names, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "rows": pa.array(rows, pa.int64()),
+        }
+    )
+
+
+def _stats(pump_id: str | None, good: pd.DataFrame, chans: Sequence[str]) -> pa.Table:
+    """Per class of the good rows: their number, and per channel the count of values,
+    their mean and their sum of squared deviations (which merge exactly across pumps)."""
+    classes = good["pump_class"]
+    values = good[list(chans)].to_numpy(dtype=float, na_value=np.nan)
+    out: dict[str, list[object]] = {"pump_id": [], "pump_class": [], "rows": []}
+    for c in chans:
+        out |= {f"n:{c}": [], f"mean:{c}": [], f"m2:{c}": []}
+    for cls in sorted(str(c) for c in pd.unique(classes)):
+        v = values[(classes == cls).to_numpy()]
+        seen = ~np.isnan(v)
+        n = seen.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(seen, v, 0.0).sum(axis=0) / n
+        m2 = np.where(seen, (v - mean) ** 2, 0.0).sum(axis=0)
+        out["pump_id"].append(pump_id)
+        out["pump_class"].append(cls)
+        out["rows"].append(len(v))
+        for i, c in enumerate(chans):
+            out[f"n:{c}"].append(int(n[i]))
+            out[f"mean:{c}"].append(float(mean[i]))
+            out[f"m2:{c}"].append(float(m2[i]))
+    return pa.table(out)
+
+
+def _dictionary(values: pd.Series) -> pa.Array:
+    codes, uniques = pd.factorize(values)
+    return pa.DictionaryArray.from_arrays(codes.astype(np.int32), pa.array(uniques, pa.string()))
+
+
+def _readings(good: pd.DataFrame, chans: Sequence[str]) -> bytes:
+    """What windowing reads of the good rows. Float32 is what the windows hold, so the
+    cast here is the one windowing would make."""
+    if good.empty:
+        return b""
+    cols: dict[str, pa.Array] = {k: _dictionary(good[k]) for k in _KEYS}
+    cols["timestamp"] = pa.array(good["timestamp"])
+    for c in chans:
+        cols[c] = pa.array(good[c].to_numpy(dtype=np.float32, na_value=np.nan))
+    return to_ipc(pa.table(cols))
+
+
+def pump_parts(df: pd.DataFrame, fleet: FleetSchema) -> pa.Table:
+    """One pump's rows in (with their source ``path``), one row out: ``pump_id`` and the
+    ``counts``, ``stats``, ``readings`` and ``quarantine`` tables (IPC)."""
+    checked = validate_pump(df, fleet)
+    bad = checked[REASON].notna().to_numpy()
+    good = checked[~bad] if bad.any() else checked
+    first = df["pump_id"].iloc[0]
+    pump_id = None if pd.isna(first) else str(first)
+    quarantine = b""
+    if bad.any():
+        rows = checked[bad].rename(columns={PATH: "source_file"})
+        rows["source_file"] = rows["source_file"].astype(str)
+        quarantine = to_ipc(pa.Table.from_pandas(rows, preserve_index=False))
+    return pa.table(
+        {
+            "pump_id": pa.array([pump_id], pa.string()),
+            "counts": pa.array([to_ipc(_counts(checked, bad))], pa.binary()),
+            "stats": pa.array([to_ipc(_stats(pump_id, good, fleet.channel_names))], pa.binary()),
+            "readings": pa.array([_readings(good, fleet.channel_names)], pa.binary()),
+            "quarantine": pa.array([quarantine], pa.binary()),
+        }
+    )
+
+
+def windows_of(
+    batch: pa.Table,
+    failures: Mapping[str, Sequence[int]],
+    splits: Mapping[str, str],
+    cfg: WindowConfig,
+    channels: Sequence[str],
+) -> pa.Table:
+    """The labelled windows of a batch of pumps' ``readings``."""
+    tables = [
+        make_windows(t.to_pandas(), failures, splits, cfg, channels)
+        for t in from_ipc(batch.column("readings"))
+    ]
+    return pa.concat_tables(tables) if tables else window_schema(cfg, len(channels)).empty_table()
+
+
+def quarantined_rows(batch: pa.Table) -> pa.Table:
+    tables = from_ipc(batch.column("quarantine"))
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def class_statistics(
+    stats: pd.DataFrame, splits: Mapping[str, str], channels: Iterable[str]
+) -> pd.DataFrame:
+    """Mean and standard deviation (ddof 1) per class and channel over the good rows of
+    the training pumps, merged from the pumps' parts (Chan et al.)."""
+    train = stats[stats["pump_id"].map(splits).fillna("train") == "train"]
+    out: dict[str, list[object]] = {"pump_class": []}
+    for cls, part in train.groupby("pump_class", sort=True):
+        out["pump_class"].append(cls)
+        for c in channels:
+            n_i = part[f"n:{c}"].to_numpy(dtype=float)
+            mean_i = np.nan_to_num(part[f"mean:{c}"].to_numpy(dtype=float))
+            m2_i = np.nan_to_num(part[f"m2:{c}"].to_numpy(dtype=float))
+            n = n_i.sum()
+            mean = float((n_i * mean_i).sum() / n) if n else float("nan")
+            m2 = float(m2_i.sum() + (n_i * (mean_i - mean) ** 2).sum()) if n else float("nan")
+            std = float(np.sqrt(m2 / (n - 1))) if n > 1 else float("nan")
+            out.setdefault(f"mean({c})", []).append(mean)
+            out.setdefault(f"std({c})", []).append(std)
+    return pd.DataFrame(out)
