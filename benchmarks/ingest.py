@@ -209,9 +209,18 @@ class MemorySampler:
         self.processes = max(self.processes, len(procs))
 
     def _store(self) -> None:
+        import ray
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        reply = get_memory_info_reply(get_state_from_address(None))
+        # This run's own cluster: with no address Ray looks for one, and fails when
+        # another Ray instance runs on the machine (which then stopped all sampling).
+        try:
+            state = get_state_from_address(ray.get_runtime_context().gcs_address)
+            reply = get_memory_info_reply(state)
+        except (ConnectionError, RuntimeError) as e:
+            log.warning("object store not sampled: %s", e)
+            self.object_store = False
+            return
         used = int(reply.store_stats.object_store_bytes_used)
         self.peak_store = max(self.peak_store, used)
 
