@@ -4,11 +4,13 @@ the same simulated fleet (hourly readings), in the same run.
 
     python -m benchmarks.ingest [--rows 1000000] [--days 180] [--out RESULT.json]
 
-The fleet is simulated once under the workspace and reused. The single process runs in
-a subprocess of its own (peak RSS from the kernel); Ray's memory is the RSS and PSS of
-the driver and every Ray process it started, summed and sampled every 0.2 s (RSS counts
-object-store pages once per process that maps them; PSS shares them out), and the object
-store's use, sampled every second. Both must write the same windows.
+The fleet is simulated once under the workspace and reused. The baseline
+(``benchmarks.ingest_single``) runs in a subprocess of its own: its peak RSS comes from
+the kernel. Ray's memory is summed over the driver and every Ray process it started: RSS
+sampled every 0.2 s (it counts an object-store page once per process that maps it), PSS
+(which shares such pages out) and the object store's use every 2 s. Both must write the
+same windows. The machine's load average before each run is recorded: on a shared
+machine it says how far to trust a ratio.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,17 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pumpfleet.schema import EventType, read_fleet_schema
 from pumpfleet.settings import Settings, quiet_telemetry
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.tables import format_table
-from pumpfleet.validation import REASON, validate_pump
-from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, make_windows
+from pumpfleet.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 GB = 1e9
@@ -53,107 +50,9 @@ def fleet_dataset(rows: int, days: int, seed: int, root: Path) -> tuple[Path, in
     return path, pumps
 
 
-# The baseline: one process, the whole fleet in memory, pump after pump.
-
-
-def _failures(source: Path) -> dict[str, list[int]]:
-    ev = pd.read_parquet(source / "events")
-    ev = ev[ev["event_type"] == EventType.FAILURE]
-    ms = ev["timestamp"].dt.as_unit("ms").astype("int64")
-    out: dict[str, list[int]] = {}
-    for pump, ts in zip(ev["pump_id"], ms, strict=True):
-        out.setdefault(str(pump), []).append(int(ts))
-    return out
-
-
-def single_process(source: Path, out: Path, cfg: WindowConfig) -> dict[str, Any]:
-    """Read → validate per pump → good / bad → train statistics per class → windows per
-    pump → Parquet partitioned by class; returns what it counted and its stage times."""
-    stages: dict[str, float] = {}
-    t = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        stages[name] = round(now - t, 2)
-        t = now
-
-    fleet = read_fleet_schema(str(source))
-    cfg = cfg.model_copy(
-        update={"interval_seconds": cfg.interval_seconds or fleet.interval_seconds}
-    )
-    df = (
-        pads.dataset(source / "readings", format="parquet", partitioning="hive")
-        .to_table()
-        .to_pandas()
-    )
-    rows_in = len(df)
-    stage("read")
-    checked = [validate_pump(g, fleet) for _, g in df.groupby("pump_id", sort=False, dropna=False)]
-    del df
-    stage("validate")
-    bad = pd.concat([c[c[REASON].notna()] for c in checked])
-    good = [c[c[REASON].isna()].drop(columns=[REASON]) for c in checked]
-    del checked
-    by_class: dict[str, list[str]] = {}
-    for g in good:
-        for cls, pump in g[["pump_class", "pump_id"]].drop_duplicates().itertuples(index=False):
-            by_class.setdefault(str(cls), []).append(str(pump))
-    splits = assign_splits(by_class, cfg.val_fraction, cfg.holdout_fraction)
-    chans = list(fleet.channel_names)
-    train = pd.concat(
-        [
-            g[["pump_class", *chans]]
-            for g in good
-            if splits.get(str(g["pump_id"].iloc[0])) == "train"
-        ]
-    )
-    stats = train.groupby("pump_class").agg(["mean", "std"])
-    specs: dict[str, dict[str, list[float]]] = {}
-    for cls, row in stats.iterrows():
-        keep = [
-            c
-            for c in fleet.classes.get(str(cls), ())
-            if pd.notna(row[(c, "std")]) and row[(c, "std")] > 0
-        ]
-        if keep:
-            specs[str(cls)] = {
-                "channels": keep,  # type: ignore[dict-item]
-                "mean": [float(row[(c, "mean")]) for c in keep],
-                "std": [float(row[(c, "std")]) for c in keep],
-            }
-    del train
-    stage("splits_stats")
-    failures = _failures(source)
-    windows = pa.concat_tables(
-        [make_windows(g, failures, splits, cfg, fleet.channel_names) for g in good]
-    )
-    stage("windows")
-    pq.write_to_dataset(windows, out / "windows", partition_cols=["pump_class"])
-    stage("write")
-    counts = windows.group_by(["pump_class", "split"]).aggregate([([], "count_all")]).to_pylist()
-    per_class = {
-        cls: {
-            s: sum(c["count_all"] for c in counts if c["pump_class"] == cls and c["split"] == s)
-            for s in SPLITS
-        }
-        for cls in sorted(specs)
-    }
-    return {
-        "rows_in": rows_in,
-        "rows_valid": rows_in - len(bad),
-        "rows_quarantined": len(bad),
-        "quarantine_reasons": {str(k): int(v) for k, v in bad[REASON].value_counts().items()},
-        "pumps": len(splits),
-        "windows": per_class,
-        "specs": specs,
-        "stages": stages,
-    }
-
-
 def _run_single(source: Path, out: Path) -> dict[str, Any]:
     """The baseline in a fresh interpreter, so that neither run's memory counts for the other."""
-    cmd = [sys.executable, "-m", "benchmarks.ingest", "--single-process", str(source), str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.ingest_single", str(source), str(out)]
     t = time.perf_counter()
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,8 +64,8 @@ def _run_single(source: Path, out: Path) -> dict[str, Any]:
 
 
 class MemorySampler:
-    """Sums the RSS and PSS of a process and its descendants every ``interval`` s, and
-    the object store's use (through Ray's internal API, when given) every second."""
+    """Peaks of the summed RSS (every ``interval`` s) and PSS (every 2 s) of a process and
+    its descendants, and of the object store's use (Ray's internal API, every 2 s)."""
 
     def __init__(self, pid: int, interval: float = 0.2, object_store: bool = False) -> None:
         # PSS (reading /proc/*/smaps_rollup: 60 ms for 10 processes) and the object store
@@ -335,15 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--out", type=Path, default=None, help="result JSON")
     parser.add_argument("--keep", action="store_true", help="keep both runs' outputs")
-    parser.add_argument("--single-process", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    if args.single_process:  # the subprocess of _run_single
-        source, out = args.single_process
-        result = single_process(source, out, WindowConfig())
-        result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        print(json.dumps(result))
-        return
 
     root = Settings().home / "benchmarks"
     root.mkdir(parents=True, exist_ok=True)
@@ -355,8 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     work = Path(tempfile.mkdtemp(prefix="ingest-run-", dir=root))
     try:
+        load = {"single": os.getloadavg()[0]}
         single = _run_single(source, work / "single")
         single["seconds"] = sum(single["stages"].values())
+        load["ray"] = os.getloadavg()[0]
         ray_run = _run_ray(source, work / "features", WindowConfig(), args.cpus)
         check = compare(
             work / "features" / ray_run["snapshot_id"] / "windows", work / "single" / "windows"
@@ -411,6 +304,7 @@ def main(argv: list[str] | None = None) -> None:
             table,
         )
     )
+    print(f"load average before: single {load['single']:.1f}, Ray {load['ray']:.1f}")
     print(f"stages, single: {single['stages']}")
     print(
         f"stages, Ray:    {ray_run['stages']} "
@@ -433,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         "ray": ray_run,
         "ratio": (rows / ray_run["seconds"]) / base,
         "check": check,
+        "load_average_before": load,
     }
     out = args.out or root / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2, default=str))

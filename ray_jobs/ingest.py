@@ -2,6 +2,10 @@
 per pump → a feature snapshot (Parquet, partitioned by pump class) with its specs.
 
     python -m ray_jobs.ingest --source DATASET [--out FEATURES_DIR]
+
+Two passes over the data, one shuffle: the readings are grouped by pump once and each
+pump validated there (``ray_jobs.ingest_parts``); the counts, splits and statistics come
+from the small per-pump parts, and the windows are cut while they are written.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from ray_jobs._ray import cluster_cpus, init_ray
 from ray_jobs.cli import run_main
 from ray_jobs.ingest_parts import (
     class_statistics,
-    compact_paths,
+    compact_strings,
     from_ipc,
     pump_parts,
     quarantined_rows,
@@ -99,7 +103,7 @@ class _Stages:
 
 def _read(files: list[str], fs: Any, base_dir: str, blocks: int) -> ray.data.Dataset:
     """The readings with their class (from the path) and source file, set up for the
-    grouping that follows."""
+    grouping by pump that follows."""
     ctx = ray.data.DataContext.get_current()
     # Ray's first Parquet reader: the second starts 32 footer-reading actors per read,
     # which took 16 of 20 s to read 10M rows on 2 CPUs (the files are checked already).
@@ -110,17 +114,25 @@ def _read(files: list[str], fs: Any, base_dir: str, blocks: int) -> ray.data.Dat
             filesystem=fs,
             partitioning=Partitioning(PartitionStyle.HIVE, base_dir=base_dir),
             include_paths=True,
-            override_num_blocks=blocks,
+            override_num_blocks=min(len(files), blocks),
         )
     finally:
         ctx.use_datasource_v2 = v2
-    # A sort-based shuffle: the hash shuffle's aggregator actors took twice as long
-    # (27 s against 12 s to group 10M rows on 2 CPUs).
+    # The hash shuffle's aggregator actors took more than twice as long on 2 CPUs
+    # (27 s against 12 s to group 10M rows).
     ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    # Pandas batches with numpy dtypes, which validation and windowing are written
-    # for: on Arrow-backed dtypes (Ray's default since 2.56) they ran 40% slower.
+    # Pandas batches with numpy dtypes, which validation and windowing are written for:
+    # on Ray's Arrow-backed dtypes (its default since 2.56) they ran 40% slower.
     ds.context.enable_arrow_backed_pandas_conversion = False
-    return ds.map_batches(compact_paths, batch_format="pyarrow", batch_size=None)
+    return ds.map_batches(compact_strings, batch_format="pyarrow", batch_size=None)
+
+
+def _blocks(rows: int, cpus: int) -> int:
+    """Blocks to read into. The sort-based shuffle makes as many partitions as it gets
+    blocks, and each partition is one task of pump work: 8 per CPU balance those tasks
+    (16 for 10M rows on 2 CPUs; 32 were no faster), but no block under 250k rows, since
+    tasks cost overhead (for 1M rows validation took 9.9 s with 4 blocks, 11.5 s with 16)."""
+    return max(1, min(8 * cpus, rows // 250_000))
 
 
 def _window_counts(fs: Any, path: str) -> pd.Series:
@@ -176,12 +188,15 @@ def run_ingest(
         return {**manifest["summary"], "snapshot_id": sid, "up_to_date": True}
     stage("scan")
 
-    # One pass over the data: each pump's rows together once, and validated there.
-    cpus = cluster_cpus()
+    # Each pump's rows together once, validated there; what comes out is small.
     parts = (
-        _read(files, fs, path, blocks=min(len(files), 8 * cpus))
-        .groupby("pump_id", num_partitions=max(2, cpus))
-        .map_groups(cast(Any, pump_parts), fn_kwargs={"fleet": fleet}, batch_format="pandas")
+        _read(files, fs, path, _blocks(rows_in, cluster_cpus()))
+        .groupby("pump_id")
+        .map_groups(
+            cast(Any, pump_parts),
+            fn_kwargs={"fleet": fleet, "files": files},
+            batch_format="pandas",
+        )
         .materialize()
     )
     stage("validate")

@@ -43,11 +43,15 @@ def from_ipc(blobs: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
     ]
 
 
-def compact_paths(table: pa.Table) -> pa.Table:
-    """The ``path`` column (one file name repeated per row) as a dictionary, so that the
-    shuffle moves an index per row rather than the name."""
-    i = table.schema.get_field_index(PATH)
-    return table.set_column(i, PATH, pc.dictionary_encode(table.column(PATH)))
+def compact_strings(table: pa.Table) -> pa.Table:
+    """The columns that repeat a few values (the source ``path``, ``site``,
+    ``pump_class``) as dictionaries, so that the shuffle moves an index per row rather
+    than the text; the pump id, which the shuffle sorts on, stays as it is."""
+    for name in (PATH, "site", "pump_class"):
+        i = table.schema.get_field_index(name)
+        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
+    return table
 
 
 def _counts(checked: pd.DataFrame, bad: np.ndarray) -> pa.Table:
@@ -115,10 +119,24 @@ def _readings(good: pd.DataFrame, chans: Sequence[str]) -> bytes:
     return to_ipc(pa.table(cols))
 
 
-def pump_parts(df: pd.DataFrame, fleet: FleetSchema) -> pa.Table:
-    """One pump's rows in (with their source ``path``), one row out: ``pump_id`` and the
-    ``counts``, ``stats``, ``readings`` and ``quarantine`` tables (IPC)."""
-    checked = validate_pump(df, fleet)
+def _in_file_order(df: pd.DataFrame, files: Sequence[str]) -> pd.DataFrame:
+    """The rows in the order of their files in ``files`` (stable within a file): of two
+    rows at one timestamp, validation keeps the first, which must not depend on the
+    order in which the shuffle happened to gather them (it varied from run to run)."""
+    paths = df[PATH].astype("category")
+    rank = {p: i for i, p in enumerate(files)}
+    of_code = np.array([rank.get(str(p), len(files)) for p in paths.cat.categories])
+    key = of_code[paths.cat.codes.to_numpy()]
+    if len(key) < 2 or bool(np.all(key[1:] >= key[:-1])):
+        return df
+    return df.iloc[np.argsort(key, kind="stable")]
+
+
+def pump_parts(df: pd.DataFrame, fleet: FleetSchema, files: Sequence[str]) -> pa.Table:
+    """One pump's rows in (with their source ``path``, one of ``files``), one row out:
+    ``pump_id`` and the ``counts``, ``stats``, ``readings`` and ``quarantine`` tables
+    (IPC)."""
+    checked = validate_pump(_in_file_order(df, files), fleet)
     bad = checked[REASON].notna().to_numpy()
     good = checked[~bad] if bad.any() else checked
     first = df["pump_id"].iloc[0]
@@ -126,7 +144,9 @@ def pump_parts(df: pd.DataFrame, fleet: FleetSchema) -> pa.Table:
     quarantine = b""
     if bad.any():
         rows = checked[bad].rename(columns={PATH: "source_file"})
-        rows["source_file"] = rows["source_file"].astype(str)
+        for name in ("source_file", "site", "pump_class"):  # plain strings in the table
+            if isinstance(rows[name].dtype, pd.CategoricalDtype):
+                rows[name] = rows[name].astype(object).where(rows[name].notna(), None)
         quarantine = to_ipc(pa.Table.from_pandas(rows, preserve_index=False))
     return pa.table(
         {
