@@ -13,14 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pumpfleet.features import nearest_regime
+from pumpfleet.regimes import regime_statistics
 from pumpfleet.schema import EventType, read_fleet_schema
 from pumpfleet.validation import REASON, validate_pump
-from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, make_windows
+from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, make_windows, time_cutoff
+from ray_jobs.ingest_parts import fit_class_regimes, settings_sample, specs_from_statistics
 
 
 def _failures(source: Path) -> dict[str, list[int]]:
@@ -66,32 +70,44 @@ def single_process(source: Path, out: Path, cfg: WindowConfig) -> dict[str, Any]
             by_class.setdefault(str(cls), []).append(str(pump))
     splits = assign_splits(by_class, cfg.val_fraction, cfg.holdout_fraction)
     chans = list(fleet.channel_names)
+    settings = list(fleet.settings)
+    cutoff = time_cutoff(
+        min(int(g["timestamp"].min().value // 1_000_000) for g in good if len(g)),
+        max(int(g["timestamp"].max().value // 1_000_000) for g in good if len(g)),
+        cfg,
+    )
     train = pd.concat(
         [
-            g[["pump_class", *chans]]
+            g[["pump_class", *chans, *settings]]
             for g in good
             if splits.get(str(g["pump_id"].iloc[0])) == "train"
         ]
     )
-    stats = train.groupby("pump_class").agg(["mean", "std"])
+    stats = train.groupby("pump_class")[chans].agg(["mean", "std"])
+    flat = pd.DataFrame({"pump_class": stats.index.astype(str)})
+    for c in chans:
+        flat[f"mean({c})"] = stats[(c, "mean")].to_numpy()
+        flat[f"std({c})"] = stats[(c, "std")].to_numpy()
+    fits = fit_class_regimes(
+        pd.concat([settings_sample(g, settings) for g in good if len(g)]), splits, settings
+    )
+    regime_stats = {}
+    for cls, fit in fits.items():
+        rows = train[train["pump_class"] == cls]
+        # float32, as the windows hold them: the regimes are found the same way
+        found = rows[settings].to_numpy(dtype=np.float32).astype(np.float64)
+        regime = nearest_regime(found, fit.center, fit.scale)
+        values = rows[chans].to_numpy(dtype=np.float32).astype(np.float64)
+        n, mean, m2 = regime_statistics(values, regime, len(fit.center))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.where(n > 1, np.sqrt(m2 / (n - 1)), np.nan)
+        regime_stats[cls] = (n, mean, std)
     del train
-    specs: dict[str, dict[str, Any]] = {}
-    for cls, row in stats.iterrows():
-        keep = [
-            c
-            for c in fleet.classes.get(str(cls), ())
-            if pd.notna(row[(c, "std")]) and row[(c, "std")] > 0
-        ]
-        if keep:
-            specs[str(cls)] = {
-                "channels": keep,
-                "mean": [float(row[(c, "mean")]) for c in keep],
-                "std": [float(row[(c, "std")]) for c in keep],
-            }
+    specs = specs_from_statistics(flat, cfg, fleet, fits, regime_stats)
     stage("splits_stats")
     failures = _failures(source)
     windows = pa.concat_tables(
-        [make_windows(g, failures, splits, cfg, fleet.channel_names) for g in good]
+        [make_windows(g, failures, splits, cfg, [*chans, *settings], cutoff) for g in good]
     )
     stage("windows")
     pq.write_to_dataset(windows, out / "windows", partition_cols=["pump_class"])

@@ -44,6 +44,19 @@ def _positive(name: str) -> Callable[[str], int]:
     return parse
 
 
+def _fraction(name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 <= value < 0.5:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 0.5), got {value}")
+        return value
+
+    return parse
+
+
 def _existing(path: str, what: str) -> str:
     from pumpfleet import storage
 
@@ -107,7 +120,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet.windows import WindowConfig
     from ray_jobs._ray import init_ray
-    from ray_jobs.ingest import run_ingest
+    from ray_jobs.ingest import ingest_and_log
 
     source = _existing(args.source or str(settings.data_dir), "--source")
     cfg = WindowConfig(
@@ -115,9 +128,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
         stride=args.stride,
         rul_cap_hours=args.rul_cap_hours,
         horizon_hours=args.horizon_hours,
+        future_fraction=args.future_fraction,
     )
     init_ray(settings)
-    code = _print(run_ingest(source, args.out or str(settings.features_dir), cfg))
+    code = _print(ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg))
     if code:
         raise SystemExit(code)
 
@@ -217,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stride", type=_positive("--stride"), default=4)
     s.add_argument("--rul-cap-hours", type=float, default=168.0, help="cap of the RUL label")
     s.add_argument("--horizon-hours", type=float, default=48.0, help="failure-within horizon")
+    s.add_argument(
+        "--future-fraction",
+        type=_fraction("--future-fraction"),
+        default=0.1,
+        help="share of the time span, at its end, held out as split 'future' (0: none)",
+    )
     s.set_defaults(func=cmd_ingest)
 
     s = sub.add_parser("import", help="map a public dataset into a fleet dataset")

@@ -20,6 +20,59 @@ from pumpfleet.schema import CHANNEL_NAMES
 CLIP = 10.0
 
 
+class Regimes(BaseModel):
+    """Operating regimes of one pump class: clusters of its operating settings, learned on
+    the training pumps (:func:`pumpfleet.regimes.fit_regimes`), and the statistics of
+    each channel within each regime. A reading is normalised with its own regime's
+    statistics, so that the model sees degradation rather than setpoint changes."""
+
+    settings: list[str] = Field(min_length=1)
+    # Cluster centres in the settings' own units, one row per regime, and the scale of
+    # each setting that distances are measured in.
+    center: list[list[float]] = Field(min_length=2)
+    scale: list[float]
+    # Per regime (row) and channel (column): mean and standard deviation, and the
+    # training rows each regime had.
+    mean: list[list[float]]
+    std: list[list[float]]
+    rows: list[int]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Regimes:
+        k, n_settings = len(self.center), len(self.settings)
+        if any(len(c) != n_settings for c in self.center) or len(self.scale) != n_settings:
+            raise ValueError("every regime centre and the scale need one value per setting")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("every setting scale must be positive")
+        if not (len(self.mean) == len(self.std) == len(self.rows) == k):
+            raise ValueError("mean, std and rows need one row per regime")
+        if len({len(m) for m in self.mean} | {len(s) for s in self.std}) != 1:
+            raise ValueError("every regime needs one mean and std per channel")
+        if any(v <= 0 for row in self.std for v in row):
+            raise ValueError("every regime std must be positive")
+        return self
+
+    @property
+    def k(self) -> int:
+        return len(self.center)
+
+    def assign(self, settings: np.ndarray) -> np.ndarray:
+        """The regime of each reading from its settings ``[..., S]``: the nearest centre
+        in scaled units; -1 where a setting is missing."""
+        return nearest_regime(settings, np.asarray(self.center), np.asarray(self.scale))
+
+
+def nearest_regime(settings: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre ``[k, S]`` to each settings row ``[..., S]`` in units
+    of ``scale``; -1 where a setting is missing."""
+    s = np.asarray(settings, dtype=np.float64)
+    z = s / scale
+    c = center / scale
+    d = ((z[..., None, :] - c) ** 2).sum(axis=-1)  # [..., k]
+    out = np.argmin(np.nan_to_num(d, nan=np.inf), axis=-1)
+    return np.where(np.isnan(s).any(axis=-1), -1, out)
+
+
 class FeatureSpec(BaseModel):
     """Everything needed to compute a model's input from raw readings: which channels,
     the window, the normalisation statistics, and how to read the model's outputs."""
@@ -32,23 +85,47 @@ class FeatureSpec(BaseModel):
     rul_cap_hours: float = Field(gt=0)
     horizon_hours: float = Field(gt=0)
     alert_threshold: float = Field(default=0.5, gt=0, lt=1)
+    # Statistics over all training readings: used where a class has one regime, and for
+    # readings whose settings are missing.
     mean: list[float]
     std: list[float]
+    regimes: Regimes | None = None
+    # The dataset's operating settings: a request may carry them whether or not this
+    # class has regimes (its other arm, or the next model, may need them).
+    setting_names: list[str] = Field(default_factory=list)
     version: int = 1
 
     @model_validator(mode="after")
     def _consistent(self) -> FeatureSpec:
-        if len(set(self.channels)) != len(self.channels):
-            raise ValueError("channels must be unique")
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ValueError("channels and settings must be unique")
         if not (len(self.channels) == len(self.mean) == len(self.std)):
             raise ValueError("channels, mean and std must have the same length")
         if any(s <= 0 for s in self.std):
             raise ValueError("every std must be positive")
+        if self.regimes is not None and len(self.regimes.mean[0]) != len(self.channels):
+            raise ValueError("regime statistics need one value per channel")
         return self
 
     @property
     def n_channels(self) -> int:
+        """Channels the model sees."""
         return len(self.channels)
+
+    @property
+    def settings(self) -> list[str]:
+        """Operating settings a raw window carries after its channels (to find regimes)."""
+        return list(self.regimes.settings) if self.regimes is not None else []
+
+    @property
+    def accepted(self) -> set[str]:
+        """Names a request's readings may carry."""
+        return {*self.channels, *self.settings, *self.setting_names}
+
+    @property
+    def inputs(self) -> list[str]:
+        """What a raw window holds per step, in order: the channels, then the settings."""
+        return [*self.channels, *self.settings]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
@@ -61,39 +138,57 @@ class FeatureSpec(BaseModel):
 def select_channels(
     raw_all: np.ndarray, spec: FeatureSpec, layout: Sequence[str] = CHANNEL_NAMES
 ) -> np.ndarray:
-    """From windows holding every channel of ``layout`` ``[..., W, len(layout)]``, the
-    spec's channels in the spec's order."""
-    missing = [c for c in spec.channels if c not in layout]
+    """From windows holding every column of ``layout`` ``[..., W, len(layout)]``, the
+    spec's inputs (its channels, then its settings) in the spec's order."""
+    missing = [c for c in spec.inputs if c not in layout]
     if missing:
         raise InputError(f"the windows hold no channel {missing[0]!r}")
-    idx = [list(layout).index(c) for c in spec.channels]
+    idx = [list(layout).index(c) for c in spec.inputs]
     return raw_all[..., idx]
 
 
 def window_features(raw: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Model input from raw readings ``[..., W, C]`` (C = the spec's channels).
+    """Model input ``[..., W, C]`` from raw windows ``[..., W, C + S]``: the spec's
+    channels, then its settings (none where the class has one regime).
 
-    Each channel is standardised with the training statistics; a missing reading (NaN)
-    becomes the training mean, i.e. 0 after standardising.
+    Each channel is standardised with the training statistics of the reading's operating
+    regime (or of all training readings, where the class has one regime or the reading's
+    settings are missing); a missing reading (NaN) becomes that mean, i.e. 0.
     """
     raw = np.asarray(raw, dtype=np.float64)
-    if raw.shape[-2:] != (spec.window, spec.n_channels):
-        raise InputError(
-            f"window must be {spec.window} steps x {spec.n_channels} channels, "
-            f"got {raw.shape[-2]} x {raw.shape[-1]}"
+    n_in = len(spec.inputs)
+    if raw.shape[-2:] != (spec.window, n_in):
+        what = f"{spec.n_channels} channels" + (
+            f" + {len(spec.settings)} settings" if spec.settings else ""
         )
-    z = (raw - np.asarray(spec.mean)) / np.asarray(spec.std)
+        raise InputError(
+            f"window must be {spec.window} steps x {what}, got {raw.shape[-2]} x {raw.shape[-1]}"
+        )
+    x = raw[..., : spec.n_channels]
+    if spec.regimes is None:
+        z = (x - np.asarray(spec.mean)) / np.asarray(spec.std)
+    else:
+        regime = spec.regimes.assign(raw[..., spec.n_channels :])  # [..., W], -1: unknown
+        # Row -1 of these tables is the all-readings statistics, for unknown regimes.
+        mean = np.vstack([spec.regimes.mean, spec.mean])
+        std = np.vstack([spec.regimes.std, spec.std])
+        z = (x - mean[regime]) / std[regime]
     z = np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP)
     return np.clip(z, -CLIP, CLIP).astype(np.float32)
 
 
 def readings_to_window(readings: dict[str, list[float | None]], spec: FeatureSpec) -> np.ndarray:
-    """A raw window ``[W, C]`` from ``{channel: [values, oldest first]}`` (None = missing)."""
-    missing = [c for c in spec.channels if c not in readings]
+    """A raw window ``[W, C + S]`` from ``{channel or setting: [values, oldest first]}``
+    (None = missing)."""
+    missing = [c for c in spec.inputs if c not in readings]
     if missing:
-        raise InputError(f"readings.{missing[0]}: channel required for class {spec.pump_class}")
+        what = "setting" if missing[0] in spec.settings else "channel"
+        raise InputError(
+            f"readings.{missing[0]}: {what} required for class {spec.pump_class}"
+            + (" (it selects the operating regime)" if what == "setting" else "")
+        )
     cols = []
-    for c in spec.channels:
+    for c in spec.inputs:
         values = readings[c]
         if len(values) != spec.window:
             raise InputError(f"readings.{c}: expected {spec.window} values, got {len(values)}")
@@ -113,7 +208,7 @@ def decode_outputs(out: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.n
 def window_summary(raw: np.ndarray, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Per-window summary of raw inputs (mean of each channel) that the prediction log
     keeps and the drift monitor compares with the training reference."""
-    raw = np.asarray(raw, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)[..., : spec.n_channels]
     with np.errstate(invalid="ignore"), _quiet_nanmean():
         means = np.nanmean(raw, axis=-2)
     return {c: means[..., i] for i, c in enumerate(spec.channels)}

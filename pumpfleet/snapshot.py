@@ -46,14 +46,22 @@ class Snapshot:
         except KeyError:
             raise DataError(f"snapshot {self.id} has no class {pump_class!r}") from None
 
-    def load(self, pump_class: str, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Raw windows of one class and split ``[N, W, C]`` (the spec's channels) and
-        their labels and keys as arrays."""
+    def load(
+        self, pump_class: str, split: str, spec: FeatureSpec | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Raw windows of one class and split ``[N, W, C + S]`` (the inputs of ``spec``,
+        by default the snapshot's own: a registered model's spec may differ) and their
+        labels and keys as arrays."""
         import pyarrow.dataset as pads
 
         from pumpfleet.windows import windows_to_numpy
 
-        spec = self.spec(pump_class)
+        own = self.spec(pump_class)
+        spec = spec or own
+        if spec.window != own.window:
+            raise DataError(
+                f"snapshot {self.id} has {own.window}-step windows, the model wants {spec.window}"
+            )
         fs, path = storage.resolve(storage.join(self.root, "windows", f"pump_class={pump_class}"))
         table = pads.dataset(path, filesystem=fs, format="parquet").to_table(
             filter=pads.field("split") == split

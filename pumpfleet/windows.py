@@ -13,7 +13,9 @@ from pydantic import BaseModel, Field, model_validator
 from pumpfleet.schema import CHANNEL_NAMES
 
 MS_PER_HOUR = 3_600_000
-SPLITS = ("train", "val", "holdout")
+# By pump: train, val and holdout. "future": the windows of train and val pumps that end
+# after the time cutoff, a holdout in time (holdout pumps stay holdout throughout).
+SPLITS = ("train", "val", "holdout", "future")
 
 
 class WindowConfig(BaseModel):
@@ -29,6 +31,9 @@ class WindowConfig(BaseModel):
     # Share of each class's pumps held out for validation and for the final holdout.
     val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
     holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    # Share of the fleet's time span, at its end, held out from training and validation
+    # (split "future"); 0 turns the time holdout off.
+    future_fraction: float = Field(default=0.1, ge=0, lt=0.5)
 
     @model_validator(mode="after")
     def _horizon_below_cap(self) -> WindowConfig:
@@ -71,12 +76,20 @@ def assign_splits(
     return out
 
 
+def time_cutoff(t_min_ms: int, t_max_ms: int, cfg: WindowConfig) -> int | None:
+    """The time after which train and val pumps' windows become "future"."""
+    if cfg.future_fraction == 0 or t_max_ms <= t_min_ms:
+        return None
+    return int(t_max_ms - round((t_max_ms - t_min_ms) * cfg.future_fraction))
+
+
 def make_windows(
     df: pd.DataFrame,
     failures: Mapping[str, Sequence[int]],
     splits: Mapping[str, str],
     cfg: WindowConfig,
     channels: Sequence[str] = CHANNEL_NAMES,
+    cutoff_ms: int | None = None,
 ) -> pa.Table:
     """Labelled sliding windows of one pump's validated readings.
 
@@ -85,7 +98,8 @@ def make_windows(
     within the record, the window is labelled with the cap if the record runs on for at
     least the cap, and dropped otherwise (its RUL is unknown). Windows that span a gap of
     more than half a window's worth of missing readings are dropped. A window holds
-    ``channels`` in that order, flattened time-major.
+    ``channels`` in that order, flattened time-major. Windows of train and val pumps
+    ending after ``cutoff_ms`` are split "future".
     """
     schema = window_schema(cfg, len(channels))
     if df.empty:
@@ -119,12 +133,17 @@ def make_windows(
     windows = np.lib.stride_tricks.sliding_window_view(values, w, axis=0)  # [n-w+1, C, w]
     flat = np.ascontiguousarray(windows[ends - (w - 1)].transpose(0, 2, 1)).reshape(-1)
     n = len(ends)
+    split = splits.get(pump_id, "train")
+    if cutoff_ms is not None and split != "holdout":
+        split_col = pa.array(np.where(end_ts > cutoff_ms, "future", split))
+    else:
+        split_col = pa.array([split] * n)
     return pa.Table.from_arrays(
         [
             pa.array([pump_id] * n),
             pa.array([str(df["pump_class"].iloc[0])] * n),
             pa.array([str(df["site"].iloc[0])] * n),
-            pa.array([splits.get(pump_id, "train")] * n),
+            split_col,
             pa.array(end_ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
             pa.array(rul_h, type=pa.float32()),
             pa.array((rul_h <= cfg.horizon_hours).astype(np.int8), type=pa.int8()),

@@ -27,7 +27,7 @@ from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
 from ray_jobs._ray import init_ray
 from ray_jobs.evaluate import run_evaluate
-from ray_jobs.ingest import run_ingest
+from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
 from ray_jobs.train import SearchSpace, run_train
 
@@ -72,7 +72,7 @@ def _requests(settings: Settings, n_per_class: int, seed: int) -> list[dict[str,
                 window[:, spec.channels.index(DRIFT_CHANNEL)] *= DRIFT_FACTOR
             readings = {
                 c: [None if np.isnan(v) else round(float(v), 4) for v in window[:, j]]
-                for j, c in enumerate(spec.channels)
+                for j, c in enumerate(spec.inputs)
             }
             out.append({"pump_id": str(pumps[i]), "pump_class": cls, "readings": readings})
     return out
@@ -132,7 +132,9 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     )
     step(2, "ingesting on Ray Data")
     init_ray(settings)
-    ingest = run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig())
+    ingest = ingest_and_log(
+        settings, str(settings.data_dir), str(settings.features_dir), WindowConfig()
+    )
     step(3, "training one model per class on Ray Tune")
     train = run_train(
         settings, ingest["snapshot_id"], SearchSpace(epochs=cfg.epochs, seed=cfg.seed)

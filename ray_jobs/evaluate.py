@@ -30,9 +30,10 @@ EXPERIMENT = "pumpfleet-evaluate"
 Holdout = tuple[np.ndarray, dict[str, np.ndarray]]
 
 
-def score_holdout(model: LoadedModel, holdout: Holdout) -> dict[str, float | None]:
-    """A registered model's report on holdout windows, through onnxruntime."""
-    raw, cols = holdout
+def score_holdout(model: LoadedModel, snap: Snapshot, split: str) -> dict[str, float | None]:
+    """A registered model's report on one split of a snapshot's windows (read for the
+    model's own feature spec), through onnxruntime."""
+    raw, cols = snap.load(model.spec.pump_class, split, model.spec)
     x = window_features(raw, model.spec)
     rul, prob = decode_outputs(onnx_io.run(onnx_io.session(model.onnx), x), model.spec)
     return regression_report(rul, cols["rul_hours"], prob, cols["failure_within_horizon"])
@@ -58,9 +59,12 @@ def evaluate_class(
     champion_version = registry.version_by_alias(name, CHAMPION)
     champ_report = None
     if champion_version is not None and champion_version != challenger.version:
-        champ_report = score_holdout(registry.load(name, CHAMPION), holdout)
-    ch_report = score_holdout(challenger, holdout)
+        champ_report = score_holdout(registry.load(name, CHAMPION), snap, "holdout")
+    ch_report = score_holdout(challenger, snap, "holdout")
     base = baseline_report(snap.load(cls, "train")[1], holdout)
+    # The time holdout (train and val pumps after the cutoff): reported, not gated on.
+    future = snap.load(cls, "future")
+    future_report = score_holdout(challenger, snap, "future") if len(future[0]) else None
     if champion_version == challenger.version:
         promote, reason = False, "challenger is already champion"
     else:
@@ -94,6 +98,7 @@ def evaluate_class(
         "challenger_report": ch_report,
         "champion_report": champ_report,
         "baseline_report": base,
+        "future_report": future_report,
     }
 
 

@@ -28,20 +28,23 @@ from ray.data.datasource.partitioning import PartitionStyle
 
 from pumpfleet import storage
 from pumpfleet.errors import DataError, InputError
-from pumpfleet.features import FeatureSpec
 from pumpfleet.inputs import scan
-from pumpfleet.schema import EventType, FleetSchema, read_fleet_schema
-from pumpfleet.settings import get_settings
+from pumpfleet.schema import EventType, read_fleet_schema
+from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import LATEST, MANIFEST, snapshot_id
-from pumpfleet.windows import SPLITS, WindowConfig, assign_splits
+from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, time_cutoff
 from ray_jobs._ray import cluster_cpus, init_ray
 from ray_jobs.cli import run_main
 from ray_jobs.ingest_parts import (
+    class_regime_statistics,
     class_statistics,
     compact_strings,
+    fit_class_regimes,
     from_ipc,
     pump_parts,
     quarantined_rows,
+    regime_statistics_of,
+    specs_from_statistics,
     windows_of,
 )
 
@@ -59,32 +62,6 @@ def _failures(source: str) -> dict[str, list[int]]:
         for pump, ts in zip(t["pump_id"], ms, strict=True):
             out.setdefault(str(pump), []).append(int(ts))
     return out
-
-
-def _specs(stats: pd.DataFrame, cfg: WindowConfig, fleet: FleetSchema) -> dict[str, dict[str, Any]]:
-    specs: dict[str, dict[str, Any]] = {}
-    for _, row in stats.iterrows():
-        cls = str(row["pump_class"])
-        chans = [
-            c
-            for c in fleet.classes.get(cls, ())
-            if pd.notna(row[f"std({c})"]) and row[f"std({c})"] > 0
-        ]
-        if not chans:
-            continue
-        spec = FeatureSpec(
-            pump_class=cls,
-            channels=chans,
-            window=cfg.window,
-            stride=cfg.stride,
-            interval_seconds=cfg.interval_seconds or fleet.interval_seconds,
-            rul_cap_hours=cfg.rul_cap_hours,
-            horizon_hours=cfg.horizon_hours,
-            mean=[float(row[f"mean({c})"]) for c in chans],
-            std=[float(row[f"std({c})"]) for c in chans],
-        )
-        specs[cls] = spec.model_dump()
-    return specs
 
 
 class _Stages:
@@ -216,11 +193,30 @@ def run_ingest(
         str(k): list(v) for k, v in pump_stats.groupby("pump_class")["pump_id"].apply(list).items()
     }
     splits = assign_splits(by_class, cfg.val_fraction, cfg.holdout_fraction)
-    specs = _specs(class_statistics(pump_stats, splits, fleet.channel_names), cfg, fleet)
+    cutoff = time_cutoff(int(pump_stats["t_min"].min()), int(pump_stats["t_max"].max()), cfg)
+    fits = fit_class_regimes(_parts_table(parts, "sample"), splits, fleet.settings)
+    regime_stats = {}
+    if fits:
+        per_pump = parts.select_columns(["readings"]).map_batches(
+            regime_statistics_of,
+            fn_kwargs={
+                "fits": {c: (f.center, f.scale) for c, f in fits.items()},
+                "channels": fleet.channel_names,
+                "settings": fleet.settings,
+            },
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+        regime_stats = class_regime_statistics(
+            _parts_table(per_pump, "regime_stats"), splits, fleet.channel_names
+        )
+    class_stats = class_statistics(pump_stats, splits, fleet.channel_names)
+    specs = specs_from_statistics(class_stats, cfg, fleet, fits, regime_stats)
     if not specs:
         raise DataError(f"{source}: no class has training data with varying readings")
     stage("splits_and_stats")
 
+    layout = [*fleet.channel_names, *fleet.settings]  # what a window holds per step
     tmp = storage.join(features_root, f".tmp-{sid}-{uuid.uuid4().hex[:8]}")
     wfs, wpath = storage.resolve(storage.join(tmp, "windows"))
     parts.select_columns(["readings"]).map_batches(
@@ -229,7 +225,8 @@ def run_ingest(
             "failures": _failures(source),
             "splits": splits,
             "cfg": cfg,
-            "channels": fleet.channel_names,
+            "channels": layout,
+            "cutoff_ms": cutoff,
         },
         batch_format="pyarrow",
         batch_size=None,
@@ -261,7 +258,15 @@ def run_ingest(
             for p, r in per_file.iterrows()
         },
         "pumps": len(splits),
+        "config": cfg.model_dump(),
         "windows": per_class,
+        "time_cutoff": (
+            None if cutoff is None else pd.Timestamp(cutoff, unit="ms", tz="UTC").isoformat()
+        ),
+        "regimes": {
+            cls: {"k": f.center.shape[0], "silhouette": round(f.silhouette, 3)}
+            for cls, f in sorted(fits.items())
+        },
         "seconds": round(time.monotonic() - started, 1),
     }
     manifest = {
@@ -270,7 +275,7 @@ def run_ingest(
         "inputs": inputs,
         "config": cfg.model_dump(),
         "fleet": fleet.model_dump(),
-        "channels": list(fleet.channel_names),
+        "channels": layout,
         "specs": specs,
         "splits": splits,
         "summary": summary,
@@ -281,6 +286,60 @@ def run_ingest(
     stage("publish")
     log.info("snapshot %s written: %s", sid, summary)
     return {**summary, "snapshot_id": sid, "up_to_date": False}
+
+
+EXPERIMENT = "pumpfleet-ingest"
+
+
+def _metric_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-./ " else "." for ch in text)
+
+
+def log_summary(settings: Settings, summary: dict[str, Any]) -> str:
+    """Record an ingest in MLflow (experiment ``pumpfleet-ingest``): the source and the
+    window config as params, the reconciled counts per reason and the windows per class
+    and split as metrics, the whole summary as ``ingest_summary.json``. Returns the run
+    id."""
+    from pumpfleet.registry import Registry
+
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    sid = str(summary["snapshot_id"])
+    run_id = registry.start_run(
+        EXPERIMENT,
+        f"ingest-{sid}",
+        params={"source": summary["source"], **summary.get("config", {})},
+        tags={"feature_snapshot": sid, "status": str(summary["status"])},
+    )
+    metrics: dict[str, float] = {
+        "rows_in": summary["rows_in"],
+        "rows_valid": summary["rows_valid"],
+        "rows_quarantined": summary["rows_quarantined"],
+        "files_read": summary["files_read"],
+        "files_rejected": len(summary["files_rejected"]),
+        "pumps": summary["pumps"],
+        "seconds": summary["seconds"],
+    }
+    for reason, rows in summary["quarantine_reasons"].items():
+        metrics[_metric_name(f"quarantined.{reason}")] = rows
+    for cls, per_split in summary["windows"].items():
+        for split, n in per_split.items():
+            metrics[f"windows.{cls}.{split}"] = n
+    for cls, regime in summary.get("regimes", {}).items():
+        metrics[f"regimes.{cls}"] = regime["k"]
+    registry.log_metrics(run_id, metrics)
+    registry.log_dict(run_id, summary, "ingest_summary.json")
+    registry.end_run(run_id)
+    return run_id
+
+
+def ingest_and_log(
+    settings: Settings, source: str, features_root: str, cfg: WindowConfig
+) -> dict[str, Any]:
+    """:func:`run_ingest`, and a new snapshot's summary recorded in MLflow."""
+    summary = run_ingest(source, features_root, cfg)
+    if not summary["up_to_date"]:
+        summary["mlflow_run_id"] = log_summary(settings, summary)
+    return summary
 
 
 def _publish(tmp: str, final: str) -> None:
@@ -299,14 +358,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="features folder (default: workspace)")
     parser.add_argument("--window", type=int, default=WindowConfig().window)
     parser.add_argument("--stride", type=int, default=WindowConfig().stride)
+    parser.add_argument(
+        "--future-fraction",
+        type=float,
+        default=WindowConfig().future_fraction,
+        help="share of the time span, at its end, held out as split 'future' (0: none)",
+    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
         settings = get_settings()
         source = args.source or str(settings.data_dir)
-        cfg = WindowConfig(window=args.window, stride=args.stride)
+        cfg = WindowConfig(
+            window=args.window, stride=args.stride, future_fraction=args.future_fraction
+        )
         init_ray(settings)
-        return run_ingest(source, args.out or str(settings.features_dir), cfg)
+        return ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg)
 
     return run_main(job)
 

@@ -11,12 +11,22 @@ written: six times the size of the readings they come from, they are never held.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pumpfleet.features import FeatureSpec, nearest_regime
+from pumpfleet.regimes import (
+    RegimeFit,
+    class_regimes,
+    fit_regimes,
+    merge_statistics,
+    regime_statistics,
+    sample_rows,
+)
 from pumpfleet.schema import FleetSchema
 from pumpfleet.validation import REASON, validate_pump
 from pumpfleet.windows import WindowConfig, make_windows, window_schema
@@ -82,11 +92,19 @@ def _stats(pump_id: str | None, good: pd.DataFrame, chans: Sequence[str]) -> pa.
     their mean and their sum of squared deviations (which merge exactly across pumps)."""
     classes = good["pump_class"]
     values = good[list(chans)].to_numpy(dtype=float, na_value=np.nan)
-    out: dict[str, list[object]] = {"pump_id": [], "pump_class": [], "rows": []}
+    ms = pd.to_datetime(good["timestamp"], utc=True).dt.as_unit("ms").astype("int64").to_numpy()
+    out: dict[str, list[object]] = {
+        "pump_id": [],
+        "pump_class": [],
+        "rows": [],
+        "t_min": [],
+        "t_max": [],
+    }
     for c in chans:
         out |= {f"n:{c}": [], f"mean:{c}": [], f"m2:{c}": []}
     for cls in sorted(str(c) for c in pd.unique(classes)):
-        v = values[(classes == cls).to_numpy()]
+        of_class = (classes == cls).to_numpy()
+        v = values[of_class]
         seen = ~np.isnan(v)
         n = seen.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -95,6 +113,8 @@ def _stats(pump_id: str | None, good: pd.DataFrame, chans: Sequence[str]) -> pa.
         out["pump_id"].append(pump_id)
         out["pump_class"].append(cls)
         out["rows"].append(len(v))
+        out["t_min"].append(int(ms[of_class].min()))
+        out["t_max"].append(int(ms[of_class].max()))
         for i, c in enumerate(chans):
             out[f"n:{c}"].append(int(n[i]))
             out[f"mean:{c}"].append(float(mean[i]))
@@ -107,16 +127,33 @@ def _dictionary(values: pd.Series) -> pa.Array:
     return pa.DictionaryArray.from_arrays(codes.astype(np.int32), pa.array(uniques, pa.string()))
 
 
-def _readings(good: pd.DataFrame, chans: Sequence[str]) -> bytes:
-    """What windowing reads of the good rows. Float32 is what the windows hold, so the
-    cast here is the one windowing would make."""
+def _readings(good: pd.DataFrame, columns: Sequence[str]) -> bytes:
+    """What windowing reads of the good rows (channels and settings). Float32 is what the
+    windows hold, so the cast here is the one windowing would make."""
     if good.empty:
         return b""
     cols: dict[str, pa.Array] = {k: _dictionary(good[k]) for k in _KEYS}
     cols["timestamp"] = pa.array(good["timestamp"])
-    for c in chans:
+    for c in columns:
         cols[c] = pa.array(good[c].to_numpy(dtype=np.float32, na_value=np.nan))
     return to_ipc(pa.table(cols))
+
+
+def settings_sample(good: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
+    """Evenly spaced rows (in time order) of each class's good readings of one pump: its
+    ``pump_id``, ``pump_class`` and settings, which the regimes are learned from."""
+    parts = []
+    for _, rows in good.groupby("pump_class", observed=True, sort=True):
+        rows = rows.sort_values("timestamp", kind="stable")
+        parts.append(rows.iloc[sample_rows(len(rows))][["pump_id", "pump_class", *settings]])
+    if not parts:
+        return pd.DataFrame(columns=["pump_id", "pump_class", *settings])
+    out = pd.concat(parts)
+    for k in ("pump_id", "pump_class"):
+        out[k] = out[k].astype(str)
+    for c in settings:
+        out[c] = out[c].to_numpy(dtype=np.float32, na_value=np.nan).astype(np.float64)
+    return out.reset_index(drop=True)
 
 
 def _in_file_order(df: pd.DataFrame, files: Sequence[str]) -> pd.DataFrame:
@@ -153,7 +190,13 @@ def pump_parts(df: pd.DataFrame, fleet: FleetSchema, files: Sequence[str]) -> pa
             "pump_id": pa.array([pump_id], pa.string()),
             "counts": pa.array([to_ipc(_counts(checked, bad))], pa.binary()),
             "stats": pa.array([to_ipc(_stats(pump_id, good, fleet.channel_names))], pa.binary()),
-            "readings": pa.array([_readings(good, fleet.channel_names)], pa.binary()),
+            "readings": pa.array(
+                [_readings(good, [*fleet.channel_names, *fleet.settings])], pa.binary()
+            ),
+            "sample": pa.array(
+                [to_ipc(pa.Table.from_pandas(settings_sample(good, fleet.settings)))],
+                pa.binary(),
+            ),
             "quarantine": pa.array([quarantine], pa.binary()),
         }
     )
@@ -165,13 +208,55 @@ def windows_of(
     splits: Mapping[str, str],
     cfg: WindowConfig,
     channels: Sequence[str],
+    cutoff_ms: int | None = None,
 ) -> pa.Table:
-    """The labelled windows of a batch of pumps' ``readings``."""
+    """The labelled windows of a batch of pumps' ``readings`` (``channels``: what a window
+    holds per step, channels then settings)."""
     tables = [
-        make_windows(t.to_pandas(), failures, splits, cfg, channels)
+        make_windows(t.to_pandas(), failures, splits, cfg, channels, cutoff_ms)
         for t in from_ipc(batch.column("readings"))
     ]
     return pa.concat_tables(tables) if tables else window_schema(cfg, len(channels)).empty_table()
+
+
+def pump_regime_statistics(
+    readings: pd.DataFrame,
+    fits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    channels: Sequence[str],
+    settings: Sequence[str],
+) -> pd.DataFrame:
+    """Per class with regimes (``fits``: class → centres, scale), regime and channel: the
+    count, mean and m2 of one pump's good readings, one row per (class, regime)."""
+    rows: list[dict[str, object]] = []
+    for cls, part in readings.groupby("pump_class", observed=True, sort=True):
+        if str(cls) not in fits:
+            continue
+        center, scale = fits[str(cls)]
+        regime = nearest_regime(part[list(settings)].to_numpy(dtype=np.float64), center, scale)
+        values = part[list(channels)].to_numpy(dtype=np.float64, na_value=np.nan)
+        n, mean, m2 = regime_statistics(values, regime, len(center))
+        pump_id = str(part["pump_id"].iloc[0])
+        for r in range(len(center)):
+            row: dict[str, object] = {"pump_id": pump_id, "pump_class": str(cls), "regime": r}
+            for i, c in enumerate(channels):
+                row |= {f"n:{c}": n[r, i], f"mean:{c}": mean[r, i], f"m2:{c}": m2[r, i]}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def regime_statistics_of(
+    batch: pa.Table,
+    fits: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    channels: Sequence[str],
+    settings: Sequence[str],
+) -> pa.Table:
+    """:func:`pump_regime_statistics` of a batch of pumps' ``readings``, as one IPC blob
+    per pump (column ``regime_stats``)."""
+    blobs = []
+    for t in from_ipc(batch.column("readings")):
+        df = pump_regime_statistics(t.to_pandas(), fits, channels, settings)
+        blobs.append(to_ipc(pa.Table.from_pandas(df, preserve_index=False)) if len(df) else b"")
+    return pa.table({"regime_stats": pa.array(blobs, pa.binary())})
 
 
 def quarantined_rows(batch: pa.Table) -> pa.Table:
@@ -199,3 +284,92 @@ def class_statistics(
             out.setdefault(f"mean({c})", []).append(mean)
             out.setdefault(f"std({c})", []).append(std)
     return pd.DataFrame(out)
+
+
+def _train_rows(df: pd.DataFrame, splits: Mapping[str, str]) -> pd.DataFrame:
+    return df[df["pump_id"].map(splits).fillna("train") == "train"]
+
+
+def fit_class_regimes(
+    samples: pd.DataFrame, splits: Mapping[str, str], settings: Sequence[str]
+) -> dict[str, RegimeFit]:
+    """Per class, the regimes of the training pumps' settings samples (classes whose
+    settings form no clear clusters are left out). Pumps in id order, so the fit does not
+    depend on the order in which the parts arrived."""
+    out: dict[str, RegimeFit] = {}
+    if not settings or samples.empty:
+        return out
+    train = _train_rows(samples, splits).sort_values("pump_id", kind="stable")
+    for cls, part in train.groupby("pump_class", sort=True):
+        fit = fit_regimes(part[list(settings)].to_numpy(dtype=np.float64))
+        if fit is not None:
+            out[str(cls)] = fit
+    return out
+
+
+def class_regime_statistics(
+    stats: pd.DataFrame, splits: Mapping[str, str], channels: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per class: count, mean and std ``[k, C]`` per regime and channel over the training
+    pumps' good rows, merged from the pumps' :func:`pump_regime_statistics`."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if stats.empty:
+        return out
+    for cls, part in _train_rows(stats, splits).groupby("pump_class", sort=True):
+        k = int(part["regime"].max()) + 1
+        parts = []
+        for _, pump in part.groupby("pump_id", sort=True):
+            arrays = []
+            for prefix in ("n", "mean", "m2"):
+                a = np.zeros((k, len(channels)))
+                cols = [f"{prefix}:{c}" for c in channels]
+                a[pump["regime"].to_numpy(dtype=int)] = pump[cols].to_numpy(dtype=np.float64)
+                arrays.append(a)
+            parts.append((arrays[0], arrays[1], arrays[2]))
+        out[str(cls)] = merge_statistics(parts)
+    return out
+
+
+def specs_from_statistics(
+    stats: pd.DataFrame,
+    cfg: WindowConfig,
+    fleet: FleetSchema,
+    fits: dict[str, RegimeFit] | None = None,
+    regime_stats: dict[str, tuple[Any, Any, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each class's feature spec from its training statistics (``class_statistics``) and,
+    where it has several operating regimes, their fit and per-regime statistics over all
+    of the dataset's channels (in ``fleet.channel_names`` order)."""
+    fits, regime_stats = fits or {}, regime_stats or {}
+    layout = list(fleet.channel_names)
+    specs: dict[str, dict[str, Any]] = {}
+    for _, row in stats.iterrows():
+        cls = str(row["pump_class"])
+        chans = [
+            c
+            for c in fleet.classes.get(cls, ())
+            if pd.notna(row[f"std({c})"]) and row[f"std({c})"] > 0
+        ]
+        if not chans:
+            continue
+        mean = [float(row[f"mean({c})"]) for c in chans]
+        std = [float(row[f"std({c})"]) for c in chans]
+        per_regime = regime_stats.get(cls)
+        if per_regime is not None:
+            idx = [layout.index(c) for c in chans]
+            per_regime = (per_regime[0][:, idx], per_regime[1][:, idx], per_regime[2][:, idx])
+        spec = FeatureSpec(
+            pump_class=cls,
+            channels=chans,
+            window=cfg.window,
+            stride=cfg.stride,
+            interval_seconds=cfg.interval_seconds or fleet.interval_seconds,
+            rul_cap_hours=cfg.rul_cap_hours,
+            horizon_hours=cfg.horizon_hours,
+            mean=mean,
+            std=std,
+            regimes=class_regimes(fits.get(cls), fleet.settings, per_regime, mean, std),
+            setting_names=list(fleet.settings),
+        )
+        specs[cls] = spec.model_dump()
+    return specs

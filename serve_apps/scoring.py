@@ -151,9 +151,11 @@ class PumpScorer:
         model = arms.get(arm) or arms[Arm.CHAMPION]
         if arm not in arms:
             arm = Arm.CHAMPION
-        unknown = sorted(set(req.readings) - set(model.spec.channels))
+        unknown = sorted(set(req.readings) - model.spec.accepted)
         if unknown:
-            raise _unprocessable(f"readings.{unknown[0]}", f"not a channel of {req.pump_class}")
+            raise _unprocessable(
+                f"readings.{unknown[0]}", f"not a channel or setting of {req.pump_class}"
+            )
         try:
             raw = readings_to_window(req.readings, model.spec)
         except InputError as e:

@@ -76,7 +76,7 @@ def inject_faults(dataset: Path) -> int:
 def workspace(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dict[str, Any]:
     """Simulated, fault-injected, ingested and trained once; shared by the tests here."""
     from ray_jobs.evaluate import run_evaluate
-    from ray_jobs.ingest import run_ingest
+    from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import SearchSpace, run_train
 
     home = tmp_path_factory.mktemp("ws")
@@ -84,7 +84,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dic
     sim = simulate(SimulationConfig(pumps=24, days=50, seed=5), str(settings.data_dir))
     removed = inject_faults(settings.data_dir)
     cfg = WindowConfig()
-    ingest = run_ingest(str(settings.data_dir), str(settings.features_dir), cfg)
+    ingest = ingest_and_log(settings, str(settings.data_dir), str(settings.features_dir), cfg)
     train = run_train(settings, "latest", SearchSpace(lr=[1e-2], epochs=12))
     evaluate = run_evaluate(settings)
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -31,7 +32,50 @@ def test_ingest_counts_reconcile_and_quarantine_says_why(workspace: dict[str, An
     assert quarantine["quarantine_reason"].notna().all()
     assert set(ing["windows"]) == set(PUMP_CLASSES)
     for cls, splits in ing["windows"].items():
-        assert all(n > 0 for n in splits.values()), (cls, splits)
+        assert all(splits[s] > 0 for s in ("train", "val", "holdout")), (cls, splits)
+        assert "future" in splits
+
+
+def test_ingest_summary_is_in_mlflow(workspace: dict[str, Any]) -> None:
+    ing = workspace["ingest"]
+    client = MlflowClient(tracking_uri=workspace["settings"].tracking_uri)
+    run = client.get_run(ing["mlflow_run_id"])
+    assert run.data.tags["feature_snapshot"] == ing["snapshot_id"]
+    m = run.data.metrics
+    assert (m["rows_in"], m["rows_valid"], m["rows_quarantined"]) == (
+        ing["rows_in"],
+        ing["rows_valid"],
+        ing["rows_quarantined"],
+    )
+    assert m["quarantined.out_of_range.motor_temp"] == INJECTED["out_of_range:motor_temp"]
+    assert m["windows.esp.train"] == ing["windows"]["esp"]["train"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["ingest_summary.json"]
+
+
+def test_each_class_normalises_per_operating_regime(workspace: dict[str, Any]) -> None:
+    """The simulator runs each class at its own set of speeds (physics.CLASS_PARAMS): the
+    regimes learned at ingest are those speeds, and within each the setpoint no longer
+    moves the normalised channels."""
+    from pumpfleet.features import window_features
+    from pumpfleet.physics import CLASS_PARAMS
+    from pumpfleet.snapshot import open_snapshot
+
+    snap = open_snapshot(str(workspace["settings"].features_dir))
+    assert snap.manifest["channels"][-2:] == ["speed_setpoint", "load_setpoint"]
+    for cls in PUMP_CLASSES:
+        spec = snap.spec(cls)
+        params = CLASS_PARAMS[cls]
+        assert spec.regimes is not None, cls
+        assert workspace["ingest"]["regimes"][cls]["k"] == len(params.regimes)
+        speeds = [c[0] for c in spec.regimes.center]
+        np.testing.assert_allclose(speeds, [r * params.speed for r in params.regimes], rtol=1e-3)
+        raw, _ = snap.load(cls, "train")
+        x = window_features(raw, spec)  # [N, W, C]
+        regime = spec.regimes.assign(raw[..., spec.n_channels :])
+        # Per regime, every channel's normalised training values centre on 0.
+        for r in range(spec.regimes.k):
+            means = x[regime == r].mean(axis=0)
+            assert np.abs(means).max() < 0.5, (cls, r, means)
 
 
 def test_ingest_again_does_nothing(workspace: dict[str, Any]) -> None:

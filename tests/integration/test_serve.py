@@ -45,7 +45,7 @@ def body(snap: Any, cls: str, i: int = 0, pump_id: str | None = None) -> dict[st
     return {
         "pump_id": pump_id or str(cols["pump_id"][i]),
         "pump_class": cls,
-        "readings": {c: [float(v) for v in raw[i][:, j]] for j, c in enumerate(spec.channels)},
+        "readings": {c: [float(v) for v in raw[i][:, j]] for j, c in enumerate(spec.inputs)},
     }
 
 
@@ -75,7 +75,7 @@ def test_the_same_window_scores_the_same_as_onnxruntime_offline(service: dict[st
     req = body(snap, cls, 3, pump_id=pump)
     served = client.post("/v1/score", json=req).json()
     model = Registry(service["settings"].tracking_uri).load(model_name(cls), CHAMPION)
-    raw = np.array([req["readings"][c] for c in model.spec.channels]).T
+    raw = np.array([req["readings"][c] for c in model.spec.inputs]).T
     rul, prob = decode_outputs(
         onnx_io.run(onnx_io.session(model.onnx), window_features(raw[None], model.spec)), model.spec
     )

@@ -84,7 +84,7 @@ def test_select_channels_and_summary() -> None:
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"channels": ["flow", "flow"]}, "channels must be unique"),
+        ({"channels": ["flow", "flow"]}, "channels and settings must be unique"),
         ({"channels": [], "mean": [], "std": []}, "at least 1 item"),
         ({"std": [0.0, 1.0]}, "std must be positive"),
         ({"mean": [0.0]}, "same length"),
