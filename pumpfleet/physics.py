@@ -1,14 +1,102 @@
 """Pump physics for the simulator, coarse but with the right shape: flow follows speed,
 head follows speed squared and power (current, heat) speed cubed (the pump affinity
-laws); each failure mode leaves its own signature that grows as health declines."""
+laws). Each class fails in its own ways, and each failure mode leaves its own signature
+(:data:`SIGNATURES`) that grows as health declines: a level shift and, for some modes,
+a swing, either cycling (gas slugs come and go) or noisy (cavitation)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-FAILURE_MODES = ("bearing_wear", "seal_leak", "motor_insulation")
+from pumpfleet.schema import CHANNEL_NAMES
+
+
+@dataclass(frozen=True)
+class Signature:
+    """How a failure mode moves the channels at full degradation (``deg`` = 1); at
+    lower degradation every effect is ``deg`` times as large.
+
+    ``level``: the relative change of a channel's level (for ``motor_temp``, of its rise
+    over ambient). ``swing``: the amplitude of a relative swing about that level, at most
+    0.2 so that a swing is never mistaken for a sensor spike (twice the local median).
+    ``cycling``: the share of the swing that is a slow cycle of a few hours, the rest
+    being step-to-step noise.
+    """
+
+    level: dict[str, float]
+    swing: dict[str, float] = field(default_factory=dict)
+    cycling: float = 0.0
+
+
+SIGNATURES: dict[str, Signature] = {
+    # Worn bearings shake, rub (heat) and drag (current).
+    "bearing_wear": Signature(
+        {"vibration": 2.5, "motor_temp": 0.3, "motor_current": 0.1},
+    ),
+    # Rod pumps: the same wear, in the pumping unit's gearbox.
+    "gearbox_wear": Signature(
+        {"vibration": 2.5, "motor_temp": 0.2, "motor_current": 0.15},
+    ),
+    # Fluid recirculates past a failed seal: less head, less flow.
+    "seal_leak": Signature(
+        {"intake_pressure": 0.15, "discharge_pressure": -0.25, "flow": -0.3},
+    ),
+    # Leakage current and hot spots in the windings.
+    "motor_insulation": Signature({"motor_temp": 0.5, "motor_current": 0.35}),
+    # Free gas at the intake: the pump loses prime and regains it, so current and flow
+    # fall and cycle; less liquid passes the motor, which runs hot.
+    "gas_lock": Signature(
+        {
+            "intake_pressure": -0.5,
+            "discharge_pressure": -0.2,
+            "motor_current": -0.3,
+            "flow": -0.4,
+            "motor_temp": 0.4,
+        },
+        swing={"motor_current": 0.2, "flow": 0.2, "discharge_pressure": 0.1},
+        cycling=0.7,
+    ),
+    # Produced sand wears the stages away: more friction and shaking, less lift.
+    "sand_erosion": Signature(
+        {
+            "vibration": 1.5,
+            "motor_current": 0.25,
+            "motor_temp": 0.2,
+            "discharge_pressure": -0.3,
+            "flow": -0.3,
+        },
+    ),
+    # PCP: the worn elastomer loses its seal on the rotor, so fluid slips back (less
+    # flow and head) and the rotor turns with less torque (less current).
+    "stator_wear": Signature(
+        {"discharge_pressure": -0.35, "flow": -0.45, "motor_current": -0.25},
+    ),
+    # Rod pump: a leaking traveling valve lets the lifted fluid slip back, lightening
+    # the upstroke load.
+    "traveling_valve_leak": Signature(
+        {"flow": -0.5, "discharge_pressure": -0.15, "motor_current": -0.15},
+    ),
+    # Rod pump: cracked, stretching rods load the unit unevenly from stroke to stroke.
+    "rod_fatigue": Signature(
+        {"vibration": 1.2, "motor_current": 0.1, "flow": -0.1},
+        swing={"vibration": 0.2, "motor_current": 0.2},
+        cycling=0.5,
+    ),
+    # Centrifugal: the intake pressure falls short of the fluid's vapour pressure;
+    # collapsing bubbles shake the pump and make head and flow unsteady.
+    "cavitation": Signature(
+        {
+            "intake_pressure": -0.6,
+            "vibration": 2.0,
+            "discharge_pressure": -0.2,
+            "flow": -0.2,
+            "motor_current": -0.1,
+        },
+        swing={"vibration": 0.2, "discharge_pressure": 0.15, "flow": 0.15, "motor_current": 0.1},
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -18,22 +106,49 @@ class ClassParams:
     # Channel baselines at nominal speed on a healthy pump, in CHANNEL_NAMES order.
     base: tuple[float, float, float, float, float, float]
     life_days: tuple[float, float]  # range of run lives between failures
+    modes: tuple[str, ...]  # the ways this class fails, keys of SIGNATURES
 
 
 CLASS_PARAMS: dict[str, ClassParams] = {
-    "esp": ClassParams(60.0, (0.8, 0.9, 1.0), (60.0, 180.0, 95.0, 2.0, 45.0, 900.0), (10, 35)),
-    "rod": ClassParams(8.0, (0.75, 1.0), (0.0, 40.0, 70.0, 4.0, 30.0, 120.0), (15, 45)),
-    "pcp": ClassParams(300.0, (0.7, 0.85, 1.0), (20.0, 90.0, 80.0, 0.0, 60.0, 400.0), (12, 40)),
+    "esp": ClassParams(
+        60.0,
+        (0.8, 0.9, 1.0),
+        (60.0, 180.0, 95.0, 2.0, 45.0, 900.0),
+        (10, 35),
+        ("bearing_wear", "seal_leak", "motor_insulation", "gas_lock", "sand_erosion"),
+    ),
+    "rod": ClassParams(
+        8.0,
+        (0.75, 1.0),
+        (0.0, 40.0, 70.0, 4.0, 30.0, 120.0),
+        (15, 45),
+        ("traveling_valve_leak", "rod_fatigue", "gearbox_wear", "motor_insulation"),
+    ),
+    "pcp": ClassParams(
+        300.0,
+        (0.7, 0.85, 1.0),
+        (20.0, 90.0, 80.0, 0.0, 60.0, 400.0),
+        (12, 40),
+        ("bearing_wear", "stator_wear", "sand_erosion", "gas_lock"),
+    ),
     "centrifugal": ClassParams(
-        3000.0, (0.85, 1.0), (5.0, 25.0, 65.0, 1.5, 120.0, 2500.0), (15, 50)
+        3000.0,
+        (0.85, 1.0),
+        (5.0, 25.0, 65.0, 1.5, 120.0, 2500.0),
+        (15, 50),
+        ("bearing_wear", "seal_leak", "motor_insulation", "cavitation"),
     ),
 }
 
+# The failure modes of each pump class, as the events table names them.
+FAILURE_MODES: dict[str, tuple[str, ...]] = {c: p.modes for c, p in CLASS_PARAMS.items()}
+
 
 def health(
-    rng: np.random.Generator, n: int, life_steps: tuple[float, float]
+    rng: np.random.Generator, n: int, life_steps: tuple[float, float], modes: tuple[str, ...]
 ) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[str]]:
-    """Degradation in [0, 1] per step, failure mode per step, and the event indices."""
+    """Degradation in [0, 1] per step, failure mode per step (an index into ``modes``),
+    and the event indices with the mode of each failure."""
     deg = np.zeros(n)
     mode = np.zeros(n, dtype=np.int64)
     failures: list[int] = []
@@ -43,7 +158,7 @@ def health(
     first = True
     while t < n:
         life = rng.uniform(*life_steps)
-        m = int(rng.integers(len(FAILURE_MODES)))
+        m = int(rng.integers(len(modes)))
         age = rng.uniform(0, 0.8 * life) if first else 0.0
         first = False
         # One cycle may hold a maintenance visit that takes some of the wear back.
@@ -63,7 +178,7 @@ def health(
                 continue
             if age >= life:
                 failures.append(t - 1)
-                failure_modes.append(FAILURE_MODES[m])
+                failure_modes.append(modes[m])
             break
     return deg, mode, failures, maint, failure_modes
 
@@ -78,27 +193,61 @@ def speed(rng: np.random.Generator, n: int, regimes: tuple[float, ...]) -> np.nd
     return out
 
 
+@dataclass(frozen=True)
+class _Effects:
+    """A class's signatures as tables, channels by modes, for one lookup per pump."""
+
+    level: np.ndarray  # relative level change at deg = 1
+    swing: np.ndarray  # swing amplitude at deg = 1, rows of the channels that swing
+    swung: np.ndarray  # indices of those channels
+    cycling: np.ndarray  # per mode
+    swings: np.ndarray  # per mode: whether it swings any channel
+
+
+def _effects(modes: tuple[str, ...]) -> _Effects:
+    sigs = [SIGNATURES[m] for m in modes]
+    level = np.array([[sig.level.get(c, 0.0) for sig in sigs] for c in CHANNEL_NAMES])
+    swing = np.array([[sig.swing.get(c, 0.0) for sig in sigs] for c in CHANNEL_NAMES])
+    swung = np.flatnonzero(swing.any(axis=1))
+    cycling = np.array([sig.cycling for sig in sigs])
+    return _Effects(level, swing[swung], swung, cycling, np.asarray(swing.any(axis=0)))
+
+
+_EFFECTS = {cls: _effects(p.modes) for cls, p in CLASS_PARAMS.items()}
+# Relative sensor noise per channel, in CHANNEL_NAMES order.
+_NOISE = np.array([[0.02], [0.02], [0.01], [0.05], [0.02], [0.02]])
+
+
 def channels(
     rng: np.random.Generator, cls: str, s: np.ndarray, deg: np.ndarray, mode: np.ndarray
 ) -> dict[str, np.ndarray]:
+    """Every channel's values for a pump of class ``cls`` at speed ``s`` (fraction of
+    nominal), degradation ``deg`` and failure mode ``mode`` (an index into its class's
+    modes). The draws from ``rng`` depend on the number of steps only."""
+    eff = _EFFECTS[cls]
     base = np.asarray(CLASS_PARAMS[cls].base, dtype=float)
     base = base * rng.uniform(0.95, 1.05, size=base.shape)  # pump-to-pump spread
-    bearing = deg * (mode == 0)
-    seal = deg * (mode == 1)
-    insul = deg * (mode == 2)
     n = len(s)
-
-    def noise(scale: float = 0.02) -> np.ndarray:
-        return 1.0 + rng.normal(0.0, scale, n)
-
-    values = {
-        "intake_pressure": base[0] * (1.0 + 0.1 * (1.0 - s)) * (1.0 + 0.15 * seal) * noise(),
-        "discharge_pressure": base[1] * s**2 * (1.0 - 0.25 * seal - 0.05 * deg) * noise(),
-        "motor_temp": (25.0 + (base[2] - 25.0) * s**3 * (1 + 0.5 * insul + 0.3 * bearing))
-        * (1.0 + 0.1 * deg)
-        * noise(0.01),
-        "vibration": base[3] * s * (1.0 + 2.5 * bearing + 0.6 * deg) * noise(0.05),
-        "motor_current": base[4] * s**3 * (1.0 + 0.35 * insul + 0.1 * bearing) * noise(),
-        "flow": base[5] * s * (1.0 - 0.3 * seal - 0.05 * deg) * noise(),
+    # The swing of the erratic modes: a cycle of 4-12 steps with a random phase, and noise.
+    period, phase = rng.uniform(4.0, 12.0), rng.uniform(0.0, 2 * np.pi)
+    jitter = rng.uniform(-1.0, 1.0, n)
+    noise = 1.0 + _NOISE * rng.standard_normal((len(CHANNEL_NAMES), n))
+    # The failure mode's factor on each channel (on the rise over ambient for motor_temp).
+    f = 1.0 + eff.level.take(mode, axis=1) * deg
+    if eff.swings.take(mode).any():  # some step is in a mode that swings
+        mix = eff.cycling.take(mode)
+        cycle = np.sin(2 * np.pi / period * np.arange(n) + phase)
+        swing = deg * (mix * cycle + (1.0 - mix) * jitter)
+        f[eff.swung] *= 1.0 + eff.swing.take(mode, axis=1) * swing
+    intake, discharge, _, vib, current, flow = f * noise
+    s3 = s**3
+    worn = 1.0 - 0.05 * deg  # every mode costs a little head and flow
+    return {
+        "intake_pressure": base[0] * (1.0 + 0.1 * (1.0 - s)) * intake,
+        "discharge_pressure": base[1] * s**2 * worn * discharge,
+        # Noise on the temperature as a whole, not on its rise alone.
+        "motor_temp": (25.0 + (base[2] - 25.0) * s3 * f[2]) * (1.0 + 0.1 * deg) * noise[2],
+        "vibration": base[3] * s * (1.0 + 0.6 * deg) * vib,
+        "motor_current": base[4] * s3 * current,
+        "flow": base[5] * s * worn * flow,
     }
-    return values

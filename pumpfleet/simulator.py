@@ -2,8 +2,9 @@
 toward failure, repaired by maintenance and after failures.
 
 Physics, coarse but with the right shape: flow follows speed, head follows speed
-squared and power (current, heat) speed cubed (the pump affinity laws); each failure
-mode leaves its own signature that grows as the pump's health declines.
+squared and power (current, heat) speed cubed (the pump affinity laws); each class has
+its own failure modes (``physics.FAILURE_MODES``, named in the ``detail`` of failure
+events), and each mode leaves its own signature that grows as the pump's health declines.
 
 Pumps are generated in batches and written as they come, so memory stays bounded
 whatever the fleet's size; faults and drift (``pumpfleet.faults``) are optional.
@@ -120,7 +121,7 @@ def _pump_arrays(
     lo, hi = params.life_days
     spd, ts_ms = clock
     n = len(ts_ms)
-    deg, mode, failures, maint, modes = physics.health(rng, n, (lo * spd, hi * spd))
+    deg, mode, failures, maint, modes = physics.health(rng, n, (lo * spd, hi * spd), params.modes)
     s = physics.speed(rng, n, params.regimes)
     records: list[fx.Record] = []
     if any(d.kind == "regime" for _, d in drifts):
