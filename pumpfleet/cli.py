@@ -138,17 +138,80 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
     from ray_jobs._ray import init_ray
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import reproduce, resume_train, run_train, space_from_args
 
-    space = SearchSpace(epochs=args.epochs, seed=args.seed)
+    space = space_from_args(args)  # a bad search space fails before Ray starts
     init_ray(settings)
-    _print(run_train(settings, args.snapshot, space))
+    if args.resume:
+        _print(resume_train(settings))
+    elif args.reproduce:
+        _print(reproduce(settings, args.reproduce))
+    else:
+        _print(run_train(settings, args.snapshot, space, args.classes))
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
     from ray_jobs.evaluate import run_evaluate
 
     _print(run_evaluate(settings, args.snapshot))
+
+
+def _version(text: str) -> str:
+    number = text.removeprefix("v")
+    if not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"--version must be like 3 or v3, got {text!r}")
+    return str(int(number))
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs.evaluate import promote_version
+
+    if args.force and not (args.reason or "").strip():
+        raise InputError("--force needs --reason: say why the gates are overridden")
+    r = promote_version(
+        settings,
+        args.pump_class,
+        args.version,
+        force=args.force,
+        reason=args.reason,
+        snapshot=args.snapshot,
+    )
+    for line in r["reasons"]:
+        print(line)
+    if not r["promoted"]:
+        failed = sum(line.startswith("FAIL") for line in r["reasons"])
+        raise InputError(
+            f"{args.pump_class} v{args.version} not promoted: {failed} gate(s) failed; "
+            "--force --reason TEXT overrides the gates"
+        )
+    before = f"v{r['champion_before']}" if r["champion_before"] else "none"
+    forced = f" (forced: {args.reason})" if r["forced"] else ""
+    print(f"{args.pump_class}: v{args.version} is champion, was {before}{forced}")
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet import lifecycle
+    from pumpfleet.registry import Registry
+
+    record = lifecycle.rollback(
+        Registry(settings.tracking_uri, settings.artifact_root),
+        args.pump_class,
+        who=lifecycle.current_user(),
+        why=args.reason or "manual rollback (no reason given)",
+        now=lifecycle.utc_now(),
+    )
+    was = f"v{record.previous}" if record.previous else "none"
+    print(f"{args.pump_class}: champion rolled back to v{record.version}, was {was}")
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet import lifecycle
+    from pumpfleet.registry import Registry, model_name
+
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    records = lifecycle.history(registry, args.pump_class)
+    print(model_name(args.pump_class))
+    print(lifecycle.format_history(records, registry.aliases(model_name(args.pump_class))))
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
@@ -164,7 +227,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     if not 0.0 <= args.challenger_weight <= 1.0:
         raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
     init_ray(settings)
-    url = serve_run.start(settings, args.port, args.challenger_weight, args.host)
+    url = serve_run.start(
+        settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
+    )
     print(f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True)
     try:
         while True:
@@ -255,15 +320,37 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true")
     k.set_defaults(func=cmd_import)
 
-    s = sub.add_parser("train", help="Ray Tune: one model per pump class, in parallel")
+    s = sub.add_parser("train", help="Ray Tune: one search per pump class, in parallel")
     s.add_argument("--snapshot", default="latest")
-    s.add_argument("--epochs", type=_positive("--epochs"), default=8)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--config", help="search space, YAML or JSON (default: built in)")
+    s.add_argument("--epochs", type=_positive("--epochs"), default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--classes", nargs="+", default=None, help="only these pump classes")
+    how = s.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="finish the last experiment")
+    how.add_argument("--reproduce", metavar="RUN_ID", help="retrain a recorded trial, compare")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="challenger vs champion on the holdout; promote")
     s.add_argument("--snapshot", default="latest")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("promote", help="make a model version champion, through the gates")
+    s.add_argument("--class", dest="pump_class", required=True, help="pump class")
+    s.add_argument("--version", type=_version, required=True, help="model version, e.g. 3")
+    s.add_argument("--force", action="store_true", help="skip the gates (needs --reason)")
+    s.add_argument("--reason", help="why; recorded in the audit trail")
+    s.add_argument("--snapshot", default="latest", help="feature snapshot the gates score on")
+    s.set_defaults(func=cmd_promote)
+
+    s = sub.add_parser("rollback", help="return the champion to the previous champion")
+    s.add_argument("--class", dest="pump_class", required=True, help="pump class")
+    s.add_argument("--reason", help="why; recorded in the audit trail")
+    s.set_defaults(func=cmd_rollback)
+
+    s = sub.add_parser("history", help="promotions, rollbacks and rejections: who, when, why")
+    s.add_argument("--class", dest="pump_class", required=True, help="pump class")
+    s.set_defaults(func=cmd_history)
 
     s = sub.add_parser("export", help="ONNX of each champion into a signed edge bundle")
     s.add_argument("--out", help="bundle folder (default: workspace bundles)")
@@ -273,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_positive("--port"), default=8000)
     s.add_argument("--challenger-weight", type=float, default=0.2)
+    s.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="serve without API keys (local development only)",
+    )
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("monitor", help="NannyML drift of served inputs vs training")

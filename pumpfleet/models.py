@@ -2,6 +2,18 @@
 
 Every model maps ``[B, W, C]`` standardised windows to ``[B, 2]``: the remaining useful
 life as a fraction of the cap, and the probability of failure within the horizon.
+``raw(x)`` gives the two pre-activations (the training loss works on them).
+
+- ``cnn``: two plain convolutions (the first model; registered versions load as such).
+- ``tcn``: a temporal convolutional network, dilated causal convolutions in residual
+  blocks (Bai, Kolter & Koltun 2018), read at the window's last step.
+- ``gru``: a stacked GRU, read at the window's last step.
+
+``members > 1`` makes any kind an ensemble: that many independently initialised copies,
+each trained on its own loss, whose outputs are averaged (less variance from one
+initialisation; the size grows by the same factor).
+
+All export to ONNX (opset 17, legacy exporter) with a dynamic batch dimension.
 """
 
 from __future__ import annotations
@@ -12,15 +24,40 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+KINDS = ("cnn", "tcn", "gru")
+# Blocks (tcn) or stacked recurrent layers (gru) where the config leaves ``layers`` unset.
+DEFAULT_LAYERS = {"cnn": 2, "tcn": 3, "gru": 1}
+# What "well under 1 MB of weights" means for an edge device.
+MAX_BYTES = 1_000_000
+
 
 class ModelConfig(BaseModel):
-    kind: str = Field(default="cnn", pattern="^(cnn)$")
+    kind: str = Field(default="cnn", pattern=f"^({'|'.join(KINDS)})$")
     hidden: int = Field(default=32, ge=4, le=512)
     kernel: int = Field(default=5, ge=1, le=31)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Residual blocks (tcn; dilations 1, 2, 4, ...) or stacked GRU layers; None: the
+    # kind's default. The cnn has its fixed two layers.
+    layers: int | None = Field(default=None, ge=1, le=8)
+    # Copies averaged into one model (see the module's docstring); 1: a single model.
+    members: int = Field(default=1, ge=1, le=16)
+
+    @property
+    def n_layers(self) -> int:
+        return self.layers if self.layers is not None else DEFAULT_LAYERS[self.kind]
 
 
-class TemporalCNN(nn.Module):
+class _TwoOutputs(nn.Module):
+    """``forward`` = sigmoid of both pre-activations of ``raw``."""
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.raw(x))
+
+
+class TemporalCNN(_TwoOutputs):
     """Two 1-D convolutions over time, pooled, with a RUL head and a failure head."""
 
     def __init__(self, n_channels: int, cfg: ModelConfig) -> None:
@@ -41,12 +78,115 @@ class TemporalCNN(nn.Module):
         pooled = torch.cat([z.mean(dim=2), z[:, :, -1]], dim=1)
         return self.head(self.dropout(pooled))
 
+
+class _CausalConv(nn.Module):
+    """A 1-D convolution that sees only the present and the past: padded on the left."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.pad = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(c_in, c_out, kernel, dilation=dilation)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.raw(x)
-        return torch.stack([torch.sigmoid(r[:, 0]), torch.sigmoid(r[:, 1])], dim=1)
+        return self.conv(nn.functional.pad(x, (self.pad, 0)))
+
+
+class _TCNBlock(nn.Module):
+    """Two causal dilated convolutions with ReLU and dropout, plus a residual path."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            _CausalConv(c_in, c_out, kernel, dilation),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            _CausalConv(c_out, c_out, kernel, dilation),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.net(x) + self.skip(x))
+
+
+class TCN(_TwoOutputs):
+    """Dilated causal residual blocks (dilation doubling per block); the head reads the
+    last step, which sees ``1 + 2 (kernel - 1) (2^blocks - 1)`` steps, and the mean over
+    the window."""
+
+    def __init__(self, n_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.blocks = nn.Sequential(
+            *(
+                _TCNBlock(n_channels if i == 0 else h, h, cfg.kernel, 2**i, cfg.dropout)
+                for i in range(cfg.n_layers)
+            )
+        )
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 2))
+
+    @staticmethod
+    def receptive_field(cfg: ModelConfig) -> int:
+        return 1 + 2 * (cfg.kernel - 1) * (2**cfg.n_layers - 1)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.blocks(x.transpose(1, 2))
+        return self.head(torch.cat([z[:, :, -1], z.mean(dim=2)], dim=1))
+
+
+class GRUNet(_TwoOutputs):
+    """A stacked GRU over the window; the head reads the last step's hidden state."""
+
+    def __init__(self, n_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.gru = nn.GRU(
+            n_channels,
+            h,
+            num_layers=cfg.n_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.n_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 2))
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        # No initial state is passed: the exporter then makes a zero state sized by the
+        # input, so the ONNX batch dimension stays dynamic.
+        out, _ = self.gru(x)
+        return self.head(self.dropout(out[:, -1]))
+
+
+class Ensemble(_TwoOutputs):
+    """Members of one kind, each with its own pre-activations (``member_raw``, which the
+    training loss works on member by member); the outputs are the members' mean."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def member_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``[M, B, 2]`` of every member."""
+        return torch.stack([m.raw(x) for m in self.members])  # type: ignore[operator]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.member_raw(x)).mean(dim=0)
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-activations whose sigmoid is ``forward``."""
+        return torch.logit(self(x), eps=1e-7)
 
 
 def build_model(n_channels: int, cfg: ModelConfig) -> nn.Module:
+    """The model of ``cfg.kind`` for windows of ``n_channels`` channels."""
+    if cfg.members > 1:
+        single = cfg.model_copy(update={"members": 1})
+        return Ensemble([build_model(n_channels, single) for _ in range(cfg.members)])
+    if cfg.kind == "tcn":
+        return TCN(n_channels, cfg)
+    if cfg.kind == "gru":
+        return GRUNet(n_channels, cfg)
     return TemporalCNN(n_channels, cfg)
 
 

@@ -63,6 +63,11 @@ class Registry:
     """Tracking and registry on one MLflow backend (SQLite by default, or a server)."""
 
     def __init__(self, tracking_uri: str, artifact_root: str | None = None) -> None:
+        # A server that is down: MLflow retries each request 7 times with backoff factor
+        # 2 by default (minutes before an error); 4 retries with factor 1 say so in ~15 s.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         import mlflow
         from mlflow import MlflowClient
 
@@ -86,6 +91,19 @@ class Registry:
             yield
         finally:
             self._mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
+
+    def ping(self) -> None:
+        """Check that the tracking server answers (after MLflow's retries with backoff),
+        so that a job fails before its work, not after; RegistryError if it does not."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:  # requests' and MLflow's errors alike
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RegistryError(f"MLflow at {self.tracking_uri} is unreachable: {first}") from None
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Remove a model version (a registration that could not be completed)."""
+        self.client.delete_model_version(name, version)
 
     # --- tracking -------------------------------------------------------------------
 
@@ -177,6 +195,44 @@ class Registry:
                 )
         return str(info.model_uri)
 
+    def log_snapshot_input(self, run_id: str, snapshot: Any, pump_class: str) -> None:
+        """Record the feature snapshot a model was trained on as the run's dataset input
+        (what ``mlflow.log_input`` records): its digest is the snapshot's content hash."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        spec = snapshot.spec(pump_class)
+        dataset = Dataset(
+            name=f"features-{pump_class}",
+            digest=snapshot.id,
+            source_type="local" if "://" not in snapshot.root else snapshot.root.split(":")[0],
+            source=json.dumps({"uri": snapshot.root, "pump_class": pump_class}),
+            schema=json.dumps({"inputs": spec.inputs, "window": spec.window}),
+            profile=json.dumps(
+                snapshot.manifest.get("summary", {}).get("windows", {}).get(pump_class, {})
+            ),
+        )
+        tags = [InputTag("mlflow.data.context", "training")]
+        self.client.log_inputs(run_id, datasets=[DatasetInput(dataset=dataset, tags=tags)])
+
+    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(run_id, figure, artifact_file)
+
+    def run_record(
+        self, run_id: str, metrics: tuple[str, ...]
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, dict[int, float]]]:
+        """A run's params, tags and per-step history of ``metrics``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as e:
+            raise RegistryError(f"run {run_id}: {str(e).splitlines()[0]}") from None
+        history = {
+            m: {int(p.step): float(p.value) for p in self.client.get_metric_history(run_id, m)}
+            for m in metrics
+        }
+        return dict(run.data.params), dict(run.data.tags), history
+
     def register(self, model_uri: str, name: str, tags: dict[str, Any] | None = None) -> str:
         """Register a logged model as a new version of ``name``; returns the version."""
         if self.client.search_registered_models(filter_string=f"name = '{name}'") == []:
@@ -234,6 +290,61 @@ class Registry:
         return LoadedModel(
             name=name,
             version=version,
+            run_id=str(mv.run_id),
+            onnx=(path / "model.onnx").read_bytes(),
+            spec=FeatureSpec.from_json((extra / SPEC_FILE).read_text()),
+            model_config=json.loads((extra / MODEL_CONFIG_FILE).read_text()),
+            state_dict_path=extra / WEIGHTS_FILE,
+            tags={str(k): str(v) for k, v in (mv.tags or {}).items()},
+        )
+
+    # --- lifecycle: versions by number, alias removal, audit tags --------------------
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        """The tags of version ``version`` of ``name``; RegistryError if there is none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version(name, str(version))
+        except MlflowException:
+            raise RegistryError(f"{name} has no version {version!r}") from None
+        return {str(k): str(v) for k, v in (mv.tags or {}).items()}
+
+    def versions(self, name: str) -> dict[str, dict[str, str]]:
+        """Every version of ``name`` with its tags, by version number."""
+        found = self.client.search_model_versions(filter_string=f"name = '{name}'")
+        return {
+            str(mv.version): {str(k): str(v) for k, v in (mv.tags or {}).items()}
+            for mv in sorted(found, key=lambda mv: int(mv.version))
+        }
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of a tracking run ({} if the run is gone)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return {str(k): str(v) for k, v in self.client.get_run(run_id).data.tags.items()}
+        except MlflowException:
+            return {}
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(name, alias)
+
+    def load_version(self, name: str, version: str, dst: Path | None = None) -> LoadedModel:
+        """Download version ``version`` of ``name`` (as :meth:`load` does an alias)."""
+        self.version_tags(name, version)  # a clear error for an unknown version
+        mv = self.client.get_model_version(name, str(version))
+        dst = dst or Path(tempfile.mkdtemp(prefix="pumpfleet-model-"))
+        with self._fluent():
+            path = Path(
+                self._mlflow.artifacts.download_artifacts(
+                    f"models:/{name}/{mv.version}", dst_path=str(dst / f"{name}-{mv.version}")
+                )
+            )
+        extra = path / "extra_files"
+        return LoadedModel(
+            name=name,
+            version=str(mv.version),
             run_id=str(mv.run_id),
             onnx=(path / "model.onnx").read_bytes(),
             spec=FeatureSpec.from_json((extra / SPEC_FILE).read_text()),
