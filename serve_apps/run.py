@@ -10,25 +10,43 @@ from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings
 from serve_apps.scoring import ScoringConfig, build_app
+from serve_apps.security import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "pumpfleet"
 
 
-def start(settings: Settings, port: int, challenger_weight: float, host: str = "127.0.0.1") -> str:
-    """Deploy the scoring app; returns its base URL. Binds to loopback by default."""
+def start(
+    settings: Settings,
+    port: int,
+    challenger_weight: float,
+    host: str = "127.0.0.1",
+    secrets: Secrets | None = None,
+    insecure_dev: bool = False,
+    max_body_bytes: int | None = None,
+) -> str:
+    """Deploy the scoring app; returns its base URL. Binds to loopback by default. The
+    keys come from ``secrets``, else from the environment (``serve_apps/security.py``);
+    without any, it refuses to start unless ``insecure_dev``."""
+    secrets = secrets or load_secrets()
+    cfg = ScoringConfig(
+        tracking_uri=settings.tracking_uri,
+        predictions_dir=str(settings.predictions_dir),
+        challenger_weight=challenger_weight,
+        api_key_sha256=list(secrets.api_keys),
+        admin_token_sha256=list(secrets.admin_tokens),
+        insecure_dev=insecure_dev,
+    )
+    if max_body_bytes:
+        cfg = cfg.model_copy(update={"max_body_bytes": max_body_bytes})
+    cfg.check()
     registry = Registry(settings.tracking_uri)
     if not any(registry.version_by_alias(model_name(c), CHAMPION) for c in registry.classes()):
         raise RegistryError(
             f"no champion model in {settings.tracking_uri}; run `pumpfleet evaluate` first"
         )
     serve.start(http_options={"host": host, "port": port})
-    cfg = ScoringConfig(
-        tracking_uri=settings.tracking_uri,
-        predictions_dir=str(settings.predictions_dir),
-        challenger_weight=challenger_weight,
-    )
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     log.info("scoring service up at %s (challenger weight %.2f)", url, challenger_weight)

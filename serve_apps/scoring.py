@@ -4,22 +4,28 @@ One ingress deployment holds, per pump class, the champion and the challenger (O
 onnxruntime) and decides the arm itself: every hop through a DeploymentHandle costs more
 than these models do (STACK.md, "Serving on 2 cores").
 
-    serve run serve_apps.scoring:build_app tracking_uri=sqlite:///...
+    serve run serve_apps.scoring:build_app tracking_uri=sqlite:///... predictions_dir=...
+
+Scoring needs an API key (``X-API-Key``), the admin routes a bearer token; only the keys'
+digests are in the config (``serve_apps/security.py``).
 """
 
 import logging
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.util import metrics
 
 from pumpfleet import onnx_io
 from pumpfleet.errors import InputError, RegistryError
@@ -33,15 +39,19 @@ from pumpfleet.features import (
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
 from pumpfleet.routing import Arm, assign_arm
+from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
 log = logging.getLogger(__name__)
 
 MAX_WINDOW = 10_000
+MAX_BATCH = 10_000
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 Reading = Annotated[float | None, Field(allow_inf_nan=False)]
 
 
 class ScoringConfig(BaseModel):
-    """What the app serves and where it logs; the typed argument of ``build_app``."""
+    """What the app serves, where it logs and who may call it; the typed argument of
+    ``build_app``."""
 
     tracking_uri: str
     predictions_dir: str
@@ -49,6 +59,17 @@ class ScoringConfig(BaseModel):
     salt: str = "pumpfleet-ab-1"
     flush_seconds: float = Field(default=1.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
+    # sha256 digests of the scoring keys and admin tokens (never the keys themselves)
+    api_key_sha256: list[str] = Field(default_factory=list)
+    admin_token_sha256: list[str] = Field(default_factory=list)
+    insecure_dev: bool = False  # no keys needed: local development only
+    max_body_bytes: int = Field(default=32 * 2**20, gt=0)
+
+    def check(self) -> None:
+        if not self.insecure_dev and not self.api_key_sha256:
+            raise InputError(
+                "no API keys: set PUMPFLEET_API_KEYS (or _FILE), or pass --insecure-dev"
+            )
 
 
 class ScoreRequest(BaseModel):
@@ -69,11 +90,48 @@ class ScoreResponse(BaseModel):
     alert: bool
 
 
+class BatchRequest(BaseModel):
+    items: list[dict[str, Any]] = Field(
+        min_length=1, max_length=MAX_BATCH, description="score requests, as for /v1/score"
+    )
+
+
+class BatchResponse(BaseModel):
+    results: list[ScoreResponse | None]
+    errors: list[dict[str, Any]]
+
+
+class SplitRequest(BaseModel):
+    pump_class: str | None = Field(default=None, description="one class; all when absent")
+    challenger_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    shadow: bool | None = None
+
+
+class Feedback(BaseModel):
+    pump_id: str = Field(min_length=1, max_length=128)
+    pump_class: str = Field(min_length=1, max_length=64)
+    observed_at: float | None = Field(
+        default=None, description="when the outcome was seen (unix seconds); now if absent"
+    )
+    failed_at: float | None = Field(default=None, description="failure time (unix seconds)")
+    rul_hours: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+
 class _Model:
     def __init__(self, version: str, onnx: bytes, spec: FeatureSpec) -> None:
         self.version = version
         self.spec = spec
         self.session = onnx_io.session(onnx)
+
+
+@dataclass
+class _Class:
+    """One class's models and its A/B settings."""
+
+    arms: dict[Arm, _Model]
+    weight: float
+    shadow: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
 
 
 app = FastAPI(title="pumpfleet scoring", version="1")
@@ -87,8 +145,73 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+def require_key(request: Request) -> None:
+    """Scoring routes: a valid API key (``X-API-Key``). A dependency, so it runs before
+    the body is parsed: an unauthenticated caller learns nothing about the schema."""
+    c: ScoringConfig = request.app.state.config
+    _deny(check_scoring(request.headers.get(API_KEY_HEADER), c.api_key_sha256, c.insecure_dev))
+
+
+def require_admin(request: Request) -> None:
+    """Admin routes: the admin bearer token; a scoring key gets 403."""
+    c: ScoringConfig = request.app.state.config
+    _deny(
+        check_admin(
+            request.headers.get("authorization"),
+            request.headers.get(API_KEY_HEADER),
+            c.admin_token_sha256,
+            c.api_key_sha256,
+            c.insecure_dev,
+        )
+    )
+
+
+SCORING = [Depends(require_key)]
+ADMIN = [Depends(require_admin)]
+
+
+@app.middleware("http")
+async def _limit_body(request: Request, call_next: Any) -> Any:
+    """413 before a large body is read, from its declared length (the batch route also
+    checks what it actually read, for bodies sent without one)."""
+    limit = getattr(request.app.state, "max_body_bytes", None)
+    declared = request.headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        return JSONResponse(status_code=413, content={"detail": f"body over {limit} bytes"})
+    return await call_next(request)
+
+
 def _unprocessable(field: str, msg: str) -> HTTPException:
     return HTTPException(status_code=422, detail=[{"loc": ["body", *field.split(".")], "msg": msg}])
+
+
+def _deny(access: Access) -> None:
+    if access is Access.MISSING:
+        raise HTTPException(
+            status_code=401,
+            detail="missing or invalid credentials",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if access is Access.FORBIDDEN:
+        raise HTTPException(status_code=403, detail="this key may not use admin routes")
+
+
+_REQUESTS = metrics.Counter(
+    "pumpfleet_scoring_requests",
+    description="scored windows by class, arm and outcome",
+    tag_keys=("pump_class", "arm", "outcome"),
+)
+_LATENCY = metrics.Histogram(
+    "pumpfleet_scoring_latency_ms",
+    description="time to score one request, by class and arm",
+    boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000],
+    tag_keys=("pump_class", "arm"),
+)
+_VERSION = metrics.Gauge(
+    "pumpfleet_model_version",
+    description="the model version serving each class and arm",
+    tag_keys=("pump_class", "arm"),
+)
 
 
 @serve.deployment(
@@ -100,98 +223,348 @@ def _unprocessable(field: str, msg: str) -> HTTPException:
 class PumpScorer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = ScoringConfig(**config)
+        self.config.check()
+        app.state.max_body_bytes = self.config.max_body_bytes
+        app.state.config = self.config
+        self.classes: dict[str, _Class] = {}
+        self._load()
+        self.log = PredictionLog(self.config.predictions_dir)
+        self.feedback_log = PredictionLog(f"{self.config.predictions_dir.rstrip('/')}-feedback")
+        self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
+        self._flusher.start()
+        log.info("serving classes %s", sorted(self.classes))
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        """(Re)load every class's champion and challenger by alias; swapped in at once,
+        so a request in flight finishes on the models it started with."""
         registry = Registry(self.config.tracking_uri)
-        self.arms: dict[str, dict[Arm, _Model]] = {}
+        loaded: dict[str, _Class] = {}
         for cls in registry.classes():
+            old = self.classes.get(cls)
             arms: dict[Arm, _Model] = {}
             for arm, alias in ((Arm.CHAMPION, CHAMPION), (Arm.CHALLENGER, CHALLENGER)):
+                version = registry.version_by_alias(model_name(cls), alias)
+                if version is None:
+                    continue
+                if old is not None and arm in old.arms and old.arms[arm].version == version:
+                    arms[arm] = old.arms[arm]  # unchanged: keep the loaded session
+                    continue
                 try:
                     m = registry.load(model_name(cls), alias)
                 except RegistryError:
                     continue
                 arms[arm] = _Model(m.version, m.onnx, m.spec)
             if Arm.CHAMPION in arms:
-                self.arms[cls] = arms
-        self.log = PredictionLog(self.config.predictions_dir)
-        self._stop = threading.Event()
-        self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
-        self._flusher.start()
-        log.info("serving classes %s", sorted(self.arms))
+                loaded[cls] = _Class(
+                    arms=arms,
+                    weight=old.weight if old else self.config.challenger_weight,
+                    shadow=old.shadow if old else False,
+                )
+                for arm, model in arms.items():
+                    _VERSION.set(float(model.version), tags={"pump_class": cls, "arm": str(arm)})
+        self.classes = loaded
+        return self._versions()
+
+    def _versions(self) -> dict[str, dict[str, str]]:
+        return {
+            cls: {str(a): m.version for a, m in c.arms.items()} for cls, c in self.classes.items()
+        }
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
             self.log.flush()
+            self.feedback_log.flush()
 
     def __del__(self) -> None:  # graceful shutdown: nothing logged is lost
         self._stop.set()
+        self._shadow.shutdown(wait=True)
         self.log.flush()
+        self.feedback_log.flush()
+
+    # --- access ------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            raise HTTPException(413, f"body over {self.config.max_body_bytes} bytes")
+        body = await request.body()
+        if len(body) > self.config.max_body_bytes:
+            raise HTTPException(413, f"body over {self.config.max_body_bytes} bytes")
+        return body
+
+    # --- probes and listing --------------------------------------------------------
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
-    def list_models(self) -> dict[str, Any]:
+    @app.get("/readyz")
+    def readyz(self) -> JSONResponse:
+        ready = bool(self.classes)
+        body = {"ready": ready, "classes": sorted(self.classes)}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
+
+    @app.get("/v1/models", dependencies=SCORING)
+    def list_models(self, request: Request) -> dict[str, Any]:
         return {
             "challenger_weight": self.config.challenger_weight,
             "classes": {
-                cls: {str(arm): m.version for arm, m in arms.items()}
-                for cls, arms in self.arms.items()
+                cls: {
+                    **{str(a): m.version for a, m in c.arms.items()},
+                    "challenger_weight": c.weight,
+                    "shadow": c.shadow,
+                }
+                for cls, c in self.classes.items()
             },
         }
 
-    @app.post("/v1/score")
-    def score(self, req: ScoreRequest) -> ScoreResponse:
-        started = time.perf_counter()
-        arms = self.arms.get(req.pump_class)
-        if arms is None:
-            known = ", ".join(sorted(self.arms)) or "none"
-            raise _unprocessable("pump_class", f"unknown or unserved class (served: {known})")
-        arm = assign_arm(req.pump_id, self.config.challenger_weight, self.config.salt)
-        model = arms.get(arm) or arms[Arm.CHAMPION]
-        if arm not in arms:
+    # --- scoring -------------------------------------------------------------------
+
+    def _route(self, req: ScoreRequest) -> tuple[_Class, Arm, _Model]:
+        served = self.classes.get(req.pump_class)
+        if served is None:
+            known = ", ".join(sorted(self.classes)) or "none"
+            raise InputError(f"pump_class: unknown or unserved class (served: {known})")
+        if served.shadow:
+            arm = Arm.CHAMPION  # the challenger scores everything, off the response path
+        else:
+            arm = assign_arm(req.pump_id, served.weight, self.config.salt)
+        if arm not in served.arms:
             arm = Arm.CHAMPION
+        return served, arm, served.arms[arm]
+
+    @staticmethod
+    def _window(req: ScoreRequest, model: _Model) -> np.ndarray:
         unknown = sorted(set(req.readings) - model.spec.accepted)
         if unknown:
-            raise _unprocessable(
-                f"readings.{unknown[0]}", f"not a channel or setting of {req.pump_class}"
-            )
-        try:
-            raw = readings_to_window(req.readings, model.spec)
-        except InputError as e:
-            field, _, msg = str(e).partition(": ")
-            raise _unprocessable(field, msg) from None
-        out = onnx_io.run(model.session, window_features(raw[None], model.spec))
-        rul, prob = decode_outputs(out, model.spec)
+            raise InputError(f"readings.{unknown[0]}: not a channel or setting of {req.pump_class}")
+        return readings_to_window(req.readings, model.spec)
+
+    def _score_many(self, model: _Model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = onnx_io.run(model.session, window_features(raw, model.spec))
+        return decode_outputs(out, model.spec)
+
+    def _respond(
+        self,
+        req: ScoreRequest,
+        served: _Class,
+        arm: Arm,
+        model: _Model,
+        raw: np.ndarray,  # one window [W, C + S]
+        rul: float,
+        prob: float,
+        started: float,
+    ) -> ScoreResponse:
         response = ScoreResponse(
             pump_id=req.pump_id,
             pump_class=req.pump_class,
             arm=str(arm),
             model_version=model.version,
-            rul_hours=float(rul[0]),
-            failure_probability=float(prob[0]),
-            alert=bool(prob[0] >= model.spec.alert_threshold),
+            rul_hours=rul,
+            failure_probability=prob,
+            alert=bool(prob >= model.spec.alert_threshold),
         )
-        summary = window_summary(raw[None], model.spec)
-        self.log.append(
+        latency = (time.perf_counter() - started) * 1000.0
+        row = {
+            "request_id": uuid.uuid4().hex,
+            "timestamp": np.datetime64(time.time_ns(), "ns"),
+            "pump_id": req.pump_id,
+            "pump_class": req.pump_class,
+            "arm": str(arm),
+            "model_version": model.version,
+            "rul_hours": rul,
+            "failure_probability": prob,
+            "latency_ms": latency,
+            "shadow_version": None,
+            "shadow_rul_hours": None,
+            "shadow_failure_probability": None,
+            **{f"in_{c}": float(v) for c, v in window_summary(raw, model.spec).items()},
+        }
+        tags = {"pump_class": req.pump_class, "arm": str(arm)}
+        _REQUESTS.inc(tags={**tags, "outcome": "ok"})
+        _LATENCY.observe(latency, tags=tags)
+        challenger = served.arms.get(Arm.CHALLENGER)
+        if served.shadow and challenger is not None:
+            self._shadow.submit(self._shadow_score, req, challenger, row)
+        else:
+            self.log.append(row)
+        return response
+
+    def _shadow_score(self, req: ScoreRequest, challenger: _Model, row: dict[str, Any]) -> None:
+        """The challenger's score of a shadowed request, logged beside the champion's."""
+        try:
+            raw = readings_to_window(req.readings, challenger.spec)
+            rul, prob = self._score_many(challenger, raw[None])
+            row |= {
+                "shadow_version": challenger.version,
+                "shadow_rul_hours": float(rul[0]),
+                "shadow_failure_probability": float(prob[0]),
+            }
+        except Exception as e:  # the response is sent; the log says what went wrong
+            log.warning("shadow scoring of %s failed: %s", req.pump_id, e)
+        self.log.append(row)
+
+    @app.post("/v1/score", dependencies=SCORING)
+    def score(self, req: ScoreRequest, request: Request) -> ScoreResponse:
+        started = time.perf_counter()
+        try:
+            served, arm, model = self._route(req)
+            raw = self._window(req, model)
+        except InputError as e:
+            field_, _, msg = str(e).partition(": ")
+            _REQUESTS.inc(tags={"pump_class": "?", "arm": "?", "outcome": "rejected"})
+            raise _unprocessable(field_, msg) from None
+        rul, prob = self._score_many(model, raw[None])
+        return self._respond(req, served, arm, model, raw, float(rul[0]), float(prob[0]), started)
+
+    @app.post("/v1/score/batch", response_model=BatchResponse, dependencies=SCORING)
+    async def score_batch(self, request: Request) -> BatchResponse:
+        """Many windows in one request, as JSON (``{"items": [...]}``) or as an Arrow IPC
+        stream (columns ``pump_id``, ``pump_class``, ``window``: each window's values
+        time-major in the order of the model's inputs). Bad items are reported by index;
+        the rest are scored."""
+        started = time.perf_counter()
+        body = await self._body(request)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype == ARROW_STREAM:
+            items, errors = self._arrow_items(body)
+        else:
+            items, errors = self._json_items(body)
+        results: list[ScoreResponse | None] = [None] * (len(items) + len(errors))
+        groups: dict[tuple[str, Arm], list[tuple[int, ScoreRequest, np.ndarray]]] = {}
+        for i, req, raw in items:
+            try:
+                served, arm, model = self._route(req)
+                if raw is None:
+                    window = self._window(req, model)
+                else:  # Arrow: flat, time-major in the order of the model's inputs
+                    shape = (model.spec.window, len(model.spec.inputs))
+                    if raw.size != shape[0] * shape[1]:
+                        raise InputError(
+                            f"window: expected {shape[0]} x {shape[1]} values "
+                            f"({', '.join(model.spec.inputs)}), got {raw.size}"
+                        )
+                    window = raw.reshape(shape)
+            except InputError as e:
+                field_, _, msg = str(e).partition(": ")
+                errors.append({"index": i, "loc": field_.split("."), "msg": msg})
+                continue
+            groups.setdefault((req.pump_class, arm), []).append((i, req, window))
+        for (cls, arm), members in groups.items():
+            served = self.classes[cls]
+            model = served.arms[arm]
+            stacked = np.stack([w for _, _, w in members])
+            rul, prob = self._score_many(model, stacked)
+            for j, (i, req, window) in enumerate(members):
+                results[i] = self._respond(
+                    req, served, arm, model, window, float(rul[j]), float(prob[j]), started
+                )
+        if len(results) == 0 or all(r is None for r in results):
+            raise HTTPException(422, detail={"msg": "no item could be scored", "errors": errors})
+        return BatchResponse(results=results, errors=sorted(errors, key=lambda e: e["index"]))
+
+    @staticmethod
+    def _json_items(
+        body: bytes,
+    ) -> tuple[list[tuple[int, ScoreRequest, Any]], list[dict[str, Any]]]:
+        try:
+            batch = BatchRequest.model_validate_json(body)
+        except ValidationError as e:
+            detail = [{"loc": ["body", *e_["loc"]], "msg": e_["msg"]} for e_ in e.errors()]
+            raise HTTPException(422, detail=detail) from None
+        items, errors = [], []
+        for i, raw in enumerate(batch.items):
+            try:
+                items.append((i, ScoreRequest.model_validate(raw), None))
+            except ValidationError as e:
+                first = e.errors()[0]
+                errors.append({"index": i, "loc": list(first["loc"]), "msg": first["msg"]})
+        return items, errors
+
+    @staticmethod
+    def _arrow_items(
+        body: bytes,
+    ) -> tuple[list[tuple[int, ScoreRequest, Any]], list[dict[str, Any]]]:
+        import pyarrow as pa
+
+        try:
+            table = pa.ipc.open_stream(body).read_all()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise _unprocessable("body", f"not an Arrow IPC stream ({e})") from None
+        missing = [c for c in ("pump_id", "pump_class", "window") if c not in table.column_names]
+        if missing:
+            raise _unprocessable(missing[0], "column required in the Arrow batch")
+        if table.num_rows == 0 or table.num_rows > MAX_BATCH:
+            raise _unprocessable("window", f"expected 1 to {MAX_BATCH} rows, got {table.num_rows}")
+        ids = table.column("pump_id").to_pylist()
+        classes = table.column("pump_class").to_pylist()
+        windows = table.column("window").to_pylist()
+        items, errors = [], []
+        for i, (pid, cls, w) in enumerate(zip(ids, classes, windows, strict=True)):
+            if not pid or not cls or w is None:
+                msg = "pump_id, pump_class and window required"
+                errors.append({"index": i, "loc": ["pump_id"], "msg": msg})
+                continue
+            arr = np.asarray([np.nan if v is None else v for v in w], dtype=np.float64)
+            if not np.isfinite(arr[~np.isnan(arr)]).all():
+                errors.append({"index": i, "loc": ["window"], "msg": "inf is not a reading"})
+                continue
+            req = ScoreRequest.model_construct(pump_id=str(pid), pump_class=str(cls), readings={})
+            items.append((i, req, arr))
+        return items, errors
+
+    # --- feedback --------------------------------------------------------------------
+
+    @app.post("/v1/feedback", dependencies=SCORING)
+    def feedback(self, fb: Feedback, request: Request) -> dict[str, Any]:
+        """An observed outcome (a failure time, or a RUL seen in hindsight), logged for the
+        realised online metrics of each arm."""
+        if fb.failed_at is None and fb.rul_hours is None:
+            raise _unprocessable("failed_at", "give failed_at or rul_hours")
+        self.feedback_log.append(
             {
-                "request_id": uuid.uuid4().hex,
-                "timestamp": np.datetime64(time.time_ns(), "ns"),
-                "pump_id": req.pump_id,
-                "pump_class": req.pump_class,
-                "arm": str(arm),
-                "model_version": model.version,
-                "rul_hours": response.rul_hours,
-                "failure_probability": response.failure_probability,
-                "latency_ms": (time.perf_counter() - started) * 1000.0,
-                **{f"in_{c}": float(v[0]) for c, v in summary.items()},
+                "pump_id": fb.pump_id,
+                "pump_class": fb.pump_class,
+                "observed_at": np.datetime64(int((fb.observed_at or time.time()) * 1e9), "ns"),
+                "failed_at": (
+                    None if fb.failed_at is None else np.datetime64(int(fb.failed_at * 1e9), "ns")
+                ),
+                "rul_hours": fb.rul_hours,
             }
         )
-        return response
+        return {"accepted": 1}
+
+    # --- admin ---------------------------------------------------------------------
+
+    @app.post("/v1/admin/split", dependencies=ADMIN)
+    def split(self, change: SplitRequest, request: Request) -> dict[str, Any]:
+        """Set the challenger's weight and shadow mode, for one class or all, live."""
+        if change.pump_class is not None and change.pump_class not in self.classes:
+            raise _unprocessable("pump_class", "unknown or unserved class")
+        targets = [change.pump_class] if change.pump_class else list(self.classes)
+        for cls in targets:
+            c = self.classes[cls]
+            if change.challenger_weight is not None:
+                c.weight = change.challenger_weight
+            if change.shadow is not None:
+                c.shadow = change.shadow
+        log.info("split changed: %s", change.model_dump(exclude_none=True))
+        return {
+            cls: {"challenger_weight": c.weight, "shadow": c.shadow}
+            for cls, c in self.classes.items()
+        }
+
+    @app.post("/v1/admin/reload", dependencies=ADMIN)
+    def reload(self, request: Request) -> dict[str, Any]:
+        """Pick up alias changes (a promotion, a rollback) without a restart."""
+        return {"classes": self._load()}
 
 
 def build_app(args: ScoringConfig) -> Application:
     """The app builder ``serve run`` / ``serve deploy`` and ``pumpfleet serve`` share."""
+    args.check()
     return PumpScorer.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": args.num_cpus}
     ).bind(args.model_dump())

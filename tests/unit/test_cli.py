@@ -74,7 +74,7 @@ def test_serve_without_a_champion_refuses_to_start(
     from serve_apps import run as serve_run
 
     with pytest.raises(RegistryError, match="no champion model in sqlite:"):
-        serve_run.start(Settings(home=tmp_path), 8000, 0.2)
+        serve_run.start(Settings(home=tmp_path), 8000, 0.2, insecure_dev=True)
 
 
 def test_search_space_values_are_checked() -> None:

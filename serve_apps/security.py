@@ -1,0 +1,106 @@
+"""API keys for scoring and the admin token: where they come from, and how a request's
+credential is checked.
+
+Keys come from the environment (``PUMPFLEET_API_KEYS``, comma-separated;
+``PUMPFLEET_ADMIN_TOKEN``) or from secret files (``PUMPFLEET_API_KEYS_FILE``, one key per
+line; ``PUMPFLEET_ADMIN_TOKEN_FILE``), e.g. mounted Kubernetes secrets. Only their
+sha256 digests reach the Serve application's config, so no key appears in Serve's config,
+its dashboard or a log; a presented key is hashed and compared with every digest in
+constant time.
+"""
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from pumpfleet.errors import InputError
+
+API_KEY_HEADER = "x-api-key"
+MIN_KEY_LENGTH = 16
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _from(env: Mapping[str, str], name: str, split_commas: bool) -> list[str]:
+    values: list[str] = []
+    if env.get(name):
+        raw = env[name]
+        values += raw.split(",") if split_commas else [raw]
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise InputError(f"{name}_FILE={path}: {e.strerror or e}") from None
+        values += text.splitlines() if split_commas else [text]
+    keys = [v.strip() for v in values if v.strip()]
+    short = [k for k in keys if len(k) < MIN_KEY_LENGTH]
+    if short:
+        raise InputError(f"{name}: every key must have at least {MIN_KEY_LENGTH} characters")
+    return keys
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Digests of the scoring keys and of the admin tokens."""
+
+    api_keys: tuple[str, ...]
+    admin_tokens: tuple[str, ...]
+
+
+def load_secrets(env: Mapping[str, str] | None = None) -> Secrets:
+    env = os.environ if env is None else env
+    return Secrets(
+        api_keys=tuple(digest(k) for k in _from(env, "PUMPFLEET_API_KEYS", True)),
+        admin_tokens=tuple(digest(k) for k in _from(env, "PUMPFLEET_ADMIN_TOKEN", False)),
+    )
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Access(Enum):
+    OK = 200
+    MISSING = 401  # no credential, or one that matches nothing
+    FORBIDDEN = 403  # a valid scoring key on an admin route
+
+
+def _matches(presented: str | None, digests: Iterable[str]) -> bool:
+    if not presented:
+        return False
+    d = digest(presented)
+    found = False
+    for known in digests:  # no early exit: the time does not say which key matched
+        found |= hmac.compare_digest(d, known)
+    return found
+
+
+def check_scoring(api_key: str | None, keys: Iterable[str], insecure: bool) -> Access:
+    if insecure:
+        return Access.OK
+    return Access.OK if _matches(api_key, keys) else Access.MISSING
+
+
+def check_admin(
+    authorization: str | None,
+    api_key: str | None,
+    admin_tokens: Iterable[str],
+    api_keys: Iterable[str],
+    insecure: bool,
+) -> Access:
+    if insecure:
+        return Access.OK
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and _matches(token.strip(), admin_tokens):
+        return Access.OK
+    if _matches(api_key, api_keys) or _matches(token.strip(), api_keys):
+        return Access.FORBIDDEN
+    return Access.MISSING
