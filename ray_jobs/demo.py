@@ -30,6 +30,7 @@ from ray_jobs.evaluate import run_evaluate
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
 from ray_jobs.train import SearchSpace, run_train
+from serve_apps.security import API_KEY_HEADER, Secrets, digest, new_key
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _requests(settings: Settings, n_per_class: int, seed: int) -> list[dict[str, Any]]:
-    """Scoring requests from the fleet's own windows (every pump is in service)."""
+def drift_class(served: list[str]) -> str | None:
+    """Where the demo shifts motor temperature: ESP, unless the gates kept ESP out."""
+    if DRIFT_CLASS in served:
+        return DRIFT_CLASS
+    return min(served) if served else None  # every class has a motor temperature
+
+
+def _requests(
+    settings: Settings, n_per_class: int, seed: int, served: list[str], drifted: str | None
+) -> list[dict[str, Any]]:
+    """Scoring requests from the fleet's own windows (every pump is in service), for the
+    classes that have a champion."""
     snap = open_snapshot(str(settings.features_dir))
     rng = np.random.default_rng(seed)
     out = []
-    for cls in snap.classes:
+    for cls in [c for c in snap.classes if c in served]:
         spec = snap.spec(cls)
         parts = [snap.load(cls, s) for s in ("train", "val", "holdout")]
         raw = np.concatenate([p[0] for p in parts])
         pumps = np.concatenate([p[1]["pump_id"] for p in parts])
         for i in rng.choice(len(raw), size=min(n_per_class, len(raw)), replace=False):
             window = raw[i].copy()
-            if cls == DRIFT_CLASS:
+            if cls == drifted:
                 window[:, spec.channels.index(DRIFT_CHANNEL)] *= DRIFT_FACTOR
             readings = {
                 c: [None if np.isnan(v) else round(float(v), 4) for v in window[:, j]]
@@ -85,10 +96,11 @@ BAD_REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-def _send(url: str, reqs: list[dict[str, Any]]) -> tuple[Counter[str], Counter[int]]:
+def _send(url: str, reqs: list[dict[str, Any]], api_key: str) -> tuple[Counter[str], Counter[int]]:
     arms: Counter[str] = Counter()
     codes: Counter[int] = Counter()
-    with httpx.Client(base_url=url, timeout=30.0) as client:
+    headers = {API_KEY_HEADER: api_key}
+    with httpx.Client(base_url=url, timeout=30.0, headers=headers) as client:
 
         def one(body: dict[str, Any]) -> tuple[int, str | None]:
             r = client.post("/v1/score", json=body)
@@ -144,11 +156,18 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     step(5, "exporting ONNX edge bundles")
     export = run_export(settings)
     step(6, "serving on Ray Serve and scoring over HTTP")
-    url = serve_run.start(settings, cfg.port or free_port(), cfg.challenger_weight)
+    # The demo makes its own API key (kept in memory; only its digest reaches Serve).
+    api_key = new_key()
+    secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(new_key()),))
+    url = serve_run.start(settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets)
     try:
-        reqs = _requests(settings, cfg.requests_per_class, cfg.seed)
+        served = [c for c, r in evaluation["classes"].items() if r["champion"]]
+        drifted = drift_class(served)
+        if drifted is None:
+            raise DataError("no class passed the promotion gates: nothing to serve")
+        reqs = _requests(settings, cfg.requests_per_class, cfg.seed, served, drifted)
         before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
-        arms, codes = _send(url, reqs + BAD_REQUESTS)
+        arms, codes = _send(url, reqs + BAD_REQUESTS, api_key)
         if not arms:
             raise DataError(f"no scoring request succeeded (HTTP status counts {dict(codes)})")
         logged = _wait_for_log(settings, before + sum(arms.values())) - before
@@ -165,6 +184,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         "export": export,
         "serve": {"url": url, "arms": dict(arms), "status": dict(codes), "logged": logged},
         "monitor": monitor,
+        "drift_class": drifted,
         "seconds": round(time.monotonic() - t0, 1),
     }
 
@@ -223,7 +243,7 @@ def summary_text(result: dict[str, Any]) -> str:
         f"requests served per arm: {serve['arms']} · HTTP status counts: {serve['status']} · "
         f"logged: {serve['logged']}",
         f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
-        f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {DRIFT_CLASS} {DRIFT_CHANNEL})",
+        f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL})",
         f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
         f"bundle signing public key: {result['export']['public_key_file']}",
         f"drift report: {mon['report']}",

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
-    from ray_jobs.demo import BAD_REQUESTS, DRIFT_CLASS, DemoConfig, run_demo, summary_text
+    from ray_jobs.demo import BAD_REQUESTS, DemoConfig, run_demo, summary_text
 
     settings = Settings(home=tmp_path / "ws")
     cfg = DemoConfig(pumps=32, days=45, requests_per_class=100, epochs=8)
@@ -36,13 +36,16 @@ def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
     assert serve["arms"]["champion"] > 0 and serve["arms"]["challenger"] > 0
     assert serve["logged"] == served
 
-    # The demo shifts ESP motor temperature by 15 %: that class, and only it, drifts.
+    # The demo shifts ESP motor temperature by 15 % (another served class's, if the gates
+    # kept ESP out): that class, and only it, drifts.
+    drifted = result["drift_class"]
+    assert drifted == "esp" or "esp" not in promoted
     monitor = result["monitor"]
-    assert monitor["drifted_classes"] == [DRIFT_CLASS]
-    assert monitor["classes"][DRIFT_CLASS]["drifted_features"] == ["motor_temp"]
+    assert monitor["drifted_classes"] == [drifted]
+    assert monitor["classes"][drifted]["drifted_features"] == ["motor_temp"]
     assert Path(monitor["report"]).exists()
 
     text = summary_text(result)
     assert "pumpfleet demo: summary" in text
-    assert f"drifted classes: {DRIFT_CLASS}" in text
+    assert f"drifted classes: {drifted}" in text
     assert f"rows ingested: {ingest['rows_in']}" in text
