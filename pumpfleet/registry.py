@@ -238,8 +238,15 @@ class Registry:
         if self.client.search_registered_models(filter_string=f"name = '{name}'") == []:
             self.client.create_registered_model(name)
         with self._fluent():  # the models:/ source is resolved through the fluent URI
+            # A tracking server (unlike SQLite) refuses a models:/ source without its id.
+            model_id = (
+                model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+            )
             mv = self.client.create_model_version(
-                name, model_uri, tags={k: str(v) for k, v in (tags or {}).items()}
+                name,
+                model_uri,
+                tags={k: str(v) for k, v in (tags or {}).items()},
+                model_id=model_id,
             )
         return str(mv.version)
 

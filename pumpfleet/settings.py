@@ -84,8 +84,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> str:
-        """Where MLflow stores artifacts when it runs embedded (SQLite)."""
+    def artifact_root(self) -> str | None:
+        """Where MLflow stores artifacts when it runs embedded (SQLite); None with a
+        tracking server, whose own artifact store (e.g. S3) then holds them."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
         return (self.home / "mlartifacts").as_uri()
 
 

@@ -1,0 +1,1 @@
+"""Cluster manifests and their validator (``python -m cluster.validate``)."""
