@@ -88,8 +88,12 @@ def single_process(source: Path, out: Path, cfg: WindowConfig) -> dict[str, Any]
     for c in chans:
         flat[f"mean({c})"] = stats[(c, "mean")].to_numpy()
         flat[f"std({c})"] = stats[(c, "std")].to_numpy()
-    fits = fit_class_regimes(
-        pd.concat([settings_sample(g, settings) for g in good if len(g)]), splits, settings
+    fits = (
+        fit_class_regimes(
+            pd.concat([settings_sample(g, settings) for g in good if len(g)]), splits, settings
+        )
+        if cfg.regimes
+        else {}
     )
     regime_stats = {}
     for cls, fit in fits.items():

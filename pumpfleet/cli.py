@@ -129,6 +129,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
         rul_cap_hours=args.rul_cap_hours,
         horizon_hours=args.horizon_hours,
         future_fraction=args.future_fraction,
+        regimes=not args.no_regimes,
     )
     init_ray(settings)
     code = _print(ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg))
@@ -301,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_fraction("--future-fraction"),
         default=0.1,
         help="share of the time span, at its end, held out as split 'future' (0: none)",
+    )
+    s.add_argument(
+        "--no-regimes",
+        action="store_true",
+        help="normalise per class only, not per operating regime",
     )
     s.set_defaults(func=cmd_ingest)
 

@@ -34,6 +34,8 @@ class WindowConfig(BaseModel):
     # Share of the fleet's time span, at its end, held out from training and validation
     # (split "future"); 0 turns the time holdout off.
     future_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    # Normalise per operating regime (learned from the settings); False: per class only.
+    regimes: bool = True
 
     @model_validator(mode="after")
     def _horizon_below_cap(self) -> WindowConfig:

@@ -194,7 +194,11 @@ def run_ingest(
     }
     splits = assign_splits(by_class, cfg.val_fraction, cfg.holdout_fraction)
     cutoff = time_cutoff(int(pump_stats["t_min"].min()), int(pump_stats["t_max"].max()), cfg)
-    fits = fit_class_regimes(_parts_table(parts, "sample"), splits, fleet.settings)
+    fits = (
+        fit_class_regimes(_parts_table(parts, "sample"), splits, fleet.settings)
+        if cfg.regimes
+        else {}
+    )
     regime_stats = {}
     if fits:
         per_pump = parts.select_columns(["readings"]).map_batches(
