@@ -285,25 +285,7 @@ class Registry:
         version = self.version_by_alias(name, alias)
         if version is None:
             raise RegistryError(f"no model version {name}@{alias} in {self.tracking_uri}")
-        mv = self.client.get_model_version(name, version)
-        dst = dst or Path(tempfile.mkdtemp(prefix="pumpfleet-model-"))
-        with self._fluent():
-            path = Path(
-                self._mlflow.artifacts.download_artifacts(
-                    f"models:/{name}/{version}", dst_path=str(dst / f"{name}-{version}")
-                )
-            )
-        extra = path / "extra_files"
-        return LoadedModel(
-            name=name,
-            version=version,
-            run_id=str(mv.run_id),
-            onnx=(path / "model.onnx").read_bytes(),
-            spec=FeatureSpec.from_json((extra / SPEC_FILE).read_text()),
-            model_config=json.loads((extra / MODEL_CONFIG_FILE).read_text()),
-            state_dict_path=extra / WEIGHTS_FILE,
-            tags={str(k): str(v) for k, v in (mv.tags or {}).items()},
-        )
+        return self.load_version(name, version, dst)
 
     # --- lifecycle: versions by number, alias removal, audit tags --------------------
 
