@@ -348,7 +348,10 @@ def specs_from_statistics(
         chans = [
             c
             for c in fleet.classes.get(cls, ())
-            if pd.notna(row[f"std({c})"]) and row[f"std({c})"] > 0
+            # A sensor that never changes (C-MAPSS s1, s5, ...) has a std of rounding
+            # noise: float32 windows and float64 requests would normalise it to -10 and 0.
+            if pd.notna(row[f"std({c})"])
+            and row[f"std({c})"] > 1e-6 * max(abs(float(row[f"mean({c})"])), 1.0)
         ]
         if not chans:
             continue
