@@ -1,19 +1,26 @@
 """Edge export: each class's champion as ONNX, checked against its torch weights on real
-windows, packed with its feature spec and thresholds into a signed bundle.
+windows, made into its variants (FP32 dynamic batch and batch 1, FP16, INT8 QDQ), each
+measured on the holdout, checked for TensorRT, and packed with its feature spec,
+thresholds, golden windows and build profile into a signed bundle that is also logged as
+an artifact of the model version's run.
 
-    python -m edge_export.export [--out DIR]
+    python -m edge_export.export [--class C] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from edge_export import trt, variants
 from pumpfleet import bundle
-from pumpfleet.errors import RegistryError
+from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
 from pumpfleet.onnx_io import check_parity
 from pumpfleet.registry import CHAMPION, Registry, model_name
@@ -24,10 +31,31 @@ from ray_jobs.cli import run_main
 log = logging.getLogger(__name__)
 
 PARITY_WINDOWS = 1000
+HOLDOUT_WINDOWS = 10_000  # the accuracy of each variant is measured on up to this many
+CALIBRATION_WINDOWS = 512  # INT8 scales come from this many training windows
+GOLDEN_WINDOWS = 32
+GOLDEN_FILE = "golden.npz"
+# The oldest agent that understands this bundle's layout (variants, golden windows).
+MIN_AGENT_VERSION = "0.1.0"
+ARTIFACT_PATH = "edge_bundle"
 
 
 def signing_key_path(settings: Settings) -> Path:
     return settings.signing_key or settings.keys_dir / "bundle-signing.pem"
+
+
+def _spread(n_total: int, n: int) -> np.ndarray:
+    """``n`` indices spread evenly over ``n_total`` (all of them if fewer)."""
+    if n_total <= n:
+        return np.arange(n_total)
+    return np.linspace(0, n_total - 1, n).round().astype(int)
+
+
+def golden(raw: np.ndarray, expected: np.ndarray) -> bytes:
+    """The golden windows member: raw windows and the FP32 model's outputs for them."""
+    buf = io.BytesIO()
+    np.savez(buf, raw=raw.astype(np.float64), expected=expected.astype(np.float32))
+    return buf.getvalue()
 
 
 def export_class(
@@ -36,51 +64,91 @@ def export_class(
     name = model_name(cls)
     model = registry.load(name, CHAMPION)
     snapshot = model.tags.get("feature_snapshot", "latest")
-    raw, _ = open_snapshot(str(settings.features_dir), snapshot).load(cls, "holdout")
-    x = window_features(raw[:PARITY_WINDOWS], model.spec)
-    parity = check_parity(model.torch_model(), model.onnx, x)
+    snap = open_snapshot(str(settings.features_dir), snapshot)
+    raw, cols = snap.load(cls, "holdout", model.spec)
+    keep = _spread(len(raw), HOLDOUT_WINDOWS)
+    raw, rul = raw[keep], np.asarray(cols["rul_hours"], dtype=np.float64)[keep]
+    x = window_features(raw, model.spec)
+    parity = check_parity(model.torch_model(), model.onnx, x[:PARITY_WINDOWS])
+    train_raw, _ = snap.load(cls, "train", model.spec)
+    calibration = window_features(
+        train_raw[_spread(len(train_raw), CALIBRATION_WINDOWS)], model.spec
+    )
+
+    made = variants.make_variants(model.onnx, calibration)
+    measured = variants.measure(made, x, rul, model.spec)
+    profiles, compat = {}, {}
+    for v in made:
+        c = trt.compatibility(v.onnx)
+        compat[v.name] = {"ok": c["ok"], "problems": c["problems"]}
+        if c["profile"] is not None:
+            profiles[v.name] = c["profile"]
+    pick = _spread(len(raw), GOLDEN_WINDOWS)
+    expected = variants.scores(model.onnx, x[pick])
     thresholds = {
         "failure_probability_alert": model.spec.alert_threshold,
         "horizon_hours": model.spec.horizon_hours,
     }
+    members = {variants.FILES[v.name]: v.onnx for v in made} | {
+        "feature_spec.json": model.spec.to_json().encode(),
+        "thresholds.json": json.dumps(thresholds, indent=2).encode(),
+        GOLDEN_FILE: golden(raw[pick], expected),
+        trt.PROFILE_FILE: json.dumps(profiles, indent=2).encode(),
+    }
     path = out_dir / cls / f"{name}-v{model.version}{bundle.SUFFIX}"
     manifest = bundle.write_bundle(
         path,
-        {
-            "model.onnx": model.onnx,
-            "feature_spec.json": model.spec.to_json().encode(),
-            "thresholds.json": json.dumps(thresholds, indent=2).encode(),
-        },
+        members,
         {
             "pump_class": cls,
             "model_name": name,
             "model_version": model.version,
             "mlflow_run_id": model.run_id,
-            "feature_snapshot": snapshot,
+            "feature_snapshot": snap.id,
+            "min_agent_version": MIN_AGENT_VERSION,
             "onnx_parity_max_abs": parity,
-            "parity_windows": len(x),
+            "parity_windows": min(len(x), PARITY_WINDOWS),
+            "holdout_windows": len(x),
+            "calibration_windows": len(calibration),
+            "variants": measured,
+            "accuracy_limit": {"rmse_ratio": variants.RMSE_LIMIT},
+            "golden": {"file": GOLDEN_FILE, "windows": len(pick)},
+            "tensorrt": compat,
         },
         key,
     )
     bundle.read_bundle(path, bundle.public_key_hex(key))  # what a device will do
+    registry.log_artifact(model.run_id, path, ARTIFACT_PATH)
     log.info("%s: bundle %s (parity %.1e over %d windows)", cls, path, parity, len(x))
+    if reason := trt.unavailable():
+        log.info("%s", reason)
     return {
         "version": model.version,
         "bundle": str(path),
         "bytes": path.stat().st_size,
         "onnx_parity_max_abs": parity,
         "members": sorted(manifest["members"]),
+        "variants": {
+            n: {k: v[k] for k in ("bytes", "size_ratio", "holdout_rmse_hours", "rmse_ratio")}
+            for n, v in measured.items()
+        },
+        "tensorrt_compatible": all(c["ok"] for c in compat.values()),
+        "artifact": f"runs:/{model.run_id}/{ARTIFACT_PATH}/{path.name}",
     }
 
 
-def run_export(settings: Settings, out: str | None = None) -> dict[str, Any]:
+def run_export(
+    settings: Settings, out: str | None = None, pump_class: str | None = None
+) -> dict[str, Any]:
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     out_dir = Path(out) if out else settings.bundles_dir
     key_path = signing_key_path(settings)
     key = bundle.load_or_create_key(key_path)
     results: dict[str, Any] = {}
     snap = open_snapshot(str(settings.features_dir))
-    for cls in snap.classes:
+    if pump_class is not None and pump_class not in snap.classes:
+        raise InputError(f"--class {pump_class}: not a class of the snapshot {snap.classes}")
+    for cls in [pump_class] if pump_class else snap.classes:
         if registry.version_by_alias(model_name(cls), CHAMPION) is None:
             log.warning("%s: no champion; nothing to export", cls)
             continue
@@ -96,9 +164,10 @@ def run_export(settings: Settings, out: str | None = None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edge_export.export", description=__doc__)
+    parser.add_argument("--class", dest="pump_class", default=None, help="only this class")
     parser.add_argument("--out", default=None, help="bundle folder (default: workspace/bundles)")
     args = parser.parse_args(argv)
-    return run_main(lambda: run_export(get_settings(), args.out))
+    return run_main(lambda: run_export(get_settings(), args.out, args.pump_class))
 
 
 if __name__ == "__main__":

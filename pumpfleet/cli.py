@@ -383,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet_args(s)
     s.add_argument("--port", type=_positive("--port"), default=None)
     s.set_defaults(func=cmd_demo)
+
+    from edge_export.cli import add_commands
+
+    add_commands(sub)
     return p
 
 

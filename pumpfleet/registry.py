@@ -157,6 +157,14 @@ class Registry:
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
         self.client.log_dict(run_id, obj, artifact_file)
 
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str) -> None:
+        """Store a local file with the run's artifacts under ``artifact_path``."""
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def artifacts(self, run_id: str, artifact_path: str) -> list[str]:
+        """Paths of the run's artifacts under ``artifact_path``."""
+        return [str(a.path) for a in self.client.list_artifacts(run_id, artifact_path)]
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -165,7 +165,10 @@ def test_export_writes_verifiable_bundles(workspace: dict[str, Any]) -> None:
         path = Path(b["bundle"])
         got = bundle.read_bundle(path, out["public_key"])
         assert got.manifest["model_version"] == reg.version_by_alias(model_name(cls), CHAMPION)
-        assert sorted(got.members) == ["feature_spec.json", "model.onnx", "thresholds.json"]
+        assert {"feature_spec.json", "model.onnx", "thresholds.json", "golden.npz"} <= set(
+            got.members
+        )
+        assert set(got.manifest["variants"]) == {"fp32", "fp32_b1", "fp16", "int8"}
         assert b["onnx_parity_max_abs"] <= 1e-5
     other = bundle.public_key_hex(bundle.load_or_create_key(s.home / "other.pem"))
     with pytest.raises(BundleError):

@@ -1,0 +1,90 @@
+"""``pumpfleet edge ...``: signing keys, bundles and their verification.
+
+    pumpfleet edge keygen --out PATH
+    pumpfleet edge bundle [--class C] [--out DIR]
+    pumpfleet edge verify BUNDLE --public-key HEX|FILE
+
+Added to the ``pumpfleet`` command by :func:`add_commands`; errors are raised as
+PumpfleetError, which the command turns into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pumpfleet.errors import BundleError, InputError
+from pumpfleet.settings import Settings
+
+
+def read_public_key(text: str) -> str:
+    """A public key given as hex or as a file holding the hex (what keygen writes)."""
+    path = Path(text)
+    if path.is_file():
+        text = path.read_text().strip()
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raise InputError(f"--public-key: {text!r} is neither hex nor a readable file") from None
+    if len(raw) != 32:
+        raise InputError(f"--public-key: an ed25519 public key is 32 bytes, got {len(raw)}")
+    return raw.hex()
+
+
+def cmd_keygen(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet import bundle
+
+    out = Path(args.out)
+    if out.exists():
+        raise InputError(f"--out {out}: a key is already there; keygen never overwrites a key")
+    key = bundle.load_or_create_key(out)
+    # The private key stays in its 0600 file: only the public half is shown.
+    print(f"public key {bundle.public_key_hex(key)}")
+    print(f"written to {bundle.public_key_path(out)} (private key: {out}, mode 0600)")
+
+
+def cmd_bundle(args: argparse.Namespace, settings: Settings) -> None:
+    from edge_export.export import run_export
+
+    print(json.dumps(run_export(settings, args.out, args.pump_class), indent=2, default=str))
+
+
+def verify(path: Path, public_key: str) -> dict[str, Any]:
+    """The manifest of a bundle whose signature and every member's hash verify."""
+    from pumpfleet.bundle import read_bundle
+
+    if not path.is_file():
+        raise BundleError(f"{path}: no such bundle")
+    return read_bundle(path, public_key).manifest
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
+    path = Path(args.bundle)
+    m = verify(path, read_public_key(args.public_key))
+    variants = ",".join(sorted(m.get("variants", {}))) or "model.onnx"
+    print(
+        f"OK {path.name}: {m.get('pump_class')} v{m.get('model_version')}, "
+        f"{len(m['members'])} members verified, variants {variants}"
+    )
+
+
+def add_commands(sub: Any) -> None:
+    """Add ``edge keygen|bundle|verify`` to the ``pumpfleet`` subcommands ``sub``."""
+    edge = sub.add_parser("edge", help="edge bundles: signing keys, build, verify")
+    cmds = edge.add_subparsers(dest="edge_command", required=True)
+
+    s = cmds.add_parser("keygen", help="a new ed25519 signing key (private file is 0600)")
+    s.add_argument("--out", required=True, help="private key file to write (PEM)")
+    s.set_defaults(func=cmd_keygen)
+
+    s = cmds.add_parser("bundle", help="export champions into signed bundles")
+    s.add_argument("--class", dest="pump_class", default=None, help="only this pump class")
+    s.add_argument("--out", default=None, help="bundle folder (default: workspace bundles)")
+    s.set_defaults(func=cmd_bundle)
+
+    s = cmds.add_parser("verify", help="check a bundle's signature and every member's hash")
+    s.add_argument("bundle", help="the .pfbundle file")
+    s.add_argument("--public-key", required=True, help="hex, or the .pub file keygen wrote")
+    s.set_defaults(func=cmd_verify)

@@ -1,0 +1,206 @@
+"""Edge export on a real MLflow (SQLite) and a small snapshot: variants, their checks
+and measurements, golden windows, the TensorRT check, the bundle logged to its run, and
+the ``pumpfleet edge`` commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_export import trt, variants
+from edge_export.cli import read_public_key
+from pumpfleet import bundle
+from pumpfleet.cli import main
+from pumpfleet.errors import BundleError, InputError, ParityError
+from pumpfleet.features import window_features
+from pumpfleet.onnx_io import run, session
+from tests.unit.edge_support import SPEC, EdgeWorkspace, raw_windows, shared_workspace
+
+
+@pytest.fixture
+def ws(tmp_path_factory: pytest.TempPathFactory) -> EdgeWorkspace:
+    return shared_workspace(tmp_path_factory.getbasetemp())
+
+
+def test_bundle_holds_every_variant_measured_on_the_holdout(ws: EdgeWorkspace) -> None:
+    b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    m = b.manifest
+    assert (m["pump_class"], m["model_version"], m["min_agent_version"]) == ("esp", "2", "0.1.0")
+    assert m["mlflow_run_id"] and m["created"].endswith("Z")
+    assert set(m["variants"]) == set(variants.VARIANTS)
+    assert set(b.members) == {
+        *variants.FILES.values(),
+        "feature_spec.json",
+        "thresholds.json",
+        "golden.npz",
+        "build_profile.json",
+    }
+    v = m["variants"]
+    assert v["fp32"]["size_ratio"] == 1.0 and v["fp32"]["max_abs_vs_fp32"] == 0.0
+    assert v["fp32_b1"]["max_abs_vs_fp32"] <= 1e-5
+    # Reduced precision costs little accuracy on this model and saves weight bytes.
+    assert v["int8"]["rmse_ratio"] <= m["accuracy_limit"]["rmse_ratio"]
+    assert v["int8"]["weight_ratio"] <= 0.45 and v["fp16"]["weight_ratio"] <= 0.55
+    assert v["int8"]["bytes"] < v["fp32"]["bytes"] and v["fp16"]["bytes"] < v["fp32"]["bytes"]
+    for name in variants.VARIANTS:
+        model = onnx.load_from_string(b.members[variants.FILES[name]])
+        assert model.opset_import[0].version == 17
+        variants.check(b.members[variants.FILES[name]])
+    ops = {n.op_type for n in onnx.load_from_string(b.members["model_int8.onnx"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_batch_1_variant_is_static_and_fp32_io_is_kept(ws: EdgeWorkspace) -> None:
+    b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    b1 = onnx.load_from_string(b.members["model_b1.onnx"])
+    assert [d.dim_value for d in b1.graph.input[0].type.tensor_type.shape.dim] == [1, 12, 3]
+    for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx"):
+        g = onnx.load_from_string(b.members[name]).graph
+        assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert g.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    x = window_features(raw_windows(5, 9)[0], SPEC)
+    assert run(session(b.members["model_fp16.onnx"]), x).shape == (5, 2)
+    profiles = json.loads(b.members["build_profile.json"])
+    assert profiles["fp32_b1"]["static"] is True
+    assert profiles["int8"]["inputs"]["window"] == {
+        "min": [1, 12, 3],
+        "opt": [1, 12, 3],
+        "max": [trt.MAX_BATCH, 12, 3],
+    }
+    assert all(c["ok"] for c in b.manifest["tensorrt"].values())
+
+
+def test_golden_windows_reproduce_the_fp32_outputs(ws: EdgeWorkspace) -> None:
+    b = bundle.read_bundle(ws.bundles["1"], ws.public_key)
+    g = np.load(io.BytesIO(b.members["golden.npz"]), allow_pickle=False)
+    assert g["raw"].shape == (32, 12, 3) and g["expected"].shape == (32, 2)
+    got = run(session(b.members["model.onnx"]), window_features(g["raw"], SPEC))
+    np.testing.assert_allclose(got, g["expected"], atol=1e-6)
+
+
+def test_bundle_is_an_artifact_of_its_model_version_run(ws: EdgeWorkspace) -> None:
+    m = bundle.read_bundle(ws.bundles["2"], ws.public_key).manifest
+    assert ws.registry.artifacts(m["mlflow_run_id"], "edge_bundle") == [
+        "edge_bundle/pumpfleet-esp-v2.pfbundle"
+    ]
+    assert ws.exports["2"]["artifact"].endswith("/edge_bundle/pumpfleet-esp-v2.pfbundle")
+
+
+def test_trt_check_names_unsupported_ops_and_unbounded_shapes() -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, ["batch", "steps", 3])
+    y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "steps", 3])
+    node = helper.make_node("MyCustomOp", ["window"], ["scores"], domain="custom")
+    graph = helper.make_graph([node], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    c = trt.compatibility(model.SerializeToString())
+    assert not c["ok"]
+    assert any("custom.MyCustomOp" in p for p in c["problems"])
+    assert any("axis 1 (steps) is not static" in p for p in c["problems"])
+
+
+def test_a_graph_at_another_opset_fails_the_check() -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("window", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["window"], ["y"])], "g", [x], [x])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(ParityError, match="opset 13"):
+        variants.check(model.SerializeToString())
+
+
+def test_trt_builder_says_in_one_line_that_tensorrt_is_absent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    reason = trt.unavailable()
+    if reason is None:
+        pytest.skip("TensorRT is installed here")
+    assert "TensorRT is not installed" in reason and "\n" not in reason
+    assert trt.main(["x.pfbundle", "--public-key", "00"]) == 0
+    assert capsys.readouterr().out.strip() == reason
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(trt.unavailable() is not None, reason="TensorRT is not installed")
+def test_trt_builds_and_caches_an_engine(ws: EdgeWorkspace, tmp_path: Path) -> None:
+    b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    profiles = json.loads(b.members["build_profile.json"])
+    for name in ("fp32_b1", "fp16", "int8"):
+        v = b.manifest["variants"][name]
+        path = trt.build_engine(b.members[v["file"]], v["precision"], profiles[name], tmp_path)
+        again = trt.build_engine(b.members[v["file"]], v["precision"], profiles[name], tmp_path)
+        assert path == again and path.stat().st_size > 0
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(list(argv)))
+    out = capsys.readouterr()
+    return int(exc.value.code or 0), out.out, out.err
+
+
+def test_keygen_writes_a_private_key_only_to_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "keys" / "site.pem"
+    code, out, err = cli(capsys, "edge", "keygen", "--out", str(key))
+    assert code == 0, err
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    pub = (tmp_path / "keys" / "site.pub").read_text().strip()
+    assert f"public key {pub}" in out and "PRIVATE" not in out and key.read_text() not in out
+    code, _, err = cli(capsys, "edge", "keygen", "--out", str(key))
+    assert code == 2 and "never overwrites" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_says_ok_or_why_in_one_line(
+    ws: EdgeWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = ws.bundles["2"]
+    code, out, _ = cli(capsys, "edge", "verify", str(path), "--public-key", ws.public_key)
+    assert code == 0 and out.startswith("OK pumpfleet-esp-v2.pfbundle: esp v2")
+    pub_file = tmp_path / "k.pub"
+    pub_file.write_text(ws.public_key + "\n")
+    assert cli(capsys, "edge", "verify", str(path), "--public-key", str(pub_file))[0] == 0
+    other = bundle.public_key_hex(bundle.load_or_create_key(tmp_path / "other.pem"))
+    code, out, err = cli(capsys, "edge", "verify", str(path), "--public-key", other)
+    assert code == 2 and out == ""
+    assert (
+        err.strip() == "pumpfleet edge: error: pumpfleet-esp-v2.pfbundle: signature does not verify"
+    )
+    code, _, err = cli(
+        capsys, "edge", "verify", str(tmp_path / "no.pfbundle"), "--public-key", other
+    )
+    assert code == 2 and "no such bundle" in err
+    with pytest.raises(InputError, match="neither hex nor a readable file"):
+        read_public_key("zz")
+
+
+def test_edge_bundle_exports_one_class(
+    ws: EdgeWorkspace,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pumpfleet.settings import get_settings
+
+    monkeypatch.setenv("PUMPFLEET_HOME", str(ws.settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    get_settings.cache_clear()
+    try:
+        code, out, err = cli(capsys, "edge", "bundle", "--class", "esp", "--out", str(tmp_path))
+        assert code == 0, err
+        made = json.loads(out)["bundles"]["esp"]
+        assert Path(made["bundle"]).parent == tmp_path / "esp"
+        code, _, err = cli(capsys, "edge", "bundle", "--class", "nope")
+        assert code == 2 and "--class nope" in err
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(BundleError):
+        bundle.read_bundle(Path(made["bundle"]), "00" * 32)
