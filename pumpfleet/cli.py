@@ -215,6 +215,36 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> None:
     print(lifecycle.format_history(records, registry.aliases(model_name(args.pump_class))))
 
 
+def cmd_deploy(args: argparse.Namespace, settings: Settings) -> None:
+    from serve_apps.deploy import Suite, deploy
+
+    suite = Suite(p99_budget_ms=args.p99_budget_ms)
+    _print(deploy(settings, args.url, args.pump_class, args.version, args.stage, suite=suite))
+
+
+def cmd_ab_report(args: argparse.Namespace, settings: Settings) -> None:
+    import pandas as pd
+
+    from pumpfleet.abreport import arm_reports, format_report
+    from pumpfleet.predlog import read_log
+
+    log = read_log(str(settings.predictions_dir))
+    feedback = read_log(f"{str(settings.predictions_dir).rstrip('/')}-feedback")
+    if args.pump_class and not log.empty:
+        log = log[log["pump_class"] == args.pump_class]
+    if args.since and not log.empty:
+        try:
+            since = pd.Timestamp(args.since, tz="UTC")
+        except ValueError:
+            raise InputError(f"--since: not a date or time: {args.since!r}") from None
+        log = log[pd.to_datetime(log["timestamp"], utc=True) >= since]
+    reports, diffs = arm_reports(log, feedback)
+    if args.json:
+        _print({"arms": [r.__dict__ for r in reports], "differences": [d.__dict__ for d in diffs]})
+    else:
+        print(format_report(reports, diffs))
+
+
 def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
     from edge_export.export import run_export
 
@@ -227,6 +257,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if not 0.0 <= args.challenger_weight <= 1.0:
         raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
+    serve_run.use_serve_env()
     init_ray(settings)
     url = serve_run.start(
         settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
@@ -357,6 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("history", help="promotions, rollbacks and rejections: who, when, why")
     s.add_argument("--class", dest="pump_class", required=True, help="pump class")
     s.set_defaults(func=cmd_history)
+
+    s = sub.add_parser("deploy", help="stage a model version: staging suite, then production")
+    s.add_argument("--stage", choices=["staging", "production"], required=True)
+    s.add_argument("--class", dest="pump_class", required=True, help="pump class")
+    s.add_argument("--version", type=_version, required=True, help="model version, e.g. 3")
+    s.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    s.add_argument("--p99-budget-ms", type=float, default=100.0, help="staging latency budget")
+    s.set_defaults(func=cmd_deploy)
+
+    s = sub.add_parser("ab", help="A/B and shadow tests: realised per-arm metrics")
+    ab = s.add_subparsers(dest="ab_command", required=True)
+    r = ab.add_parser("report", help="per-arm RMSE and MAE with 95% intervals, from feedback")
+    r.add_argument("--class", dest="pump_class", help="one class (default: all)")
+    r.add_argument("--since", help="only predictions from this time on (ISO date or time)")
+    r.add_argument("--json", action="store_true", help="JSON instead of tables")
+    r.set_defaults(func=cmd_ab_report)
 
     s = sub.add_parser("export", help="ONNX of each champion into a signed edge bundle")
     s.add_argument("--out", help="bundle folder (default: workspace bundles)")

@@ -35,7 +35,9 @@ ROLLED_BACK_TAG = "lifecycle.rolled_back"
 # MLflow caps a model version tag's value at 5000 characters.
 MAX_WHY = 2000
 
-Action = Literal["promote", "force-promote", "rollback", "reject"]
+Action = Literal[
+    "promote", "force-promote", "rollback", "reject", "deploy-staging", "deploy-production"
+]
 
 
 class AuditRecord(BaseModel):
@@ -109,7 +111,7 @@ def _move(registry: Registry, name: str, alias_ops: list[tuple[str, str | None]]
         raise RegistryError(f"{name}: setting {failed} failed, nothing changed: {e}") from e
 
 
-def _record(registry: Registry, record: AuditRecord) -> None:
+def write_record(registry: Registry, record: AuditRecord) -> None:
     """Write ``record`` as a tag on its version and as a run in the audit experiment."""
     name = model_name(record.pump_class)
     stamp = record.when.astimezone(UTC).strftime("%Y-%m-%dT%H-%M-%S.%fZ")
@@ -175,7 +177,7 @@ def promote(
         why=why,
         source=source,
     )
-    _record(registry, record)
+    write_record(registry, record)
     return record
 
 
@@ -210,7 +212,7 @@ def rollback(
     if cur is not None:
         mark = {"when": now.isoformat(), "who": who, "why": why[:MAX_WHY]}
         registry.set_version_tags(name, cur, {ROLLED_BACK_TAG: json.dumps(mark)})
-    _record(registry, record)
+    write_record(registry, record)
     return record
 
 
@@ -228,7 +230,7 @@ def record_rejection(
         why=why,
         source="evaluate",
     )
-    _record(registry, record)
+    write_record(registry, record)
     return record
 
 

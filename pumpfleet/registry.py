@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+STAGING = "staging"  # the version the staging app serves (serve_apps/deploy.py)
 SPEC_FILE = "feature_spec.json"
 WEIGHTS_FILE = "torch_state.pt"
 MODEL_CONFIG_FILE = "model_config.json"
@@ -287,6 +288,23 @@ class Registry:
         except MlflowException:
             return {}
         return {str(k): str(v) for k, v in rm.aliases.items()}
+
+    def model_state(self, name: str) -> tuple[dict[str, str], dict[str, str]]:
+        """``name``'s aliases (alias → version) and its registered-model tags, in one
+        request ({} and {} if there is no such model)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client.get_registered_model(name)
+        except MlflowException:
+            return {}, {}
+        aliases = {str(k): str(v) for k, v in rm.aliases.items()}
+        return aliases, {str(k): str(v) for k, v in (rm.tags or {}).items()}
+
+    def set_model_tags(self, name: str, tags: dict[str, Any]) -> None:
+        """Tags on the registered model itself (not on one version)."""
+        for k, v in tags.items():
+            self.client.set_registered_model_tag(name, k, str(v))
 
     def load(self, name: str, alias: str, dst: Path | None = None) -> LoadedModel:
         """Download ``name@alias``: its ONNX, feature spec and weights."""

@@ -214,7 +214,10 @@ def evaluate_class(
     who: str,
     now: datetime,
     parent: str | None = None,
+    promote: bool = True,
 ) -> dict[str, Any]:
+    """Gate the class's challenger against its champion; promote it if the gates pass and
+    ``promote`` (else it stays challenger, for a person or an online test to decide)."""
     name = model_name(cls)
     with tempfile.TemporaryDirectory(prefix="pumpfleet-eval-") as tmp:
         challenger = registry.load(name, CHALLENGER, Path(tmp))
@@ -232,6 +235,11 @@ def evaluate_class(
         decision = Decision(promote=False, reason="challenger is already champion", gates=[])
     elif (rolled := lifecycle.rolled_back(challenger.tags)) is not None:
         reason = f"v{challenger.version} was {rolled}; only `pumpfleet promote` puts it back"
+        decision = Decision(promote=False, reason=reason, gates=decision.gates)
+    if decision.promote and not promote:
+        reason = (
+            f"passed the gates; kept as challenger (automatic promotion off): {decision.reason}"
+        )
         decision = Decision(promote=False, reason=reason, gates=decision.gates)
     cmp.decision = decision
     run_id = _log_decision(registry, snap, cls, cmp, policy, parent, who)
@@ -284,6 +292,8 @@ def run_evaluate(
     policy: PromotionPolicy | None = None,
     who: str | None = None,
     now: datetime | None = None,
+    classes: list[str] | None = None,
+    promote: bool = True,
 ) -> dict[str, Any]:
     policy = policy or PromotionPolicy()
     who = who or lifecycle.current_user()
@@ -296,11 +306,13 @@ def run_evaluate(
         tags={"feature_snapshot": snap.id, "mlflow.user": who},
     )
     out: dict[str, Any] = {}
-    for cls in snap.classes:
+    for cls in snap.classes if classes is None else classes:
         if registry.version_by_alias(model_name(cls), CHALLENGER) is None:
             log.warning("%s: no challenger registered; skipped", cls)
             continue
-        r = evaluate_class(registry, snap, cls, policy, who, now or lifecycle.utc_now(), run_id)
+        r = evaluate_class(
+            registry, snap, cls, policy, who, now or lifecycle.utc_now(), run_id, promote
+        )
         out[cls] = r
         registry.log_metrics(
             run_id,

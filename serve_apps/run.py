@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from ray import serve
 
@@ -15,6 +16,18 @@ from serve_apps.security import Secrets, load_secrets
 log = logging.getLogger(__name__)
 
 APP_NAME = "pumpfleet"
+STAGING_APP = "pumpfleet-staging"
+STAGING_PREFIX = "/staging"
+# Serve's throughput-optimised mode: the ingress replica answers HTTP itself, 7.5 times the
+# requests of the default proxy on 2 cores (../shared/STACK.md, benchmarks/serve_load.py).
+# Ray's processes read it when they start: apply it before ray.init (use_serve_env).
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def use_serve_env() -> None:
+    """Set SERVE_ENV where the operator has not set those variables themselves."""
+    for k, v in SERVE_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def start(
@@ -25,10 +38,15 @@ def start(
     secrets: Secrets | None = None,
     insecure_dev: bool = False,
     max_body_bytes: int | None = None,
+    staging: bool = True,
+    refresh_seconds: float | None = None,
+    num_replicas: int = 1,
 ) -> str:
     """Deploy the scoring app; returns its base URL. Binds to loopback by default. The
     keys come from ``secrets``, else from the environment (``serve_apps/security.py``);
-    without any, it refuses to start unless ``insecure_dev``."""
+    without any, it refuses to start unless ``insecure_dev``. With ``staging``, a second
+    application at ``/staging`` serves each class's ``staging`` alias, where
+    ``pumpfleet deploy --stage staging`` tests a new version before production sees it."""
     secrets = secrets or load_secrets()
     cfg = ScoringConfig(
         tracking_uri=settings.tracking_uri,
@@ -37,9 +55,13 @@ def start(
         api_key_sha256=list(secrets.api_keys),
         admin_token_sha256=list(secrets.admin_tokens),
         insecure_dev=insecure_dev,
+        jobs_address=os.environ.get("PUMPFLEET_JOBS_ADDRESS") or None,
+        num_replicas=num_replicas,
     )
     if max_body_bytes:
         cfg = cfg.model_copy(update={"max_body_bytes": max_body_bytes})
+    if refresh_seconds:
+        cfg = cfg.model_copy(update={"refresh_seconds": refresh_seconds})
     cfg.check()
     registry = Registry(settings.tracking_uri)
     if not any(registry.version_by_alias(model_name(c), CHAMPION) for c in registry.classes()):
@@ -48,6 +70,15 @@ def start(
         )
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
+    if staging:
+        staged = cfg.model_copy(
+            update={
+                "stage": "staging",
+                "num_replicas": 1,
+                "predictions_dir": str(settings.predictions_dir.parent / "staging-predictions"),
+            }
+        )
+        serve.run(build_app(staged), name=STAGING_APP, route_prefix=STAGING_PREFIX, blocking=False)
     url = f"http://{host}:{port}"
     log.info("scoring service up at %s (challenger weight %.2f)", url, challenger_weight)
     return url

@@ -16,13 +16,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.util import metrics
@@ -37,7 +37,7 @@ from pumpfleet.features import (
     window_summary,
 )
 from pumpfleet.predlog import PredictionLog
-from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING, Registry, model_name
 from pumpfleet.routing import Arm, assign_arm
 from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
@@ -47,11 +47,21 @@ MAX_WINDOW = 10_000
 MAX_BATCH = 10_000
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 Reading = Annotated[float | None, Field(allow_inf_nan=False)]
+# The A/B settings live as tags on each class's registered model, so that every replica
+# (and a restarted one) serves the same split; replicas pick changes up within
+# ``refresh_seconds``, the replica that took the admin call at once.
+# 1970 to 2100: a time outside it is a client's mistake (and would overflow datetime64)
+UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
+WEIGHT_TAG = "ab.challenger_weight"
+SHADOW_TAG = "ab.shadow"
 
 
 class ScoringConfig(BaseModel):
     """What the app serves, where it logs and who may call it; the typed argument of
-    ``build_app``."""
+    ``build_app``. Unknown fields are refused: a misspelt key in a Serve config would
+    otherwise be dropped without a word."""
+
+    model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str
     predictions_dir: str
@@ -59,11 +69,23 @@ class ScoringConfig(BaseModel):
     salt: str = "pumpfleet-ab-1"
     flush_seconds: float = Field(default=1.0, gt=0)
     num_cpus: float = Field(default=0.5, gt=0)
+    num_replicas: int = Field(default=1, ge=1, le=256)
     # sha256 digests of the scoring keys and admin tokens (never the keys themselves)
     api_key_sha256: list[str] = Field(default_factory=list)
     admin_token_sha256: list[str] = Field(default_factory=list)
     insecure_dev: bool = False  # no keys needed: local development only
     max_body_bytes: int = Field(default=32 * 2**20, gt=0)
+    # production serves champion and challenger; staging serves the ``staging`` alias only
+    stage: Literal["production", "staging"] = "production"
+    # how often each replica re-reads aliases and the split from the registry
+    refresh_seconds: float = Field(default=5.0, gt=0)
+    # the Ray job server (dashboard URL) that /v1/admin/retrain submits to; None: off
+    jobs_address: str | None = None
+
+    def aliases(self) -> dict[Arm, str]:
+        if self.stage == "staging":
+            return {Arm.CHAMPION: STAGING}
+        return {Arm.CHAMPION: CHAMPION, Arm.CHALLENGER: CHALLENGER}
 
     def check(self) -> None:
         if not self.insecure_dev and not self.api_key_sha256:
@@ -73,6 +95,8 @@ class ScoringConfig(BaseModel):
 
 
 class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     pump_id: str = Field(min_length=1, max_length=128)
     pump_class: str
     readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = (
@@ -91,6 +115,8 @@ class ScoreResponse(BaseModel):
 
 
 class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     items: list[dict[str, Any]] = Field(
         min_length=1, max_length=MAX_BATCH, description="score requests, as for /v1/score"
     )
@@ -102,18 +128,32 @@ class BatchResponse(BaseModel):
 
 
 class SplitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     pump_class: str | None = Field(default=None, description="one class; all when absent")
     challenger_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     shadow: bool | None = None
 
 
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=1, description="classes to retrain; every served class if absent"
+    )
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded with the job")
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+
+
 class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     pump_id: str = Field(min_length=1, max_length=128)
     pump_class: str = Field(min_length=1, max_length=64)
-    observed_at: float | None = Field(
+    observed_at: UnixTime | None = Field(
         default=None, description="when the outcome was seen (unix seconds); now if absent"
     )
-    failed_at: float | None = Field(default=None, description="failure time (unix seconds)")
+    failed_at: UnixTime | None = Field(default=None, description="failure time (unix seconds)")
     rul_hours: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
 
@@ -227,6 +267,8 @@ class PumpScorer:
         app.state.max_body_bytes = self.config.max_body_bytes
         app.state.config = self.config
         self.classes: dict[str, _Class] = {}
+        self._registry = Registry(self.config.tracking_uri)
+        self._state_lock = threading.Lock()  # one registry reload or split change at a time
         self._load()
         self.log = PredictionLog(self.config.predictions_dir)
         self.feedback_log = PredictionLog(f"{self.config.predictions_dir.rstrip('/')}-feedback")
@@ -234,38 +276,51 @@ class PumpScorer:
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
         self._flusher.start()
-        log.info("serving classes %s", sorted(self.classes))
+        self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+        self._refresher.start()
+        log.info("%s: serving classes %s", self.config.stage, sorted(self.classes))
 
     def _load(self) -> dict[str, dict[str, str]]:
-        """(Re)load every class's champion and challenger by alias; swapped in at once,
-        so a request in flight finishes on the models it started with."""
-        registry = Registry(self.config.tracking_uri)
-        loaded: dict[str, _Class] = {}
-        for cls in registry.classes():
-            old = self.classes.get(cls)
-            arms: dict[Arm, _Model] = {}
-            for arm, alias in ((Arm.CHAMPION, CHAMPION), (Arm.CHALLENGER, CHALLENGER)):
-                version = registry.version_by_alias(model_name(cls), alias)
-                if version is None:
+        """(Re)load every class's models by alias and its split from the registry. The
+        new set is swapped in at once, so a request in flight finishes on the models it
+        started with; a model that cannot be loaded leaves the old one serving."""
+        with self._state_lock:
+            loaded: dict[str, _Class] = {}
+            for cls in self._registry.classes():
+                aliases, tags = self._registry.model_state(model_name(cls))
+                old = self.classes.get(cls)
+                arms: dict[Arm, _Model] = {}
+                for arm, alias in self.config.aliases().items():
+                    version = aliases.get(alias)
+                    if version is None:
+                        continue
+                    if old is not None and arm in old.arms and old.arms[arm].version == version:
+                        arms[arm] = old.arms[arm]  # unchanged: keep the loaded session
+                        continue
+                    try:
+                        m = self._registry.load_version(model_name(cls), version)
+                        arms[arm] = _Model(m.version, m.onnx, m.spec)
+                    except (RegistryError, OSError, ValueError) as e:
+                        log.error("%s v%s could not be loaded: %s", cls, version, e)
+                        if old is not None and arm in old.arms:
+                            arms[arm] = old.arms[arm]
+                if Arm.CHAMPION not in arms:
                     continue
-                if old is not None and arm in old.arms and old.arms[arm].version == version:
-                    arms[arm] = old.arms[arm]  # unchanged: keep the loaded session
-                    continue
-                try:
-                    m = registry.load(model_name(cls), alias)
-                except RegistryError:
-                    continue
-                arms[arm] = _Model(m.version, m.onnx, m.spec)
-            if Arm.CHAMPION in arms:
-                loaded[cls] = _Class(
-                    arms=arms,
-                    weight=old.weight if old else self.config.challenger_weight,
-                    shadow=old.shadow if old else False,
-                )
+                loaded[cls] = _Class(arms=arms, **self._split_of(tags, old))
                 for arm, model in arms.items():
                     _VERSION.set(float(model.version), tags={"pump_class": cls, "arm": str(arm)})
-        self.classes = loaded
-        return self._versions()
+            self.classes = loaded
+            return self._versions()
+
+    def _split_of(self, tags: dict[str, str], old: _Class | None) -> dict[str, Any]:
+        weight = self.config.challenger_weight if old is None else old.weight
+        shadow = False if old is None else old.shadow
+        try:
+            weight = min(1.0, max(0.0, float(tags.get(WEIGHT_TAG, weight))))
+        except ValueError:
+            log.warning("ignoring the unreadable tag %s=%r", WEIGHT_TAG, tags[WEIGHT_TAG])
+        shadow = tags.get(SHADOW_TAG, str(shadow)).lower() == "true"
+        return {"weight": weight, "shadow": shadow}
 
     def _versions(self) -> dict[str, dict[str, str]]:
         return {
@@ -276,6 +331,15 @@ class PumpScorer:
         while not self._stop.wait(self.config.flush_seconds):
             self.log.flush()
             self.feedback_log.flush()
+
+    def _refresh_loop(self) -> None:
+        """Follow the registry: promotions, rollbacks and split changes made elsewhere (an
+        admin call on another replica, ``pumpfleet promote``) reach this replica too."""
+        while not self._stop.wait(self.config.refresh_seconds):
+            try:
+                self._load()
+            except Exception as e:  # the registry is down: keep serving what is loaded
+                log.warning("registry refresh failed; serving what is loaded: %s", e)
 
     def __del__(self) -> None:  # graceful shutdown: nothing logged is lost
         self._stop.set()
@@ -309,6 +373,7 @@ class PumpScorer:
     @app.get("/v1/models", dependencies=SCORING)
     def list_models(self, request: Request) -> dict[str, Any]:
         return {
+            "stage": self.config.stage,
             "challenger_weight": self.config.challenger_weight,
             "classes": {
                 cls: {
@@ -419,7 +484,20 @@ class PumpScorer:
         rul, prob = self._score_many(model, raw[None])
         return self._respond(req, served, arm, model, raw, float(rul[0]), float(prob[0]), started)
 
-    @app.post("/v1/score/batch", response_model=BatchResponse, dependencies=SCORING)
+    @app.post(
+        "/v1/score/batch",
+        response_model=BatchResponse,
+        dependencies=SCORING,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": BatchRequest.model_json_schema()},
+                    ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
     async def score_batch(self, request: Request) -> BatchResponse:
         """Many windows in one request, as JSON (``{"items": [...]}``) or as an Arrow IPC
         stream (columns ``pump_id``, ``pump_class``, ``window``: each window's values
@@ -540,21 +618,53 @@ class PumpScorer:
 
     @app.post("/v1/admin/split", dependencies=ADMIN)
     def split(self, change: SplitRequest, request: Request) -> dict[str, Any]:
-        """Set the challenger's weight and shadow mode, for one class or all, live."""
+        """Set the challenger's weight and shadow mode, for one class or all, live. The
+        setting is stored on the registered model, so every replica follows it."""
+        if self.config.stage != "production":
+            raise _unprocessable("pump_class", "the staging app serves no A/B split")
         if change.pump_class is not None and change.pump_class not in self.classes:
             raise _unprocessable("pump_class", "unknown or unserved class")
         targets = [change.pump_class] if change.pump_class else list(self.classes)
-        for cls in targets:
-            c = self.classes[cls]
-            if change.challenger_weight is not None:
-                c.weight = change.challenger_weight
-            if change.shadow is not None:
-                c.shadow = change.shadow
+        tags: dict[str, Any] = {}
+        if change.challenger_weight is not None:
+            tags[WEIGHT_TAG] = change.challenger_weight
+        if change.shadow is not None:
+            tags[SHADOW_TAG] = str(change.shadow).lower()
+        with self._state_lock:
+            for cls in targets:
+                self._registry.set_model_tags(model_name(cls), tags)
+                c = self.classes[cls]
+                if change.challenger_weight is not None:
+                    c.weight = change.challenger_weight
+                if change.shadow is not None:
+                    c.shadow = change.shadow
         log.info("split changed: %s", change.model_dump(exclude_none=True))
         return {
             cls: {"challenger_weight": c.weight, "shadow": c.shadow}
             for cls, c in self.classes.items()
         }
+
+    @app.post("/v1/admin/retrain", dependencies=ADMIN)
+    def retrain(self, req: RetrainRequest, request: Request) -> dict[str, Any]:
+        """Submit the retraining Ray job (``ray_jobs/retrain.py``) for some classes or all;
+        returns its submission id. The job trains challengers and gates them; it does not
+        promote."""
+        unknown = sorted(set(req.classes or []) - set(self.classes))
+        if unknown:
+            raise _unprocessable("classes", f"unknown or unserved class {unknown[0]!r}")
+        if not self.config.jobs_address:
+            raise HTTPException(
+                503, "retraining is not configured: no Ray job server (PUMPFLEET_JOBS_ADDRESS)"
+            )
+        from ray_jobs.retrain import submit_retrain
+
+        try:
+            job_id = submit_retrain(self.config.jobs_address, req.classes, req.reason, req.epochs)
+        except Exception as e:  # the job server is down or refused: say so, not a 500
+            log.error("retrain submission to %s failed: %s", self.config.jobs_address, e)
+            raise HTTPException(503, f"the Ray job server did not take the job: {e}") from None
+        log.info("retrain job %s submitted: %s", job_id, req.reason)
+        return {"job_id": job_id, "classes": req.classes or sorted(self.classes)}
 
     @app.post("/v1/admin/reload", dependencies=ADMIN)
     def reload(self, request: Request) -> dict[str, Any]:
@@ -566,5 +676,5 @@ def build_app(args: ScoringConfig) -> Application:
     """The app builder ``serve run`` / ``serve deploy`` and ``pumpfleet serve`` share."""
     args.check()
     return PumpScorer.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": args.num_cpus}
+        ray_actor_options={"num_cpus": args.num_cpus}, num_replicas=args.num_replicas
     ).bind(args.model_dump())

@@ -28,7 +28,7 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _from(env: Mapping[str, str], name: str, split_commas: bool) -> list[str]:
+def keys_from(env: Mapping[str, str], name: str, split_commas: bool) -> list[str]:
     values: list[str] = []
     if env.get(name):
         raw = env[name]
@@ -58,8 +58,8 @@ class Secrets:
 def load_secrets(env: Mapping[str, str] | None = None) -> Secrets:
     env = os.environ if env is None else env
     return Secrets(
-        api_keys=tuple(digest(k) for k in _from(env, "PUMPFLEET_API_KEYS", True)),
-        admin_tokens=tuple(digest(k) for k in _from(env, "PUMPFLEET_ADMIN_TOKEN", False)),
+        api_keys=tuple(digest(k) for k in keys_from(env, "PUMPFLEET_API_KEYS", True)),
+        admin_tokens=tuple(digest(k) for k in keys_from(env, "PUMPFLEET_ADMIN_TOKEN", False)),
     )
 
 

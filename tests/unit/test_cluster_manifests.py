@@ -493,13 +493,25 @@ def test_every_env_var_set_is_one_something_reads() -> None:
 
 def test_the_scoring_service_uses_the_cluster_settings() -> None:
     from pumpfleet.settings import Settings
+    from serve_apps.scoring import ScoringConfig
 
     service = manifest("k8s/base/50-rayservice.yaml", "RayService")
-    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    apps = {a["name"]: a for a in yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]}
+    assert sorted(apps) == ["pumpfleet", "pumpfleet-staging"]
     data = settings()
-    assert app["args"]["tracking_uri"] == data["MLFLOW_TRACKING_URI"]
     home = Settings(home=Path(data["PUMPFLEET_HOME"]))
-    assert app["args"]["predictions_dir"] == str(home.predictions_dir)
+    for app in apps.values():
+        config = ScoringConfig(**app["args"])  # the app's typed argument accepts them
+        assert config.tracking_uri == data["MLFLOW_TRACKING_URI"]
+    assert apps["pumpfleet"]["args"]["predictions_dir"] == str(home.predictions_dir)
+    assert apps["pumpfleet-staging"]["args"]["stage"] == "staging"
+    assert apps["pumpfleet-staging"]["route_prefix"] == "/staging"
+    # staging's predictions are not production's: monitoring reads only the latter
+    assert apps["pumpfleet-staging"]["args"]["predictions_dir"] != str(home.predictions_dir)
+    # retraining is submitted to the training cluster's head (KubeRay's <name>-head-svc)
+    cluster = manifest("k8s/base/40-raycluster.yaml", "RayCluster")["metadata"]
+    jobs = urlsplit(apps["pumpfleet"]["args"]["jobs_address"])
+    assert jobs.hostname == f"{cluster['name']}-head-svc.{cluster['namespace']}.svc"
 
 
 def test_the_mlflow_server_answers_the_uri_its_clients_use() -> None:

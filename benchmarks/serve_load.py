@@ -1,0 +1,384 @@
+"""The scoring service under load, against its baselines, in one run on the same model:
+
+- **serve**: the pumpfleet app on Ray Serve (A/B routing on, predictions logged),
+  throughput-optimised mode, ``--replicas`` replicas;
+- **fastapi**: the same ONNX model and feature code behind one plain FastAPI app under
+  uvicorn with 2 workers, no Ray (``benchmarks/plain_app.py``);
+- **in-process**: onnxruntime called from Python, one window at a time (the limit).
+
+Single-window requests at 16 and 64 concurrent clients for a fixed time (throughput,
+p50, p99, errors); batches of 1,000 windows as JSON and as Arrow IPC (windows/s); and
+chaos under load: promote the challenger, change the split and kill a replica while
+16 clients keep scoring (failed requests).
+
+    python -m benchmarks.serve_load [--seconds 10] [--replicas 2]
+
+The load comes from an asyncio client in this process, on the same 2 cores as the
+servers: every arm pays for it alike, so read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pumpfleet.tables import format_table
+
+WINDOW = 24
+BATCH = 1000
+CLASS = "esp"
+
+
+def _model(home: Path) -> tuple[Any, bytes, Any]:
+    """A CNN of the default size on the esp channels, registered twice (champion and
+    challenger) in a fresh MLflow under ``home``; its spec, ONNX and the settings."""
+    import torch
+
+    from pumpfleet import onnx_io
+    from pumpfleet.features import FeatureSpec
+    from pumpfleet.models import ModelConfig, build_model
+    from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+    from pumpfleet.schema import CLASS_CHANNELS
+    from pumpfleet.settings import Settings
+
+    torch.manual_seed(0)
+    channels = list(CLASS_CHANNELS[CLASS])
+    spec = FeatureSpec(
+        pump_class=CLASS,
+        channels=channels,
+        window=WINDOW,
+        stride=4,
+        interval_seconds=3600,
+        rul_cap_hours=168,
+        horizon_hours=48,
+        mean=[50.0] * len(channels),
+        std=[10.0] * len(channels),
+    )
+    model = build_model(spec.n_channels, ModelConfig()).eval()
+    onnx = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
+    settings = Settings(home=home)
+    reg = Registry(settings.tracking_uri)
+    run = reg.start_run("pumpfleet-bench", "serve-load")
+    uri = reg.log_model(run, onnx, spec, model.state_dict(), ModelConfig().model_dump())
+    reg.end_run(run)
+    name = model_name(CLASS)
+    reg.set_alias(name, CHAMPION, reg.register(uri, name))
+    reg.set_alias(name, CHALLENGER, reg.register(uri, name))
+    return spec, onnx, settings
+
+
+def _bodies(spec: Any, n: int = 256) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "pump_id": f"{CLASS}-{i:05d}",
+            "pump_class": CLASS,
+            "readings": {c: list(rng.normal(50, 10, WINDOW).round(3)) for c in spec.inputs},
+        }
+        for i in range(n)
+    ]
+
+
+async def _load(
+    url: str, headers: dict[str, str], bodies: list[dict[str, Any]], clients: int, seconds: float,
+    during: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """``clients`` concurrent clients posting single windows for ``seconds``."""
+    import httpx
+
+    lat: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as c:
+        end = time.perf_counter() + seconds
+
+        async def one(k: int) -> None:
+            i = k
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                try:
+                    r = await c.post("/v1/score", json=bodies[i % len(bodies)])
+                    if r.status_code == 200:
+                        lat.append(time.perf_counter() - t)
+                    else:
+                        errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
+                except httpx.HTTPError as e:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                i += clients
+
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(one(k)) for k in range(clients)]
+        if during is not None:
+            await during()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    ms = np.array(lat) * 1000 if lat else np.array([float("nan")])
+    return {
+        "rps": len(lat) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
+
+
+def _batch_rate(url: str, headers: dict[str, str], body: bytes, ctype: str, reps: int) -> float:
+    import httpx
+
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
+        c.post("/v1/score/batch", content=body, headers={"content-type": ctype})  # warm
+        t = time.perf_counter()
+        for _ in range(reps):
+            r = c.post("/v1/score/batch", content=body, headers={"content-type": ctype})
+            r.raise_for_status()
+        return BATCH * reps / (time.perf_counter() - t)
+
+
+def _arrow_batch(spec: Any) -> bytes:
+    import pyarrow as pa
+
+    rng = np.random.default_rng(2)
+    windows = rng.normal(50, 10, (BATCH, WINDOW * len(spec.inputs))).astype(np.float64)
+    table = pa.table(
+        {
+            "pump_id": [f"{CLASS}-{i:05d}" for i in range(BATCH)],
+            "pump_class": [CLASS] * BATCH,
+            "window": pa.array(list(windows), type=pa.list_(pa.float64())),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _in_process(spec: Any, onnx: bytes, seconds: float) -> dict[str, Any]:
+    from pumpfleet import onnx_io
+    from pumpfleet.features import decode_outputs, window_features
+
+    sess = onnx_io.session(onnx)
+    raw = np.random.default_rng(3).normal(50, 10, (256, WINDOW, len(spec.inputs)))
+    lat = []
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        decode_outputs(onnx_io.run(sess, window_features(raw[i % 256][None], spec)), spec)
+        lat.append(time.perf_counter() - t)
+        i += 1
+    ms = np.array(lat) * 1000
+    x = window_features(raw[np.arange(BATCH) % 256], spec)
+    t = time.perf_counter()
+    for _ in range(5):
+        onnx_io.run(sess, x)
+    return {
+        "rps": len(lat) / sum(lat),
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": 0,
+        "batch": 5 * BATCH / (time.perf_counter() - t),
+    }
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server at {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no answer from {url} within {s} s")
+
+
+def _replica_names() -> list[str]:
+    import ray
+
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "SERVE_REPLICA" in a["name"] and "pumpfleet#" in a["name"]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=5, help="1,000-window batches per arm")
+    args = parser.parse_args(argv)
+
+    import httpx
+    import ray
+
+    from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+    from ray_jobs._ray import init_ray
+    from serve_apps import run as serve_run
+
+    serve_run.use_serve_env()  # as `pumpfleet serve` runs: before Ray starts
+    from serve_apps.security import Secrets, digest
+    from tests.conftest import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="pumpfleet-serve-load-"))
+    key, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    headers = {"x-api-key": key}
+    plain: subprocess.Popen[bytes] | None = None
+    try:
+        spec, onnx, settings = _model(home)
+        bodies = _bodies(spec)
+        json_batch = httpx.Request("POST", "/", json={"items": _bodies(spec, BATCH)}).content
+        arrow_batch = _arrow_batch(spec)
+        model_dir = home / "plain"
+        model_dir.mkdir()
+        (model_dir / "model.onnx").write_bytes(onnx)
+        (model_dir / "feature_spec.json").write_text(spec.to_json())
+
+        rows: dict[str, dict[str, Any]] = {}
+        # (b) plain FastAPI + uvicorn, 2 workers
+        port = free_port()
+        plain = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--workers", "2",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+             "--no-access-log"],
+            env={**os.environ, "PLAIN_MODEL_DIR": str(model_dir)},
+            start_new_session=True,
+        )  # fmt: skip
+        plain_url = f"http://127.0.0.1:{port}"
+        _wait_http(plain_url, plain)
+        for n in args.concurrency:
+            rows[f"fastapi@{n}"] = asyncio.run(_load(plain_url, {}, bodies, n, args.seconds))
+        rows["fastapi@batch"] = {
+            "json": _batch_rate(plain_url, {}, json_batch, "application/json", args.batches)
+        }
+        os.killpg(plain.pid, signal.SIGTERM)
+        plain.wait(30)
+        plain = None
+
+        # (a) the pumpfleet app on Ray Serve
+        init_ray(settings)
+        secrets_ = Secrets(api_keys=(digest(key),), admin_tokens=(digest(admin),))
+        port = free_port()
+        url = serve_run.start(
+            settings, port, 0.5, secrets=secrets_, num_replicas=args.replicas, staging=False,
+        )  # fmt: skip
+        _wait_http(url)
+        httpx.post(f"{url}/v1/score", json=bodies[0], headers=headers).raise_for_status()
+        for n in args.concurrency:
+            rows[f"serve@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
+        rows["serve@batch"] = {
+            "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
+            "arrow": _batch_rate(
+                url, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
+            ),
+        }
+
+        # chaos: promote, change the split, kill a replica, while 16 clients score
+        reg = Registry(settings.tracking_uri)
+        name = model_name(CLASS)
+        auth = {"authorization": f"Bearer {admin}"}
+        events: list[str] = []
+
+        async def chaos() -> None:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+                await asyncio.sleep(args.seconds * 0.2)
+                champ, chall = (
+                    reg.version_by_alias(name, CHAMPION),
+                    reg.version_by_alias(name, CHALLENGER),
+                )
+                assert champ and chall
+                reg.set_alias(name, CHAMPION, chall)
+                reg.set_alias(name, CHALLENGER, champ)
+                r = await c.post("/v1/admin/reload", headers=auth)
+                events.append(f"promote v{chall}: {r.status_code}")
+                await asyncio.sleep(args.seconds * 0.2)
+                r = await c.post("/v1/admin/split", json={"challenger_weight": 0.8}, headers=auth)
+                events.append(f"split 0.8: {r.status_code}")
+                await asyncio.sleep(args.seconds * 0.2)
+                victims = _replica_names()
+                if len(victims) > 1:
+                    ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+                    events.append(f"killed 1 of {len(victims)} replicas")
+                else:
+                    events.append(f"{len(victims)} replica: none killed")
+
+        rows["serve@chaos"] = asyncio.run(
+            _load(url, headers, bodies, 16, args.seconds * 1.5, chaos)
+        )
+        rows["serve@chaos"]["events"] = events
+        serve_run.stop()
+
+        # (c) onnxruntime in-process
+        rows["in-process"] = _in_process(spec, onnx, args.seconds / 2)
+    finally:
+        if plain is not None:
+            os.killpg(plain.pid, signal.SIGTERM)
+            plain.wait(30)
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(home, ignore_errors=True)
+
+    _report(rows, args.concurrency)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x"
+
+
+def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
+    base = rows[f"fastapi@{concurrency[0]}"]
+    table = []
+    for n in concurrency:
+        for arm in ("serve", "fastapi"):
+            r = rows[f"{arm}@{n}"]
+            ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
+            row = [f"{arm}, single window", n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
+            table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio])
+    ip = rows["in-process"]
+    row = ["onnxruntime in-process", 1, f"{ip['rps']:,.0f}", f"{ip['p50']:.2f}"]
+    table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"])])
+    head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
+    print(format_table(head, table))
+    fb, sb = rows["fastapi@batch"], rows["serve@batch"]
+    batches = [
+        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
+        ["serve, JSON", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
+        ["serve, Arrow IPC", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
+        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
+    ]
+    print()
+    print(format_table(["batch of 1,000", "windows/s", "vs fastapi JSON"], batches))
+    ch = rows["serve@chaos"]
+    print()
+    print(f"chaos under load (16 clients): {'; '.join(ch['events'])}")
+    kinds = ch["error_kinds"] or ""
+    print(
+        f"  {ch['rps']:,.0f} req/s, p99 {ch['p99']:.1f} ms, failed requests {ch['errors']} {kinds}"
+    )
+    s16 = rows[f"serve@{concurrency[0]}"]
+    print(
+        f"serve_p99_ms={s16['p99']:.1f} ratio={s16['rps'] / base['rps']:.2f} "
+        f"arrow_wps={sb['arrow']:.0f} chaos_errors={ch['errors']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Retraining: ingest what has arrived → train challengers for the affected classes only →
+evaluate them with the gates → (only if asked) promote.
+
+    python -m ray_jobs.retrain [--classes esp rod] [--reason "drift on esp"] [--promote]
+
+Submitted as a Ray job by the Serve admin route (``POST /v1/admin/retrain``), and run by
+hand or on a schedule. Without ``--promote`` a challenger that passes the gates stays
+challenger: a person (``pumpfleet promote``) or an online A/B test decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from pumpfleet.errors import InputError, RegistryError
+from pumpfleet.lifecycle import current_user
+from pumpfleet.settings import Settings, get_settings
+from pumpfleet.windows import WindowConfig
+from ray_jobs._ray import init_ray
+from ray_jobs.cli import run_main
+from ray_jobs.train import SearchSpace, space_from_args
+
+log = logging.getLogger(__name__)
+
+ENTRYPOINT = "python -m ray_jobs.retrain"
+
+
+def run_retrain(
+    settings: Settings,
+    classes: list[str] | None = None,
+    space: SearchSpace | None = None,
+    source: str | None = None,
+    reason: str = "requested",
+    promote: bool = False,
+) -> dict[str, Any]:
+    from ray_jobs.evaluate import run_evaluate
+    from ray_jobs.ingest import ingest_and_log
+    from ray_jobs.train import run_train
+
+    started = time.monotonic()
+    log.info("retraining %s: %s", ", ".join(classes) if classes else "every class", reason)
+    ingest = ingest_and_log(
+        settings, source or str(settings.data_dir), str(settings.features_dir), WindowConfig()
+    )
+    snapshot = ingest["snapshot_id"]
+    train = run_train(settings, snapshot, space, classes)
+    trained = sorted(train["classes"])
+    if not trained:
+        raise RegistryError("no challenger was trained; nothing to evaluate")
+    evaluate = run_evaluate(
+        settings, snapshot, who=current_user(), classes=trained, promote=promote
+    )
+    return {
+        "reason": reason,
+        "snapshot_id": snapshot,
+        "new_snapshot": not ingest.get("up_to_date", False),
+        "classes": {
+            cls: {
+                "challenger": r["challenger"],
+                "champion": r["champion"],
+                "promoted": r["promoted"],
+                "reason": r["reason"],
+            }
+            for cls, r in evaluate["classes"].items()
+        },
+        "failed_trials": train.get("failed_trials", {}),
+        "minutes": round((time.monotonic() - started) / 60, 2),
+    }
+
+
+def submit_retrain(
+    address: str,
+    classes: list[str] | None,
+    reason: str,
+    epochs: int | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> str:
+    """Submit the retraining job to the Ray job server at ``address`` (its dashboard URL);
+    returns the submission id. Token authentication, where the cluster has it on, comes
+    from the environment (``RAY_AUTH_TOKEN``) as for every Ray client."""
+    import shlex
+
+    from ray.job_submission import JobSubmissionClient
+
+    args = [ENTRYPOINT, "--reason", shlex.quote(reason)]
+    if classes:
+        args += ["--classes", *(shlex.quote(c) for c in classes)]
+    if epochs is not None:
+        args += ["--epochs", str(int(epochs))]
+    headers = None
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if token:
+        headers = {"Authorization": f"Bearer {token}"}
+    client = JobSubmissionClient(address, headers=headers)
+    job_id = f"pumpfleet-retrain-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return str(
+        client.submit_job(
+            entrypoint=" ".join(args),
+            submission_id=job_id,
+            runtime_env=runtime_env,
+            metadata={"pumpfleet": "retrain", "reason": reason[:200]},
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ray_jobs.retrain", description=__doc__)
+    parser.add_argument("--classes", nargs="+", default=None, help="only these classes")
+    parser.add_argument("--reason", default="requested", help="why (recorded with the run)")
+    parser.add_argument("--source", default=None, help="fleet dataset (default: workspace)")
+    parser.add_argument("--config", help="search space, YAML or JSON (see SearchSpace)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--promote", action="store_true", help="promote a challenger that passes the gates"
+    )
+    args = parser.parse_args(argv)
+
+    def job() -> dict[str, Any]:
+        if args.classes is not None and not all(args.classes):
+            raise InputError("--classes: empty class name")
+        settings = get_settings()
+        init_ray(settings)
+        return run_retrain(
+            settings, args.classes, space_from_args(args), args.source, args.reason, args.promote
+        )
+
+    return run_main(job)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

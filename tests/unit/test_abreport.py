@@ -1,0 +1,90 @@
+"""The A/B report: truth from feedback, per-arm metrics and their intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pumpfleet.abreport import SHADOW, arm_reports, format_report
+
+T0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _log(n_pumps: int = 40, per_pump: int = 10, seed: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pumps that fail at known times; the champion is off by N(0, 10) h, the challenger
+    (on half the pumps) by N(0, 5) h."""
+    rng = np.random.default_rng(seed)
+    rows, fb = [], []
+    for p in range(n_pumps):
+        pid = f"p{p:03d}"
+        fails = T0 + pd.Timedelta(hours=200 + p)
+        arm = "challenger" if p % 2 else "champion"
+        for k in range(per_pump):
+            ts = T0 + pd.Timedelta(hours=10 * k)
+            true = (fails - ts).total_seconds() / 3600
+            noise = rng.normal(0, 5 if arm == "challenger" else 10)
+            rows.append(
+                {"pump_id": pid, "pump_class": "esp", "timestamp": ts, "arm": arm,
+                 "model_version": "2" if arm == "challenger" else "1",
+                 "rul_hours": true + noise, "shadow_version": None, "shadow_rul_hours": None}
+            )  # fmt: skip
+        fb.append({"pump_id": pid, "pump_class": "esp", "observed_at": fails,
+                   "failed_at": fails, "rul_hours": None})  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(fb)
+
+
+def test_truth_comes_from_the_failure_after_each_prediction() -> None:
+    log, fb = _log(n_pumps=2, per_pump=3)
+    log["rul_hours"] = [200, 190, 180, 201, 191, 181]  # exact for both pumps
+    reports, _ = arm_reports(log, fb)
+    assert {r.arm: r.rmse for r in reports} == {"champion": 0.0, "challenger": 0.0}
+    assert all(r.labelled == 3 for r in reports)
+
+
+def test_rul_seen_in_hindsight_counts_from_its_observation() -> None:
+    log, _ = _log(n_pumps=1, per_pump=1)
+    log["rul_hours"] = 100.0
+    fb = pd.DataFrame([{"pump_id": "p000", "pump_class": "esp",
+                        "observed_at": T0 + pd.Timedelta(hours=30), "failed_at": None,
+                        "rul_hours": 60.0}])  # fmt: skip
+    (r,), _ = arm_reports(log, fb)
+    assert r.rmse == 10.0  # true RUL at T0 was 60 + 30 = 90 h
+
+
+def test_predictions_without_later_feedback_are_not_scored() -> None:
+    log, fb = _log(n_pumps=4, per_pump=5)
+    fb = fb.iloc[:1]
+    reports, _ = arm_reports(log, fb)
+    assert sum(r.labelled for r in reports) == 5
+    assert sum(r.predictions for r in reports) == 20
+
+
+def test_the_better_challenger_is_called_better_with_an_interval() -> None:
+    log, fb = _log()
+    reports, diffs = arm_reports(log, fb, seed=3)
+    by_arm = {r.arm: r for r in reports}
+    assert 8 < by_arm["champion"].rmse < 12 and 3.5 < by_arm["challenger"].rmse < 6.5
+    for r in reports:
+        assert r.rmse_ci[0] <= r.rmse <= r.rmse_ci[1]
+        assert r.pumps == 20
+    (d,) = diffs
+    assert d.test == "A/B" and d.ci[1] < 0 and d.verdict == "better"
+    text = format_report(reports, diffs)
+    assert "better" in text and "challenger" in text
+
+
+def test_shadow_scores_are_compared_paired() -> None:
+    log, fb = _log()
+    log["arm"] = "champion"
+    log["shadow_version"] = "2"
+    log["shadow_rul_hours"] = log["rul_hours"] + 30.0  # the challenger is 30 h late
+    reports, diffs = arm_reports(log, fb)
+    assert {r.arm for r in reports} == {"champion", SHADOW}
+    (d,) = diffs
+    assert d.test == "shadow (paired)" and d.ci[0] > 0 and d.rmse_diff > 20
+    assert "worse" in format_report(reports, diffs)
+
+
+def test_nothing_logged_says_so() -> None:
+    assert arm_reports(pd.DataFrame(), pd.DataFrame()) == ([], [])
+    assert format_report([], []) == "no predictions logged yet"
