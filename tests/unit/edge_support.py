@@ -88,7 +88,7 @@ def write_snapshot(features: Path, snapshot: str = "snap1") -> None:
     (features / "LATEST").write_text(snapshot)
 
 
-def train_model(seed: int, epochs: int = 4) -> Any:
+def train_model(seed: int, epochs: int = 20) -> Any:
     import torch
 
     from pumpfleet.features import window_features
@@ -162,3 +162,235 @@ def shared_workspace(base: Path, versions: int = 2) -> EdgeWorkspace:
     if versions not in _BUILT:
         _BUILT[versions] = make_workspace(base / f"edge-ws-{versions}", versions)
     return _BUILT[versions]
+
+
+# --- the agent's world: a cloud that stores uploads, and a pump controller --------------
+
+
+class Cloud:
+    """A real HTTP server on loopback whose upload route calls the real storage
+    function (``pumpfleet.edge_ingest.handle_upload``); it can be switched off (503) to
+    play a lost connection, and counts what it was sent."""
+
+    def __init__(self, root: Path, api_key: str = "edge-key") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from pumpfleet.edge_ingest import handle_upload
+        from pumpfleet.errors import InputError
+
+        self.root = root
+        self.online = True
+        self.posts = 0
+        cloud = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                cloud.posts += 1
+                if not cloud.online:
+                    return self._answer(503, {"detail": "offline"})
+                if self.path != "/v1/edge/upload":
+                    return self._answer(404, {"detail": "no route"})
+                if self.headers.get("X-API-Key") != api_key:
+                    return self._answer(401, {"detail": "bad key"})
+                try:
+                    return self._answer(200, handle_upload(cloud.root, json.loads(body)))
+                except InputError as e:
+                    return self._answer(422, {"detail": str(e)})
+
+            def _answer(self, code: int, obj: dict[str, Any]) -> None:
+                data = json.dumps(obj).encode()
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent was killed before it read the answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def rows(self) -> Any:
+        """Every stored edge row (a pyarrow table; empty if none)."""
+        import pyarrow as pa
+
+        files = sorted((self.root / "edge").rglob("*.parquet"))
+        if not files:
+            return pa.table({"request_id": pa.array([], pa.string())})
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+
+
+def write_readings(
+    spool: Path,
+    name: str,
+    pumps: list[str],
+    start: int,
+    n: int,
+    failing: bool = False,
+    fmt: str = "csv",
+    flow_dropout: bool = False,
+) -> list[tuple[str, int]]:
+    """A controller file of ``n`` hourly readings per pump from hour ``start`` (written
+    under a dot-name, then renamed); returns each reading's (pump, epoch seconds).
+    ``failing`` pumps run hot and shaky (near failure)."""
+    t0 = 1_780_000_000
+    lines, keys = [], []
+    for pump in pumps:
+        for h in range(start, start + n):
+            rng = np.random.default_rng(abs(hash((pump, h))) % 2**32)
+            wear = 1.0 if failing else 0.1
+            row = {
+                "pump_id": pump,
+                "timestamp": t0 + 3600 * h,
+                "motor_temp": round(70 + 15 * wear + rng.normal(0, 1), 3),
+                "flow": 0.0 if flow_dropout else round(100 + rng.normal(0, 10), 3),
+                "vibration": round(1 + wear + rng.normal(0, 0.2), 3),
+            }
+            lines.append(row)
+            keys.append((pump, t0 + 3600 * h))
+    spool.mkdir(parents=True, exist_ok=True)
+    tmp = spool / f".{name}.tmp"
+    if fmt == "csv":
+        header = "pump_id,timestamp,motor_temp,flow,vibration"
+        body = "\n".join(",".join(str(r[k]) for k in header.split(",")) for r in lines)
+        tmp.write_text(header + "\n" + body + "\n")
+    else:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    tmp.rename(spool / f"{name}.{fmt}")
+    return keys
+
+
+def agent_config(ws: EdgeWorkspace, state: Path, endpoint: str | None, **kw: Any) -> Any:
+    from edge_agent.config import AgentConfig
+
+    settings: dict[str, Any] = {
+        "device_id": "rig-7",
+        "state_dir": state,
+        "public_key": ws.public_key,
+        "initial_bundle": ws.bundles["1"],
+        "endpoint": endpoint,
+        "api_key": "edge-key",
+        "upload_batch": 25,
+        "poll_seconds": 0.05,
+        "backoff_seconds": 0.05,
+        "backoff_max_seconds": 0.2,
+    }
+    return AgentConfig(**(settings | kw))
+
+
+# --- bundles a device must refuse or roll back --------------------------------------------
+
+
+def bundle_with(
+    ws: EdgeWorkspace,
+    tmp: Path,
+    version: str,
+    other_key: bool = False,
+    members: dict[str, bytes] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """The v2 bundle re-signed as ``version`` with some members or manifest fields
+    changed, by the workspace's key or (``other_key``) by a stranger's."""
+    from edge_export.export import signing_key_path
+    from pumpfleet import bundle
+
+    src = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    key_path = tmp / "stranger.pem" if other_key else signing_key_path(ws.settings)
+    key = bundle.load_or_create_key(key_path)
+    manifest = {k: v for k, v in src.manifest.items() if k not in ("members", "format", "created")}
+    manifest |= {"model_version": version, **(meta or {})}
+    out = (
+        tmp
+        / "offers"
+        / f"v{version}-{'stranger' if other_key else 'ours'}-{len(members or {})}.pfbundle"
+    )
+    bundle.write_bundle(out, {**src.members, **(members or {})}, manifest, key)
+    return out
+
+
+def tampered(ws: EdgeWorkspace, tmp: Path) -> Path:
+    """A genuine bundle (v3) with one member changed after signing."""
+    import io
+    import tarfile
+
+    path = bundle_with(ws, tmp, version="3")
+    with tarfile.open(path) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    files["thresholds.json"] = b'{"failure_probability_alert": 0.99, "horizon_hours": 48}'
+    out = tmp / "offers" / "tampered.pfbundle"
+    with tarfile.open(out, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+def wrong_golden(ws: EdgeWorkspace, tmp: Path, version: str) -> Path:
+    """Signed and intact, but its model does not give the golden outputs."""
+    import io
+
+    src = bundle_with(ws, tmp, version="4")
+    from pumpfleet import bundle
+
+    b = bundle.read_bundle(src, ws.public_key)
+    g = np.load(io.BytesIO(b.members["golden.npz"]))
+    buf = io.BytesIO()
+    np.savez(buf, raw=g["raw"], expected=g["expected"] + 0.25)
+    return bundle_with(ws, tmp, version, members={"golden.npz": buf.getvalue()})
+
+
+def nan_on_low_flow(ws: EdgeWorkspace, tmp: Path, version: str) -> Path:
+    """Signed, intact and passing its golden self-test, but its model gives NaN for any
+    window with a reading more than 5 std below the mean (a flow dropout), which the
+    golden windows do not hold: only scoring after the switch shows it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pumpfleet import bundle
+
+    b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    model = onnx.load_from_string(b.members["model.onnx"])
+    g = model.graph
+    for node in g.node:
+        node.output[:] = ["scores_raw" if o == "scores" else o for o in node.output]
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(5.0, np.float32), "five"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("ReduceMin", ["window"], ["low"], axes=[1, 2], keepdims=0),
+            helper.make_node("Add", ["low", "five"], ["margin"]),
+            helper.make_node("Sqrt", ["margin"], ["root"]),  # NaN below -5
+            helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+            helper.make_node("Unsqueeze", ["nan_or_zero", "axis1"], ["col"]),
+            helper.make_node("Add", ["scores_raw", "col"], ["scores"]),
+        ]
+    )
+    del g.value_info[:]
+    onnx.checker.check_model(model)
+    only_fp32 = {"fp32": b.manifest["variants"]["fp32"]}
+    _ = TensorProto
+    return bundle_with(
+        ws,
+        tmp,
+        version,
+        members={"model.onnx": model.SerializeToString()},
+        meta={"variants": only_fp32},
+    )

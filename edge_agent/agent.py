@@ -1,0 +1,392 @@
+"""The agent: reads readings, scores every pump's windows with the current bundle,
+buffers predictions and alerts in the store, uploads them when it can, and takes new
+bundles — verified, self-tested, switched atomically, rolled back by itself.
+
+One thread does everything, in :meth:`Agent.step`; the clock is injected.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent import __version__ as AGENT_VERSION
+from edge_agent import source, updates
+from edge_agent.config import AgentConfig
+from edge_agent.model import FP32, Installed, Scorer, open_bundle
+from edge_agent.store import Store
+from edge_agent.uploader import Uploader, UploadError, backoff
+from pumpfleet.errors import BundleError, InputError
+from pumpfleet.features import window_summary
+
+log = logging.getLogger(__name__)
+
+PROFILE_FILE = "profile.json"
+MAX_BATCHES_PER_STEP = 20
+DONE_KEEP = 1000
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        clock: Callable[[], float] = time.monotonic,
+        uploader: Uploader | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.public_key = cfg.key()
+        for d in (cfg.state_dir, cfg.spool, cfg.updates):
+            d.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.state_dir / "store.db")
+        self.bundles = updates.BundleDir(cfg.state_dir / "bundles")
+        self.policy = updates.Policy(
+            cfg.probation_windows, cfg.rollback_error_rate, cfg.rollback_min_windows
+        )
+        self.uploader = uploader or (
+            Uploader(cfg.endpoint, cfg.upload_key(), cfg.device_id, cfg.upload_timeout_seconds)
+            if cfg.endpoint
+            else None
+        )
+        self.active: Scorer | None = None
+        self.fallback: Scorer | None = None  # the previous model, while the new is on probation
+        self.probation: updates.Probation | None = None
+        self.failures = 0
+        self.next_upload = 0.0
+        self.next_heartbeat = 0.0
+        self.last_update: dict[str, Any] = {}
+        self.last_error: str | None = None
+        self._start()
+
+    # --- bundles ------------------------------------------------------------------------
+
+    def _variant(self, bundle: Installed) -> str:
+        """The configured variant, else the profiler's choice for this bundle, else fp32."""
+        if self.cfg.variant:
+            return self.cfg.variant
+        path = self.cfg.state_dir / PROFILE_FILE
+        if path.exists():
+            chosen = json.loads(path.read_text())
+            if chosen.get("bundle_version") == bundle.version and chosen.get("variant"):
+                return str(chosen["variant"])
+        return FP32
+
+    def scorer(self, bundle: Installed, variant: str | None = None) -> Scorer:
+        return Scorer(
+            bundle,
+            variant or self._variant(bundle),
+            threads=self.cfg.threads,
+            provider_kind=self.cfg.providers,
+            engine_dir=self.cfg.state_dir / "engines",
+        )
+
+    def _load(self, version: int) -> Scorer:
+        """The installed version, verified again (a file changed on disk is caught) and
+        self-tested."""
+        scorer = self.scorer(open_bundle(self.bundles.path(version), self.public_key))
+        ok, why = scorer.self_test()
+        if not ok:
+            raise BundleError(f"v{version} self-test: {why}")
+        return scorer
+
+    def _start(self) -> None:
+        state = self.bundles.state()
+        if state.current is None and self.cfg.initial_bundle is not None:
+            self.install(self.cfg.initial_bundle)
+            state = self.bundles.state()
+        while state.current is not None and self.active is None:
+            try:
+                self.active = self._load(state.current)
+            except BundleError as e:
+                log.error("current bundle unusable, rolling back: %s", e)
+                self.store.count({"rollbacks": 1})
+                self.last_update = {"rolled_back": state.current, "why": str(e)}
+                state = self.bundles.roll_back()
+        if state.probation is not None and self.active is not None:
+            self.probation = updates.Probation(state.probation)
+            if state.previous is not None:
+                try:
+                    self.fallback = self._load(state.previous)
+                except BundleError as e:
+                    log.warning("previous bundle unusable: %s", e)
+        if self.active is None:
+            log.warning("no model installed: readings wait in the spool for a bundle")
+
+    def install(self, path: Path) -> dict[str, Any]:
+        """Try a bundle: verify, decide, stage, self-test, switch. The current model keeps
+        scoring unless all of that passes. Returns what happened."""
+        current = self.active.bundle.manifest if self.active else None
+        state = self.bundles.state()
+        try:
+            candidate = open_bundle(path, self.public_key)
+            why = updates.refuse_reason(candidate.manifest, current, state.bad)
+            if why:
+                raise BundleError(why)
+            staged = self.bundles.stage(path, candidate.version)
+            try:
+                scorer = self.scorer(open_bundle(staged, self.public_key))
+                ok, test = scorer.self_test()
+                if not ok and scorer.variant != FP32:  # a reduced variant may not fit here
+                    scorer = self.scorer(scorer.bundle, FP32)
+                    ok, test = scorer.self_test()
+                if not ok:
+                    raise BundleError(f"self-test failed: {test}")
+            except BundleError:
+                self.bundles.mark_bad(candidate.version)
+                raise
+        except BundleError as e:
+            self.store.count({"bundles_rejected": 1})
+            self.last_update = {"bundle": path.name, "accepted": False, "why": str(e)}
+            log.warning("bundle %s rejected: %s", path.name, e)
+            return self.last_update
+        self.bundles.switch(candidate.version)
+        self.fallback, self.active = self.active, scorer
+        self.probation = updates.Probation(candidate.version) if self.fallback else None
+        self.bundles.prune()
+        self.store.count({"bundles_installed": 1})
+        self.last_update = {
+            "bundle": path.name,
+            "accepted": True,
+            "version": candidate.version,
+            "variant": scorer.variant,
+            "self_test": test,
+        }
+        log.info("switched to v%d (%s): %s", candidate.version, scorer.variant, test)
+        return self.last_update
+
+    def check_updates(self) -> list[dict[str, Any]]:
+        """Install every bundle waiting in the updates folder, oldest name first; each is
+        moved to applied/ or rejected/."""
+        done = []
+        for path in sorted(self.cfg.updates.glob("*.pfbundle")):
+            result = self.install(path)
+            source.move(path, "applied" if result["accepted"] else "rejected", None)
+            done.append(result)
+        return done
+
+    def _roll_back(self, why: str) -> None:
+        log.error("rolling back: %s", why)
+        failed = self.active.version if self.active else None
+        self.bundles.roll_back()
+        self.active, self.fallback, self.probation = self.fallback, None, None
+        self.store.count({"rollbacks": 1})
+        self.last_update = {"rolled_back": failed, "why": why}
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def score(self, readings: list[source.Reading], file_key: str | None = None) -> dict[str, int]:
+        """Score readings into the store in one transaction with the pumps' state (and
+        the source file's done mark)."""
+        assert self.active is not None
+        spec = self.active.spec
+        inputs = spec.inputs
+        by_pump: dict[str, list[source.Reading]] = {}
+        for r in sorted(readings, key=lambda r: (r.pump_id, r.ts_ns)):
+            by_pump.setdefault(r.pump_id, []).append(r)
+        states = self.store.pump_states(list(by_pump))
+        windows, ends, pumps = [], [], []
+        stale = 0
+        new_states = {}
+        for pump_id, rows in by_pump.items():
+            st = states.get(pump_id, {"rows": [], "ts": None, "since": spec.stride - 1})
+            buf: list[list[float | None]] = st["rows"]
+            for r in rows:
+                if st["ts"] is not None and r.ts_ns <= st["ts"]:
+                    stale += 1
+                    continue
+                buf.append([r.values.get(c) for c in inputs])
+                buf = buf[-spec.window :]
+                st["ts"] = r.ts_ns
+                st["since"] += 1
+                if len(buf) == spec.window and st["since"] >= spec.stride:
+                    st["since"] = 0
+                    windows.append(list(buf))
+                    ends.append(r.ts_ns)
+                    pumps.append(pump_id)
+            new_states[pump_id] = {
+                "rows": buf[-(spec.window - 1) :],
+                "ts": st["ts"],
+                "since": st["since"],
+            }
+        records, errors = self._records(windows, ends, pumps)
+        thinned = self.store.commit(
+            records,
+            new_states,
+            self.cfg.quota_bytes,
+            file_key,
+            {"stale_readings": stale, "scoring_errors": errors},
+        )
+        self._judge(len(windows), errors)
+        return {"windows": len(windows), "errors": errors, "thinned": thinned, "stale": stale}
+
+    def _records(
+        self, windows: list[list[list[float | None]]], ends: list[int], pumps: list[str]
+    ) -> tuple[list[dict[str, Any]], int]:
+        assert self.active is not None
+        if not windows:
+            return [], 0
+        raw = np.array(
+            [[[np.nan if v is None else v for v in row] for row in w] for w in windows],
+            dtype=np.float64,
+        )
+        scorer = self.active
+        rul, prob, ok, ms = scorer.predict(raw)
+        used = [scorer] * len(raw)
+        errors = int((~ok).sum())
+        if errors and self.fallback is not None:
+            # Windows the new model could not score are scored by the one it replaced.
+            bad = np.flatnonzero(~ok)
+            r2, p2, ok2, _ = self.fallback.predict(raw[bad])
+            rul[bad], prob[bad], ok[bad] = r2, p2, ok2
+            for i in bad:
+                used[i] = self.fallback
+        threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
+        summary = window_summary(raw, scorer.spec)
+        records = []
+        for i in np.flatnonzero(ok):
+            key = f"{self.cfg.device_id}:{pumps[i]}:{ends[i]}"
+            alert = bool(prob[i] >= threshold)
+            row = {
+                "request_id": key,
+                "timestamp": int(ends[i]),
+                "pump_id": pumps[i],
+                "pump_class": used[i].bundle.pump_class,
+                "arm": "edge",
+                "model_version": str(used[i].version),
+                "variant": used[i].variant,
+                "rul_hours": float(rul[i]),
+                "failure_probability": float(prob[i]),
+                "alert": alert,
+                "latency_ms": ms,
+                "shadow_version": None,
+                "shadow_rul_hours": None,
+                "shadow_failure_probability": None,
+                **{f"in_{c}": _finite(v[i]) for c, v in summary.items()},
+            }
+            records.append({"key": key, "alert": alert, "row": row})
+        return records, errors
+
+    def _judge(self, windows: int, errors: int) -> None:
+        if self.probation is None or windows == 0:
+            return
+        self.probation, why = updates.judge(self.probation, windows, errors, self.policy)
+        if why:
+            self._roll_back(why)
+        elif self.probation is None:
+            log.info("v%s passed probation", self.active.version if self.active else "?")
+            self.fallback = None
+            self.bundles.end_probation()
+
+    def process_spool(self, max_files: int = 50) -> int:
+        """Score complete spool files (up to ``max_files``); returns how many."""
+        if self.active is None:
+            return 0
+        n = 0
+        for path in source.pending(self.cfg.spool)[:max_files]:
+            try:
+                key, readings = source.read_file(path, self.active.spec.inputs)
+            except InputError as e:
+                self.store.count({"bad_files": 1})
+                source.move(path, source.BAD, str(e))
+                log.warning("%s moved to bad/: %s", path.name, e)
+                continue
+            if not self.store.file_done(key):
+                self.score(readings, key)
+            source.move(path, source.DONE)
+            n += 1
+        if n:
+            source.prune(self.cfg.spool / source.DONE, DONE_KEEP)
+        return n
+
+    # --- upload -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        state = self.bundles.state()
+        return {
+            "agent_version": AGENT_VERSION,
+            "device_id": self.cfg.device_id,
+            "pump_class": self.active.bundle.pump_class if self.active else None,
+            "model_version": self.active.version if self.active else None,
+            "variant": self.active.variant if self.active else None,
+            "previous_version": state.previous,
+            "bad_versions": state.bad,
+            "on_probation": self.probation is not None,
+            "status": "ok" if self.active else "no model",
+            "counters": self.store.counters(),
+            "buffered": self.store.buffered(),
+            "last_update": self.last_update,
+            "last_upload_error": self.last_error,
+            "time": time.time(),
+        }
+
+    def upload(self) -> int:
+        """Send pending batches while the cloud acknowledges them; on failure, back off.
+        Returns the rows acknowledged."""
+        if self.uploader is None or self.clock() < self.next_upload:
+            return 0
+        sent = 0
+        for _ in range(MAX_BATCHES_PER_STEP):
+            batch = self.store.pending_batch(self.cfg.upload_batch)
+            heartbeat = batch is None and self.clock() >= self.next_heartbeat
+            if batch is None and not heartbeat:
+                break
+            key, records = batch if batch else (f"heartbeat-{int(time.time() * 1000)}", [])
+            try:
+                ack = self.uploader.post(key, records, self.health())
+            except UploadError as e:
+                self.failures += 1
+                delay = backoff(
+                    self.failures,
+                    self.cfg.backoff_seconds,
+                    self.cfg.backoff_max_seconds,
+                    random.random(),
+                )
+                self.next_upload = self.clock() + delay
+                if self.last_error != str(e):
+                    log.warning("%s; retrying in %.1f s", e, delay)
+                self.last_error = str(e)
+                break
+            self.failures = 0
+            self.last_error = None
+            self.next_heartbeat = self.clock() + self.cfg.heartbeat_seconds
+            if batch is None:
+                break
+            sent += self.store.acknowledge(key, ack["duplicate"])
+        return sent
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One round: updates, spool, upload. Whether anything was done."""
+        installed = self.check_updates()
+        scored = self.process_spool()
+        sent = self.upload()
+        return bool(installed or scored or sent)
+
+    def idle(self) -> bool:
+        """Nothing left to do: no spool file (or no model to score it) and nothing
+        buffered (or nowhere to send it)."""
+        spool_empty = self.active is None or not source.pending(self.cfg.spool)
+        sent_all = self.uploader is None or self.store.buffered()["rows"] == 0
+        return spool_empty and sent_all and not any(self.cfg.updates.glob("*.pfbundle"))
+
+    def run(self, stop: threading.Event, exit_when_idle: bool = False) -> None:
+        while not stop.is_set():
+            busy = self.step()
+            if exit_when_idle and self.idle():
+                return
+            if not busy:
+                stop.wait(self.cfg.poll_seconds)
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None

@@ -1,0 +1,190 @@
+"""A verified bundle on the device, and a scorer for one of its model variants, with the
+golden-window self-test.
+
+Features come from ``pumpfleet.features`` with the bundle's own spec: the code training
+and the cloud service use.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pumpfleet.bundle import read_bundle
+from pumpfleet.errors import BundleError
+from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+
+log = logging.getLogger(__name__)
+
+FP32 = "fp32"
+INPUT, OUTPUT = "window", "scores"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A bundle whose signature and hashes verified."""
+
+    manifest: dict[str, Any]
+    members: dict[str, bytes]
+    path: Path
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["model_version"])
+
+    @property
+    def pump_class(self) -> str:
+        return str(self.manifest["pump_class"])
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_json(self.members["feature_spec.json"])
+
+    @property
+    def alert_threshold(self) -> float:
+        thresholds = json.loads(self.members["thresholds.json"])
+        return float(thresholds["failure_probability_alert"])
+
+    def variants(self) -> dict[str, dict[str, Any]]:
+        """The model variants with their measurements (a bundle from before variants
+        has its one ``model.onnx`` as fp32)."""
+        found = self.manifest.get("variants")
+        if found:
+            return dict(found)
+        return {FP32: {"file": "model.onnx", "precision": "fp32", "batch": "dynamic"}}
+
+    def within_accuracy(self, variant: str) -> bool:
+        """Whether a variant's holdout RMSE is within the bundle's accuracy limit."""
+        limit = float(self.manifest.get("accuracy_limit", {}).get("rmse_ratio", 1.0))
+        return float(self.variants()[variant].get("rmse_ratio", 1.0)) <= limit
+
+    def golden(self) -> tuple[np.ndarray, np.ndarray] | None:
+        name = self.manifest.get("golden", {}).get("file")
+        if not name:
+            return None
+        with np.load(io.BytesIO(self.members[name]), allow_pickle=False) as g:
+            return np.asarray(g["raw"]), np.asarray(g["expected"])
+
+
+def open_bundle(path: Path, public_key: str) -> Installed:
+    """Read and verify a bundle (signature, then every member's sha256)."""
+    b = read_bundle(path, public_key)
+    for need in ("model_version", "pump_class"):
+        if need not in b.manifest:
+            raise BundleError(f"{path.name}: the manifest has no {need}")
+    return Installed(manifest=b.manifest, members=b.members, path=path)
+
+
+def providers(kind: str, precision: str, engine_dir: Path) -> list[Any]:
+    """onnxruntime execution providers: with ``auto``, TensorRT (its engines built on
+    first use and cached in ``engine_dir``, keyed by onnxruntime from the model, GPU and
+    TensorRT version), then CUDA, where this onnxruntime has them; CPU always."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers()) if kind == "auto" else set()
+    chosen: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        chosen.append(
+            (
+                "TensorrtExecutionProvider",
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(engine_dir),
+                    "trt_fp16_enable": precision in ("fp16", "int8"),
+                    "trt_int8_enable": precision == "int8",
+                },
+            )
+        )
+    if "CUDAExecutionProvider" in available:
+        chosen.append("CUDAExecutionProvider")
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class Scorer:
+    """One variant of an installed bundle in an onnxruntime session."""
+
+    def __init__(
+        self,
+        bundle: Installed,
+        variant: str = FP32,
+        threads: int = 1,
+        provider_kind: str = "cpu",
+        engine_dir: Path | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        variants = bundle.variants()
+        if variant not in variants:
+            raise BundleError(f"bundle v{bundle.version} has no variant {variant!r}")
+        info = variants[variant]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(
+                bundle.members[info["file"]],
+                opts,
+                providers=providers(
+                    provider_kind, str(info.get("precision", "fp32")), engine_dir or Path("engines")
+                ),
+            )
+        except Exception as e:  # onnxruntime's own errors: the model cannot be loaded
+            raise BundleError(f"v{bundle.version} {variant}: onnxruntime refused it: {e}") from e
+        self.bundle = bundle
+        self.variant = variant
+        self.spec = bundle.spec
+        self.batch_one = info.get("batch") == 1
+        self.golden_atol = float(info.get("golden_atol", 1e-5))
+
+    @property
+    def version(self) -> int:
+        return self.bundle.version
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Model outputs ``[N, 2]`` for feature windows ``[N, W, C]``."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros((0, 2), dtype=np.float32)
+        if self.batch_one:
+            return np.concatenate(
+                [self.session.run([OUTPUT], {INPUT: x[i : i + 1]})[0] for i in range(len(x))]
+            )
+        return np.asarray(self.session.run([OUTPUT], {INPUT: x})[0])
+
+    def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """For raw windows ``[N, W, C + S]``: RUL hours, failure probability, whether the
+        outputs are finite, and milliseconds per window."""
+        started = time.perf_counter()
+        out = self.scores(window_features(raw, self.spec))
+        ms = (time.perf_counter() - started) * 1000.0 / max(len(raw), 1)
+        ok = np.isfinite(out).all(axis=1)
+        rul, prob = decode_outputs(np.nan_to_num(out), self.spec)
+        return rul, prob, ok, ms
+
+    def self_test(self) -> tuple[bool, str]:
+        """Score the bundle's golden windows; they must give the expected outputs (from
+        the FP32 model at export) within this variant's tolerance."""
+        golden = self.bundle.golden()
+        if golden is None:
+            return False, "the bundle has no golden windows"
+        raw, expected = golden
+        try:
+            got = self.scores(window_features(raw, self.spec))
+        except Exception as e:  # a model that cannot run fails its test
+            return False, f"scoring the golden windows failed: {e}"
+        if got.shape != expected.shape or not np.isfinite(got).all():
+            return False, f"golden outputs are {got.shape} / not finite"
+        err = float(np.max(np.abs(got - expected)))
+        if err > self.golden_atol:
+            return False, f"golden outputs differ by {err:.2e} (limit {self.golden_atol:.1e})"
+        return True, f"golden windows match to {err:.1e}"

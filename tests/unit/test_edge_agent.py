@@ -1,0 +1,494 @@
+"""The edge agent in-process, against a real HTTP server whose route calls the real
+storage function: scoring from the spool, store-and-forward, the quota, bundle updates
+and rollback, profiling, and the ``pumpfleet-edge`` command. Plus its pure decisions."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent import updates
+from edge_agent.agent import Agent
+from edge_agent.cli import main as edge_main
+from edge_agent.config import load_config
+from edge_agent.store import Store, thinning
+from edge_agent.uploader import backoff
+from tests.unit.edge_support import (
+    Cloud,
+    EdgeWorkspace,
+    agent_config,
+    shared_workspace,
+    write_readings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+W = 12
+
+
+@pytest.fixture
+def ws(tmp_path_factory: pytest.TempPathFactory) -> EdgeWorkspace:
+    return shared_workspace(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[Cloud]:
+    c = Cloud(tmp_path / "cloud")
+    yield c
+    c.close()
+
+
+def run_until_idle(agent: Agent) -> None:
+    agent.run(threading.Event(), exit_when_idle=True)
+
+
+def expected_keys(readings: list[tuple[str, int]]) -> set[str]:
+    """Keys of the windows a stride-1 spec scores: every reading from a pump's 12th on."""
+    by_pump: dict[str, list[int]] = {}
+    for pump, t in readings:
+        by_pump.setdefault(pump, []).append(t)
+    return {
+        f"rig-7:{pump}:{t * 10**9}" for pump, ts in by_pump.items() for t in sorted(ts)[W - 1 :]
+    }
+
+
+# --- what the device may import ----------------------------------------------------------
+
+BLOCKED = ("ray", "torch", "mlflow", "pandas", "pyarrow", "onnx", "sklearn", "nannyml")
+
+
+def test_the_agent_runs_without_ray_torch_mlflow_or_pandas(
+    ws: EdgeWorkspace, tmp_path: Path
+) -> None:
+    """In a fresh interpreter where importing any of them raises, the agent starts,
+    installs a bundle, self-tests it, scores a spool file and reports its status."""
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    write_readings(cfg.spool, "r000", ["p1"], 0, 20)
+    (tmp_path / "agent.json").write_text(cfg.model_dump_json())
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {BLOCKED!r}:
+            raise ImportError("blocked on the device: " + name)
+sys.meta_path.insert(0, Block())
+from edge_agent.cli import main
+assert main(["run", "--config", {str(tmp_path / "agent.json")!r}, "--exit-when-idle"]) == 0
+assert main(["status", "--config", {str(tmp_path / "agent.json")!r}]) == 0
+print(sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("[]")
+    status = json.loads(done.stdout[: done.stdout.rindex("[]")])
+    assert status["model_version"] == 1 and status["counters"]["scored"] == 20 - W + 1
+
+
+# --- pure decisions ---------------------------------------------------------------------
+
+
+def test_thinning_drops_every_other_routine_row_oldest_first() -> None:
+    rows = [(i, 10) for i in range(1, 11)]
+    assert thinning(rows, 25) == [2, 4, 6]
+    assert thinning(rows, 0) == []
+    # Not enough from one pass: it thins what is left again.
+    assert thinning(rows, 80) == [2, 4, 6, 8, 10, 3, 7, 5]
+    assert thinning([(1, 10)], 5) == [1]
+
+
+def test_backoff_doubles_to_its_cap_with_jitter() -> None:
+    assert backoff(0, 1, 60, 0.5) == 0
+    assert [backoff(n, 1, 60, 1.0) for n in (1, 2, 3, 4)] == [1, 2, 4, 8]
+    assert backoff(30, 1, 60, 1.0) == 60
+    assert backoff(3, 1, 60, 0.0) == 2  # jitter spreads over [half, full]
+
+
+def test_refuse_reason_and_probation() -> None:
+    cur = {"pump_class": "esp", "model_version": "2"}
+    ok = {"pump_class": "esp", "model_version": "3", "min_agent_version": "0.1.0"}
+    assert updates.refuse_reason(ok, cur, []) is None
+    assert "not newer" in str(updates.refuse_reason({**ok, "model_version": "2"}, cur, []))
+    assert "class rod" in str(updates.refuse_reason({**ok, "pump_class": "rod"}, cur, []))
+    assert "failed on this device" in str(updates.refuse_reason(ok, cur, [3]))
+    assert "needs agent 9.0" in str(
+        updates.refuse_reason({**ok, "min_agent_version": "9.0"}, cur, [])
+    )
+    policy = updates.Policy(probation_windows=100, error_rate=0.1, min_windows=20)
+    p, why = updates.judge(updates.Probation(3), 10, 5, policy)
+    assert p == updates.Probation(3, 10, 5) and why is None  # too few windows to judge
+    p, why = updates.judge(p, 10, 0, policy)
+    assert p is None and "error rate 25% over 20 windows" in str(why)
+    p, why = updates.judge(updates.Probation(3), 100, 1, policy)
+    assert p is None and why is None  # passed
+
+
+# --- the cloud's storage ----------------------------------------------------------------
+
+
+def edge_row(i: int, **kw: Any) -> dict[str, Any]:
+    return {
+        "request_id": f"rig-7:p1:{i}",
+        "timestamp": 1_780_000_000_000_000_000 + i,
+        "pump_id": "p1",
+        "pump_class": "esp",
+        "arm": "edge",
+        "model_version": "1",
+        "rul_hours": 50.0,
+        "failure_probability": 0.1,
+        "latency_ms": 0.05,
+        "shadow_version": None,
+        "shadow_rul_hours": None,
+        "shadow_failure_probability": None,
+        "in_motor_temp": None,
+        "alert": False,
+        **kw,
+    }
+
+
+def test_store_upload_stores_a_batch_once_even_when_replicas_race(tmp_path: Path) -> None:
+    from pumpfleet.edge_ingest import store_upload
+
+    records = [edge_row(i) for i in range(5)]
+    assert store_upload(tmp_path, "rig-7", "b1", records) == {"stored": 5, "duplicate": False}
+    assert store_upload(tmp_path, "rig-7", "b1", records) == {"stored": 0, "duplicate": True}
+    results: list[dict[str, Any]] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        results.append(store_upload(tmp_path, "rig-7", "b2", records))
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["duplicate"] for r in results) == [False] + [True] * 7
+    files = sorted(p.name for p in (tmp_path / "edge" / "rig-7").iterdir())
+    assert files == ["b1.parquet", "b2.parquet"]  # no temporary file left behind
+
+
+def test_edge_rows_read_with_the_services_prediction_log(tmp_path: Path) -> None:
+    from pumpfleet.edge_ingest import handle_upload
+    from pumpfleet.errors import InputError
+    from pumpfleet.predlog import PredictionLog, read_log
+
+    log = PredictionLog(str(tmp_path))
+    served = {k: v for k, v in edge_row(99).items() if k != "alert"} | {"arm": "champion"}
+    served["timestamp"] = np.datetime64(served["timestamp"], "ns")
+    log.append(served)
+    log.flush()
+    body = {"device_id": "rig-7", "batch_key": "k1", "records": [edge_row(1)], "health": {"ok": 1}}
+    assert handle_upload(tmp_path, body) == {"stored": 1, "duplicate": False}
+    frame = read_log(str(tmp_path))
+    assert sorted(frame["arm"]) == ["champion", "edge"]
+    assert str(frame["timestamp"].dtype) == "datetime64[ns]"
+    assert json.loads((tmp_path / "edge" / "rig-7" / "health.json").read_text()) == {"ok": 1}
+    with pytest.raises(InputError, match="batch_key"):
+        handle_upload(tmp_path, {**body, "batch_key": "../../etc"})
+    with pytest.raises(InputError, match=r"records\.0\.timestamp: required"):
+        handle_upload(tmp_path, {**body, "batch_key": "k2", "records": [{"request_id": "x"}]})
+
+
+# --- scoring from the spool, store and forward --------------------------------------------
+
+
+def test_spool_files_are_scored_stored_and_delivered_once(
+    ws: EdgeWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    cfg = agent_config(ws, tmp_path / "agent", cloud.url)
+    agent = Agent(cfg)
+    readings = write_readings(cfg.spool, "r000", ["p1", "p2"], 0, 15)
+    readings += write_readings(cfg.spool, "r001", ["p1", "p2"], 15, 15, fmt="jsonl")
+    (cfg.spool / "r002.csv").write_text("pump_id,timestamp,motor_temp\np1,yesterday,70\n")
+    (cfg.spool / ".r003.csv.tmp").write_text("being written")  # not complete: left alone
+    run_until_idle(agent)
+    rows = cloud.rows()
+    keys = rows.column("request_id").to_pylist()
+    assert sorted(keys) == sorted(expected_keys(readings)) and len(set(keys)) == len(keys)
+    assert set(rows.column("model_version").to_pylist()) == {"1"}
+    assert set(rows.column("device_id").to_pylist()) == {"rig-7"}
+    assert sorted(p.name for p in (cfg.spool / "done").iterdir()) == ["r000.csv", "r001.jsonl"]
+    assert (
+        (cfg.spool / "bad" / "r002.csv.reason")
+        .read_text()
+        .startswith("line 2: timestamp: not a time: 'yesterday'")
+    )
+    assert (cfg.spool / ".r003.csv.tmp").exists()
+    c = agent.store.counters()
+    assert c["scored"] == c["uploaded"] == len(keys) and c["bad_files"] == 1
+    assert agent.store.buffered()["rows"] == 0
+    health = json.loads((cloud.root / "edge" / "rig-7" / "health.json").read_text())
+    assert health["model_version"] == 1 and health["agent_version"] == "0.1.0"
+    # Windows run across files: the pumps' rolling state survives a restart.
+    agent.store.close()
+    again = Agent(cfg)
+    more = write_readings(cfg.spool, "r004", ["p1"], 30, 3)
+    run_until_idle(again)
+    assert len(cloud.rows()) == len(keys) + len(more)
+
+
+def test_offline_with_the_quota_hit_alerts_survive_and_the_rest_is_delivered(
+    ws: EdgeWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    cloud.online = False
+    # About 200 rows fit the quota (a row is ~450 bytes); the 133 windows of a hot pump
+    # are alerts, the 266 of two healthy pumps routine.
+    cfg = agent_config(ws, tmp_path / "agent", cloud.url, quota_mb=90_000 / 2**20)
+    cfg = cfg.model_copy(update={"alert_threshold": 0.2})
+    agent = Agent(cfg)
+    routine, hot = [], []
+    for day in range(12):  # "days" offline, one file per day
+        routine += write_readings(cfg.spool, f"d{day:02d}a", ["p1", "p2"], day * 12, 12)
+        hot += write_readings(cfg.spool, f"d{day:02d}b", ["hot1"], day * 12, 12, failing=True)
+        agent.step()
+    assert cloud.posts > 0 and agent.store.buffered()["rows"] > 0
+    c = agent.store.counters()
+    n_alerts = len(expected_keys(hot))
+    assert c["alerts"] == n_alerts and c["thinned"] > 0
+    buffered = agent.store.buffered()
+    assert buffered["alerts"] == n_alerts  # not one alert dropped
+    assert buffered["bytes"] <= cfg.quota_bytes
+    cloud.online = True
+    run_until_idle(agent)
+    rows = cloud.rows()
+    flagged = zip(rows["request_id"].to_pylist(), rows["alert"].to_pylist(), strict=True)
+    alerts = [k for k, a in flagged if a]
+    assert sorted(alerts) == sorted(expected_keys(hot))
+    routine_keys = expected_keys(routine)
+    delivered = set(rows["request_id"].to_pylist()) - set(alerts)
+    assert delivered <= routine_keys
+    assert len(delivered) + c["thinned"] == len(routine_keys) == c["scored"] - n_alerts
+    assert agent.store.counters()["uploaded"] == len(rows)
+
+
+# --- updates and rollback -----------------------------------------------------------------
+
+
+def test_scores_stay_on_the_old_model_through_bad_updates_and_roll_back(
+    ws: EdgeWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    from tests.unit.edge_support import (
+        bundle_with,
+        nan_on_low_flow,
+        tampered,
+        wrong_golden,
+    )
+
+    cfg = agent_config(ws, tmp_path / "agent", cloud.url, probation_windows=60)
+    agent = Agent(cfg)
+    hour = 0
+
+    def feed(flow_dropout: bool = False) -> None:
+        nonlocal hour
+        write_readings(cfg.spool, f"f{hour:04d}", ["p1"], hour, 20, flow_dropout=flow_dropout)
+        hour += 20
+        run_until_idle(agent)
+
+    def versions_scored() -> list[str]:
+        rows = cloud.rows()
+        return sorted(set(rows["model_version"].to_pylist()))
+
+    feed()
+    assert agent.active is not None and agent.active.version == 1
+    offers = {
+        "other-key.pfbundle": bundle_with(ws, tmp_path, version="5", other_key=True),
+        "changed.pfbundle": tampered(ws, tmp_path),
+        "bad-golden.pfbundle": wrong_golden(ws, tmp_path, version="6"),
+    }
+    for name, path in offers.items():
+        shutil.copy(path, cfg.updates / name)
+        feed()
+        assert agent.active.version == 1, name
+        assert not agent.last_update["accepted"], name
+    rejected = sorted(p.name for p in (cfg.updates / "rejected").iterdir())
+    assert rejected == sorted(offers)
+    assert agent.store.counters()["bundles_rejected"] == 3
+    # A genuine newer bundle is taken; then the older one is refused.
+    shutil.copy(ws.bundles["2"], cfg.updates / "v2.pfbundle")
+    feed()
+    assert agent.active.version == 2 and agent.fallback is not None
+    shutil.copy(ws.bundles["1"], cfg.updates / "v1-again.pfbundle")
+    feed()
+    assert agent.active.version == 2
+    assert "not newer than the installed 2" in agent.last_update["why"]
+    # v7 passes its self-test but cannot score a flow dropout: after the switch its
+    # error rate crosses the limit, and the agent goes back to v2 by itself.
+    shutil.copy(nan_on_low_flow(ws, tmp_path, version="7"), cfg.updates / "v7.pfbundle")
+    feed()
+    assert agent.active.version == 7 and agent.last_update["accepted"]
+    feed(flow_dropout=True)
+    assert agent.active.version == 2
+    assert "scoring error rate" in agent.last_update["why"]
+    state = agent.bundles.state()
+    assert (state.current, state.bad) == (2, [6, 7])
+    # Every window was scored: those v7 could not score, by v2.
+    assert versions_scored() == ["1", "2", "7"]
+    last = cloud.rows().to_pylist()[-20:]
+    assert {r["model_version"] for r in last} == {"2"}
+    assert len(cloud.rows()) == agent.store.counters()["scored"]
+    # A restart comes back on v2, and v7 is not taken again.
+    agent.store.close()
+    agent = Agent(cfg)
+    assert agent.active is not None and agent.active.version == 2
+    shutil.copy(nan_on_low_flow(ws, tmp_path, version="7"), cfg.updates / "v7b.pfbundle")
+    agent.step()
+    assert "failed on this device before" in agent.last_update["why"]
+
+
+def test_a_current_bundle_changed_on_disk_is_rolled_back_at_start(
+    ws: EdgeWorkspace, tmp_path: Path
+) -> None:
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    agent = Agent(cfg)
+    shutil.copy(ws.bundles["2"], cfg.updates / "v2.pfbundle")
+    agent.step()
+    assert agent.active is not None and agent.active.version == 2
+    agent.store.close()
+    path = agent.bundles.path(2)
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        at = tar.getmember("model.onnx").offset_data + 100
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF  # one bit of the weights flips on the device's disk
+    path.write_bytes(bytes(data))
+    again = Agent(cfg)
+    assert again.active is not None and again.active.version == 1
+    assert again.store.counters()["rollbacks"] == 1
+
+
+# --- profiling and the command ------------------------------------------------------------
+
+
+def test_profile_picks_the_fastest_variant_within_the_accuracy_limit(
+    ws: EdgeWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.profile import choose
+
+    results = {
+        "fp32": {"p50_us": 30.0, "within_accuracy": True, "self_test": True},
+        "int8": {"p50_us": 10.0, "within_accuracy": False, "self_test": True},
+        "fp16": {"p50_us": 20.0, "within_accuracy": True, "self_test": False},
+        "fp32_b1": {"p50_us": 25.0, "within_accuracy": True, "self_test": True},
+    }
+    assert choose(results) == "fp32_b1"
+    assert choose({"int8": results["int8"]}) is None
+
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "\n".join(f"{k}: {json.dumps(v)}" for k, v in json.loads(cfg.model_dump_json()).items())
+    )
+    assert edge_main(["profile", "--config", str(path), "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((cfg.state_dir / "profile.json").read_text())
+    assert set(report["variants"]) == {"fp32", "fp32_b1", "fp16", "int8"}
+    assert report["variant"] == choose(report["variants"])
+    assert f"chosen: {report['variant']}" in out
+    # The agent scores with the profiler's choice from then on.
+    agent = Agent(load_config(path))
+    assert agent.active is not None and agent.active.variant == report["variant"]
+
+
+def test_status_and_config_errors_are_one_line(
+    ws: EdgeWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    path = tmp_path / "agent.json"
+    path.write_text(cfg.model_dump_json())
+    assert edge_main(["status", "--config", str(path)]) == 2
+    assert "no agent state" in capsys.readouterr().err
+    write_readings(cfg.spool, "r000", ["p1"], 0, 14)
+    assert edge_main(["run", "--config", str(path), "--exit-when-idle"]) == 0
+    capsys.readouterr()
+    assert edge_main(["status", "--config", str(path)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["model_version"] == 1 and status["buffered"]["rows"] == 3
+    assert status["counters"]["scored"] == 3
+    for text, why in [
+        ('{"device_id": "a b"}', "device_id: String should match pattern"),
+        ("{not json", "not valid JSON"),
+        (json.dumps({**json.loads(path.read_text()), "quota_mb": -1}), "quota_mb"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        assert edge_main(["status", "--config", str(bad)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err, err
+    assert edge_main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_readings_on_stdin_are_scored(ws: EdgeWorkspace, tmp_path: Path) -> None:
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    path = tmp_path / "agent.json"
+    path.write_text(cfg.model_dump_json())
+    lines = [
+        json.dumps(
+            {
+                "pump_id": "p9",
+                "timestamp": f"2026-05-01T{h:02d}:00:00Z",
+                "motor_temp": 71,
+                "flow": 99,
+                "vibration": 1.1,
+            }
+        )
+        for h in range(16)
+    ] + ["not json"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge_agent.cli",
+            "run",
+            "--config",
+            str(path),
+            "--stdin",
+            "--exit-when-idle",
+        ],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = Store(cfg.state_dir / "store.db")
+    assert store.counters()["scored"] == 16 - W + 1 and store.counters()["bad_files"] == 1
+
+
+def test_agent_dockerfile_passes_hadolint() -> None:
+    dockerfile = ROOT / "edge_agent" / "Dockerfile"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hadolint"), "--format", "json", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert json.loads(done.stdout or "null") == [], done.stdout + done.stderr
+    text = dockerfile.read_text()
+    assert "l4t" in text.lower() and "pumpfleet-edge" in text
+
+
+def test_gpu_benchmark_script_passes_shellcheck() -> None:
+    script = ROOT / "benchmarks" / "edge_gpu.sh"
+    assert os.access(script, os.X_OK)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "shellcheck"), str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
