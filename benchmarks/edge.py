@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"edge model: {args.kind} hidden {args.hidden}, window {WINDOW} x {spec.n_channels}, "
         f"{args.windows} holdout windows, batch {args.batch}, 1 thread, {args.repeats} repeats; "
-        f"features {feature_us:.1f} us/window (shared by every engine, not in the table); "
+        f"features {feature_us:.1f} us/window computed in one batch (the same for every "
+        "engine, not in the table); "
         f"int8 weights {measured['int8']['weight_ratio']:.2f} of fp32"
     )
     print(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent import __version__ as AGENT_VERSION
-from edge_agent import source, updates
+from edge_agent import source, updates, windows
 from edge_agent.config import AgentConfig
 from edge_agent.model import FP32, Installed, Scorer, open_bundle
 from edge_agent.store import Store
@@ -187,55 +187,30 @@ class Agent:
         """Score readings into the store in one transaction with the pumps' state (and
         the source file's done mark)."""
         assert self.active is not None
-        spec = self.active.spec
-        inputs = spec.inputs
-        by_pump: dict[str, list[source.Reading]] = {}
-        for r in sorted(readings, key=lambda r: (r.pump_id, r.ts_ns)):
-            by_pump.setdefault(r.pump_id, []).append(r)
-        states = self.store.pump_states(list(by_pump))
-        windows, ends, pumps = [], [], []
-        stale = 0
-        new_states = {}
-        for pump_id, rows in by_pump.items():
-            st = states.get(pump_id, {"rows": [], "ts": None, "since": spec.stride - 1})
-            buf: list[list[float | None]] = st["rows"]
-            for r in rows:
-                if st["ts"] is not None and r.ts_ns <= st["ts"]:
-                    stale += 1
-                    continue
-                buf.append([r.values.get(c) for c in inputs])
-                buf = buf[-spec.window :]
-                st["ts"] = r.ts_ns
-                st["since"] += 1
-                if len(buf) == spec.window and st["since"] >= spec.stride:
-                    st["since"] = 0
-                    windows.append(list(buf))
-                    ends.append(r.ts_ns)
-                    pumps.append(pump_id)
-            new_states[pump_id] = {
-                "rows": buf[-(spec.window - 1) :],
-                "ts": st["ts"],
-                "since": st["since"],
-            }
-        records, errors = self._records(windows, ends, pumps)
+        cut = windows.roll(
+            self.store.pump_states(sorted({r.pump_id for r in readings})),
+            readings,
+            self.active.spec,
+        )
+        records, errors = self._records(cut.windows, cut.ends, cut.pumps)
         thinned = self.store.commit(
             records,
-            new_states,
+            cut.states,
             self.cfg.quota_bytes,
             file_key,
-            {"stale_readings": stale, "scoring_errors": errors},
+            {"stale_readings": cut.stale, "reading_gaps": cut.gaps, "scoring_errors": errors},
         )
-        self._judge(len(windows), errors)
-        return {"windows": len(windows), "errors": errors, "thinned": thinned, "stale": stale}
+        self._judge(len(cut.windows), errors)
+        return {"windows": len(cut.windows), "errors": errors, "thinned": thinned}
 
     def _records(
-        self, windows: list[list[list[float | None]]], ends: list[int], pumps: list[str]
+        self, cut_windows: list[list[windows.Row]], ends: list[int], pumps: list[str]
     ) -> tuple[list[dict[str, Any]], int]:
         assert self.active is not None
-        if not windows:
+        if not cut_windows:
             return [], 0
         raw = np.array(
-            [[[np.nan if v is None else v for v in row] for row in w] for w in windows],
+            [[[np.nan if v is None else v for v in row] for row in w] for w in cut_windows],
             dtype=np.float64,
         )
         scorer = self.active

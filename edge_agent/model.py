@@ -7,9 +7,11 @@ and the cloud service use.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,15 +84,31 @@ def open_bundle(path: Path, public_key: str) -> Installed:
     return Installed(manifest=b.manifest, members=b.members, path=path)
 
 
+def engine_key(ort_version: str, device: str, cuda: str) -> str:
+    """The folder engines are cached in: a TensorRT engine is specific to the GPU, the
+    TensorRT and CUDA versions (fixed by the L4T release on a Jetson) and the runtime
+    that built it; onnxruntime's own cache names add the graph and the GPU's compute
+    capability."""
+    body = f"{ort_version}|{device}|{cuda}"
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _device() -> str:
+    tegra = Path("/etc/nv_tegra_release")
+    return tegra.read_text().splitlines()[0].strip() if tegra.exists() else "no-l4t"
+
+
 def providers(kind: str, precision: str, engine_dir: Path) -> list[Any]:
     """onnxruntime execution providers: with ``auto``, TensorRT (its engines built on
-    first use and cached in ``engine_dir``, keyed by onnxruntime from the model, GPU and
-    TensorRT version), then CUDA, where this onnxruntime has them; CPU always."""
+    first use and cached under ``engine_dir``, keyed by :func:`engine_key`), then CUDA,
+    where this onnxruntime has them; CPU always."""
     import onnxruntime as ort
 
     available = set(ort.get_available_providers()) if kind == "auto" else set()
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
+        key = engine_key(ort.__version__, _device(), os.environ.get("CUDA_VERSION", "?"))
+        engine_dir = engine_dir / key
         engine_dir.mkdir(parents=True, exist_ok=True)
         chosen.append(
             (

@@ -34,6 +34,7 @@ COUNTERS = (
     "duplicates_acknowledged",
     "bad_files",
     "stale_readings",
+    "reading_gaps",
     "scoring_errors",
     "bundles_installed",
     "bundles_rejected",
@@ -96,6 +97,8 @@ class Store:
             self.db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = FULL")
+        # The write-ahead log is cut back to this after each checkpoint.
+        self.db.execute("PRAGMA journal_size_limit = 4194304")
         self.db.executescript(_SCHEMA)
         with self._tx():
             self.db.execute(

@@ -492,3 +492,27 @@ def test_gpu_benchmark_script_passes_shellcheck() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_windows_roll_across_batches_skip_replays_and_restart_after_a_gap() -> None:
+    from edge_agent.source import Reading
+    from edge_agent.windows import roll
+    from tests.unit.edge_support import SPEC
+
+    spec = SPEC.model_copy(update={"stride": 2})
+    hour = 3600 * 10**9
+
+    def readings(hours: range, pump: str = "p1") -> list[Reading]:
+        return [Reading(pump, h * hour, {"motor_temp": float(h)}) for h in hours]
+
+    first = roll({}, readings(range(10)), spec)
+    assert first.windows == [] and first.states["p1"]["ts"] == 9 * hour
+    second = roll(first.states, readings(range(5, 16)), spec)  # 5..9 again: replays
+    assert second.stale == 5
+    # Windows end at hour 11 (the 12th reading), then every 2nd reading.
+    assert [e // hour for e in second.ends] == [11, 13, 15]
+    assert [row[0] for row in second.windows[0]] == [float(h) for h in range(12)]
+    assert len(second.states["p1"]["rows"]) == W - 1
+    # The pump was off for a day: the next window needs 12 new readings.
+    third = roll(second.states, readings(range(40, 52)), spec)
+    assert third.gaps == 1 and [e // hour for e in third.ends] == [51]
