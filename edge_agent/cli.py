@@ -125,7 +125,7 @@ def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
     db = cfg.state_dir / "store.db"
     if not db.exists():
         raise InputError(f"no agent state under {cfg.state_dir}: run the agent first")
-    store = Store(db)
+    store = Store(db, readonly=True)
     state = BundleDir(cfg.state_dir / "bundles").state()
     print(
         json.dumps(

@@ -87,10 +87,15 @@ class Store:
     """The agent's SQLite database. One writer (the agent); ``status`` may read at the
     same time (WAL)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        if readonly:
+            # `status` beside a running agent: it never takes the write lock.
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            self.store_id = str(self._one("SELECT value FROM meta WHERE name = 'store_id'"))
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
-        self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
         if new:
             # Pages freed by thinning go back to the file system (incremental_vacuum).

@@ -516,3 +516,32 @@ def test_windows_roll_across_batches_skip_replays_and_restart_after_a_gap() -> N
     # The pump was off for a day: the next window needs 12 new readings.
     third = roll(second.states, readings(range(40, 52)), spec)
     assert third.gaps == 1 and [e // hour for e in third.ends] == [51]
+
+
+def test_unacknowledged_batches_stay_and_are_resent_with_the_same_key(
+    ws: EdgeWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    """A wrong API key (401), a server that is down, and one that answers 200 without
+    an acknowledgement: nothing is deleted, the agent backs off, and the same batch key
+    goes again once the cloud acknowledges."""
+    from edge_agent.uploader import Uploader, UploadError
+
+    write_readings(tmp_path / "agent" / "spool", "r000", ["p1"], 0, 20)
+    wrong = agent_config(ws, tmp_path / "agent", cloud.url, api_key="not-the-key")
+    agent = Agent(wrong)
+    agent.step()
+    assert agent.last_error is not None and "HTTP 401" in agent.last_error
+    assert agent.failures == 1 and agent.next_upload > agent.clock()
+    pending = agent.store.pending_batch(25)
+    assert pending is not None and len(pending[1]) == 9
+    with pytest.raises(UploadError, match="refused"):
+        Uploader("http://127.0.0.1:9", "k", "rig-7", timeout=2).post("b", [], {})
+    with pytest.raises(UploadError, match="HTTP 404"):
+        Uploader(cloud.url + "/nope", "edge-key", "rig-7").post("b", [], {})
+    agent.store.close()
+    right = Agent(agent_config(ws, tmp_path / "agent", cloud.url))
+    run_until_idle(right)
+    assert cloud.rows().num_rows == 9
+    assert [p.name for p in (cloud.root / "edge" / "rig-7").glob("*.parquet")] == [
+        f"{pending[0]}.parquet"
+    ]

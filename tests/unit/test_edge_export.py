@@ -204,3 +204,33 @@ def test_edge_bundle_exports_one_class(
         get_settings.cache_clear()
     with pytest.raises(BundleError):
         bundle.read_bundle(Path(made["bundle"]), "00" * 32)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"kind": "cnn"},
+        {"kind": "tcn"},
+        {"kind": "gru"},
+        {"kind": "gru", "members": 2},
+    ],
+    ids=["cnn", "tcn", "gru", "gru-ensemble"],
+)
+def test_every_model_kind_makes_every_variant(cfg: dict[str, object]) -> None:
+    import torch
+
+    from pumpfleet.models import ModelConfig, build_model
+    from pumpfleet.onnx_io import to_onnx
+
+    torch.manual_seed(0)
+    model = build_model(3, ModelConfig(hidden=8, **cfg))  # type: ignore[arg-type]
+    raw, rul = raw_windows(200, 5)
+    x = window_features(raw, SPEC)
+    made = variants.make_variants(to_onnx(model, 12, 3), x[:100])
+    measured = variants.measure(made, x, rul, SPEC)
+    assert measured["fp32_b1"]["max_abs_vs_fp32"] <= 1e-5
+    assert measured["fp16"]["max_abs_vs_fp32"] <= 1e-2
+    assert measured["int8"]["max_abs_vs_fp32"] <= 0.1
+    for v in made:
+        c = trt.compatibility(v.onnx)
+        assert c["ok"], (v.name, c["problems"])
