@@ -35,20 +35,13 @@ class BatchRequest(BaseModel):
 
 
 app = FastAPI(title="plain scoring baseline")
-_spec: FeatureSpec | None = None
-_sess: Any = None
-
-
-def _model() -> tuple[FeatureSpec, Any]:
-    global _spec, _sess
-    if _spec is None:
-        _spec = FeatureSpec.model_validate_json((_DIR / "feature_spec.json").read_text())
-        _sess = onnx_io.session((_DIR / "model.onnx").read_bytes())
-    return _spec, _sess
+# Loaded once per worker process, before it takes a request.
+_spec = FeatureSpec.from_json((_DIR / "feature_spec.json").read_text())
+_sess = onnx_io.session((_DIR / "model.onnx").read_bytes())
 
 
 def _score(reqs: list[ScoreRequest]) -> list[dict[str, Any]]:
-    spec, sess = _model()
+    spec, sess = _spec, _sess
     try:
         raw = np.stack([readings_to_window(r.readings, spec) for r in reqs])
     except InputError as e:

@@ -33,6 +33,13 @@ class PredictionLog:
         if full:
             self.flush()
 
+    def extend(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows.extend(rows)
+            full = len(self._rows) >= self.max_rows
+        if full:
+            self.flush()
+
     def flush(self) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -262,6 +262,34 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
     for cls, trained in train["classes"].items():
         assert registry.version_by_alias(model_name(cls), "challenger") == trained["version"]
 
+    # What POST /v1/admin/retrain does: the retraining job through the Job Submission API.
+    from ray_jobs.retrain import submit_retrain
+
+    runtime_env = yaml.safe_load((ROOT / "cluster/runtime-env/dev.yaml").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            mp.setenv(k, env[k])
+        job_id = submit_retrain(
+            url, ["esp"], "drift on esp (test)", epochs=1,
+            runtime_env={**runtime_env, "working_dir": str(ROOT)},
+        )  # fmt: skip
+    assert job_id.startswith("pumpfleet-retrain-")
+    auth = {"Authorization": f"Bearer {ray_head['token']}"}
+    deadline = time.monotonic() + 300
+    while (status := httpx.get(f"{url}/api/jobs/{job_id}", headers=auth).json()["status"]) in (
+        "PENDING", "RUNNING",
+    ):  # fmt: skip
+        assert time.monotonic() < deadline, "the retrain job did not finish in 300 s"
+        time.sleep(2)
+    logs = ray_cli(env, "job", "logs", "--address", url, job_id, timeout=60).stdout
+    assert status == "SUCCEEDED", logs[-3000:]
+    retrain = last_json(logs)
+    assert list(retrain["classes"]) == ["esp"] and retrain["reason"] == "drift on esp (test)"
+    assert retrain["snapshot_id"] == ingest["snapshot_id"]  # nothing new arrived
+    esp = retrain["classes"]["esp"]
+    assert registry.version_by_alias(model_name("esp"), "challenger") == esp["challenger"]
+    assert esp["promoted"] is False  # retraining never promotes unless told to
+
 
 # --- train -> register -> promote through the MLflow server -------------------------------
 

@@ -32,6 +32,7 @@ WEIGHT = 0.5
 API_KEY = "test-scoring-key-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+ARROW = "application/vnd.apache.arrow.stream"
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +276,17 @@ def test_an_arrow_batch_scores_like_json(service: dict[str, Any]) -> None:
     ).json()["results"]
     for a, b in zip(arrow, as_json, strict=True):
         assert math.isclose(a["rul_hours"], b["rul_hours"], abs_tol=1e-3)
+    # asked for Arrow back: one row per item, in order
+    r = client.post(
+        "/v1/score/batch",
+        content=sink.getvalue().to_pybytes(),
+        headers={"content-type": ARROW, "accept": ARROW},
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == ARROW
+    back = pa.ipc.open_stream(r.content).read_all()
+    assert back.column("pump_id").to_pylist() == [a["pump_id"] for a in arrow]
+    assert back.column("rul_hours").to_pylist() == [a["rul_hours"] for a in arrow]
+    assert back.column("error").null_count == n
     bad = client.post(
         "/v1/score/batch",
         content=b"nope",
