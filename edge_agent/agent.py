@@ -30,6 +30,9 @@ from pumpfleet.features import window_summary
 
 log = logging.getLogger(__name__)
 
+# What a bundle that verified can still fail with: a manifest or spec that does not
+# parse (pydantic's and json's errors are ValueErrors), a member it names but lacks.
+BAD_BUNDLE = (BundleError, ValueError, KeyError)
 PROFILE_FILE = "profile.json"
 MAX_BATCHES_PER_STEP = 20
 DONE_KEEP = 1000
@@ -106,7 +109,7 @@ class Agent:
         while state.current is not None and self.active is None:
             try:
                 self.active = self._load(state.current)
-            except BundleError as e:
+            except BAD_BUNDLE as e:
                 log.error("current bundle unusable, rolling back: %s", e)
                 self.store.count({"rollbacks": 1})
                 self.last_update = {"rolled_back": state.current, "why": str(e)}
@@ -116,7 +119,7 @@ class Agent:
             if state.previous is not None:
                 try:
                     self.fallback = self._load(state.previous)
-                except BundleError as e:
+                except BAD_BUNDLE as e:
                     log.warning("previous bundle unusable: %s", e)
         if self.active is None:
             log.warning("no model installed: readings wait in the spool for a bundle")
@@ -128,6 +131,9 @@ class Agent:
         state = self.bundles.state()
         try:
             candidate = open_bundle(path, self.public_key)
+            if current is not None and candidate.manifest == current:
+                # Installed already (the agent stopped before it moved the file away).
+                return {"bundle": path.name, "accepted": True, "version": candidate.version}
             why = updates.refuse_reason(candidate.manifest, current, state.bad)
             if why:
                 raise BundleError(why)
@@ -140,10 +146,10 @@ class Agent:
                     ok, test = scorer.self_test()
                 if not ok:
                     raise BundleError(f"self-test failed: {test}")
-            except BundleError:
+            except BAD_BUNDLE:
                 self.bundles.mark_bad(candidate.version)
                 raise
-        except BundleError as e:
+        except BAD_BUNDLE as e:
             self.store.count({"bundles_rejected": 1})
             self.last_update = {"bundle": path.name, "accepted": False, "why": str(e)}
             log.warning("bundle %s rejected: %s", path.name, e)
@@ -198,7 +204,12 @@ class Agent:
             cut.states,
             self.cfg.quota_bytes,
             file_key,
-            {"stale_readings": cut.stale, "reading_gaps": cut.gaps, "scoring_errors": errors},
+            {
+                "stale_readings": cut.stale,
+                "reading_gaps": cut.gaps,
+                "window_resets": cut.resets,
+                "scoring_errors": errors,
+            },
         )
         self._judge(len(cut.windows), errors)
         return {"windows": len(cut.windows), "errors": errors, "thinned": thinned}
@@ -214,16 +225,19 @@ class Agent:
             dtype=np.float64,
         )
         scorer = self.active
-        rul, prob, ok, ms = scorer.predict(raw)
+        rul, prob, ok, ms = _predict(scorer, raw)
         used = [scorer] * len(raw)
         errors = int((~ok).sum())
-        if errors and self.fallback is not None:
+        fallback = self.fallback
+        if errors and fallback is not None and _same_inputs(fallback, scorer):
             # Windows the new model could not score are scored by the one it replaced.
             bad = np.flatnonzero(~ok)
-            r2, p2, ok2, _ = self.fallback.predict(raw[bad])
+            r2, p2, ok2, _ = _predict(fallback, raw[bad])
             rul[bad], prob[bad], ok[bad] = r2, p2, ok2
             for i in bad:
-                used[i] = self.fallback
+                used[i] = fallback
+        if errors:
+            log.warning("v%d could not score %d of %d windows", scorer.version, errors, len(raw))
         threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
         summary = window_summary(raw, scorer.spec)
         records = []
@@ -365,3 +379,18 @@ class Agent:
 
 def _finite(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def _same_inputs(a: Scorer, b: Scorer) -> bool:
+    return a.spec.inputs == b.spec.inputs and a.spec.window == b.spec.window
+
+
+def _predict(scorer: Scorer, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``Scorer.predict``, where a model that raises has failed every window: that is
+    the error rate its probation counts, and the agent goes on."""
+    try:
+        return scorer.predict(raw)
+    except Exception as e:  # onnxruntime's errors have no common base but Exception
+        log.warning("v%d failed on %d windows: %s", scorer.version, len(raw), e)
+        n = len(raw)
+        return np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), 0.0

@@ -35,6 +35,7 @@ COUNTERS = (
     "bad_files",
     "stale_readings",
     "reading_gaps",
+    "window_resets",
     "scoring_errors",
     "bundles_installed",
     "bundles_rejected",

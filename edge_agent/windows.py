@@ -3,9 +3,9 @@ saved state and new readings to the windows to score and the new state.
 
 A pump's state is its last ``window - 1`` readings, the time of the last one and the
 readings since its last scored window (so that windows are cut every ``stride``
-readings). A reading not newer than the pump's last is stale (a replay) and skipped; a
-gap of more than two intervals starts the window afresh (a window never spans a pump
-being off).
+readings), and the inputs its rows hold. A reading not newer than the pump's last is
+stale (a replay) and skipped; a gap of more than two intervals starts the window afresh
+(a window never spans a pump being off), and so does a model with other inputs.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ class Cut:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale: int = 0
     gaps: int = 0
+    resets: int = 0
 
 
-def fresh(spec: FeatureSpec) -> dict[str, Any]:
-    return {"rows": [], "ts": None, "since": spec.stride - 1}
+def fresh(spec: FeatureSpec, ts: int | None = None) -> dict[str, Any]:
+    return {"rows": [], "ts": ts, "since": spec.stride - 1, "inputs": spec.inputs}
 
 
 def roll(states: dict[str, dict[str, Any]], readings: list[Reading], spec: FeatureSpec) -> Cut:
@@ -42,6 +43,11 @@ def roll(states: dict[str, dict[str, Any]], readings: list[Reading], spec: Featu
         by_pump.setdefault(r.pump_id, []).append(r)
     for pump_id, rows in by_pump.items():
         saved = states.get(pump_id) or fresh(spec)
+        if saved.get("inputs", spec.inputs) != spec.inputs:
+            # Another model's readings (a new bundle, or a rollback, with other
+            # channels): they do not fit this one's window.
+            saved = fresh(spec, saved["ts"])
+            cut.resets += 1
         buf: list[Row] = [list(row) for row in saved["rows"]]
         ts, since = saved["ts"], saved["since"]
         for r in rows:
@@ -58,5 +64,10 @@ def roll(states: dict[str, dict[str, Any]], readings: list[Reading], spec: Featu
                 cut.windows.append(buf)
                 cut.ends.append(r.ts_ns)
                 cut.pumps.append(pump_id)
-        cut.states[pump_id] = {"rows": buf[-(spec.window - 1) :], "ts": ts, "since": since}
+        cut.states[pump_id] = {
+            "rows": buf[-(spec.window - 1) :],
+            "ts": ts,
+            "since": since,
+            "inputs": spec.inputs,
+        }
     return cut

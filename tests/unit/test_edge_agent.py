@@ -306,6 +306,9 @@ def test_scores_stay_on_the_old_model_through_bad_updates_and_roll_back(
         "other-key.pfbundle": bundle_with(ws, tmp_path, version="5", other_key=True),
         "changed.pfbundle": tampered(ws, tmp_path),
         "bad-golden.pfbundle": wrong_golden(ws, tmp_path, version="6"),
+        "bad-spec.pfbundle": bundle_with(
+            ws, tmp_path, version="8", members={"feature_spec.json": b'{"window": 12}'}
+        ),
     }
     for name, path in offers.items():
         shutil.copy(path, cfg.updates / name)
@@ -314,7 +317,7 @@ def test_scores_stay_on_the_old_model_through_bad_updates_and_roll_back(
         assert not agent.last_update["accepted"], name
     rejected = sorted(p.name for p in (cfg.updates / "rejected").iterdir())
     assert rejected == sorted(offers)
-    assert agent.store.counters()["bundles_rejected"] == 3
+    assert agent.store.counters()["bundles_rejected"] == 4
     # A genuine newer bundle is taken; then the older one is refused.
     shutil.copy(ws.bundles["2"], cfg.updates / "v2.pfbundle")
     feed()
@@ -332,7 +335,7 @@ def test_scores_stay_on_the_old_model_through_bad_updates_and_roll_back(
     assert agent.active.version == 2
     assert "scoring error rate" in agent.last_update["why"]
     state = agent.bundles.state()
-    assert (state.current, state.bad) == (2, [6, 7])
+    assert (state.current, state.bad) == (2, [6, 7, 8])
     # Every window was scored: those v7 could not score, by v2.
     assert versions_scored() == ["1", "2", "7"]
     last = cloud.rows().to_pylist()[-20:]
@@ -516,6 +519,12 @@ def test_windows_roll_across_batches_skip_replays_and_restart_after_a_gap() -> N
     # The pump was off for a day: the next window needs 12 new readings.
     third = roll(second.states, readings(range(40, 52)), spec)
     assert third.gaps == 1 and [e // hour for e in third.ends] == [51]
+    # A model with other inputs starts every pump's window afresh; replays stay replays.
+    other = spec.model_copy(update={"channels": ["flow", "motor_temp", "vibration"]})
+    fourth = roll(third.states, readings(range(50, 64)), other)
+    assert (fourth.resets, fourth.stale) == (1, 2)
+    assert [e // hour for e in fourth.ends] == [63]
+    assert fourth.states["p1"]["inputs"] == other.inputs
 
 
 def test_unacknowledged_batches_stay_and_are_resent_with_the_same_key(
@@ -545,3 +554,21 @@ def test_unacknowledged_batches_stay_and_are_resent_with_the_same_key(
     assert [p.name for p in (cloud.root / "edge" / "rig-7").glob("*.parquet")] == [
         f"{pending[0]}.parquet"
     ]
+
+
+def test_a_model_that_raises_counts_as_failed_windows_not_a_crash(
+    ws: EdgeWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    agent = Agent(cfg)
+    assert agent.active is not None
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
+
+    monkeypatch.setattr(agent.active.session, "run", broken)
+    write_readings(cfg.spool, "r000", ["p1"], 0, 14)
+    agent.step()
+    c = agent.store.counters()
+    assert (c["scoring_errors"], c["scored"]) == (3, 0)
+    assert (cfg.spool / "done" / "r000.csv").exists()
