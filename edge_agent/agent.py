@@ -306,6 +306,7 @@ class Agent:
             "pump_class": self.active.bundle.pump_class if self.active else None,
             "model_version": self.active.version if self.active else None,
             "variant": self.active.variant if self.active else None,
+            "provider": self.active.provider if self.active else None,
             "previous_version": state.previous,
             "bad_versions": state.bad,
             "on_probation": self.probation is not None,
