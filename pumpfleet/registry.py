@@ -160,7 +160,13 @@ class Registry:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str) -> None:
         """Store a local file with the run's artifacts under ``artifact_path``."""
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+        except (MlflowException, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RegistryError(f"run {run_id}: could not store {path.name}: {first}") from None
 
     def artifacts(self, run_id: str, artifact_path: str) -> list[str]:
         """Paths of the run's artifacts under ``artifact_path``."""
