@@ -49,6 +49,7 @@ MODEL_KEYS = set(ModelConfig.model_fields)
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 LATEST = "LATEST.json"  # under the Tune folder: the last experiment, for --resume
 TRACKED = "mlflow_runs.json"  # in an experiment folder: trial id → MLflow run id
+MAX_TRIAL_FAILURES = 2  # restarts of a trial from its checkpoint (a lost node)
 
 
 class Asha(BaseModel):
@@ -409,6 +410,10 @@ def run_train(
             name=name,
             storage_path=str(settings.tune_dir),
             callbacks=[tracking],
+            # A trial whose node or process dies goes on from its last checkpoint on
+            # another node (benchmarks/failover.py); one that fails by itself (a diverged
+            # loss) fails again from the same state and is then recorded as failed.
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
             checkpoint_config=tune.CheckpointConfig(
                 # Every checkpoint is kept (these models are tens of kB): after a hard kill,
                 # the experiment state may name an older one than the last, and a deleted
@@ -527,9 +532,10 @@ def _register(
     registry.log_snapshot_input(run_id, snap, cls)
     _log_plots(registry, run_id, model, data[1], spec)
     uri = registry.log_model(run_id, onnx_bytes, spec, state, model_cfg)
-    version = registry.register(
+    version = registry.register_as(
         uri,
         model_name(cls),
+        CHALLENGER,
         tags={
             **tags,
             "pump_class": cls,
@@ -539,12 +545,6 @@ def _register(
             "onnx_parity_max_abs": f"{parity:.2e}",
         },
     )
-    try:
-        registry.set_alias(model_name(cls), CHALLENGER, version)
-    except Exception:
-        # No half-registered model: a version that could not be made challenger goes.
-        registry.delete_version(model_name(cls), version)
-        raise
     log.info(
         "%s: registered %s v%s (val %s %.2f)",
         cls,
