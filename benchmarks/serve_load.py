@@ -41,6 +41,7 @@ from pumpfleet.tables import format_table
 WINDOW = 24
 BATCH = 1000
 CLASS = "esp"
+TIMEOUT = 10.0  # seconds a client waits for an answer before it counts a failure
 
 
 def _model(home: Path) -> tuple[Any, bytes, Any]:
@@ -71,7 +72,7 @@ def _model(home: Path) -> tuple[Any, bytes, Any]:
     model = build_model(spec.n_channels, ModelConfig()).eval()
     onnx = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
     settings = Settings(home=home)
-    reg = Registry(settings.tracking_uri)
+    reg = Registry(settings.tracking_uri, settings.artifact_root)
     run = reg.start_run("pumpfleet-bench", "serve-load")
     uri = reg.log_model(run, onnx, spec, model.state_dict(), ModelConfig().model_dump())
     reg.end_run(run)
@@ -128,13 +129,14 @@ def _raw_requests(url: str, headers: dict[str, str], bodies: list[dict[str, Any]
 
 
 async def _load(
-    url: str, headers: dict[str, str], bodies: list[dict[str, Any]], clients: int, seconds: float,
+    urls: str | list[str], headers: dict[str, str], bodies: list[dict[str, Any]], clients: int,
+    seconds: float,
     during: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """``clients`` concurrent clients, each on its own kept-alive connection, posting
     single windows for ``seconds``. A connection that fails is counted and reopened."""
-    raws = _raw_requests(url, headers, bodies)
-    host, port = url.split("//", 1)[1].split(":")
+    urls = [urls] if isinstance(urls, str) else urls
+    targets = [(u.split("//", 1)[1].split(":"), _raw_requests(u, headers, bodies)) for u in urls]
     lat: list[float] = []
     errors: dict[str, int] = {}
     end = time.perf_counter() + seconds
@@ -144,18 +146,19 @@ async def _load(
 
     async def one(k: int) -> None:
         i = k
+        (host, port), raws = targets[k % len(targets)]  # clients spread over the targets
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         while time.perf_counter() < end:
             t = time.perf_counter()
             try:
                 if conn is None:
                     conn = await asyncio.open_connection(host, int(port))
-                status = await _request(*conn, raws[i % len(raws)])
+                status = await asyncio.wait_for(_request(*conn, raws[i % len(raws)]), TIMEOUT)
                 if status == 200:
                     lat.append(time.perf_counter() - t)
                 else:
                     error(str(status))
-            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as e:
                 error(type(e).__name__)
                 if conn is not None:
                     conn[1].close()
@@ -256,6 +259,29 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, s: float =
     raise RuntimeError(f"no answer from {url} within {s} s")
 
 
+def _direct_urls(replicas: int, headers: dict[str, str]) -> list[str]:
+    """The replicas' own HTTP ports (direct ingress), found by asking each port of Serve's
+    range for /v1/models with this run's key (another app's replica refuses it); [] if
+    direct ingress is off."""
+    import httpx
+    from ray.serve._private import constants
+
+    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
+        return []
+    found = []
+    low = constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
+    for p in range(low, low + 64):
+        try:
+            got = httpx.get(f"http://127.0.0.1:{p}/v1/models", headers=headers, timeout=1)
+            if got.status_code == 200:
+                found.append(f"http://127.0.0.1:{p}")
+        except httpx.HTTPError:
+            continue
+        if len(found) == replicas:
+            break
+    return found
+
+
 def _replica_names() -> list[str]:
     import ray
 
@@ -320,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
         plain.wait(30)
         plain = None
 
-        # (a) the pumpfleet app on Ray Serve
+        # (a) the pumpfleet app on Ray Serve: through Serve's HTTP proxy (the address
+        # `pumpfleet serve` prints) and straight to the replicas' own ports (direct
+        # ingress, what throughput-optimised mode is for; a load balancer fronts them on
+        # a cluster)
         init_ray(settings)
         secrets_ = Secrets(api_keys=(digest(key),), admin_tokens=(digest(admin),))
         port = free_port()
@@ -329,17 +358,21 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         _wait_http(url)
         httpx.post(f"{url}/v1/score", json=bodies[0], headers=headers).raise_for_status()
+        direct = _direct_urls(args.replicas, headers)
         for n in args.concurrency:
-            rows[f"serve@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
+            rows[f"serve@{n}"] = asyncio.run(_load(direct or url, headers, bodies, n, args.seconds))
+            rows[f"proxy@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
+        fast = (direct or [url])[0]
         rows["serve@batch"] = {
-            "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
+            "json": _batch_rate(fast, headers, json_batch, "application/json", args.batches),
             "arrow": _batch_rate(
-                url, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
+                fast, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
             ),
         }
+        rows["serve@batch"]["direct"] = len(direct)
 
         # chaos: promote, change the split, kill a replica, while 16 clients score
-        reg = Registry(settings.tracking_uri)
+        reg = Registry(settings.tracking_uri, settings.artifact_root)
         name = model_name(CLASS)
         auth = {"authorization": f"Bearer {admin}"}
         events: list[str] = []
@@ -393,11 +426,13 @@ def _ratio(a: float, b: float) -> str:
 def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     base = rows[f"fastapi@{concurrency[0]}"]
     table = []
+    names = {"serve": "serve, direct ingress", "proxy": "serve, via its proxy",
+             "fastapi": "fastapi, 2 workers"}  # fmt: skip
     for n in concurrency:
-        for arm in ("serve", "fastapi"):
+        for arm in ("serve", "proxy", "fastapi"):
             r = rows[f"{arm}@{n}"]
             ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
-            row = [f"{arm}, single window", n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
+            row = [names[arm], n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
             table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio])
     ip = rows["in-process"]
     row = ["onnxruntime in-process", 1, f"{ip['rps']:,.0f}", f"{ip['p50']:.2f}"]
@@ -405,10 +440,11 @@ def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
     print(format_table(head, table))
     fb, sb = rows["fastapi@batch"], rows["serve@batch"]
+    via = f"direct, {sb['direct']} replicas" if sb["direct"] else "proxy"
     batches = [
         ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
-        ["serve, JSON", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
-        ["serve, Arrow IPC", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
+        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
+        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
         ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
     ]
     print()

@@ -50,7 +50,10 @@ def _table(records: list[dict[str, Any]], device_id: str) -> Any:
             if need not in r:
                 raise InputError(f"records.{i}.{need}: required")
         rows.append({**r, "device_id": device_id, "arm": r.get("arm", "edge")})
-    table = pa.Table.from_pylist(rows)
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"records: {e}") from None
     fields = []
     for f in table.schema:
         if f.name == "timestamp":
@@ -75,6 +78,7 @@ def store_upload(
 ) -> dict[str, Any]:
     """Store a batch of edge records once per ``(device_id, batch_key)``; returns
     ``{"stored": n, "duplicate": bool}`` (a duplicate stores nothing)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     for what, name in (("device_id", device_id), ("batch_key", batch_key)):
@@ -90,7 +94,10 @@ def store_upload(
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{batch_key}.{uuid.uuid4().hex}.tmp"
     try:
-        pq.write_table(table, tmp)
+        try:
+            pq.write_table(table, tmp)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise InputError(f"records: not storable as Parquet ({e})") from None
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         try:

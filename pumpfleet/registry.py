@@ -265,6 +265,20 @@ class Registry:
             )
         return str(mv.version)
 
+    def register_as(
+        self, model_uri: str, name: str, alias: str, tags: dict[str, Any] | None = None
+    ) -> str:
+        """Register a new version and point ``alias`` at it, or leave nothing: a version
+        whose alias could not be set (the server went away in between) is deleted, so no
+        half-registered model is left for anyone to pick up."""
+        version = self.register(model_uri, name, tags)
+        try:
+            self.set_alias(name, alias, version)
+        except Exception:
+            self.delete_version(name, version)
+            raise
+        return version
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
 

@@ -558,3 +558,27 @@ def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:
     client.post(
         "/v1/admin/split", json={"challenger_weight": WEIGHT, "shadow": False}, headers=ADMIN
     )
+
+
+def test_edge_uploads_are_stored_once_beside_the_prediction_log(service: dict[str, Any]) -> None:
+    s, client = service["settings"], service["client"]
+    records = [
+        {"request_id": f"edge-{i}", "timestamp": time.time_ns(), "pump_id": "esp-00001",
+         "pump_class": "esp", "model_version": "1", "rul_hours": 50.0 + i,
+         "failure_probability": 0.1}
+        for i in range(3)
+    ]  # fmt: skip
+    up = {"device_id": "jetson-7", "batch_key": "b-000001", "records": records}
+    assert client.post("/v1/edge/upload", json=up, headers={"x-api-key": ""}).status_code == 401
+    first = client.post("/v1/edge/upload", json=up)
+    assert first.status_code == 200 and first.json() == {"stored": 3, "duplicate": False}
+    again = client.post("/v1/edge/upload", json=up)  # a retry after a lost acknowledgement
+    assert again.status_code == 200 and again.json() == {"stored": 0, "duplicate": True}
+    logged = read_log(str(s.predictions_dir))
+    edge = logged[logged["request_id"].astype(str).str.startswith("edge-")]
+    assert len(edge) == 3 and set(edge["arm"]) == {"edge"}
+    bad = {**up, "batch_key": "b-2", "records": [{"pump_id": "x"}]}
+    r = client.post("/v1/edge/upload", json=bad)
+    assert r.status_code == 422 and "request_id" in r.text
+    r = client.post("/v1/edge/upload", json={**up, "device_id": "../etc"})
+    assert r.status_code == 422 and "device_id" in r.text

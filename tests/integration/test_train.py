@@ -197,3 +197,25 @@ def test_a_fleet_too_small_to_split_is_refused(tmp_path: Path, ray_session: Any)
     run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig(stride=8))
     with pytest.raises(DataError, match="each class needs at least 3 pumps for a split"):
         run_train(settings)
+
+
+def test_a_single_class_snapshot_trains_that_class_alone(tmp_path: Path, ray_session: Any) -> None:
+    import shutil
+
+    from ray_jobs.ingest import run_ingest
+    from ray_jobs.train import SearchSpace, run_train
+
+    settings = Settings(home=tmp_path)
+    simulate(SimulationConfig(pumps=16, days=30, seed=4), str(settings.data_dir))
+    for part in (settings.data_dir / "readings").glob("pump_class=*"):
+        if part.name != "pump_class=rod":
+            shutil.rmtree(part)  # a fleet that only sent rod pumps' data
+    ingest = run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig(stride=8))
+    assert list(ingest["windows"]) == ["rod"]
+    out = run_train(settings, space=SearchSpace(epochs=1))
+    assert list(out["classes"]) == ["rod"]
+    registry = Registry(settings.tracking_uri)
+    assert registry.classes() == ["rod"]
+    assert (
+        registry.version_by_alias(model_name("rod"), CHALLENGER) == out["classes"]["rod"]["version"]
+    )

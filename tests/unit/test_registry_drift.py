@@ -67,6 +67,29 @@ def test_register_alias_load_and_roll_back(tmp_path: Path, monkeypatch: pytest.M
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
+def test_a_version_whose_alias_cannot_be_set_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reg = Registry(f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri())
+    model = build_model(2, ModelConfig(hidden=4))
+    run_id = reg.start_run("t", "run")
+    uri = reg.log_model(run_id, to_onnx(model, 6, 2), SPEC, model.state_dict(), {"hidden": 4})
+    name = model_name("rod")
+    assert reg.register_as(uri, name, CHALLENGER) == "1"
+
+    def server_gone(*args: object) -> None:
+        raise MlflowException("connection refused")
+
+    monkeypatch.setattr(reg, "set_alias", server_gone)
+    with pytest.raises(MlflowException, match="connection refused"):
+        reg.register_as(uri, name, CHALLENGER)
+    assert list(reg.versions(name)) == ["1"]  # version 2 was removed again
+    assert reg.aliases(name) == {CHALLENGER: "1"}
+
+
 def frame(n: int, shift: float, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
