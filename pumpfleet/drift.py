@@ -1,8 +1,11 @@
-"""NannyML behind one class: univariate drift of served inputs against a reference.
+"""NannyML behind one module: drift of served inputs against a reference, and the
+model's performance estimated without labels and realised once labels arrive.
 
 Nothing else in the project imports nannyml. Kolmogorov-Smirnov is used for the
 continuous window summaries: in a quick test Jensen-Shannon raised false alerts on an
-unshifted feature where KS did not (see STACK.md).
+unshifted feature where KS did not (see STACK.md); categorical features get chi-squared.
+``analyse_class`` is what the monitor runs; ``DriftMonitor`` is its univariate-only
+ancestor, kept for callers of that API.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from pumpfleet.errors import DataError
@@ -105,3 +109,229 @@ class DriftMonitor:
             ),
             figure_html=html,
         )
+
+
+# --- The monitor's analysis: every signal of one class, chunk by chunk -------------------
+
+CONTINUOUS = "kolmogorov_smirnov"
+CATEGORICAL = "chi2"
+# Columns the monitor's frames carry besides the features (see ``analyse_class``).
+Y_PROB, Y_PRED, Y_TRUE, RUL_PRED, RUL_TRUE = "y_prob", "y_pred", "y_true", "rul_pred", "rul_true"
+SIGNAL_COLUMNS = ["chunk", "start", "end", "kind", "signal", "value", "lower", "upper", "alert"]
+DRIFT_KINDS = ("univariate", "multivariate")
+MIN_LABELLED = 10  # realised performance of a chunk needs this many labelled predictions
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Chunking and methods. Continuous features use Kolmogorov-Smirnov and categorical
+    ones chi-squared; the multivariate signal is PCA reconstruction error. Every threshold
+    is NannyML's default (3 standard deviations of the statistic over reference chunks),
+    kept because it measured 0 % false alarms per class-chunk on no-drift fleets at
+    2 consecutive chunks (``python -m benchmarks.monitor``)."""
+
+    chunk_size: int = 50
+    multivariate: bool = True
+    performance: bool = True
+
+
+@dataclass
+class ClassAnalysis:
+    """One class's signals: ``chunks`` is tidy, one row per (chunk, signal)."""
+
+    pump_class: str
+    reference_rows: int
+    analysis_rows: int
+    chunks: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    def drifted(self) -> list[bool]:
+        """Per chunk in time order: did any feature or the multivariate signal alert?"""
+        d = self.chunks[self.chunks["kind"].isin(DRIFT_KINDS)]
+        if d.empty:
+            return []
+        return [bool(x) for x in d.groupby("chunk")["alert"].any().sort_index()]
+
+    def alerting_features(self, min_chunks: int = 1) -> list[str]:
+        u = self.chunks[self.chunks["kind"] == "univariate"]
+        counts = u.groupby("signal")["alert"].sum().astype(int)
+        return drift_verdict({str(k): int(v) for k, v in counts.items()}, min_chunks)
+
+
+def feature_types(frame: pd.DataFrame, features: list[str]) -> tuple[list[str], list[str]]:
+    """(continuous, categorical): numbers with many values are continuous; strings,
+    booleans and numbers with a handful of values (a setpoint, a mode) are categorical."""
+    cont: list[str] = []
+    cat: list[str] = []
+    for f in features:
+        s = frame[f]
+        numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+        (cont if numeric and s.nunique(dropna=True) > 10 else cat).append(f)
+    return cont, cat
+
+
+def shuffled_reference(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Rows shuffled (seeded) under a sorted time axis, so that each reference chunk is a
+    random sample of the reference: NannyML sets its thresholds from the spread of each
+    statistic over reference chunks, and time-ordered chunks (each one regime's slice of
+    history) set them wide enough to miss a 15 % sensor shift."""
+    order = np.random.default_rng(seed).permutation(len(frame))
+    out = frame.iloc[order].reset_index(drop=True)
+    out["timestamp"] = np.sort(pd.to_datetime(frame["timestamp"], utc=True).to_numpy())
+    return out
+
+
+def _tidy(table: pd.DataFrame, kind: str, signal: str, key: tuple[str, ...]) -> pd.DataFrame:
+    chunk = table["chunk"]
+    if isinstance(chunk.columns, pd.MultiIndex):  # univariate results nest one level deeper
+        chunk = chunk["chunk"]
+    metric = table.sort_index(axis=1)[key]
+    return pd.DataFrame(
+        {
+            "chunk": chunk["chunk_index"].to_numpy(int),
+            "start": chunk["start_date"].to_numpy(),
+            "end": chunk["end_date"].to_numpy(),
+            "kind": kind,
+            "signal": signal,
+            "value": metric["value"].to_numpy(float),
+            "lower": pd.to_numeric(metric["lower_threshold"], errors="coerce").to_numpy(float),
+            "upper": pd.to_numeric(metric["upper_threshold"], errors="coerce").to_numpy(float),
+            "alert": metric["alert"].fillna(False).astype(bool).to_numpy(),
+        }
+    )
+
+
+def analyse_class(
+    pump_class: str,
+    reference: pd.DataFrame,
+    analysis: pd.DataFrame,
+    features: list[str],
+    cfg: AnalysisConfig,
+    perf_reference: pd.DataFrame | None = None,
+) -> ClassAnalysis:
+    """Univariate and multivariate drift of ``features``, estimated performance (CBPE for
+    the failure classifier, DLE for the RUL regressor) and realised performance where the
+    analysis has labels, chunk by chunk.
+
+    ``reference`` and ``analysis`` hold the features and ``timestamp``; performance needs
+    ``perf_reference`` with ``y_prob``, ``y_pred``, ``y_true``, ``rul_pred``, ``rul_true``
+    (the champion's predictions on the data it was validated on, with their labels) and
+    the same prediction columns in ``analysis`` (``y_true``/``rul_true`` where known)."""
+    import nannyml as nml
+
+    n = cfg.chunk_size
+    features = [f for f in features if f in analysis and reference[f].notna().any()]
+    if not features:
+        raise DataError(f"{pump_class}: no feature in common with the reference")
+    if len(reference) < 2 * n:
+        raise DataError(
+            f"{pump_class}: reference has {len(reference)} rows, need at least {2 * n} (two chunks)"
+        )
+    if len(analysis) < n:
+        raise DataError(f"{pump_class}: {len(analysis)} rows to analyse, fewer than a chunk ({n})")
+    cont, cat = feature_types(reference, features)
+    ts = ["timestamp"]
+    parts = []
+    uni = nml.UnivariateDriftCalculator(
+        column_names=features,
+        treat_as_categorical=cat or None,
+        timestamp_column_name="timestamp",
+        continuous_methods=[CONTINUOUS],
+        categorical_methods=[CATEGORICAL],
+        chunk_size=n,
+    )
+    table = uni.fit(reference[features + ts]).calculate(analysis[features + ts]).to_df()
+    table = table[table[("chunk", "chunk", "period")] == "analysis"].reset_index(drop=True)
+    for f in features:
+        method = CONTINUOUS if f in cont else CATEGORICAL
+        parts.append(_tidy(table, "univariate", f, (f, method)))
+    bounds = table["chunk"]["chunk"][["chunk_index", "start_index", "end_index"]]
+    notes: list[str] = []
+    if cfg.multivariate and len(cont) >= 2:
+        mv = nml.DataReconstructionDriftCalculator(
+            column_names=cont, timestamp_column_name="timestamp", chunk_size=n
+        )
+        t = mv.fit(reference[cont + ts]).calculate(analysis[cont + ts]).filter(period="analysis")
+        parts.append(
+            _tidy(t.to_df(), "multivariate", "pca_reconstruction", ("reconstruction_error",))
+        )
+    if cfg.performance:
+        parts += _performance(pump_class, perf_reference, analysis, cont, n, notes)
+        parts.append(_realised(analysis, bounds, parts[0]))
+    chunks = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    return ClassAnalysis(pump_class, len(reference), len(analysis), chunks, notes)
+
+
+def _performance(
+    cls: str,
+    ref: pd.DataFrame | None,
+    analysis: pd.DataFrame,
+    features: list[str],
+    n: int,
+    notes: list[str],
+) -> list[pd.DataFrame]:
+    import nannyml as nml
+
+    need = [Y_PROB, Y_PRED, Y_TRUE, RUL_PRED, RUL_TRUE]
+    if ref is None or len(ref) < 2 * n or not set(need) <= set(ref):
+        notes.append(f"{cls}: no reference predictions with labels; performance not estimated")
+        return []
+    if not {Y_PROB, RUL_PRED} <= set(analysis) or analysis[Y_PROB].isna().all():
+        notes.append(f"{cls}: the log has no model outputs; performance not estimated")
+        return []
+    ana = analysis.dropna(subset=[Y_PROB, RUL_PRED]).reset_index(drop=True)
+    if len(ana) < n:
+        notes.append(f"{cls}: fewer than a chunk of the champion's predictions; not estimated")
+        return []
+    out = []
+    ts = ["timestamp"]
+    if ref[Y_TRUE].nunique() == 2:
+        cbpe = nml.CBPE(
+            metrics=["roc_auc"],
+            y_pred_proba=Y_PROB,
+            y_pred=Y_PRED,
+            y_true=Y_TRUE,
+            problem_type="classification_binary",
+            timestamp_column_name="timestamp",
+            chunk_size=n,
+        )
+        cols = [Y_PROB, Y_PRED]
+        t = cbpe.fit(ref[[*cols, Y_TRUE, *ts]]).estimate(ana[cols + ts]).filter(period="analysis")
+        out.append(_tidy(t.to_df(), "estimated", "roc_auc", ("roc_auc",)))
+    else:
+        notes.append(f"{cls}: the reference has one failure label only; CBPE skipped")
+    dle = nml.DLE(
+        feature_column_names=features,
+        y_pred=RUL_PRED,
+        y_true=RUL_TRUE,
+        timestamp_column_name="timestamp",
+        chunk_size=n,
+        metrics=["mae"],
+        hyperparameters={"verbosity": -1, "n_jobs": 1},
+    )
+    cols = [*features, RUL_PRED]
+    t = dle.fit(ref[[*cols, RUL_TRUE, *ts]]).estimate(ana[cols + ts]).filter(period="analysis")
+    out.append(_tidy(t.to_df(), "estimated", "mae", ("mae",)))
+    return out
+
+
+def _realised(analysis: pd.DataFrame, bounds: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """MAE of RUL and ROC AUC of failure risk per chunk, over the labelled predictions."""
+    from pumpfleet.metrics import roc_auc
+
+    if RUL_TRUE not in analysis or analysis[RUL_TRUE].isna().all():
+        return pd.DataFrame(columns=SIGNAL_COLUMNS)
+    rows = []
+    for (i, a, b), start, end in zip(
+        bounds.itertuples(index=False), like["start"], like["end"], strict=True
+    ):
+        part = analysis.iloc[int(a) : int(b) + 1]
+        part = part[part[RUL_TRUE].notna() & part[RUL_PRED].notna()]
+        if len(part) < MIN_LABELLED:
+            continue
+        mae = float(np.mean(np.abs(part[RUL_PRED] - part[RUL_TRUE])))
+        auc = roc_auc(part[Y_PROB].to_numpy(float), part[Y_TRUE].to_numpy(int))
+        for name, v in (("mae", mae), ("roc_auc", auc)):
+            if v is not None:
+                rows.append([int(i), start, end, "realised", name, v, np.nan, np.nan, False])
+    return pd.DataFrame(rows, columns=SIGNAL_COLUMNS)

@@ -1,0 +1,154 @@
+"""The monitor's pure parts: alert hysteresis, retrain triggers, and the NannyML analysis
+of one class (drift, estimated and realised performance) on synthetic frames."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pumpfleet.alerts import (
+    AlertPolicy,
+    Episode,
+    TriggerState,
+    decide_retrains,
+    drift_wanted,
+    hysteresis,
+    new_data_due,
+    record_started,
+    schedule_due,
+)
+from pumpfleet.drift import AnalysisConfig, analyse_class, feature_types, shuffled_reference
+from pumpfleet.errors import DataError
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+P = AlertPolicy(consecutive=2, clear_after=2, cooldown_hours=24)
+
+
+def test_one_noisy_chunk_neither_raises_nor_clears() -> None:
+    assert not hysteresis("esp", [False, True, False, True, False], P).active
+    a = hysteresis("esp", [False, True, True, False, True, True], P)
+    assert a.active and a.episodes == (Episode(began=1, raised=2),)
+    assert a.first_raised == 2
+
+
+def test_clean_chunks_clear_and_a_new_run_raises_again() -> None:
+    a = hysteresis("esp", [True, True, False, False, True, True, True], P)
+    assert a.episodes == (Episode(0, 1, cleared=3), Episode(4, 5))
+    assert a.active
+    assert not hysteresis("esp", [], P).active
+
+
+def test_k_is_configurable() -> None:
+    p3 = AlertPolicy(consecutive=3)
+    assert not hysteresis("esp", [True, True, False], p3).active
+    assert hysteresis("esp", [True, True, True], p3).episodes[0].raised == 2
+
+
+def test_retrain_once_then_cool_down() -> None:
+    state = TriggerState()
+    wanted = {"esp": "drift on esp: motor_temp"}
+    first = decide_retrains(wanted, set(), state, NOW, P)
+    assert [(t.pump_class, t.start) for t in first] == [("esp", True)]
+    state = record_started(state, {"esp": "job-1"}, NOW)
+    again = decide_retrains(wanted, set(), state, NOW + timedelta(hours=1), P)
+    assert not again[0].start and "cooling down (23.0 h left)" in again[0].reason
+    later = decide_retrains(wanted, set(), state, NOW + timedelta(hours=25), P)
+    assert later[0].start
+
+
+def test_no_second_job_while_one_runs() -> None:
+    t = decide_retrains({"esp": "drift"}, {"esp"}, TriggerState(), NOW, P)
+    assert not t[0].start and "already running" in t[0].reason
+
+
+def test_state_round_trips_through_json() -> None:
+    state = record_started(TriggerState(last_scheduled=NOW), {"rod": "job-2"}, NOW)
+    back = TriggerState.from_json(state.to_json())
+    assert back == state
+    assert TriggerState.from_json(None) == TriggerState()
+
+
+def test_drift_wanted_names_the_features() -> None:
+    alerts = {c: hysteresis(c, d, P) for c, d in {"esp": [True, True], "rod": [True]}.items()}
+    assert drift_wanted(alerts, {"esp": ["motor_temp"]}) == {"esp": "drift on esp: motor_temp"}
+
+
+def test_new_data_and_schedule() -> None:
+    assert not new_data_due(10_000, 0, AlertPolicy())  # unset: never
+    p = AlertPolicy(new_data_rows=1000)
+    assert new_data_due(2000, 1000, p) and not new_data_due(1999, 1000, p)
+    assert schedule_due(None, NOW, 6)
+    assert not schedule_due(NOW, NOW + timedelta(hours=5), 6)
+    assert schedule_due(NOW, NOW + timedelta(hours=6), 6)
+
+
+def frame(n: int, shift: float, seed: int, start: str = "2026-01-01") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    a = rng.normal(shift, 1, n)
+    b = rng.normal(0, 1, n)
+    c = a * 0.8 + rng.normal(0, 0.6, n)
+    prob = 1 / (1 + np.exp(-(a + b)))
+    rul = 80 + 10 * b
+    return pd.DataFrame(
+        {
+            "a": a,
+            "b": b,
+            "c": c,
+            "mode": rng.choice(["low", "high"], n),
+            "timestamp": pd.date_range(start, periods=n, freq="h", tz="UTC"),
+            "y_prob": prob,
+            "y_pred": (prob >= 0.5).astype(int),
+            "y_true": (rng.random(n) < prob).astype(int),
+            "rul_pred": rul,
+            "rul_true": rul + rng.normal(0, 5, n),
+        }
+    )
+
+
+def test_feature_types() -> None:
+    f = frame(200, 0, 0)
+    f["setpoint"] = np.repeat([50.0, 55.0], 100)
+    assert feature_types(f, ["a", "mode", "setpoint"]) == (["a"], ["mode", "setpoint"])
+
+
+def test_analysis_flags_the_shifted_feature_and_estimates_performance() -> None:
+    ref = shuffled_reference(frame(1000, 0, 0))
+    calm = frame(300, 0, 1, "2026-03-01")
+    shifted = frame(300, 1.0, 2, "2026-03-20")
+    analysis = pd.concat([calm, shifted], ignore_index=True)
+    analysis.loc[:299, ["y_true", "rul_true"]] = np.nan  # labels only for the later half
+    cfg = AnalysisConfig(chunk_size=100)
+    r = analyse_class("esp", ref, analysis, ["a", "b", "c", "mode"], cfg, perf_reference=ref)
+    assert r.analysis_rows == 600 and r.reference_rows == 1000
+    assert r.drifted()[:3] == [False, False, False]
+    assert r.drifted()[3:] == [True, True, True]
+    assert r.alerting_features() == ["a", "c"]  # c follows a
+    kinds = set(r.chunks["kind"])
+    assert kinds == {"univariate", "multivariate", "estimated", "realised"}
+    est = r.chunks[(r.chunks.kind == "estimated") & (r.chunks.signal == "mae")]
+    assert len(est) == 6 and est["value"].between(2, 8).all()
+    real = r.chunks[(r.chunks.kind == "realised") & (r.chunks.signal == "mae")]
+    assert sorted(real["chunk"]) == [3, 4, 5]  # the labelled chunks only
+    uni = r.chunks[r.chunks.kind == "univariate"]
+    assert set(uni["signal"]) == {"a", "b", "c", "mode"}
+
+
+def test_analysis_without_reference_predictions_says_so() -> None:
+    ref = shuffled_reference(frame(400, 0, 0))
+    cfg = AnalysisConfig(chunk_size=100)
+    r = analyse_class("esp", ref, frame(200, 0, 1), ["a", "b"], cfg, perf_reference=None)
+    assert "no reference predictions" in r.notes[0]
+    assert set(r.chunks["kind"]) == {"univariate", "multivariate", "realised"}
+
+
+def test_analysis_refuses_too_little_data() -> None:
+    cfg = AnalysisConfig(chunk_size=100)
+    with pytest.raises(DataError, match="two chunks"):
+        analyse_class("esp", frame(150, 0, 0), frame(200, 0, 1), ["a"], cfg)
+    with pytest.raises(DataError, match="fewer than a chunk"):
+        analyse_class("esp", frame(300, 0, 0), frame(50, 0, 1), ["a"], cfg)
+    with pytest.raises(DataError, match="no feature in common"):
+        analyse_class("esp", frame(300, 0, 0), frame(200, 0, 1), ["zz"], cfg)
