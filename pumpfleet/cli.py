@@ -272,19 +272,76 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
     from ray_jobs._ray import init_ray
-    from ray_jobs.monitor import run_monitor
+    from ray_jobs.monitor import monitor_from_args
 
     init_ray(settings)
-    result = run_monitor(settings, args.snapshot, args.chunk_size, args.min_alert_chunks)
+    result = monitor_from_args(settings, args)
     _print(
         {k: v for k, v in result.items() if k != "classes"}
         | {
             "classes": {
-                c: {"drifted": r["drifted"], "drifted_features": r["drifted_features"]}
+                c: {
+                    k: r[k]
+                    for k in ("alert_active", "drifted_features", "detected_at_chunk", "chunks")
+                }
+                | {"estimated": r["estimated"], "realised": r["realised"]}
                 for c, r in result["classes"].items()
             }
         }
     )
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
+    if args.jobs_address:
+        from ray_jobs.retrain import submit_retrain
+
+        job = submit_retrain(args.jobs_address, args.classes, args.reason, args.epochs)
+        _print({"submitted": job, "classes": args.classes, "reason": args.reason})
+        return
+    from ray_jobs._ray import init_ray
+    from ray_jobs.retrain import run_retrain
+    from ray_jobs.train import space_from_args
+
+    init_ray(settings)
+    _print(
+        run_retrain(
+            settings, args.classes, space_from_args(args), args.source, args.reason, args.promote
+        )
+    )
+
+
+def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
+    from ray_jobs.schedule import run_schedule
+
+    def retrain() -> None:
+        if args.jobs_address:
+            from ray_jobs.retrain import submit_retrain
+
+            print(f"submitted {submit_retrain(args.jobs_address, None, 'scheduled')}", flush=True)
+            return
+        from ray_jobs._ray import init_ray
+        from ray_jobs.retrain import run_retrain
+
+        init_ray(settings)
+        _print(run_retrain(settings, reason="scheduled", promote=args.promote))
+
+    def monitor() -> None:
+        from ray_jobs._ray import init_ray
+        from ray_jobs.monitor import run_monitor
+
+        init_ray(settings)
+        r = run_monitor(settings, address=args.jobs_address)
+        print(f"monitor: alerting {r['alerting_classes'] or 'none'}; {r['report']}", flush=True)
+
+    every = {}
+    if args.retrain_every_hours:
+        every["retrain"] = args.retrain_every_hours
+    if args.monitor_every_hours:
+        every["monitor"] = args.monitor_every_hours
+    if not every:
+        raise InputError("give --retrain-every-hours and/or --monitor-every-hours")
+    tasks = {"retrain": retrain, "monitor": monitor}
+    _print(run_schedule(settings, every, tasks, args.iterations, args.tick_seconds))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -420,11 +477,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("monitor", help="NannyML drift of served inputs vs training")
-    s.add_argument("--snapshot", default="latest")
-    s.add_argument("--chunk-size", type=_positive("--chunk-size"), default=50)
-    s.add_argument("--min-alert-chunks", type=_positive("--min-alert-chunks"), default=2)
+    s = sub.add_parser("monitor", help="drift, estimated and realised performance; triggers")
+    from ray_jobs.monitor_args import add_monitor_args
+
+    add_monitor_args(s)
     s.set_defaults(func=cmd_monitor)
+
+    s = sub.add_parser("retrain", help="ingest, train the given classes, evaluate with gates")
+    s.add_argument("--classes", nargs="+", default=None, help="only these classes")
+    s.add_argument("--reason", default="requested")
+    s.add_argument("--source", default=None, help="fleet dataset (default: workspace)")
+    s.add_argument("--config", help="search space, YAML or JSON")
+    s.add_argument("--epochs", type=_positive("--epochs"), default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--promote", action="store_true", help="promote if the gates pass")
+    s.add_argument("--jobs-address", help="submit to this Ray job server instead of running here")
+    s.set_defaults(func=cmd_retrain)
+
+    s = sub.add_parser("schedule", help="retrain and/or monitor every N hours (local loop)")
+    s.add_argument("--retrain-every-hours", type=float, default=None)
+    s.add_argument("--monitor-every-hours", type=float, default=None)
+    s.add_argument("--promote", action="store_true", help="scheduled retrains may promote")
+    s.add_argument("--jobs-address", help="submit retrains to this Ray job server")
+    s.add_argument("--tick-seconds", type=float, default=60.0)
+    s.add_argument(
+        "--iterations",
+        type=_positive("--iterations"),
+        default=None,
+        help="stop after this many ticks (default: run until Ctrl-C)",
+    )
+    s.set_defaults(func=cmd_schedule)
 
     s = sub.add_parser("demo", help="the whole loop on a small simulated fleet")
     _fleet_args(s)

@@ -133,6 +133,9 @@ class AnalysisConfig:
     chunk_size: int = 50
     multivariate: bool = True
     performance: bool = True
+    # Drift alerts when a chunk's statistic exceeds the mean of the reference chunks' by
+    # this many of their standard deviations (NannyML's default is 3).
+    std_multiplier: float = 3.0
 
 
 @dataclass
@@ -232,6 +235,11 @@ def analyse_class(
     cont, cat = feature_types(reference, features)
     ts = ["timestamp"]
     parts = []
+    from nannyml.thresholds import StandardDeviationThreshold
+
+    upper = StandardDeviationThreshold(
+        std_lower_multiplier=None, std_upper_multiplier=cfg.std_multiplier
+    )
     uni = nml.UnivariateDriftCalculator(
         column_names=features,
         treat_as_categorical=cat or None,
@@ -239,6 +247,7 @@ def analyse_class(
         continuous_methods=[CONTINUOUS],
         categorical_methods=[CATEGORICAL],
         chunk_size=n,
+        thresholds={CONTINUOUS: upper, CATEGORICAL: upper},
     )
     table = uni.fit(reference[features + ts]).calculate(analysis[features + ts]).to_df()
     table = table[table[("chunk", "chunk", "period")] == "analysis"].reset_index(drop=True)
@@ -249,7 +258,7 @@ def analyse_class(
     notes: list[str] = []
     if cfg.multivariate and len(cont) >= 2:
         mv = nml.DataReconstructionDriftCalculator(
-            column_names=cont, timestamp_column_name="timestamp", chunk_size=n
+            column_names=cont, timestamp_column_name="timestamp", chunk_size=n, threshold=upper
         )
         t = mv.fit(reference[cont + ts]).calculate(analysis[cont + ts]).filter(period="analysis")
         parts.append(

@@ -1,165 +1,400 @@
-"""Drift of the served inputs against the training reference, per pump class, with
-NannyML; the classes run as parallel Ray tasks. Writes an HTML report and a JSON summary.
+"""The monitor: drift of the served inputs and the champion's performance, per pump
+class (classes as parallel Ray tasks), against the data the champion was validated on;
+alerts with hysteresis; retraining submitted for the classes that alert. Writes an HTML
+report with the fleet drift map, the map as PNG, a JSON summary, the per-chunk signals as
+Parquet, and MLflow metrics.
 
-    python -m ray_jobs.monitor [--chunk-size N]
+    python -m ray_jobs.monitor [--chunk-size N] [--consecutive K] [--jobs-address URL]
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import logging
+import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import ray
 
-from pumpfleet import storage
-from pumpfleet.drift import DriftMonitor, DriftResult
-from pumpfleet.errors import DataError
-from pumpfleet.features import window_summary
+from pumpfleet import onnx_io, storage
+from pumpfleet.abreport import _truth
+from pumpfleet.alerts import AlertPolicy, ClassAlert, drift_wanted, hysteresis, new_data_due
+from pumpfleet.drift import (
+    RUL_PRED,
+    RUL_TRUE,
+    Y_PRED,
+    Y_PROB,
+    Y_TRUE,
+    AnalysisConfig,
+    ClassAnalysis,
+    shuffled_reference,
+)
+from pumpfleet.errors import PumpfleetError
+from pumpfleet.features import decode_outputs, window_features, window_summary
 from pumpfleet.predlog import read_log
+from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings, get_settings
-from pumpfleet.snapshot import open_snapshot
+from pumpfleet.snapshot import Snapshot, open_snapshot
 from pumpfleet.windows import SPLITS
 from ray_jobs._ray import init_ray
 from ray_jobs.cli import run_main
+from ray_jobs.monitor_args import add_monitor_args
+from ray_jobs.monitor_report import drift_map_png, report_html
+from ray_jobs.triggers import jobs_address, rows_since, start_retrains
 
 log = logging.getLogger(__name__)
 
+EXPERIMENT = "pumpfleet-monitor"
+# What the champion was validated on: the pumps it never trained on, and the time after
+# its training data. Its own predictions there, with the labels, calibrate CBPE and DLE.
+VALIDATED_ON = ("val", "holdout", "future")
+
+
+@dataclass
+class Reference:
+    drift: pd.DataFrame  # window summaries of every window of the snapshot (shuffled)
+    perf: pd.DataFrame | None  # + the champion's predictions and the labels (validated on)
+    features: list[str]
+    snapshot: str
+    champion: str | None = None
+    threshold: float = 0.5
+    horizon_hours: float = 48.0
+    notes: list[str] = field(default_factory=list)
+
 
 def reference_frame(features_root: str, snapshot: str, cls: str) -> pd.DataFrame:
-    """Window summaries of every window of the class in the snapshot: what the fleet's
-    pumps (all of them are in service, whatever their split) produced when the model
-    was built.
-
-    The rows are shuffled (seeded) under a sorted time axis, so that each reference chunk
-    is a random sample of the training distribution: NannyML sets its alert threshold
-    from the spread of the statistic over reference chunks, and time-ordered chunks
-    (each one regime's slice of history) would set it wide enough to miss a 15 % sensor
-    shift. An analysis chunk is then tested against sampling noise alone.
-    """
+    """Window summaries of every window of the class in the snapshot (shuffled under a
+    sorted time axis, see ``shuffled_reference``): what the fleet's pumps, all of them in
+    service whatever their split, produced when the model was built."""
     snap = open_snapshot(features_root, snapshot)
-    spec = snap.spec(cls)
-    parts = [snap.load(cls, split) for split in SPLITS]
+    return _summaries(snap, cls, SPLITS)[0]
+
+
+def _summaries(
+    snap: Snapshot, cls: str, splits: tuple[str, ...], spec: Any = None
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+    parts = [snap.load(cls, s, spec) for s in splits]
     raw = np.concatenate([p[0] for p in parts])
-    end_time = np.concatenate([p[1]["end_time"] for p in parts])
-    frame = pd.DataFrame(window_summary(raw, spec))
-    order = np.random.default_rng(0).permutation(len(frame))
-    frame = frame.iloc[order].reset_index(drop=True)
-    frame["timestamp"] = np.sort(pd.to_datetime(end_time, utc=True))
-    return frame
+    cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+    frame = pd.DataFrame(window_summary(raw, spec or snap.spec(cls)))
+    frame["timestamp"] = pd.to_datetime(cols["end_time"], utc=True)
+    return shuffled_reference(frame), raw, cols
+
+
+def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Reference:
+    """The reference from the champion's lineage: its snapshot (else ``default_snapshot``),
+    and its own predictions on the windows it was validated on."""
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    name = model_name(cls)
+    notes: list[str] = []
+    if registry.version_by_alias(name, CHAMPION) is None:
+        snap = open_snapshot(str(settings.features_dir), default_snapshot)
+        drift, _, _ = _summaries(snap, cls, SPLITS)
+        notes.append(f"{cls}: no champion; drift only, against snapshot {snap.id}")
+        return Reference(drift, None, list(drift.columns.drop("timestamp")), snap.id, notes=notes)
+    with tempfile.TemporaryDirectory(prefix="pumpfleet-monitor-") as tmp:
+        model = registry.load(name, CHAMPION, Path(tmp))
+    snap_id = model.tags.get("feature_snapshot") or default_snapshot
+    try:
+        snap = open_snapshot(str(settings.features_dir), snap_id)
+    except PumpfleetError:
+        notes.append(f"{cls}: champion's snapshot {snap_id} is gone; using {default_snapshot}")
+        snap = open_snapshot(str(settings.features_dir), default_snapshot)
+    spec = model.spec
+    drift, _, _ = _summaries(snap, cls, SPLITS, spec)
+    perf, raw, cols = _summaries(snap, cls, VALIDATED_ON, spec)
+    rul, prob = decode_outputs(
+        onnx_io.run(onnx_io.session(model.onnx), window_features(raw, spec)), spec
+    )
+    order = np.random.default_rng(0).permutation(len(raw))  # as shuffled_reference did
+    perf[Y_PROB] = np.asarray(prob, float)[order]
+    perf[Y_PRED] = (perf[Y_PROB] >= spec.alert_threshold).astype(int)
+    perf[Y_TRUE] = np.asarray(cols["failure_within_horizon"], int)[order]
+    perf[RUL_PRED] = np.asarray(rul, float)[order]
+    perf[RUL_TRUE] = np.asarray(cols["rul_hours"], float)[order]
+    return Reference(
+        drift,
+        perf,
+        list(drift.columns.drop("timestamp")),
+        snap.id,
+        model.version,
+        spec.alert_threshold,
+        spec.horizon_hours,
+        notes,
+    )
+
+
+def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -> pd.DataFrame:
+    """One class's logged predictions as the analysis: inputs, outputs of the champion
+    (other versions' outputs are blanked: the estimates are the champion's), and the true
+    RUL and failure label where feedback has arrived. Sorted by time."""
+    a = rows.rename(columns=lambda c: c.removeprefix("in_")).reset_index(drop=True)
+    a["timestamp"] = pd.to_datetime(a["timestamp"], utc=True).dt.as_unit("ns")
+    versions = a["model_version"] if "model_version" in a else pd.Series(None, index=a.index)
+    champ = versions.astype(str) == str(ref.champion)
+    nothing = pd.Series(np.nan, index=a.index)
+    prob = pd.to_numeric(a.get("failure_probability", nothing), errors="coerce")
+    rul = pd.to_numeric(a.get("rul_hours", nothing), errors="coerce")
+    a[Y_PROB] = prob.where(champ)
+    a[RUL_PRED] = rul.where(champ)
+    a[Y_PRED] = (a[Y_PROB] >= ref.threshold).astype(int)
+    fb = feedback.copy()
+    for col in ("observed_at", "failed_at"):  # one time unit, whatever each writer used
+        if col in fb:
+            fb[col] = pd.to_datetime(fb[col], utc=True).dt.as_unit("ns")
+    truth = _truth(a, fb) if not fb.empty else pd.Series(np.nan, index=a.index)
+    a[RUL_TRUE] = truth.to_numpy(float)
+    failed = (a[RUL_TRUE] <= ref.horizon_hours).astype(float)
+    a[Y_TRUE] = failed.where(a[RUL_TRUE].notna())
+    return a.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
 @ray.remote(num_cpus=1)
-def _drift_task(
-    features_root: str,
+def _class_task(
+    settings: Settings,
     snapshot: str,
     cls: str,
-    analysis: pd.DataFrame,
-    chunk_size: int,
-    min_alert_chunks: int,
-) -> DriftResult:
-    ref = reference_frame(features_root, snapshot, cls)
-    features = list(ref.columns.drop("timestamp"))
-    monitor = DriftMonitor(features, chunk_size=chunk_size, min_alert_chunks=min_alert_chunks)
-    return monitor.run(cls, ref, analysis, with_plot=True)
+    rows: pd.DataFrame,
+    feedback: pd.DataFrame,
+    cfg: AnalysisConfig,
+) -> tuple[ClassAnalysis, dict[str, Any]] | str:
+    from pumpfleet.drift import analyse_class
+
+    try:
+        ref = class_reference(settings, snapshot, cls)
+        analysis = analysis_frame(rows, feedback, ref)
+        result = analyse_class(cls, ref.drift, analysis, ref.features, cfg, ref.perf)
+    except PumpfleetError as e:
+        return str(e)
+    result.notes = ref.notes + result.notes
+    return result, {"champion": ref.champion, "reference_snapshot": ref.snapshot}
+
+
+def _usable(logged: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows the monitor can analyse, and a note for each kind it cannot."""
+    notes = []
+    missing = [c for c in ("pump_class", "timestamp") if c not in logged]
+    if missing:
+        notes.append(
+            f"the prediction log has no {', '.join(missing)} column: written by an older "
+            "version; nothing analysed"
+        )
+        return logged.iloc[:0], notes
+    inputs = [c for c in logged if str(c).startswith("in_")]
+    old = logged[inputs].isna().all(axis=1) if inputs else pd.Series(True, index=logged.index)
+    if old.any():
+        notes.append(
+            f"{int(old.sum())} logged predictions carry no input summaries (in_* columns; "
+            "an older version's log): left out of the analysis"
+        )
+    return logged[~old], notes
 
 
 def run_monitor(
-    settings: Settings, snapshot: str = "latest", chunk_size: int = 50, min_alert_chunks: int = 2
+    settings: Settings,
+    snapshot: str = "latest",
+    chunk_size: int = 50,
+    min_alert_chunks: int = 2,
+    *,
+    policy: AlertPolicy | None = None,
+    address: str | None = None,
+    trigger: bool = True,
+    now: datetime | None = None,
+    server: Any = None,
 ) -> dict[str, Any]:
-    """Drift per class of the logged inputs; a feature counts as drifted when it alerts
-    in at least ``min_alert_chunks`` chunks (one alerting chunk in ~20 tests is noise)."""
+    """Analyse every class with enough predictions; alerts need ``min_alert_chunks``
+    drifted chunks in a row (``policy.consecutive`` when a policy is given); retrains
+    go to the job server at ``address`` (or ``server``, a ``JobServer``) when ``trigger``."""
+    policy = policy or AlertPolicy(consecutive=min_alert_chunks, clear_after=min_alert_chunks)
+    now = now or datetime.now(UTC)
+    cfg = AnalysisConfig(chunk_size=chunk_size)
     logged = read_log(str(settings.predictions_dir))
-    if logged.empty:
-        raise DataError(
-            f"no predictions logged under {settings.predictions_dir}; serve some requests first"
-        )
-    snap = open_snapshot(str(settings.features_dir), snapshot)
-    tasks = {}
-    skipped: dict[str, str] = {}
-    for cls, rows in logged.groupby("pump_class"):
-        cls = str(cls)
-        if cls not in snap.classes:
-            skipped[cls] = "no reference data for this class"
-            continue
-        if len(rows) < chunk_size:
-            skipped[cls] = f"{len(rows)} predictions logged, fewer than one chunk ({chunk_size})"
-            continue
-        analysis = rows.rename(columns=lambda c: c.removeprefix("in_"))
-        analysis["timestamp"] = pd.to_datetime(analysis["timestamp"], utc=True)
-        analysis = analysis.sort_values("timestamp").reset_index(drop=True)
-        tasks[cls] = _drift_task.remote(
-            str(settings.features_dir), snap.id, cls, analysis, chunk_size, min_alert_chunks
-        )
-    results: dict[str, DriftResult] = dict(zip(tasks, ray.get(list(tasks.values())), strict=True))
-    summary = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "snapshot_id": snap.id,
+    feedback = read_log(f"{str(settings.predictions_dir).rstrip('/')}-feedback")
+    summary: dict[str, Any] = {
+        "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "predictions": len(logged),
         "chunk_size": chunk_size,
-        "min_alert_chunks": min_alert_chunks,
-        "classes": {
-            cls: {
-                "drifted": r.drifted,
-                "drifted_features": r.drifted_features,
-                "analysis_rows": r.analysis_rows,
-                "reference_rows": r.reference_rows,
-                "features": {f: vars(d) for f, d in r.features.items()},
-            }
-            for cls, r in sorted(results.items())
-        },
-        "skipped": skipped,
-        "drifted_classes": sorted(c for c, r in results.items() if r.drifted),
+        "policy": policy.model_dump(),
+        "classes": {},
+        "skipped": {},
+        "notes": [],
+        "triggers": [],
+        "drifted_classes": [],
+        "alerting_classes": [],
     }
+    if logged.empty:
+        msg = f"no predictions logged under {settings.predictions_dir}; nothing to monitor"
+        log.warning(msg)
+        return _write(settings, {**summary, "status": "empty", "snapshot_id": None}, {}, msg)
+    usable, notes = _usable(logged)
+    summary["notes"] += notes
+    snap = open_snapshot(str(settings.features_dir), snapshot)
+    summary["snapshot_id"] = snap.id
+    tasks = {}
+    for cls, rows in usable.groupby("pump_class") if not usable.empty else []:
+        cls = str(cls)
+        if cls not in snap.classes:
+            summary["skipped"][cls] = "no reference data for this class"
+        elif len(rows) < chunk_size:
+            summary["skipped"][cls] = f"{len(rows)} predictions, fewer than a chunk ({chunk_size})"
+        else:
+            fb = feedback
+            if not fb.empty:
+                fb = fb[fb["pump_id"].isin(rows["pump_id"])]
+            tasks[cls] = _class_task.remote(settings, snap.id, cls, rows, fb, cfg)
+    results: dict[str, ClassAnalysis] = {}
+    outs = ray.get(list(tasks.values())) if tasks else []  # no tasks: Ray is not needed
+    for cls, out in zip(tasks, outs, strict=True):
+        if isinstance(out, str):
+            summary["skipped"][cls] = out
+            log.warning("%s: %s", cls, out)
+            continue
+        result, meta = out
+        results[cls] = result
+        summary["classes"][cls] = {**meta, **_class_summary(result, policy)}
+    for m in summary["skipped"].values():
+        log.warning(m)
+    alerts = {c: hysteresis(c, r.drifted(), policy) for c, r in results.items()}
+    summary["drifted_classes"] = sorted(c for c, a in alerts.items() if a.episodes)
+    summary["alerting_classes"] = sorted(c for c, a in alerts.items() if a.active)
+    wanted = drift_wanted(alerts, {c: s["drifted_features"] for c, s in summary["classes"].items()})
+    if new_data_due(n_new := _rows_since(settings, snap), 0, policy):
+        for cls in snap.classes:
+            wanted.setdefault(cls, f"new data: {n_new} rows since snapshot {snap.id}")
+    if trigger:
+        fired = start_retrains(settings, wanted, policy, now, jobs_address(address), server)
+        summary["triggers"] = fired["triggers"]
+        if fired["message"]:
+            summary["notes"].append(fired["message"])
+    else:
+        summary["triggers"] = [
+            {"pump_class": c, "start": False, "reason": f"{w}; triggers off"}
+            for c, w in wanted.items()
+        ]
+    return _write(settings, {**summary, "status": "ok"}, results, None)
+
+
+def _rows_since(settings: Settings, snap: Snapshot) -> int:
+    try:
+        return rows_since(snap, str(settings.data_dir))
+    except (OSError, PumpfleetError) as e:
+        log.warning("could not count the rows since snapshot %s: %s", snap.id, e)
+        return 0
+
+
+def _last(chunks: pd.DataFrame, kind: str) -> dict[str, float]:
+    c = chunks[chunks["kind"] == kind].sort_values("chunk")
+    return {str(s): float(g["value"].iloc[-1]) for s, g in c.groupby("signal")}
+
+
+def _class_summary(r: ClassAnalysis, policy: AlertPolicy) -> dict[str, Any]:
+    alert: ClassAlert = hysteresis(r.pump_class, r.drifted(), policy)
+    uni = r.chunks[r.chunks["kind"] == "univariate"]
+    features = sorted(
+        str(f)
+        for f, g in uni.groupby("signal")
+        if hysteresis(str(f), list(g.sort_values("chunk")["alert"]), policy).episodes
+    )
+    est = r.chunks[r.chunks["kind"] == "estimated"]
+    return {
+        "drifted": bool(alert.episodes),
+        "alert_active": alert.active,
+        "drifted_features": features,
+        "detected_at_chunk": alert.first_raised,
+        "episodes": [vars(e) for e in alert.episodes],
+        "chunks": len(r.drifted()),
+        "drifted_chunks": int(sum(r.drifted())),
+        "multivariate_alerts": int(r.chunks.loc[r.chunks["kind"] == "multivariate", "alert"].sum()),
+        "estimated_alerts": int(est["alert"].sum()),
+        "analysis_rows": r.analysis_rows,
+        "reference_rows": r.reference_rows,
+        "estimated": _last(r.chunks, "estimated"),
+        "realised": _last(r.chunks, "realised"),
+        "notes": r.notes,
+    }
+
+
+def _write(
+    settings: Settings, summary: dict[str, Any], results: dict[str, ClassAnalysis], msg: str | None
+) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    report = storage.join(str(settings.reports_dir), f"drift-{stamp}.html")
-    storage.write_bytes(report, _html(summary, results).encode())
-    storage.write_json(storage.join(str(settings.reports_dir), f"drift-{stamp}.json"), summary)
-    storage.write_json(storage.join(str(settings.reports_dir), "drift-latest.json"), summary)
-    return {**summary, "report": report}
+    reports = str(settings.reports_dir)
+    summary["message"] = msg
+    for n in (f"drift-{stamp}.json", "drift-latest.json"):
+        storage.write_json(storage.join(reports, n), summary)
+    if not results:
+        return {**summary, "report": None, "drift_map": None}
+    png = drift_map_png(results)
+    report = storage.join(reports, f"drift-{stamp}.html")
+    drift_map = storage.join(reports, f"drift-map-{stamp}.png")
+    storage.write_bytes(report, report_html(summary, results, png).encode())
+    storage.write_bytes(drift_map, png)
+    storage.write_bytes(storage.join(reports, "drift-map-latest.png"), png)
+    chunks = pd.concat([r.chunks.assign(pump_class=c) for c, r in results.items()])
+    storage.write_bytes(storage.join(reports, f"drift-{stamp}-chunks.parquet"), chunks.to_parquet())
+    run_id = _log_mlflow(settings, summary, report, drift_map)
+    return {**summary, "report": report, "drift_map": drift_map, "mlflow_run_id": run_id}
 
 
-def _html(summary: dict[str, Any], results: dict[str, DriftResult]) -> str:
-    from plotly.offline import get_plotlyjs
-
-    rows = "".join(
-        f"<tr><td>{html.escape(c)}</td><td>{'DRIFT' if r.drifted else 'ok'}</td>"
-        f"<td>{html.escape(', '.join(r.drifted_features) or '-')}</td>"
-        f"<td>{r.analysis_rows}</td><td>{r.reference_rows}</td></tr>"
-        for c, r in sorted(results.items())
+def _log_mlflow(settings: Settings, summary: dict[str, Any], report: str, png: str) -> str | None:
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    run_id = registry.start_run(
+        EXPERIMENT,
+        f"monitor-{summary['created']}",
+        params={"chunk_size": summary["chunk_size"], **summary["policy"]},
+        tags={"feature_snapshot": str(summary["snapshot_id"])},
     )
-    figures = "".join(
-        f"<h2>{html.escape(c)}</h2>{r.figure_html}" for c, r in sorted(results.items())
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>pumpfleet drift</title>"
-        f"<script>{get_plotlyjs()}</script></head><body>"
-        f"<h1>pumpfleet drift report</h1><p>{summary['created']} · snapshot "
-        f"{summary['snapshot_id']} · {summary['predictions']} predictions · chunk "
-        f"{summary['chunk_size']} · Kolmogorov-Smirnov per window-mean feature</p>"
-        "<table border='1' cellpadding='4'><tr><th>class</th><th>verdict</th>"
-        f"<th>drifted features</th><th>served</th><th>reference</th></tr>{rows}</table>"
-        f"{figures}</body></html>"
-    )
+    metrics: dict[str, Any] = {}
+    for cls, s in summary["classes"].items():
+        metrics |= {
+            f"{cls}.alert": float(s["alert_active"]),
+            f"{cls}.drifted_chunks": s["drifted_chunks"],
+            f"{cls}.chunks": s["chunks"],
+            **{f"{cls}.estimated_{k}": v for k, v in s["estimated"].items()},
+            **{f"{cls}.realised_{k}": v for k, v in s["realised"].items()},
+        }
+    registry.log_metrics(run_id, metrics)
+    if not storage.is_remote(report):
+        for p in (report, png):
+            registry.log_artifact(run_id, Path(p), "monitor")
+    registry.end_run(run_id)
+    return run_id
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.monitor", description=__doc__)
-    parser.add_argument("--snapshot", default="latest")
-    parser.add_argument("--chunk-size", type=int, default=50)
-    parser.add_argument("--min-alert-chunks", type=int, default=2)
+    add_monitor_args(parser)
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
         settings = get_settings()
         init_ray(settings)
-        return run_monitor(settings, args.snapshot, args.chunk_size, args.min_alert_chunks)
+        return monitor_from_args(settings, args)
 
     return run_main(job)
+
+
+def monitor_from_args(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    policy = AlertPolicy(
+        consecutive=args.consecutive,
+        clear_after=args.consecutive,
+        cooldown_hours=args.cooldown_hours,
+        new_data_rows=args.new_data_rows,
+    )
+    return run_monitor(
+        settings,
+        args.snapshot,
+        args.chunk_size,
+        policy=policy,
+        address=args.jobs_address,
+        trigger=not args.no_trigger,
+    )
 
 
 if __name__ == "__main__":

@@ -103,7 +103,12 @@ def submit_retrain(
             entrypoint=" ".join(args),
             submission_id=job_id,
             runtime_env=runtime_env,
-            metadata={"pumpfleet": "retrain", "reason": reason[:200]},
+            # the monitor reads the classes back to keep one running job per class
+            metadata={
+                "pumpfleet": "retrain",
+                "reason": reason[:200],
+                "classes": ",".join(classes or []),
+            },
         )
     )
 

@@ -399,7 +399,7 @@ def test_entry_points_name_modules_and_options_that_exist() -> None:
         for argv in commands:
             assert v.entry_point_problems(argv) == [], where
             modules.add(argv[2])
-    assert modules == {"ray_jobs.ingest", "ray_jobs.train", "ray_jobs.evaluate", "ray_jobs.monitor"}
+    assert modules == {"ray_jobs.train", "ray_jobs.retrain", "ray_jobs.monitor"}
 
 
 def _settings_env_names() -> set[str]:

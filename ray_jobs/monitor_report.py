@@ -1,0 +1,167 @@
+"""The monitor's report: the fleet drift map (pump class by feature by chunk), and per
+class its drift and its estimated vs realised performance over time, as PNG figures
+(matplotlib) embedded in one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pumpfleet.drift import ClassAnalysis
+
+MULTIVARIATE = "multivariate (PCA)"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a job's worker
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def drift_ratios(results: dict[str, ClassAnalysis]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Rows ``class · feature``, and per chunk the statistic over its alert threshold
+    (≥ 1: alert) and the alert flags; NaN where a class has fewer chunks."""
+    labels: list[str] = []
+    series: list[tuple[np.ndarray, np.ndarray]] = []
+    for cls, r in sorted(results.items()):
+        d = r.chunks[r.chunks["kind"].isin(["univariate", "multivariate"])]
+        for (kind, sig), g in d.groupby(["kind", "signal"], sort=True):
+            g = g.sort_values("chunk")
+            ratio = (g["value"] / g["upper"]).to_numpy(float)
+            labels.append(f"{cls} · {MULTIVARIATE if kind == 'multivariate' else sig}")
+            series.append((ratio, g["alert"].to_numpy(bool)))
+    width = max((len(s[0]) for s in series), default=0)
+    ratios = np.full((len(series), width), np.nan)
+    alerts = np.zeros((len(series), width), bool)
+    for i, (ratio, alert) in enumerate(series):
+        ratios[i, : len(ratio)], alerts[i, : len(alert)] = ratio, alert
+    return labels, ratios, alerts
+
+
+def drift_map_png(results: dict[str, ClassAnalysis]) -> bytes:
+    """The fleet drift map: one row per class and feature, one column per time chunk,
+    coloured by the drift statistic over its threshold; alerts are marked x."""
+    plt = _pyplot()
+    labels, ratios, alerts = drift_ratios(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * ratios.shape[1] + 3), 0.32 * len(labels) + 1.6))
+    im = ax.imshow(np.clip(ratios, 0, 2), aspect="auto", cmap="RdYlBu_r", vmin=0, vmax=2)
+    ys, xs = np.nonzero(alerts)
+    ax.scatter(xs, ys, marker="x", color="black", s=18, linewidths=1.2)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("time chunk (oldest left)")
+    ax.set_title("fleet drift map: statistic / alert threshold (x = alert)")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02, label="≥ 1 alerts")
+    return _png(fig)
+
+
+def class_png(r: ClassAnalysis) -> bytes:
+    """One class over time: drift per feature (and multivariate), estimated vs realised
+    ROC AUC of the failure risk, estimated vs realised MAE of the RUL."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    c = r.chunks
+    ax = axes[0]
+    for (kind, sig), g in c[c["kind"].isin(["univariate", "multivariate"])].groupby(
+        ["kind", "signal"]
+    ):
+        g = g.sort_values("chunk")
+        label = MULTIVARIATE if kind == "multivariate" else sig
+        ax.plot(g["chunk"], g["value"] / g["upper"], marker=".", label=label)
+    ax.axhline(1.0, color="red", lw=0.8, ls="--")
+    ax.set_title(f"{r.pump_class}: drift (statistic / threshold)")
+    ax.set_xlabel("chunk")
+    ax.legend(fontsize=7, ncol=2)
+    panels = ((axes[1], "roc_auc", "failure risk ROC AUC"), (axes[2], "mae", "RUL MAE h"))
+    for ax, sig, title in panels:
+        _perf(ax, c, sig)
+        ax.set_title(f"{r.pump_class}: {title}")
+        ax.set_xlabel("chunk")
+    return _png(fig)
+
+
+def _perf(ax: Any, c: pd.DataFrame, sig: str) -> None:
+    est = c[(c["kind"] == "estimated") & (c["signal"] == sig)].sort_values("chunk")
+    real = c[(c["kind"] == "realised") & (c["signal"] == sig)].sort_values("chunk")
+    if not est.empty:
+        ax.plot(est["chunk"], est["value"], marker=".", label="estimated")
+        for bound in ("lower", "upper"):
+            if est[bound].notna().any():
+                ax.plot(est["chunk"], est[bound], color="grey", lw=0.8, ls=":")
+        hot = est[est["alert"]]
+        ax.scatter(hot["chunk"], hot["value"], color="red", zorder=3, label="alert")
+    if not real.empty:
+        ax.plot(real["chunk"], real["value"], marker="s", label="realised")
+    if est.empty and real.empty:
+        ax.text(0.5, 0.5, "no estimate", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=7)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def report_html(
+    summary: dict[str, Any], results: dict[str, ClassAnalysis], map_png: bytes | None
+) -> str:
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(c)}</td><td>{_verdict(s)}</td>"
+        f"<td>{esc(', '.join(s['drifted_features']) or '-')}</td>"
+        f"<td>{s['detected_at_chunk'] if s['detected_at_chunk'] is not None else '-'}</td>"
+        f"<td>{s['chunks']}</td><td>{s['analysis_rows']}</td><td>{s['reference_rows']}</td>"
+        f"<td>{_num(s['estimated'].get('roc_auc'))} / {_num(s['realised'].get('roc_auc'))}</td>"
+        f"<td>{_num(s['estimated'].get('mae'))} / {_num(s['realised'].get('mae'))}</td></tr>"
+        for c, s in sorted(summary["classes"].items())
+    )
+    triggers = "".join(
+        f"<li>{esc(t['pump_class'])}: {'retrain submitted' if t['start'] else 'no retrain'}"
+        f" ({esc(t['reason'])}){' · job ' + esc(t['job_id']) if t.get('job_id') else ''}</li>"
+        for t in summary["triggers"]
+    )
+    notes = "".join(
+        f"<li>{esc(c)}: {esc(m)}</li>" for c, m in sorted(summary["skipped"].items())
+    ) + "".join(f"<li>{esc(n)}</li>" for n in summary["notes"])
+    figures = "".join(
+        f"<h2>{esc(c)}</h2>{_img(class_png(r), c)}" for c, r in sorted(results.items())
+    )
+    fleet_map = _img(map_png, "fleet drift map") if map_png else "<p>nothing to map</p>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pumpfleet drift</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:3px 8px}</style></head><body>"
+        f"<h1>pumpfleet drift report</h1><p>{summary['created']} · snapshot "
+        f"{esc(summary['snapshot_id'])} · {summary['predictions']} predictions · chunks of "
+        f"{summary['chunk_size']} · alert after {summary['policy']['consecutive']} drifted "
+        "chunks in a row · Kolmogorov-Smirnov (continuous), chi-squared (categorical), "
+        "PCA reconstruction error (multivariate), CBPE and DLE (estimated performance)</p>"
+        "<table border='1'><tr><th>class</th><th>verdict</th><th>drifted features</th>"
+        "<th>alert at chunk</th><th>chunks</th><th>served</th><th>reference</th>"
+        "<th>ROC AUC est / real (last chunk)</th><th>MAE h est / real</th></tr>"
+        f"{rows}</table><h2>Triggers</h2><ul>{triggers or '<li>none</li>'}</ul>"
+        f"<h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>"
+        f"<h2>Fleet drift map</h2>{fleet_map}{figures}</body></html>"
+    )
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
+
+
+def _verdict(s: dict[str, Any]) -> str:
+    return "ALERT" if s["alert_active"] else "drifted, cleared" if s["drifted"] else "ok"

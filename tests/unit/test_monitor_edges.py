@@ -1,0 +1,162 @@
+"""The monitor degrades cleanly: an empty log, a log from an older version, a class with
+no reference, an unreachable job server: one clear message each, no crash, no retrain."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pumpfleet.alerts import AlertPolicy
+from pumpfleet.predlog import PredictionLog
+from pumpfleet.settings import Settings
+from ray_jobs.monitor import run_monitor
+from ray_jobs.triggers import JobServer, load_state, retrain_classes, start_retrains
+from tests.conftest import free_port
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def fake_snapshot(settings: Settings, classes: list[str]) -> None:
+    root = settings.features_dir
+    (root / "snap1").mkdir(parents=True)
+    manifest = {"specs": {c: {} for c in classes}, "summary": {"rows_in": 0}}
+    (root / "snap1" / "manifest.json").write_text(json.dumps(manifest))
+    (root / "LATEST").write_text("snap1")
+
+
+def write_log(settings: Settings, rows: list[dict[str, Any]]) -> None:
+    log = PredictionLog(str(settings.predictions_dir))
+    log.extend(rows)
+    log.flush()
+
+
+def test_empty_log_is_one_message(settings: Settings) -> None:
+    out = run_monitor(settings)
+    assert out["status"] == "empty"
+    assert "no predictions logged" in out["message"]
+    assert out["report"] is None and out["triggers"] == []
+    assert (settings.reports_dir / "drift-latest.json").exists()
+
+
+def test_old_schema_log_is_left_out_with_a_note(settings: Settings) -> None:
+    fake_snapshot(settings, ["esp"])
+    ts = pd.Timestamp("2026-02-01", tz="UTC")
+    # an older version logged outputs only: no input summaries (in_* columns)
+    write_log(settings, [
+        {"pump_id": f"esp-{i}", "pump_class": "esp", "timestamp": ts, "rul_hours": 10.0}
+        for i in range(80)
+    ])  # fmt: skip
+    out = run_monitor(settings, chunk_size=50)
+    assert out["status"] == "ok" and out["classes"] == {}
+    assert any("80 logged predictions carry no input summaries" in n for n in out["notes"])
+    assert out["triggers"] == []
+
+
+def test_log_without_class_column(settings: Settings) -> None:
+    fake_snapshot(settings, ["esp"])
+    write_log(settings, [{"pump_id": "p", "rul_hours": 1.0, "in_flow": 2.0}] * 60)
+    out = run_monitor(settings)
+    assert "no pump_class, timestamp column" in out["notes"][0]
+
+
+def test_class_without_reference_is_skipped(settings: Settings) -> None:
+    fake_snapshot(settings, ["esp"])
+    ts = pd.Timestamp("2026-02-01", tz="UTC")
+    write_log(settings, [
+        {"pump_id": "sub-1", "pump_class": "submarine", "timestamp": ts, "in_flow": 1.0},
+        *[{"pump_id": "esp-1", "pump_class": "esp", "timestamp": ts, "in_flow": 1.0}] * 10,
+    ])  # fmt: skip
+    out = run_monitor(settings, chunk_size=50)
+    assert out["skipped"]["submarine"] == "no reference data for this class"
+    assert "fewer than a chunk" in out["skipped"]["esp"]
+
+
+class FakeServer:
+    address = "fake"
+
+    def __init__(self, running: set[str] | Exception = frozenset()) -> None:
+        self.running = running
+        self.submitted: list[list[str]] = []
+
+    def running_classes(self) -> set[str]:
+        if isinstance(self.running, Exception):
+            raise self.running
+        return set(self.running)
+
+    def submit(self, classes: list[str], reason: str) -> str:
+        self.submitted.append(classes)
+        return f"pumpfleet-retrain-{len(self.submitted)}"
+
+
+def test_one_job_per_class_and_cooldown_survive_restarts(settings: Settings) -> None:
+    wanted = {"esp": "drift on esp: motor_temp", "rod": "drift on rod: flow"}
+    p = AlertPolicy(cooldown_hours=24)
+    busy = FakeServer(running={"rod"})
+    out = start_retrains(settings, wanted, p, NOW, None, busy)
+    assert busy.submitted == [["esp"]]
+    assert [t["start"] for t in out["triggers"]] == [True, False]
+    assert set(load_state(settings).last_retrain) == {"esp"}  # durable: in the workspace
+    again = FakeServer()
+    start_retrains(settings, wanted, p, NOW, None, again)
+    assert again.submitted == [["rod"]]  # esp cools down; rod no longer runs
+
+
+def test_a_job_for_every_class_blocks_all(settings: Settings) -> None:
+    server = FakeServer(running={"*"})
+    start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, None, server)
+    assert server.submitted == []
+
+
+def test_unreachable_job_server_is_one_message_and_no_retrain(settings: Settings) -> None:
+    address = f"http://127.0.0.1:{free_port()}"
+    out = start_retrains(settings, {"esp": "drift", "rod": "drift"}, AlertPolicy(), NOW, address)
+    assert out["message"].startswith(f"job server at {address} unreachable")
+    assert not any(t["start"] for t in out["triggers"])
+    assert load_state(settings).last_retrain == {}
+    down = FakeServer(running=ConnectionError("Failed to connect"))
+    assert (
+        "unreachable (Failed to connect)"
+        in start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, None, down)["message"]
+    )
+
+
+def test_no_job_server_configured() -> None:
+    out = start_retrains(Settings(), {"esp": "drift"}, AlertPolicy(), NOW, None)
+    assert "no job server" in out["triggers"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "meta", "classes"),
+    [
+        ("python -m ray_jobs.retrain --reason x --classes esp rod", None, {"esp", "rod"}),
+        ("python -m ray_jobs.retrain --classes esp --epochs 3", None, {"esp"}),
+        ("python -m ray_jobs.retrain --reason scheduled", None, {"*"}),
+        ("whatever", {"classes": "pcp"}, {"pcp"}),
+        ("whatever", {"classes": ""}, {"*"}),
+    ],
+)
+def test_retrain_classes(entrypoint: str, meta: dict[str, str] | None, classes: set[str]) -> None:
+    assert retrain_classes(entrypoint, meta) == classes
+
+
+def test_job_server_lists_running_retrains() -> None:
+    class Job:
+        def __init__(self, sid: str, status: str, entrypoint: str) -> None:
+            self.submission_id, self.status, self.entrypoint = sid, status, entrypoint
+            self.metadata: dict[str, str] = {}
+
+    class Client:
+        def list_jobs(self) -> list[Job]:
+            return [
+                Job("pumpfleet-retrain-1", "RUNNING", "python -m ray_jobs.retrain --classes esp"),
+                Job("pumpfleet-retrain-2", "SUCCEEDED", "python -m ray_jobs.retrain --classes rod"),
+                Job("raysubmit_x", "RUNNING", "python -m ray_jobs.retrain --classes pcp"),
+            ]
+
+    server = JobServer("http://nowhere")
+    server._client = Client()
+    assert server.running_classes() == {"esp"}
