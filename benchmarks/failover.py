@@ -44,7 +44,6 @@ import numpy as np
 
 from pumpfleet.tables import format_table
 
-log = logging.getLogger(__name__)
 MB = 2**20
 NODE = {"num_cpus": 1, "object_store_memory": 128 * MB}
 
