@@ -266,8 +266,7 @@ def _direct_urls(replicas: int, headers: dict[str, str]) -> list[str]:
     import httpx
     from ray.serve._private import constants
 
-    if not constants.RAY_SERVE_ENABLE_DIRECT_INGRESS:
-        return []
+    # (the driver's constants were read before use_serve_env: ask the ports themselves)
     found = []
     low = constants.RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT
     for p in range(low, low + 64):

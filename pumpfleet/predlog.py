@@ -23,20 +23,28 @@ class PredictionLog:
         self.root = root
         self.max_rows = max_rows
         self._rows: list[dict[str, Any]] = []
+        self._tables: list[Any] = []  # pyarrow tables: a batch's rows, kept columnar
+        self._pending = 0
         self._lock = threading.Lock()
         self.written = 0
 
     def append(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            self._rows.append(row)
-            full = len(self._rows) >= self.max_rows
-        if full:
-            self.flush()
+        self.extend([row])
 
     def extend(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
             self._rows.extend(rows)
-            full = len(self._rows) >= self.max_rows
+            self._pending += len(rows)
+            full = self._pending >= self.max_rows
+        if full:
+            self.flush()
+
+    def extend_table(self, table: Any) -> None:
+        """Rows as one pyarrow table (the columns of :meth:`extend`'s dicts)."""
+        with self._lock:
+            self._tables.append(table)
+            self._pending += table.num_rows
+            full = self._pending >= self.max_rows
         if full:
             self.flush()
 
@@ -46,16 +54,20 @@ class PredictionLog:
 
         with self._lock:
             rows, self._rows = self._rows, []
-        if not rows:
+            tables, self._tables = self._tables, []
+            self._pending = 0
+        if rows:
+            tables.append(pa.Table.from_pylist(rows))
+        if not tables:
             return 0
-        table = pa.Table.from_pylist(rows)
+        table = pa.concat_tables(tables, promote_options="permissive")
         day = time.strftime("%Y-%m-%d", time.gmtime())
         uri = storage.join(self.root, f"date={day}", f"part-{uuid.uuid4().hex}.parquet")
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         storage.write_bytes(uri, sink.getvalue().to_pybytes())
-        self.written += len(rows)
-        return len(rows)
+        self.written += table.num_rows
+        return int(table.num_rows)
 
 
 def read_log(root: str) -> pd.DataFrame:

@@ -271,15 +271,44 @@ _VERSION = metrics.Gauge(
 
 # Module functions the deployment uses are defined above it: Serve pickles the class
 # when it is decorated.
+def _arrow_flat(column: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list column as one float64 buffer (a null reading as NaN), each row's length (0
+    for a null window) and which rows have a window."""
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    lengths = np.where(valid, column.value_lengths().fill_null(0).to_numpy(), 0)
+    return flat, lengths.astype(np.int64), valid
+
+
 def _arrow_windows(column: Any) -> list[np.ndarray | None]:
     """Each row's window as float64 (a null reading as NaN; a null window as None), cut
     from one flat buffer: a Python loop over 24,000 values per 1,000 windows costs more
     than the model does."""
-    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
-    valid = column.is_valid().to_numpy(zero_copy_only=False)
-    lengths = np.where(valid, column.value_lengths().fill_null(0).to_numpy(), 0)
+    flat, lengths, valid = _arrow_flat(column)
     ends = np.cumsum(lengths)
     return [flat[ends[i] - lengths[i] : ends[i]] if valid[i] else None for i in range(len(column))]
+
+
+def _arrow_table(body: bytes) -> Any:
+    """The request's Arrow table, its three columns checked (422 naming the column)."""
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(body).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise _unprocessable("body", f"not an Arrow IPC stream ({e})") from None
+    missing = [c for c in ("pump_id", "pump_class", "window") if c not in table.column_names]
+    if missing:
+        raise _unprocessable(missing[0], "column required in the Arrow batch")
+    if table.num_rows == 0 or table.num_rows > MAX_BATCH:
+        raise _unprocessable("window", f"expected 1 to {MAX_BATCH} rows, got {table.num_rows}")
+    kind = table.schema.field("window").type
+    listed = pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)
+    if not listed or not (
+        pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
+    ):
+        raise _unprocessable("window", f"a list of numbers per row, not {kind}")
+    return table
 
 
 def _arrow_results(results: list[dict[str, Any] | None], errors: list[dict[str, Any]]) -> bytes:
@@ -316,7 +345,9 @@ class PumpScorer:
         self._registry = Registry(self.config.tracking_uri)
         self._state_lock = threading.Lock()  # one registry reload or split change at a time
         self._load()
-        self.log = PredictionLog(self.config.predictions_dir)
+        # Written by the flush thread every flush_seconds, not on the request path; a
+        # request writes only when 20,000 rows wait (a stalled disk, a flood of batches).
+        self.log = PredictionLog(self.config.predictions_dir, max_rows=20_000)
         self.feedback_log = PredictionLog(f"{self.config.predictions_dir.rstrip('/')}-feedback")
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._stop = threading.Event()
@@ -581,7 +612,11 @@ class PumpScorer:
         started = time.perf_counter()
         body = await self._body(request)
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        want_arrow = ARROW_STREAM in request.headers.get("accept", "")
         if ctype == ARROW_STREAM:
+            fast = self._score_arrow(body, started, want_arrow)
+            if fast is not None:
+                return fast
             items, errors = self._arrow_items(body)
         else:
             items, errors = self._json_items(body)
@@ -617,7 +652,7 @@ class PumpScorer:
         if len(results) == 0 or all(r is None for r in results):
             raise HTTPException(422, detail={"msg": "no item could be scored", "errors": errors})
         errors.sort(key=lambda e: e["index"])
-        if ARROW_STREAM in request.headers.get("accept", ""):
+        if want_arrow:
             return Response(_arrow_results(results, errors), media_type=ARROW_STREAM)
         return JSONResponse({"results": results, "errors": errors})
 
@@ -643,27 +678,10 @@ class PumpScorer:
     def _arrow_items(
         body: bytes,
     ) -> tuple[list[tuple[int, ScoreRequest, Any]], list[dict[str, Any]]]:
-        import pyarrow as pa
-
-        try:
-            table = pa.ipc.open_stream(body).read_all()
-        except (pa.ArrowInvalid, OSError) as e:
-            raise _unprocessable("body", f"not an Arrow IPC stream ({e})") from None
-        missing = [c for c in ("pump_id", "pump_class", "window") if c not in table.column_names]
-        if missing:
-            raise _unprocessable(missing[0], "column required in the Arrow batch")
-        if table.num_rows == 0 or table.num_rows > MAX_BATCH:
-            raise _unprocessable("window", f"expected 1 to {MAX_BATCH} rows, got {table.num_rows}")
-        column = table.column("window").combine_chunks()
-        kind = column.type
-        listed = pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)
-        if not listed or not (
-            pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)
-        ):
-            raise _unprocessable("window", f"a list of numbers per row, not {kind}")
+        table = _arrow_table(body)
         ids = table.column("pump_id").to_pylist()
         classes = table.column("pump_class").to_pylist()
-        windows = _arrow_windows(column)
+        windows = _arrow_windows(table.column("window").combine_chunks())
         items, errors = [], []
         for i, (pid, cls) in enumerate(zip(ids, classes, strict=True)):
             w = windows[i]
@@ -677,6 +695,148 @@ class PumpScorer:
             req = ScoreRequest.model_construct(pump_id=str(pid), pump_class=str(cls), readings={})
             items.append((i, req, w))
         return items, errors
+
+    def _score_arrow(self, body: bytes, started: float, want_arrow: bool) -> Response | None:
+        """An Arrow batch scored column-wise: windows gathered from one buffer, each
+        (class, arm) group scored in one call and logged as one table. None when a class
+        in the batch is in shadow mode (the row-wise path handles that)."""
+        import pyarrow as pa
+
+        table = _arrow_table(body)
+        n = table.num_rows
+        ids = table.column("pump_id").to_pylist()
+        classes = table.column("pump_class").to_pylist()
+        if any(c in self.classes and self.classes[c].shadow for c in set(classes)):
+            return None
+        flat, lengths, valid = _arrow_flat(table.column("window").combine_chunks())
+        starts = np.cumsum(lengths) - lengths
+        error: list[tuple[str, str] | None] = [None] * n
+        has_inf = np.zeros(n, dtype=bool)
+        inf = np.isinf(flat)
+        if inf.any():
+            has_inf[np.repeat(np.arange(n), lengths)[inf]] = True
+        for i in range(n):
+            if not ids[i] or not classes[i] or not valid[i]:
+                error[i] = ("pump_id", "pump_id, pump_class and window required")
+            elif has_inf[i]:
+                error[i] = ("window", "inf is not a reading")
+        arm_of = np.full(n, None, dtype=object)
+        version = np.full(n, None, dtype=object)
+        rul = np.full(n, np.nan)
+        prob = np.full(n, np.nan)
+        alert = np.full(n, None, dtype=object)
+        by_class: dict[str, list[int]] = {}
+        for i in range(n):
+            if error[i] is None:
+                by_class.setdefault(str(classes[i]), []).append(i)
+        for cls, rows in by_class.items():
+            served = self.classes.get(cls)
+            if served is None:
+                known = ", ".join(sorted(self.classes)) or "none"
+                for i in rows:
+                    error[i] = ("pump_class", f"unknown or unserved class (served: {known})")
+                continue
+            arms: dict[Arm, list[int]] = {}
+            for i in rows:
+                arm = assign_arm(str(ids[i]), served.weight, self.config.salt)
+                arms.setdefault(arm if arm in served.arms else Arm.CHAMPION, []).append(i)
+            for arm, members in arms.items():
+                model = served.arms[arm]
+                w, f = model.spec.window, len(model.spec.inputs)
+                idx = np.asarray(members)
+                fits = lengths[idx] == w * f
+                names = ", ".join(model.spec.inputs)
+                for i in idx[~fits]:
+                    error[i] = ("window", f"expected {w} x {f} values ({names}), got {lengths[i]}")
+                idx = idx[fits]
+                if len(idx) == 0:
+                    continue
+                windows = flat[starts[idx][:, None] + np.arange(w * f)].reshape(-1, w, f)
+                r, p = self._score_many(model, windows)
+                arm_of[idx], version[idx], rul[idx], prob[idx] = str(arm), model.version, r, p
+                alert[idx] = list(p >= model.spec.alert_threshold)
+                self._log_table(cls, arm, model, [str(ids[i]) for i in idx], windows, r, p, started)
+        scored = np.array([e is None for e in error])
+        if not scored.any():
+            errs = [
+                {"index": i, "loc": e[0].split("."), "msg": e[1]} for i, e in enumerate(error) if e
+            ]
+            raise HTTPException(422, detail={"msg": "no item could be scored", "errors": errs})
+        errors = [
+            {"index": i, "loc": e[0].split("."), "msg": e[1]} for i, e in enumerate(error) if e
+        ]
+        if want_arrow:
+            out = pa.table(
+                {
+                    "pump_id": [str(x) if x is not None else None for x in ids],
+                    "pump_class": [
+                        str(c) if ok else None for c, ok in zip(classes, scored, strict=True)
+                    ],
+                    "arm": pa.array(arm_of, pa.string()),
+                    "model_version": pa.array(version, pa.string()),
+                    "rul_hours": pa.array(np.where(scored, rul, np.nan), mask=~scored),
+                    "failure_probability": pa.array(prob, mask=~scored),
+                    "alert": pa.array(alert, pa.bool_()),
+                    "error": [None if e is None else f"{e[0]}: {e[1]}" for e in error],
+                }
+            )
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, out.schema) as writer:
+                writer.write_table(out)
+            return Response(bytes(sink.getvalue().to_pybytes()), media_type=ARROW_STREAM)
+        results = [
+            {
+                "pump_id": str(ids[i]),
+                "pump_class": str(classes[i]),
+                "arm": arm_of[i],
+                "model_version": version[i],
+                "rul_hours": float(rul[i]),
+                "failure_probability": float(prob[i]),
+                "alert": bool(alert[i]),
+            }
+            if scored[i]
+            else None
+            for i in range(n)
+        ]
+        return JSONResponse({"results": results, "errors": errors})
+
+    def _log_table(
+        self,
+        cls: str,
+        arm: Arm,
+        model: _Model,
+        ids: list[str],
+        windows: np.ndarray,
+        rul: np.ndarray,
+        prob: np.ndarray,
+        started: float,
+    ) -> None:
+        """One group's prediction-log rows as a table (the columns of _respond's rows)."""
+        import pyarrow as pa
+
+        k = len(ids)
+        batch = uuid.uuid4().hex
+        latency = (time.perf_counter() - started) * 1000.0
+        summary = window_summary(windows, model.spec)
+        cols: dict[str, Any] = {
+            "request_id": [f"{batch}-{j}" for j in range(k)],
+            "timestamp": pa.array(np.full(k, time.time_ns(), dtype="datetime64[ns]")),
+            "pump_id": ids,
+            "pump_class": [cls] * k,
+            "arm": [str(arm)] * k,
+            "model_version": [model.version] * k,
+            "rul_hours": pa.array(rul, pa.float64()),
+            "failure_probability": pa.array(prob, pa.float64()),
+            "latency_ms": pa.array(np.full(k, latency)),
+            "shadow_version": pa.nulls(k, pa.string()),
+            "shadow_rul_hours": pa.nulls(k, pa.float64()),
+            "shadow_failure_probability": pa.nulls(k, pa.float64()),
+            **{f"in_{c}": pa.array(v, pa.float64()) for c, v in summary.items()},
+        }
+        self.log.extend_table(pa.table(cols))
+        tags = {"pump_class": cls, "arm": str(arm)}
+        _REQUESTS.inc(k, tags={**tags, "outcome": "ok"})
+        _LATENCY.observe(latency, tags=tags)
 
     # --- feedback --------------------------------------------------------------------
 

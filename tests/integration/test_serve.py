@@ -493,8 +493,15 @@ def test_ab_report_reads_the_logged_predictions_and_feedback(service: dict[str, 
     s, snap, client = service["settings"], service["snapshot"], service["client"]
     cls = service["served"][0]
     pumps = {str(body(snap, cls, i)["pump_id"]) for i in range(20)}
-    for i in range(20):
-        client.post("/v1/score", json=body(snap, cls, i))
+    for weight in (0.0, 1.0):  # both arms score these pumps
+        client.post(
+            "/v1/admin/split", json={"pump_class": cls, "challenger_weight": weight}, headers=ADMIN
+        )
+        for i in range(20):
+            assert client.post("/v1/score", json=body(snap, cls, i)).status_code == 200
+    client.post(
+        "/v1/admin/split", json={"pump_class": cls, "challenger_weight": WEIGHT}, headers=ADMIN
+    )
     soon = time.time() + 3600
     for pid in pumps:
         r = client.post("/v1/feedback", json={"pump_id": pid, "pump_class": cls, "failed_at": soon})
@@ -511,8 +518,10 @@ def test_ab_report_reads_the_logged_predictions_and_feedback(service: dict[str, 
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     arms = {a["arm"]: a for a in out["arms"]}
-    assert "champion" in arms and all(a["pump_class"] == cls for a in arms.values())
-    assert sum(a["labelled"] for a in arms.values()) >= 20
+    assert {"champion", "challenger"} <= set(arms)
+    assert all(a["pump_class"] == cls for a in arms.values())
+    assert arms["champion"]["labelled"] >= 20 and arms["challenger"]["labelled"] >= 20
+    assert all(a["rmse_ci"][0] <= a["rmse"] <= a["rmse_ci"][1] for a in arms.values())
 
 
 def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:
