@@ -380,7 +380,7 @@ def _register_model(settings: Any) -> Any:
         std=[10.0] * len(channels),
     )  # fmt: skip
     model = build_model(spec.n_channels, ModelConfig()).eval()
-    reg = Registry(settings.tracking_uri)
+    reg = Registry(settings.tracking_uri, settings.artifact_root)
     run = reg.start_run("pumpfleet-bench", "failover")
     onnx = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
     uri = reg.log_model(run, onnx, spec, model.state_dict(), ModelConfig().model_dump())

@@ -73,7 +73,11 @@ class Registry:
         from mlflow import MlflowClient
 
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # Beside the database, as Settings.artifact_root has it: MLflow's own default
+            # is ./mlruns in whatever folder the process happens to run in.
+            artifact_root = artifact_root or (db.parent.resolve() / "mlartifacts").as_uri()
         self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
