@@ -1,5 +1,7 @@
 """The whole loop on a small simulated fleet, on embedded defaults:
-simulate → ingest → train → evaluate → export → serve → score over HTTP → monitor.
+simulate → ingest → train → evaluate → export → serve → score over HTTP (a sensor drift
+on one class partway through) → monitor → the alert's retrain on new data → A/B on
+post-drift data → promotion by the gates.
 
     python -m ray_jobs.demo
 """
@@ -26,6 +28,7 @@ from pumpfleet.snapshot import open_snapshot
 from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
 from ray_jobs._ray import init_ray
+from ray_jobs.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs.evaluate import run_evaluate
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
@@ -57,18 +60,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def drift_class(served: list[str]) -> str | None:
-    """Where the demo shifts motor temperature: ESP, unless the gates kept ESP out."""
+def drift_class(settings: Settings, served: list[str]) -> str | None:
+    """Where the demo shifts motor temperature: ESP, unless the gates kept ESP out; then
+    the served class whose champion the shift hurts most (every class has a motor
+    temperature; a shift a model ignores would leave the retrain nothing to win)."""
     if DRIFT_CLASS in served:
         return DRIFT_CLASS
-    return min(served) if served else None  # every class has a motor temperature
+    if not served:
+        return None
+    harm = {c: drift_harm(settings, c, DRIFT_CHANNEL, DRIFT_FACTOR) for c in served}
+    return max(sorted(harm), key=lambda c: harm[c])
 
 
 def _requests(
     settings: Settings, n_per_class: int, seed: int, served: list[str], drifted: str | None
 ) -> list[dict[str, Any]]:
     """Scoring requests from the fleet's own windows (every pump is in service), for the
-    classes that have a champion."""
+    classes that have a champion; ``drifted``'s motor temperature reads high."""
     snap = open_snapshot(str(settings.features_dir))
     rng = np.random.default_rng(seed)
     out = []
@@ -130,7 +138,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from serve_apps import run as serve_run
 
     t0 = time.monotonic()
-    total = 8
+    total = 9
 
     def step(i: int, name: str) -> None:
         cfg.steps.append((name, time.monotonic()))
@@ -163,20 +171,32 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     url = serve_run.start(settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets)
     try:
         served = [c for c, r in evaluation["classes"].items() if r["champion"]]
-        drifted = drift_class(served)
+        drifted = drift_class(settings, served)
         if drifted is None:
             raise DataError("no class passed the promotion gates: nothing to serve")
-        reqs = _requests(settings, cfg.requests_per_class, cfg.seed, served, drifted)
+        # Partway through, the drifted class's sensors start reading high: the first
+        # requests are as the fleet was, the later ones carry the drift.
+        calm = _requests(settings, cfg.requests_per_class, cfg.seed, served, None)
+        later = _requests(settings, cfg.requests_per_class, cfg.seed + 1, served, drifted)
         before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
-        arms, codes = _send(url, reqs + BAD_REQUESTS, api_key)
+        arms, codes = _send(url, calm + BAD_REQUESTS, api_key)
+        n = _wait_for_log(settings, before + sum(arms.values()))
+        arms2, codes2 = _send(url, later, api_key)
+        arms, codes = arms + arms2, codes + codes2
         if not arms:
             raise DataError(f"no scoring request succeeded (HTTP status counts {dict(codes)})")
-        logged = _wait_for_log(settings, before + sum(arms.values())) - before
-        step(7, "monitoring drift with NannyML")
-        monitor = run_monitor(settings, ingest["snapshot_id"])
+        logged = _wait_for_log(settings, n + sum(arms2.values())) - before
+        step(7, "monitoring drift and performance with NannyML")
+        jobs = InProcessJobs()
+        monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
     finally:
         step(8, "shutting Serve down")
         serve_run.stop()
+    loop = None
+    if jobs.submitted:
+        classes, reason = jobs.submitted[0]
+        step(9, f"retraining {classes[0]} on new data, A/B on post-drift data, gates")
+        loop = closed_loop(settings, cfg, classes[0], reason, DRIFT_CHANNEL, DRIFT_FACTOR)
     return {
         "simulation": sim,
         "ingest": ingest,
@@ -185,7 +205,10 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         "export": export,
         "serve": {"url": url, "arms": dict(arms), "status": dict(codes), "logged": logged},
         "monitor": monitor,
+        "retrains_submitted": jobs.submitted,
+        "closed_loop": loop,
         "drift_class": drifted,
+        "demo_days": cfg.days,
         "seconds": round(time.monotonic() - t0, 1),
     }
 
@@ -244,13 +267,49 @@ def summary_text(result: dict[str, Any]) -> str:
         f"requests served per arm: {serve['arms']} · HTTP status counts: {serve['status']} · "
         f"logged: {serve['logged']}",
         f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
-        f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL})",
+        f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL} "
+        "in the second half of the requests)",
+        *loop_lines(result),
         f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
         f"bundle signing public key: {result['export']['public_key_file']}",
         f"drift report: {mon['report']}",
+        f"fleet drift map: {mon['drift_map']}",
         f"wall time: {result['seconds']} s",
     ]
     return "\n".join(lines)
+
+
+def loop_lines(result: dict[str, Any]) -> list[str]:
+    """The closed loop in the summary: alert → retrain → A/B → promotion."""
+    mon, loop = result["monitor"], result["closed_loop"]
+    lines = []
+    for c in mon["alerting_classes"]:
+        s = mon["classes"][c]
+        lines.append(
+            f"monitor: {c} alerts from chunk {s['detected_at_chunk']} of {s['chunks']} "
+            f"({', '.join(s['drifted_features']) or 'multivariate'}); estimated RUL MAE "
+            f"{s['estimated'].get('mae', float('nan')):.1f} h in the last chunk"
+        )
+    for t in mon["triggers"]:
+        lines.append(f"trigger: {t['pump_class']}: {'retrain' if t['start'] else 'none'} "
+                     f"({t['reason']})")  # fmt: skip
+    if loop is None:
+        return [*lines, "closed loop: no retrain was triggered"]
+    ab = loop["ab"]
+    lo, hi = ab["ci"]
+    return [
+        *lines,
+        f"retrain: the next {result['demo_days']} days ({loop['new_readings']} readings, "
+        f"{loop['pump_class']} {DRIFT_CHANNEL} +{DRIFT_FACTOR - 1:.0%} throughout) → snapshot "
+        f"{loop['snapshot_id']} → {loop['pump_class']} challenger v{loop['challenger']}",
+        f"A/B on post-drift data ({ab['windows']} windows of {ab['pumps']} pumps, paired): "
+        f"champion v{ab['champion']} RMSE {ab['champion_rmse']:.1f} h, challenger "
+        f"v{ab['challenger']} {ab['challenger_rmse']:.1f} h, difference "
+        f"{ab['difference']:.1f} h [{lo:.1f}, {hi:.1f}] → {ab['verdict']}",
+        f"promotion: v{loop['challenger']} "
+        f"{'promoted' if loop['promoted'] else 'not promoted'} by the gates "
+        f"({loop['decision']}); champion now v{loop['champion_after']}",
+    ]
 
 
 def shutdown() -> None:
