@@ -75,7 +75,7 @@ def _analyse_log_part(args: tuple[str, str, int]) -> tuple[str, float, int, floa
     t = time.perf_counter()
     rows = pd.read_parquet(path)
     ref = shuffled_reference(
-        _frame(5000, np.random.default_rng(1), pd.Timestamp("2025-01-01", tz="UTC"))
+        _frame(20_000, np.random.default_rng(1), pd.Timestamp("2025-01-01", tz="UTC"))
     )
     ref = ref.rename(columns=lambda c: c.removeprefix("in_")).rename(columns=NAMES)
     ref["y_pred"] = (ref["y_prob"] >= 0.5).astype(int)

@@ -1,0 +1,109 @@
+"""Why a window was flagged: occlusion attributions of failure risk and RUL.
+
+Each input channel (and each block of time steps of each channel) is replaced by
+"missing", which the feature code turns into the mean of the reading's operating regime
+(``window_features``: NaN → z = 0), and the window is scored again. A channel's
+attribution is the score minus the occluded score: how much that channel, reading what it
+read instead of a normal value, moved the failure risk (and the RUL, in hours). It needs
+only a function that scores raw windows, so the cloud's onnxruntime session and the
+device's engine explain the same way; all variants are scored as one batch.
+
+Wiring (for the scoring API's ``explain: true``): build the scorer from the served
+model, ``score = onnx_scorer(session, spec)``, and return
+``occlusion(score, raw_window, spec).as_dict()`` beside the prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+
+Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # raw [N, W, C+S] → rul, risk
+
+
+@dataclass(frozen=True)
+class Attribution:
+    rul_hours: float
+    failure_probability: float
+    channels: list[str]
+    risk_by_channel: np.ndarray  # [C]: risk minus the risk with the channel occluded
+    rul_by_channel: np.ndarray  # [C]: RUL minus the RUL with the channel occluded (hours)
+    risk_by_time: np.ndarray  # [B, C]: per block of time steps (oldest first) and channel
+    block: int  # time steps per block
+
+    def top(self, n: int = 3) -> list[str]:
+        """The channels that raised the risk most, largest first."""
+        order = np.argsort(-self.risk_by_channel, kind="stable")
+        return [self.channels[i] for i in order[:n] if self.risk_by_channel[i] > 0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rul_hours": self.rul_hours,
+            "failure_probability": self.failure_probability,
+            "risk_by_channel": dict(zip(self.channels, self.risk_by_channel.tolist(), strict=True)),
+            "rul_hours_by_channel": dict(
+                zip(self.channels, self.rul_by_channel.tolist(), strict=True)
+            ),
+            "risk_by_time": {
+                c: self.risk_by_time[:, j].tolist() for j, c in enumerate(self.channels)
+            },
+            "time_block_steps": self.block,
+            "top": self.top(),
+        }
+
+
+def onnx_scorer(session: Any, spec: FeatureSpec) -> Scorer:
+    """A scorer of raw windows through an onnxruntime session (cloud or device)."""
+    from pumpfleet import onnx_io
+
+    def score(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rul, prob = decode_outputs(onnx_io.run(session, window_features(raw, spec)), spec)
+        return np.asarray(rul, float), np.asarray(prob, float)
+
+    return score
+
+
+def occlusion(score: Scorer, raw: np.ndarray, spec: FeatureSpec, blocks: int = 4) -> Attribution:
+    """Attributions of one raw window ``[W, C + S]`` (settings are never occluded: they
+    pick the regime whose mean stands in for a missing reading)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    w, c = spec.window, spec.n_channels
+    block = max(1, -(-w // blocks))
+    spans = [(a, min(a + block, w)) for a in range(0, w, block)]
+    variants = [raw]
+    for j in range(c):
+        x = raw.copy()
+        x[:, j] = np.nan
+        variants.append(x)
+    for a, b in spans:
+        for j in range(c):
+            x = raw.copy()
+            x[a:b, j] = np.nan
+            variants.append(x)
+    rul, risk = score(np.stack(variants))
+    by_time = risk[0] - risk[1 + c :].reshape(len(spans), c)
+    return Attribution(
+        rul_hours=float(rul[0]),
+        failure_probability=float(risk[0]),
+        channels=list(spec.channels),
+        risk_by_channel=risk[0] - risk[1 : 1 + c],
+        rul_by_channel=rul[0] - rul[1 : 1 + c],
+        risk_by_time=by_time,
+        block=block,
+    )
+
+
+def fleet_drivers(attributions: Sequence[Attribution]) -> dict[str, float]:
+    """Which channels drive a class's alerts across the fleet: the mean risk attribution
+    of each channel over the flagged windows, largest first."""
+    if not attributions:
+        return {}
+    channels = attributions[0].channels
+    mean = np.mean([a.risk_by_channel for a in attributions], axis=0)
+    order = np.argsort(-mean, kind="stable")
+    return {channels[i]: float(mean[i]) for i in order}
