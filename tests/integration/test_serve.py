@@ -591,3 +591,28 @@ def test_edge_uploads_are_stored_once_beside_the_prediction_log(service: dict[st
     assert r.status_code == 422 and "request_id" in r.text
     r = client.post("/v1/edge/upload", json={**up, "device_id": "../etc"})
     assert r.status_code == 422 and "device_id" in r.text
+
+
+def test_prometheus_metrics_per_class_and_arm(service: dict[str, Any]) -> None:
+    import ray
+
+    snap, client, cls = service["snapshot"], service["client"], service["served"][0]
+    for i in range(5):
+        client.post("/v1/score", json=body(snap, cls, i))
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, found = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        mine = [x for x in text.splitlines() if x.startswith("ray_pumpfleet_")]
+        found = {
+            "requests": [x for x in mine if x.startswith("ray_pumpfleet_scoring_requests")
+                         and f'pump_class="{cls}"' in x and 'outcome="ok"' in x],
+            "latency": [x for x in mine if x.startswith("ray_pumpfleet_scoring_latency_ms")],
+            "version": [x for x in mine if x.startswith("ray_pumpfleet_model_version")
+                        and 'arm="champion"' in x],
+        }  # fmt: skip
+        if all(found.values()):
+            break
+        time.sleep(2)
+    assert all(found.values()), {k: len(v) for k, v in found.items()}
+    assert all(API_KEY not in x for x in text.splitlines())  # no key in what is exported
