@@ -33,8 +33,16 @@ WEIGHTS_FILE = "torch_state.pt"
 MODEL_CONFIG_FILE = "model_config.json"
 
 
+ANOMALY_SUFFIX = "-anomaly"
+
+
 def model_name(pump_class: str) -> str:
     return f"pumpfleet-{pump_class}"
+
+
+def anomaly_model_name(pump_class: str) -> str:
+    """The registered name of a class's anomaly (health) model."""
+    return f"pumpfleet-{pump_class}{ANOMALY_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -290,10 +298,20 @@ class Registry:
         for k, v in tags.items():
             self.client.set_model_version_tag(name, version, k, str(v))
 
-    def classes(self) -> list[str]:
-        """The pump classes with a registered model (``pumpfleet-<class>``)."""
+    def _names(self) -> list[str]:
         models = self.client.search_registered_models(filter_string="name LIKE 'pumpfleet-%'")
-        return sorted(str(m.name).removeprefix("pumpfleet-") for m in models)
+        return [str(m.name).removeprefix("pumpfleet-") for m in models]
+
+    def classes(self) -> list[str]:
+        """The pump classes with a registered RUL model (``pumpfleet-<class>``); anomaly
+        models (``pumpfleet-<class>-anomaly``) are not among them."""
+        return sorted(n for n in self._names() if not n.endswith(ANOMALY_SUFFIX))
+
+    def anomaly_classes(self) -> list[str]:
+        """The pump classes with a registered anomaly model (``pumpfleet-<class>-anomaly``)."""
+        return sorted(
+            n.removesuffix(ANOMALY_SUFFIX) for n in self._names() if n.endswith(ANOMALY_SUFFIX)
+        )
 
     def version_by_alias(self, name: str, alias: str) -> str | None:
         """The version behind ``name@alias``, or None if the alias (or model) is unset."""
