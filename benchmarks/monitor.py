@@ -41,7 +41,6 @@ from pumpfleet.tables import format_table
 FEATURES = 6
 REF_DAYS, DAYS, PUMPS = (2, 20), 40, 32
 WINDOW, STRIDE = 24, 4
-POLICY = AlertPolicy(consecutive=2, clear_after=2)
 NAMES = {
     "failure_probability": "y_prob",
     "rul_hours": "rul_pred",
@@ -175,11 +174,7 @@ def one_fleet(args: tuple[int, bool, int, tuple[float, ...]]) -> dict[str, Any]:
         for m in mults:
             cfg = AnalysisConfig(chunk_size=chunk, performance=False, std_multiplier=m)
             flags = analyse_class(cls, ref, stream, chans, cfg).drifted()
-            result["classes"].setdefault(m, {})[cls] = {
-                "flags": flags,
-                "alert": hysteresis(cls, flags, POLICY),
-                "first_drift_chunk": first,
-            }
+            result["classes"].setdefault(m, {})[cls] = {"flags": flags, "first_drift_chunk": first}
         if target is None:  # the same fleet in time order
             ts = pd.to_datetime(w["timestamp"], utc=True)
             lo, hi = (t0 + timedelta(days=d) for d in REF_DAYS)
@@ -197,7 +192,8 @@ def simulate_fleets(fleets: int, chunk: int, mults: tuple[float, ...]) -> list[d
         return list(pool.map(one_fleet, jobs))
 
 
-def errors(results: list[dict[str, Any]], m: float) -> dict[str, Any]:
+def errors(results: list[dict[str, Any]], m: float, k: int) -> dict[str, Any]:
+    policy = AlertPolicy(consecutive=k, clear_after=k)
     fleets = sum(r["drifted"] is not None for r in results)
     delays, missed = [], 0
     fa_chunks = fa_alert = clean_chunks = 0
@@ -206,7 +202,7 @@ def errors(results: list[dict[str, Any]], m: float) -> dict[str, Any]:
     for res in results:
         alerts = {}
         for cls, c in res["classes"][m].items():
-            a = c["alert"]
+            a = hysteresis(cls, c["flags"], policy)
             alerts[cls] = a
             n_clean = len(c["flags"]) if cls != res["drifted"] else c["first_drift_chunk"]
             active = _active_chunks(a, len(c["flags"]))
@@ -223,7 +219,7 @@ def errors(results: list[dict[str, Any]], m: float) -> dict[str, Any]:
             ordered_chunks += len(flags)
             ordered_flags += sum(flags)
         if res["drifted"] is None:
-            starts = decide_retrains(drift_wanted(alerts, {}), set(), TriggerState(), now, POLICY)
+            starts = decide_retrains(drift_wanted(alerts, {}), set(), TriggerState(), now, policy)
             retrains_nodrift += sum(t.start for t in starts)
     return {
         "fleets": fleets,
@@ -256,6 +252,10 @@ def main(argv: list[str] | None = None) -> None:
         "--std-multipliers", type=float, nargs="+", default=[3.0, 4.0, 5.0],
         help="alert thresholds to compare (reference mean + m standard deviations)",
     )  # fmt: skip
+    p.add_argument(
+        "--consecutive", type=int, nargs="+", default=[2],
+        help="drifted chunks in a row that raise an alert, to compare",
+    )  # fmt: skip
     args = p.parse_args(argv)
     os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
     c = cost(args.rows, args.log_chunk_size)
@@ -273,12 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     mults = tuple(args.std_multipliers)
     t = time.perf_counter()
     results = simulate_fleets(args.fleets, args.chunk_size, mults)
-    es = {m: errors(results, m) for m in mults}
-    e0 = es[mults[0]]
+    combos = [(m, k) for m in mults for k in args.consecutive]
+    es = {mk: errors(results, *mk) for mk in combos}
+    e0 = es[combos[0]]
     print(
         f"\n2. {e0['fleets']} simulated fleets with a drift and {e0['fleets']} without "
-        f"({PUMPS} pumps x {DAYS} days each, chunks of {args.chunk_size} windows, alert after "
-        f"{POLICY.consecutive} drifted chunks in a row; {time.perf_counter() - t:.0f} s)"
+        f"({PUMPS} pumps x {DAYS} days each, chunks of {args.chunk_size} windows; "
+        f"{time.perf_counter() - t:.0f} s). Threshold: reference mean + m sd; k: drifted "
+        "chunks in a row that raise an alert"
     )
     table = []
     for name, key, target in (
@@ -288,8 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         ("false alarms per class-chunk", "fa", "<= 2 %"),
         ("retrains started on no-drift fleets", "retrains", "0"),
     ):
-        table.append([name, *(_cell(es[m], key) for m in mults), target])
-    print(format_table(["measure", *(f"threshold {m:g} sd" for m in mults), "target"], table))
+        table.append([name, *(_cell(es[mk], key) for mk in combos), target])
+    print(format_table(["measure", *(f"m={m:g}, k={k}" for m, k in combos), "target"], table))
     print(
         f"time-ordered stream of the no-drift fleets (days 20-{DAYS} against days 2-20, "
         f"threshold {mults[0]:g} sd): {e0['ordered_flag_rate']:.0%} of "

@@ -207,6 +207,7 @@ def run_monitor(
     trigger: bool = True,
     now: datetime | None = None,
     server: Any = None,
+    std_multiplier: float | None = None,
 ) -> dict[str, Any]:
     """Analyse every class with enough predictions; alerts need ``min_alert_chunks``
     drifted chunks in a row (``policy.consecutive`` when a policy is given); retrains
@@ -214,12 +215,15 @@ def run_monitor(
     policy = policy or AlertPolicy(consecutive=min_alert_chunks, clear_after=min_alert_chunks)
     now = now or datetime.now(UTC)
     cfg = AnalysisConfig(chunk_size=chunk_size)
+    if std_multiplier is not None:
+        cfg = AnalysisConfig(chunk_size=chunk_size, std_multiplier=std_multiplier)
     logged = read_log(str(settings.predictions_dir))
     feedback = read_log(f"{str(settings.predictions_dir).rstrip('/')}-feedback")
     summary: dict[str, Any] = {
         "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "predictions": len(logged),
         "chunk_size": chunk_size,
+        "std_multiplier": cfg.std_multiplier,
         "policy": policy.model_dump(),
         "classes": {},
         "skipped": {},
@@ -264,9 +268,16 @@ def run_monitor(
     summary["drifted_classes"] = sorted(c for c, a in alerts.items() if a.episodes)
     summary["alerting_classes"] = sorted(c for c, a in alerts.items() if a.active)
     wanted = drift_wanted(alerts, {c: s["drifted_features"] for c, s in summary["classes"].items()})
-    if new_data_due(n_new := _rows_since(settings, snap), 0, policy):
+    if policy.new_data_rows is not None:
+        # against each champion's own snapshot: rows that arrived, ingested or not, since
+        # the data it was trained on
+        since: dict[str, int] = {}
         for cls in snap.classes:
-            wanted.setdefault(cls, f"new data: {n_new} rows since snapshot {snap.id}")
+            ref = summary["classes"].get(cls, {}).get("reference_snapshot") or snap.id
+            if ref not in since:
+                since[ref] = _rows_since(settings, ref)
+            if new_data_due(since[ref], 0, policy):
+                wanted.setdefault(cls, f"new data: {since[ref]} rows since snapshot {ref}")
     if trigger:
         fired = start_retrains(settings, wanted, policy, now, jobs_address(address), server)
         summary["triggers"] = fired["triggers"]
@@ -280,11 +291,12 @@ def run_monitor(
     return _write(settings, {**summary, "status": "ok"}, results, None)
 
 
-def _rows_since(settings: Settings, snap: Snapshot) -> int:
+def _rows_since(settings: Settings, snapshot: str) -> int:
     try:
+        snap = open_snapshot(str(settings.features_dir), snapshot)
         return rows_since(snap, str(settings.data_dir))
     except (OSError, PumpfleetError) as e:
-        log.warning("could not count the rows since snapshot %s: %s", snap.id, e)
+        log.warning("could not count the rows since snapshot %s: %s", snapshot, e)
         return 0
 
 
@@ -394,6 +406,7 @@ def monitor_from_args(settings: Settings, args: argparse.Namespace) -> dict[str,
         policy=policy,
         address=args.jobs_address,
         trigger=not args.no_trigger,
+        std_multiplier=args.std_multiplier,
     )
 
 

@@ -10,6 +10,12 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshot", default="latest")
     p.add_argument("--chunk-size", type=int, default=50)
     p.add_argument(
+        "--std-multiplier",
+        type=float,
+        default=None,
+        help="drift alerts above the reference chunks' mean + this many sd",
+    )
+    p.add_argument(
         "--min-alert-chunks",
         "--consecutive",
         dest="consecutive",

@@ -160,3 +160,62 @@ def test_job_server_lists_running_retrains() -> None:
     server = JobServer("http://nowhere")
     server._client = Client()
     assert server.running_classes() == {"esp"}
+
+
+def test_schedule_runs_what_is_due_and_survives_a_failure(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from pumpfleet.errors import DataError
+    from ray_jobs.schedule import due_tasks, run_schedule
+
+    assert due_tasks({"retrain": None}, {"retrain": 24, "monitor": 1}, NOW) == [
+        "monitor",
+        "retrain",
+    ]
+    ticks = iter(NOW + timedelta(hours=h) for h in (0, 1, 2, 25))
+    calls: list[str] = []
+
+    def monitor() -> None:
+        calls.append("monitor")
+        raise DataError("no predictions")  # logged; the loop goes on
+
+    ran = run_schedule(
+        settings,
+        {"retrain": 24, "monitor": 2},
+        {"retrain": lambda: calls.append("retrain"), "monitor": monitor},
+        iterations=4,
+        clock=lambda: next(ticks),
+        sleep=lambda s: None,
+    )
+    assert calls == ["monitor", "retrain", "monitor", "monitor", "retrain"]
+    assert [r["ok"] for r in ran] == [False, True, False, False, True]
+    # a restarted scheduler remembers: nothing is due an hour after the last runs
+    again = run_schedule(
+        settings,
+        {"retrain": 24, "monitor": 2},
+        {"retrain": lambda: calls.append("x"), "monitor": lambda: calls.append("x")},
+        iterations=1,
+        clock=lambda: NOW + timedelta(hours=26),
+        sleep=lambda s: None,
+    )
+    assert again == []
+
+
+def test_new_data_starts_a_retrain_once(settings: Settings) -> None:
+    fake_snapshot(settings, ["esp"])  # ingested from 0 rows
+    part = settings.data_dir / "readings" / "pump_class=esp"
+    part.mkdir(parents=True)
+    pd.DataFrame({"x": range(1500)}).to_parquet(part / "part-0.parquet")
+    ts = pd.Timestamp("2026-02-01", tz="UTC")
+    write_log(settings, [{"pump_id": "esp-1", "pump_class": "esp", "timestamp": ts,
+                          "in_flow": 1.0}] * 10)  # fmt: skip
+    server = FakeServer()
+    p = AlertPolicy(new_data_rows=1000)
+    out = run_monitor(settings, policy=p, server=server, now=NOW)
+    assert server.submitted == [["esp"]]
+    assert out["triggers"][0]["reason"] == "new data: 1500 rows since snapshot snap1"
+    run_monitor(settings, policy=p, server=server, now=NOW)  # cooling down
+    assert server.submitted == [["esp"]]
+    quiet = FakeServer()
+    run_monitor(settings, policy=AlertPolicy(new_data_rows=2000), server=quiet, now=NOW)
+    assert quiet.submitted == []
