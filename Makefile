@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/pumpfleet demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout=900
+	$(BIN)/python -m pytest -q --timeout=900 --durations=15
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -341,8 +341,13 @@ def test_split_and_shadow_change_live_and_reach_every_replica(service: dict[str,
     assert set(shadow_rows["shadow_version"]) == {challenger}
     assert set(shadow_rows["model_version"]) == {champion_of(reg, cls)}
     # a change made in the registry alone (as through another replica) is followed
-    reg.set_model_tags(model_name(cls), {SHADOW_TAG: "false", WEIGHT_TAG: "1.0"})
-    wait_until(lambda: client.get("/v1/models").json()["classes"][cls]["shadow"] is False)
+    reg.set_model_tags(model_name(cls), {WEIGHT_TAG: "1.0", SHADOW_TAG: "false"})
+
+    def followed() -> bool:  # a refresh may fall between the two tag writes: wait for both
+        served = client.get("/v1/models").json()["classes"][cls]
+        return served["shadow"] is False and served["challenger_weight"] == 1.0
+
+    wait_until(followed)
     arms = {client.post("/v1/score", json=body(snap, cls, i)).json()["arm"] for i in range(5)}
     assert arms == {"challenger"}
     client.post(
@@ -521,7 +526,9 @@ def test_ab_report_reads_the_logged_predictions_and_feedback(service: dict[str, 
     assert {"champion", "challenger"} <= set(arms)
     assert all(a["pump_class"] == cls for a in arms.values())
     assert arms["champion"]["labelled"] >= 20 and arms["challenger"]["labelled"] >= 20
-    assert all(a["rmse_ci"][0] <= a["rmse"] <= a["rmse_ci"][1] for a in arms.values())
+    for a in arms.values():  # the interval holds the estimate (to rounding: one pump's
+        lo, hi = a["rmse_ci"]  # resamples all equal it)
+        assert lo - 1e-6 <= a["rmse"] <= hi + 1e-6, a
 
 
 def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:

