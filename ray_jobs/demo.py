@@ -177,7 +177,8 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         # Partway through, the drifted class's sensors start reading high: the first
         # requests are as the fleet was, the later ones carry the drift.
         calm = _requests(settings, cfg.requests_per_class, cfg.seed, served, None)
-        later = _requests(settings, cfg.requests_per_class, cfg.seed + 1, served, drifted)
+        # twice as many after: enough chunks for the alert's 2 in a row to show
+        later = _requests(settings, 2 * cfg.requests_per_class, cfg.seed + 1, served, drifted)
         before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
         arms, codes = _send(url, calm + BAD_REQUESTS, api_key)
         n = _wait_for_log(settings, before + sum(arms.values()))
@@ -268,7 +269,7 @@ def summary_text(result: dict[str, Any]) -> str:
         f"logged: {serve['logged']}",
         f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
         f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL} "
-        "in the second half of the requests)",
+        "in the later two thirds of the requests)",
         *loop_lines(result),
         f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
         f"bundle signing public key: {result['export']['public_key_file']}",

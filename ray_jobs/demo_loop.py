@@ -75,17 +75,17 @@ def new_data(
 def post_drift_ab(
     settings: Settings, snapshot: str, cls: str, champion: str, challenger: str
 ) -> dict[str, Any]:
-    """Both versions on the same post-drift windows that neither trained on (holdout pumps,
-    and every pump's windows after the time cutoff), compared as a shadow test is: the
-    difference in RMSE with a 95 % interval from a bootstrap over pumps (pumpfleet.abreport).
-    Every window of the new snapshot is post-drift; neither model trained on these."""
+    """Both versions on the same post-drift windows that neither trained on (validation and
+    holdout pumps, and every pump's windows after the time cutoff), compared as a shadow
+    test is: the difference in RMSE with a 95 % interval from a bootstrap over pumps
+    (pumpfleet.abreport). Every window of the new snapshot is post-drift."""
     snap = open_snapshot(str(settings.features_dir), snapshot)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     preds = {}
     with tempfile.TemporaryDirectory(prefix="pumpfleet-ab-") as tmp:
         for v in (champion, challenger):
             model = registry.load_version(model_name(cls), v, Path(tmp) / v)
-            parts = [snap.load(cls, s, model.spec) for s in ("holdout", "future")]
+            parts = [snap.load(cls, s, model.spec) for s in ("val", "holdout", "future")]
             raw = np.concatenate([p[0] for p in parts])
             cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
             x = window_features(raw, model.spec)

@@ -36,16 +36,28 @@ def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
     assert serve["arms"]["champion"] > 0 and serve["arms"]["challenger"] > 0
     assert serve["logged"] == served
 
-    # The demo shifts ESP motor temperature by 15 % (another served class's, if the gates
-    # kept ESP out): that class, and only it, drifts.
+    # Partway through the requests the demo shifts ESP motor temperature by 15 % (another
+    # served class's, if the gates kept ESP out): that class, and only it, alerts.
     drifted = result["drift_class"]
     assert drifted == "esp" or "esp" not in promoted
     monitor = result["monitor"]
-    assert monitor["drifted_classes"] == [drifted]
+    assert monitor["drifted_classes"] == monitor["alerting_classes"] == [drifted]
     assert monitor["classes"][drifted]["drifted_features"] == ["motor_temp"]
-    assert Path(monitor["report"]).exists()
+    assert monitor["classes"][drifted]["detected_at_chunk"] >= 2  # not before the drift
+    assert Path(monitor["report"]).exists() and Path(monitor["drift_map"]).exists()
+
+    # The closed loop: one retrain of that class, its A/B on post-drift data, the gates.
+    assert [c for c, _ in result["retrains_submitted"]] == [[drifted]]
+    loop = result["closed_loop"]
+    assert loop["pump_class"] == drifted
+    assert loop["challenger"] != loop["champion_before"]
+    assert loop["ab"]["windows"] > 0
+    assert loop["champion_after"] == (
+        loop["challenger"] if loop["promoted"] else loop["champion_before"]
+    )
 
     text = summary_text(result)
     assert "pumpfleet demo: summary" in text
     assert f"drifted classes: {drifted}" in text
     assert f"rows ingested: {ingest['rows_in']}" in text
+    assert "A/B on post-drift data" in text and "promotion: v" in text
