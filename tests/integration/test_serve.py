@@ -541,7 +541,7 @@ def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:
 
     client, url = service["client"], service["url"]
     schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json())
-    sent: list[tuple[str, int]] = []
+    sent: list[tuple[str, int, str]] = []
     session = requests.Session()
     for result in schema.get_all_operations():
         op = result.ok()
@@ -559,14 +559,20 @@ def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:
                 admin = case.operation.path.startswith("/v1/admin")
                 headers = {"x-api-key": API_KEY, **(ADMIN if admin else {})}
                 r = case.call(base_url=url, session=session, headers=headers)
-                sent.append((case.operation.label, r.status_code))
+                sent.append((case.operation.label, r.status_code, r.text[:200]))
 
             try:
                 call()
             except Exception as e:  # an operation with no invalid input to generate
                 if type(e).__name__ != "Unsatisfiable":
                     raise
-    five = [x for x in sent if x[1] >= 500]
+    # A valid retrain request on a service with no Ray job server is an honest 503 that
+    # names the setting (negative generation sometimes yields a valid body); nothing else.
+    unconfigured = ("POST /v1/admin/retrain", 503)
+    five = [
+        x for x in sent
+        if x[1] >= 500 and not (x[:2] == unconfigured and "PUMPFLEET_JOBS_ADDRESS" in x[2])
+    ]  # fmt: skip
     assert len(sent) >= 1000 and five == [], (len(sent), five[:10])
     assert client.get("/readyz").status_code == 200
     cls = service["served"][0]
