@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve import Application
 from ray.util import metrics
 
-from pumpfleet import onnx_io
+from pumpfleet import explain, onnx_io
 from pumpfleet.edge_ingest import EdgeUpload, handle_upload
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import (
@@ -104,6 +104,9 @@ class ScoreRequest(BaseModel):
     readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = (
         Field(description="raw readings per channel over the window, oldest first; null = missing")
     )
+    explain: bool = Field(
+        default=False, description="also return per-channel and per-time-block attributions"
+    )
 
 
 class ScoreResponse(BaseModel):
@@ -114,6 +117,7 @@ class ScoreResponse(BaseModel):
     rul_hours: float
     failure_probability: float
     alert: bool
+    explanation: dict[str, Any] | None = None
 
 
 class BatchRequest(BaseModel):
@@ -316,10 +320,11 @@ def _arrow_results(results: list[dict[str, Any] | None], errors: list[dict[str, 
     import pyarrow as pa
 
     why = {e["index"]: f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors}
-    cols: dict[str, list[Any]] = {k: [] for k in ScoreResponse.model_fields}
+    fields = [k for k in ScoreResponse.model_fields if k != "explanation"]  # single only
+    cols: dict[str, list[Any]] = {k: [] for k in fields}
     cols["error"] = []
     for i, r in enumerate(results):
-        for k in ScoreResponse.model_fields:
+        for k in fields:
             cols[k].append(None if r is None else r[k])
         cols["error"].append(why.get(i))
     table = pa.table(cols)
@@ -587,6 +592,9 @@ class PumpScorer:
             raise _unprocessable(field_, msg) from None
         rul, prob = self._score_many(model, raw[None])
         (out,) = self._respond([req], served, arm, model, raw[None], rul, prob, started)
+        if req.explain:  # occlusion with the served model: what the edge would say too
+            score = explain.onnx_scorer(model.session, model.spec)
+            out["explanation"] = explain.occlusion(score, raw, model.spec).as_dict()
         return ScoreResponse.model_construct(**out)
 
     @app.post(

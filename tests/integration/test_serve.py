@@ -629,3 +629,18 @@ def test_prometheus_metrics_per_class_and_arm(service: dict[str, Any]) -> None:
         time.sleep(2)
     assert all(found.values()), {k: len(v) for k, v in found.items()}
     assert all(API_KEY not in x for x in text.splitlines())  # no key in what is exported
+
+
+def test_a_score_can_explain_itself(service: dict[str, Any]) -> None:
+    snap, client, cls = service["snapshot"], service["client"], service["served"][0]
+    plain = client.post("/v1/score", json=body(snap, cls)).json()
+    assert plain["explanation"] is None
+    r = client.post("/v1/score", json={**body(snap, cls), "explain": True})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    why = out["explanation"]
+    channels = snap.spec(cls).channels
+    assert set(why["risk_by_channel"]) == set(channels) == set(why["rul_hours_by_channel"])
+    assert math.isclose(why["failure_probability"], out["failure_probability"], abs_tol=1e-6)
+    assert set(why["top"]) <= set(channels)
+    assert all(len(v) * why["time_block_steps"] >= 1 for v in why["risk_by_time"].values())
