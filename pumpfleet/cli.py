@@ -6,6 +6,7 @@ Bad input gets one line on stderr that says what was wrong and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -68,6 +69,14 @@ def _existing(path: str, what: str) -> str:
 PARTIAL = 3  # the job finished but set some input aside (e.g. unreadable files)
 
 
+def _entry(module: str, *names: str) -> list[Any]:
+    """Names from a Ray entry point (``ray_jobs``, ``serve_apps``), imported when a command
+    runs: this module is the pure core's CLI, and Ray loads only for the commands that
+    use it."""
+    loaded = importlib.import_module(module)
+    return [getattr(loaded, n) for n in names]
+
+
 def _print(result: Any) -> int:
     """Print a job's JSON summary; its exit code (PARTIAL if it says so)."""
     print(json.dumps(result, indent=2, default=str))
@@ -119,8 +128,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet.windows import WindowConfig
-    from ray_jobs._ray import init_ray
-    from ray_jobs.ingest import ingest_and_log
+
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    ingest_and_log = _entry("ray_jobs.ingest", "ingest_and_log")[0]
 
     source = _existing(args.source or str(settings.data_dir), "--source")
     cfg = WindowConfig(
@@ -138,8 +148,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs._ray import init_ray
-    from ray_jobs.train import reproduce, resume_train, run_train, space_from_args
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    reproduce, resume_train, run_train, space_from_args = _entry(
+        "ray_jobs.train", "reproduce", "resume_train", "run_train", "space_from_args"
+    )
 
     space = space_from_args(args)  # a bad search space fails before Ray starts
     init_ray(settings)
@@ -152,7 +164,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.evaluate import run_evaluate
+    run_evaluate = _entry("ray_jobs.evaluate", "run_evaluate")[0]
 
     _print(run_evaluate(settings, args.snapshot))
 
@@ -165,7 +177,7 @@ def _version(text: str) -> str:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.evaluate import promote_version
+    promote_version = _entry("ray_jobs.evaluate", "promote_version")[0]
 
     if args.force and not (args.reason or "").strip():
         raise InputError("--force needs --reason: say why the gates are overridden")
@@ -216,7 +228,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace, settings: Settings) -> None:
-    from serve_apps.deploy import Suite, deploy
+    Suite, deploy = _entry("serve_apps.deploy", "Suite", "deploy")
 
     suite = Suite(p99_budget_ms=args.p99_budget_ms)
     _print(deploy(settings, args.url, args.pump_class, args.version, args.stage, suite=suite))
@@ -252,8 +264,8 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs._ray import init_ray
-    from serve_apps import run as serve_run
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    serve_run = importlib.import_module("serve_apps.run")
 
     if not 0.0 <= args.challenger_weight <= 1.0:
         raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
@@ -271,8 +283,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs._ray import init_ray
-    from ray_jobs.monitor import monitor_from_args
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    monitor_from_args = _entry("ray_jobs.monitor", "monitor_from_args")[0]
 
     init_ray(settings)
     result = monitor_from_args(settings, args)
@@ -293,14 +305,14 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
     if args.jobs_address:
-        from ray_jobs.retrain import submit_retrain
+        submit_retrain = _entry("ray_jobs.retrain", "submit_retrain")[0]
 
         job = submit_retrain(args.jobs_address, args.classes, args.reason, args.epochs)
         _print({"submitted": job, "classes": args.classes, "reason": args.reason})
         return
-    from ray_jobs._ray import init_ray
-    from ray_jobs.retrain import run_retrain
-    from ray_jobs.train import space_from_args
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    run_retrain = _entry("ray_jobs.retrain", "run_retrain")[0]
+    space_from_args = _entry("ray_jobs.train", "space_from_args")[0]
 
     init_ray(settings)
     _print(
@@ -311,23 +323,23 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.schedule import run_schedule
+    run_schedule = _entry("ray_jobs.schedule", "run_schedule")[0]
 
     def retrain() -> None:
         if args.jobs_address:
-            from ray_jobs.retrain import submit_retrain
+            submit_retrain = _entry("ray_jobs.retrain", "submit_retrain")[0]
 
             print(f"submitted {submit_retrain(args.jobs_address, None, 'scheduled')}", flush=True)
             return
-        from ray_jobs._ray import init_ray
-        from ray_jobs.retrain import run_retrain
+        init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+        run_retrain = _entry("ray_jobs.retrain", "run_retrain")[0]
 
         init_ray(settings)
         _print(run_retrain(settings, reason="scheduled", promote=args.promote))
 
     def monitor() -> None:
-        from ray_jobs._ray import init_ray
-        from ray_jobs.monitor import run_monitor
+        init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+        run_monitor = _entry("ray_jobs.monitor", "run_monitor")[0]
 
         init_ray(settings)
         r = run_monitor(settings, address=args.jobs_address)
@@ -345,7 +357,9 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.demo import DemoConfig, run_demo, shutdown, summary_text
+    DemoConfig, run_demo, shutdown, summary_text = _entry(
+        "ray_jobs.demo", "DemoConfig", "run_demo", "shutdown", "summary_text"
+    )
 
     cfg = DemoConfig(pumps=args.pumps, days=args.days, seed=args.seed, port=args.port)
     try:
@@ -478,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("monitor", help="drift, estimated and realised performance; triggers")
-    from ray_jobs.monitor_args import add_monitor_args
+    add_monitor_args = _entry("ray_jobs.monitor_args", "add_monitor_args")[0]
 
     add_monitor_args(s)
     s.set_defaults(func=cmd_monitor)
