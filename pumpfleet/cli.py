@@ -153,6 +153,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         "ray_jobs.train", "reproduce", "resume_train", "run_train", "space_from_args"
     )
 
+    if args.kind == "anomaly":
+        _train_anomaly(args, settings)
+        return
+    if args.promote:
+        raise InputError("--promote is for --kind anomaly; RUL models go through `evaluate`")
     space = space_from_args(args)  # a bad search space fails before Ray starts
     init_ray(settings)
     if args.resume:
@@ -163,10 +168,37 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
         _print(run_train(settings, args.snapshot, space, args.classes))
 
 
+def _train_anomaly(args: argparse.Namespace, settings: Settings) -> None:
+    init_ray = _entry("ray_jobs._ray", "init_ray")[0]
+    space_cls, run = _entry("ray_jobs.train_anomaly", "AnomalySearchSpace", "run_train_anomaly")
+    for flag, given in (("--config", args.config), ("--resume", args.resume)):
+        if given:
+            raise InputError(f"{flag} is for --kind rul; anomaly models take --target-far")
+    if args.reproduce:
+        raise InputError("--reproduce is for --kind rul; anomaly models take --target-far")
+    overrides = {
+        k: v
+        for k, v in (("epochs", args.epochs), ("seed", args.seed), ("target_far", args.target_far))
+        if v is not None
+    }
+    space = space_cls(**overrides)  # a bad value fails before Ray starts
+    init_ray(settings)
+    _print(run(settings, args.snapshot, space, args.classes, args.promote))
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
     run_evaluate = _entry("ray_jobs.evaluate", "run_evaluate")[0]
 
     _print(run_evaluate(settings, args.snapshot))
+
+
+def _kind_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kind",
+        choices=["rul", "anomaly"],
+        default="rul",
+        help="which model of the class: RUL (default) or the health (anomaly) model",
+    )
 
 
 def _version(text: str) -> str:
@@ -177,10 +209,13 @@ def _version(text: str) -> str:
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
-    promote_version = _entry("ray_jobs.evaluate", "promote_version")[0]
-
     if args.force and not (args.reason or "").strip():
         raise InputError("--force needs --reason: say why the gates are overridden")
+    if args.kind == "anomaly":
+        _promote_anomaly(args, settings)
+        return
+    promote_version = _entry("ray_jobs.evaluate", "promote_version")[0]
+
     r = promote_version(
         settings,
         args.pump_class,
@@ -202,6 +237,32 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
     print(f"{args.pump_class}: v{args.version} is champion, was {before}{forced}")
 
 
+def _promote_anomaly(args: argparse.Namespace, settings: Settings) -> None:
+    """An anomaly model version was gated when it was registered (only a model that
+    passed is registered); a version once rolled back needs --force."""
+    from pumpfleet import lifecycle
+    from pumpfleet.registry import Registry, anomaly_model_name
+
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    name = lifecycle.check_class(registry, args.pump_class, "anomaly")
+    tags = registry.version_tags(name, args.version)
+    back = lifecycle.rolled_back(tags)
+    if back and not args.force:
+        raise InputError(f"{name} v{args.version} was {back}; --force --reason TEXT overrides")
+    record = lifecycle.promote(
+        registry,
+        args.pump_class,
+        args.version,
+        who=lifecycle.current_user(),
+        why=args.reason or f"manual promotion (gate at registration: {tags.get('gate', '?')})",
+        now=lifecycle.utc_now(),
+        forced=args.force,
+        kind="anomaly",
+    )
+    was = f"v{record.previous}" if record.previous else "none"
+    print(f"{anomaly_model_name(args.pump_class)}: v{args.version} is champion, was {was}")
+
+
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet import lifecycle
     from pumpfleet.registry import Registry
@@ -212,6 +273,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
         who=lifecycle.current_user(),
         why=args.reason or "manual rollback (no reason given)",
         now=lifecycle.utc_now(),
+        kind=args.kind,
     )
     was = f"v{record.previous}" if record.previous else "none"
     print(f"{args.pump_class}: champion rolled back to v{record.version}, was {was}")
@@ -219,12 +281,13 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet import lifecycle
-    from pumpfleet.registry import Registry, model_name
+    from pumpfleet.registry import Registry, kind_model_name
 
     registry = Registry(settings.tracking_uri, settings.artifact_root)
-    records = lifecycle.history(registry, args.pump_class)
-    print(model_name(args.pump_class))
-    print(lifecycle.format_history(records, registry.aliases(model_name(args.pump_class))))
+    records = lifecycle.history(registry, args.pump_class, args.kind)
+    name = kind_model_name(args.pump_class, args.kind)
+    print(name)
+    print(lifecycle.format_history(records, registry.aliases(name)))
 
 
 def cmd_deploy(args: argparse.Namespace, settings: Settings) -> None:
@@ -434,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive("--epochs"), default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--classes", nargs="+", default=None, help="only these pump classes")
+    _kind_arg(s)
+    s.add_argument("--target-far", type=float, default=None, help="anomaly: false-alarm target")
+    s.add_argument("--promote", action="store_true", help="anomaly: champion if no worse")
     how = s.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="finish the last experiment")
     how.add_argument("--reproduce", metavar="RUN_ID", help="retrain a recorded trial, compare")
@@ -449,15 +515,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="skip the gates (needs --reason)")
     s.add_argument("--reason", help="why; recorded in the audit trail")
     s.add_argument("--snapshot", default="latest", help="feature snapshot the gates score on")
+    _kind_arg(s)
     s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("rollback", help="return the champion to the previous champion")
     s.add_argument("--class", dest="pump_class", required=True, help="pump class")
     s.add_argument("--reason", help="why; recorded in the audit trail")
+    _kind_arg(s)
     s.set_defaults(func=cmd_rollback)
 
     s = sub.add_parser("history", help="promotions, rollbacks and rejections: who, when, why")
     s.add_argument("--class", dest="pump_class", required=True, help="pump class")
+    _kind_arg(s)
     s.set_defaults(func=cmd_history)
 
     s = sub.add_parser("deploy", help="stage a model version: staging suite, then production")

@@ -1,6 +1,6 @@
-"""Who serves: promotion and rollback move the ``champion`` alias of ``pumpfleet-<class>``,
-and every move (and every rejection by the gates) leaves an audit record of who, when
-and why.
+"""Who serves: promotion and rollback move the ``champion`` alias of ``pumpfleet-<class>``
+(the RUL model) or ``pumpfleet-<class>-anomaly`` (the health model), and every move
+(and every rejection by the gates) leaves an audit record of who, when and why.
 
 Aliases: ``champion`` (served and exported), ``previous-champion`` (where a rollback
 returns to), ``challenger`` (the latest trained). An audit record is a version tag
@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from pumpfleet.errors import RegistryError
-from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.registry import CHAMPION, ModelKind, Registry, kind_model_name
 from pumpfleet.tables import format_table
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class AuditRecord(BaseModel):
     when: datetime
     why: str
     source: str  # what made the move: "evaluate" or "cli"
+    kind: ModelKind = "rul"  # which of the class's models moved
 
 
 def current_user() -> str:
@@ -67,13 +68,16 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def check_class(registry: Registry, pump_class: str) -> str:
-    """The registered model name of ``pump_class``; RegistryError if there is none."""
-    classes = registry.classes()
+def check_class(registry: Registry, pump_class: str, kind: ModelKind = "rul") -> str:
+    """The registered name of ``pump_class``'s ``kind`` model; RegistryError if there is
+    none."""
+    classes = registry.classes() if kind == "rul" else registry.anomaly_classes()
     if pump_class not in classes:
-        known = ", ".join(classes) or "none yet; run `pumpfleet train`"
-        raise RegistryError(f"unknown class {pump_class!r} (registered: {known})")
-    return model_name(pump_class)
+        train = "pumpfleet train" + (" --kind anomaly" if kind == "anomaly" else "")
+        known = ", ".join(classes) or f"none yet; run `{train}`"
+        what = "class" if kind == "rul" else "class for anomaly models"
+        raise RegistryError(f"unknown {what} {pump_class!r} (registered: {known})")
+    return kind_model_name(pump_class, kind)
 
 
 def _move(registry: Registry, name: str, alias_ops: list[tuple[str, str | None]]) -> None:
@@ -113,7 +117,8 @@ def _move(registry: Registry, name: str, alias_ops: list[tuple[str, str | None]]
 
 def write_record(registry: Registry, record: AuditRecord) -> None:
     """Write ``record`` as a tag on its version and as a run in the audit experiment."""
-    name = model_name(record.pump_class)
+    name = kind_model_name(record.pump_class, record.kind)
+    suffix = "" if record.kind == "rul" else f" {record.kind}"
     stamp = record.when.astimezone(UTC).strftime("%Y-%m-%dT%H-%M-%S.%fZ")
     if len(record.why) > MAX_WHY:
         record = record.model_copy(update={"why": record.why[: MAX_WHY - 1] + "…"})
@@ -122,7 +127,7 @@ def write_record(registry: Registry, record: AuditRecord) -> None:
     )
     run_id = registry.start_run(
         AUDIT_EXPERIMENT,
-        f"{record.action} {record.pump_class} v{record.version}",
+        f"{record.action} {record.pump_class}{suffix} v{record.version}",
         tags={
             "mlflow.user": record.who,
             "pump_class": record.pump_class,
@@ -131,6 +136,7 @@ def write_record(registry: Registry, record: AuditRecord) -> None:
             "previous": record.previous or "",
             "why": record.why,
             "source": record.source,
+            "kind": record.kind,
             "when": record.when.isoformat(),
         },
     )
@@ -155,10 +161,11 @@ def promote(
     now: datetime,
     forced: bool = False,
     source: str = "cli",
+    kind: ModelKind = "rul",
 ) -> AuditRecord:
     """Make ``version`` the champion and the old champion ``previous-champion``; record
     it. The gates are the caller's business (see :mod:`pumpfleet.promotion`)."""
-    name = check_class(registry, pump_class)
+    name = check_class(registry, pump_class, kind)
     registry.version_tags(name, version)  # an unknown version is refused here
     old = registry.version_by_alias(name, CHAMPION)
     if old == version:
@@ -176,13 +183,20 @@ def promote(
         when=now,
         why=why,
         source=source,
+        kind=kind,
     )
     write_record(registry, record)
     return record
 
 
 def rollback(
-    registry: Registry, pump_class: str, *, who: str, why: str, now: datetime
+    registry: Registry,
+    pump_class: str,
+    *,
+    who: str,
+    why: str,
+    now: datetime,
+    kind: ModelKind = "rul",
 ) -> AuditRecord:
     """Return the champion alias to ``previous-champion``; record it.
 
@@ -191,7 +205,7 @@ def rollback(
     ``promote --version`` goes anywhere else in the history. The version rolled back is
     tagged so that ``evaluate`` never promotes it again by itself.
     """
-    name = check_class(registry, pump_class)
+    name = check_class(registry, pump_class, kind)
     prev = registry.version_by_alias(name, PREVIOUS_CHAMPION)
     if prev is None:
         raise RegistryError(f"{pump_class}: no previous champion to roll back to")
@@ -208,6 +222,7 @@ def rollback(
         when=now,
         why=why,
         source="cli",
+        kind=kind,
     )
     if cur is not None:
         mark = {"when": now.isoformat(), "who": who, "why": why[:MAX_WHY]}
@@ -217,18 +232,26 @@ def rollback(
 
 
 def record_rejection(
-    registry: Registry, pump_class: str, version: str, *, who: str, why: str, now: datetime
+    registry: Registry,
+    pump_class: str,
+    version: str,
+    *,
+    who: str,
+    why: str,
+    now: datetime,
+    kind: ModelKind = "rul",
 ) -> AuditRecord:
     """Record that the gates kept ``version`` out (the champion does not move)."""
     record = AuditRecord(
         action="reject",
         pump_class=pump_class,
         version=version,
-        previous=registry.version_by_alias(model_name(pump_class), CHAMPION),
+        previous=registry.version_by_alias(kind_model_name(pump_class, kind), CHAMPION),
         who=who,
         when=now,
         why=why,
         source="evaluate",
+        kind=kind,
     )
     write_record(registry, record)
     return record
@@ -246,9 +269,9 @@ def rolled_back(tags: dict[str, str]) -> str | None:
         return "rolled back"
 
 
-def history(registry: Registry, pump_class: str) -> list[AuditRecord]:
-    """Every audit record of a class, oldest first."""
-    name = check_class(registry, pump_class)
+def history(registry: Registry, pump_class: str, kind: ModelKind = "rul") -> list[AuditRecord]:
+    """Every audit record of a class's ``kind`` model, oldest first."""
+    name = check_class(registry, pump_class, kind)
     records = []
     for version, tags in registry.versions(name).items():
         for key, value in tags.items():

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pumpfleet.errors import RegistryError
 from pumpfleet.features import FeatureSpec
@@ -43,6 +43,15 @@ def model_name(pump_class: str) -> str:
 def anomaly_model_name(pump_class: str) -> str:
     """The registered name of a class's anomaly (health) model."""
     return f"pumpfleet-{pump_class}{ANOMALY_SUFFIX}"
+
+
+ModelKind = Literal["rul", "anomaly"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("rul", "anomaly")
+
+
+def kind_model_name(pump_class: str, kind: ModelKind = "rul") -> str:
+    """The registered name of a class's model of ``kind``."""
+    return anomaly_model_name(pump_class) if kind == "anomaly" else model_name(pump_class)
 
 
 @dataclass(frozen=True)

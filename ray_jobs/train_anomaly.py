@@ -2,7 +2,7 @@
 normal operation, every trial tracked in MLflow, each class's best calibrated, gated on
 labelled faults and registered as ``pumpfleet-<class>-anomaly`` with alias ``challenger``.
 
-    python -m ray_jobs.train_anomaly [--snapshot ID] [--classes esp rod] [--epochs N]
+    python -m ray_jobs.train_anomaly [--snapshot ID] [--classes esp rod] [--epochs N] [--promote]
 
 Normal operation: windows whose RUL label is at the cap, i.e. no failure within
 ``rul_cap_hours`` after the window (pumps that never fail are normal throughout). The
@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
 
+from pumpfleet import lifecycle
 from pumpfleet.anomaly import (
     AnomalyConfig,
     build_autoencoder,
@@ -37,11 +38,19 @@ from pumpfleet.anomaly import (
 )
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.features import window_features
-from pumpfleet.health import HEALTH_FILE, AnomalyGate, calibrate, detection_report, gate_anomaly
+from pumpfleet.health import (
+    HEALTH_FILE,
+    AnomalyGate,
+    HealthSpec,
+    calibrate,
+    detection_report,
+    gate_anomaly,
+)
+from pumpfleet.lifecycle import current_user, utc_now
 from pumpfleet.lineage import code_tags
 from pumpfleet.models import MAX_BYTES
-from pumpfleet.onnx_io import check_parity, to_onnx
-from pumpfleet.registry import CHALLENGER, Registry, anomaly_model_name
+from pumpfleet.onnx_io import check_parity, run, session, to_onnx
+from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, anomaly_model_name
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from ray_jobs._ray import cluster_cpus, init_ray
@@ -98,6 +107,8 @@ def class_data(snap: Snapshot, cls: str) -> dict[str, np.ndarray]:
             fault = cols["failure_within_horizon"].astype(bool)
             labelled = normal | fault
             out["val_labelled"], out["val_fault"] = x[labelled], fault[labelled]
+            # Raw too: a champion standardised on another snapshot scores these its way.
+            out["val_labelled_raw"] = np.asarray(raw)[labelled]
     return out
 
 
@@ -157,8 +168,10 @@ def run_train_anomaly(
     snapshot: str = "latest",
     space: AnomalySearchSpace | None = None,
     classes: list[str] | None = None,
+    promote: bool = False,
 ) -> dict[str, Any]:
-    """Tune a conv-AE per class; calibrate, gate and register each class's best."""
+    """Tune a conv-AE per class; calibrate, gate and register each class's best; with
+    ``promote``, make it champion where :func:`promote_anomaly` says it is no worse."""
     started = time.monotonic()
     space = space or AnomalySearchSpace()
     snap = open_snapshot(str(settings.features_dir), snapshot)
@@ -202,6 +215,8 @@ def run_train_anomaly(
             continue
         best = min(ok, key=_best_val_loss)
         out[cls] = _register(registry, snap, cls, best, data[cls], tracking, tags, space)
+        if promote and out[cls]["registered"]:
+            out[cls] |= promote_anomaly(registry, cls, out[cls]["version"], data[cls])
     registry.end_run(parent)
     return {
         "snapshot_id": snap.id,
@@ -303,6 +318,83 @@ def _register(
     return {**summary, "registered": True, "version": version}
 
 
+Detection = dict[str, float | None]
+
+
+def champion_detection(
+    registry: Registry, cls: str, d: dict[str, np.ndarray]
+) -> tuple[str, Detection | None] | None:
+    """The anomaly champion (version) and its flags' detection figures on ``d``'s
+    labelled windows, each model with its own features and threshold; None without a
+    champion, figures None where the champion cannot read these windows."""
+    name = anomaly_model_name(cls)
+    version = registry.version_by_alias(name, CHAMPION)
+    if version is None:
+        return None
+    old = registry.load_version(name, version)
+    raw = d["val_labelled_raw"]
+    if raw.ndim != 3 or raw.shape[1:] != (old.spec.window, len(old.spec.inputs)):
+        return version, None
+    health = HealthSpec.model_validate(old.model_config["health"])
+    errors = run(session(old.onnx), window_features(raw, old.spec))
+    return version, detection_report(health.flag(errors), d["val_fault"])
+
+
+def anomaly_verdict(
+    new: Detection | None, champion: tuple[str, Detection | None] | None
+) -> tuple[bool, str]:
+    """Whether a gated anomaly model replaces the champion (version, detection figures
+    on the same windows; None: no champion), and why. No worse: F1 no lower and the
+    false-alarm rate no more than one point higher."""
+    if champion is None:
+        return True, "first anomaly model of the class (it passed its gate)"
+    version, old = champion
+    if old is None:
+        return True, f"champion v{version} cannot read this snapshot's windows"
+    if new is None or not new.get("positives"):
+        return False, f"no labelled faults to compare with champion v{version}"
+    f1, far = new["f1"] or 0.0, new["far"] or 0.0
+    old_f1, old_far = old["f1"] or 0.0, old["far"] or 0.0
+    why = (
+        f"F1 {f1:.3f} vs champion v{version} {old_f1:.3f}, "
+        f"false alarms {far:.1f}% vs {old_far:.1f}%"
+    )
+    return f1 >= old_f1 and far <= old_far + 1.0, why
+
+
+def promote_anomaly(
+    registry: Registry, cls: str, version: str, d: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """Make a registered (gated) anomaly model champion if the class has none, or if on
+    the same labelled validation windows its F1 is no lower than the champion's and its
+    false-alarm rate no more than one point higher; otherwise record the rejection."""
+    who, now = current_user(), utc_now()
+    found = champion_detection(registry, cls, d)
+    new = (
+        detection_report(_flags(registry, cls, version, d), d["val_fault"])
+        if d["val_fault"].any()
+        else None
+    )
+    promoted, why = anomaly_verdict(new, found)
+    if promoted:
+        lifecycle.promote(
+            registry, cls, version, who=who, why=why, now=now, source="train", kind="anomaly"
+        )
+    else:
+        lifecycle.record_rejection(
+            registry, cls, version, who=who, why=why, now=now, kind="anomaly"
+        )
+    log.info("%s anomaly v%s %s: %s", cls, version, "promoted" if promoted else "kept out", why)
+    return {"promoted": promoted, "promotion": why}
+
+
+def _flags(registry: Registry, cls: str, version: str, d: dict[str, np.ndarray]) -> np.ndarray:
+    """A registered version's flags on ``d``'s labelled windows (from its ONNX, as served)."""
+    m = registry.load_version(anomaly_model_name(cls), version)
+    health = HealthSpec.model_validate(m.model_config["health"])
+    return health.flag(run(session(m.onnx), window_features(d["val_labelled_raw"], m.spec)))
+
+
 def _pca_baseline(
     d: dict[str, np.ndarray], space: AnomalySearchSpace
 ) -> dict[str, float | None] | None:
@@ -320,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", default=None, help="only these classes")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--target-far", type=float, default=None)
+    parser.add_argument(
+        "--promote", action="store_true", help="make each class's model champion if no worse"
+    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
@@ -329,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         space = AnomalySearchSpace(**overrides)
         settings = get_settings()
         init_ray(settings)
-        return run_train_anomaly(settings, args.snapshot, space, args.classes)
+        return run_train_anomaly(settings, args.snapshot, space, args.classes, args.promote)
 
     return run_main(job)
 

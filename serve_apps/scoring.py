@@ -6,6 +6,10 @@ than these models do (STACK.md, "Serving on 2 cores").
 
     serve run serve_apps.scoring:build_app tracking_uri=sqlite:///... predictions_dir=...
 
+A class with a health (anomaly) model at ``pumpfleet-<class>-anomaly@champion`` also gets,
+for every window, its health score (0 typical, 1 at the alarm threshold) and anomaly flag,
+from :class:`pumpfleet.health.HealthSpec` as the edge computes them.
+
 Scoring needs an API key (``X-API-Key``), the admin routes a bearer token; only the keys'
 digests are in the config (``serve_apps/security.py``).
 """
@@ -38,8 +42,16 @@ from pumpfleet.features import (
     window_features,
     window_summary,
 )
+from pumpfleet.health import HealthSpec
 from pumpfleet.predlog import PredictionLog
-from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING, Registry, model_name
+from pumpfleet.registry import (
+    CHALLENGER,
+    CHAMPION,
+    STAGING,
+    Registry,
+    anomaly_model_name,
+    model_name,
+)
 from pumpfleet.routing import Arm, assign_arm
 from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
@@ -117,6 +129,11 @@ class ScoreResponse(BaseModel):
     rul_hours: float
     failure_probability: float
     alert: bool
+    health_score: float | None = Field(
+        default=None, description="0 typical, 1 at the alarm threshold; null: no health model"
+    )
+    anomaly: bool | None = Field(default=None, description="health score above 1")
+    anomaly_version: str | None = None
     explanation: dict[str, Any] | None = None
 
 
@@ -170,6 +187,24 @@ class _Model:
         self.session = onnx_io.session(onnx)
 
 
+class _Health:
+    """A class's health (anomaly) model: its ONNX gives each window's error."""
+
+    def __init__(self, version: str, onnx: bytes, spec: FeatureSpec, health: HealthSpec) -> None:
+        self.version = version
+        self.spec = spec
+        self.health = health
+        self.session = onnx_io.session(onnx)
+
+    def scores(self, raw: np.ndarray, inputs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Health scores and flags of windows ``[N, W, len(inputs)]`` whose columns are
+        ``inputs``; None where this model reads other inputs or another window."""
+        if list(inputs) != list(self.spec.inputs) or raw.shape[1] != self.spec.window:
+            return None
+        errors = onnx_io.run(self.session, window_features(raw, self.spec))
+        return self.health.score(errors), self.health.flag(errors)
+
+
 @dataclass
 class _Class:
     """One class's models and its A/B settings."""
@@ -178,6 +213,20 @@ class _Class:
     weight: float
     shadow: bool = False
     versions: dict[str, str] = field(default_factory=dict)
+    health: _Health | None = None
+
+
+def _health_columns(
+    health: _Health | None, scored: tuple[np.ndarray, np.ndarray] | None, k: int
+) -> dict[str, list[Any]]:
+    """The health score, flag and model version of ``k`` windows (None: not scored)."""
+    if health is None or scored is None:
+        return {"health_score": [None] * k, "anomaly": [None] * k, "anomaly_version": [None] * k}
+    return {
+        "health_score": [float(x) for x in scored[0]],
+        "anomaly": [bool(x) for x in scored[1]],
+        "anomaly_version": [health.version] * k,
+    }
 
 
 app = FastAPI(title="pumpfleet scoring", version="1")
@@ -368,6 +417,7 @@ class PumpScorer:
         started with; a model that cannot be loaded leaves the old one serving."""
         with self._state_lock:
             loaded: dict[str, _Class] = {}
+            with_health = set(self._registry.anomaly_classes())
             for cls in self._registry.classes():
                 aliases, tags = self._registry.model_state(model_name(cls))
                 old = self.classes.get(cls)
@@ -388,11 +438,29 @@ class PumpScorer:
                             arms[arm] = old.arms[arm]
                 if Arm.CHAMPION not in arms:
                     continue
-                loaded[cls] = _Class(arms=arms, **self._split_of(tags, old))
+                health = self._load_health(cls, old) if cls in with_health else None
+                loaded[cls] = _Class(arms=arms, health=health, **self._split_of(tags, old))
                 for arm, model in arms.items():
                     _VERSION.set(float(model.version), tags={"pump_class": cls, "arm": str(arm)})
             self.classes = loaded
             return self._versions()
+
+    def _load_health(self, cls: str, old: _Class | None) -> _Health | None:
+        """The class's health model at ``champion`` (the loaded one if unchanged; the old
+        one if the new one cannot be loaded)."""
+        name = anomaly_model_name(cls)
+        before = old.health if old is not None else None
+        version = self._registry.version_by_alias(name, CHAMPION)
+        if version is None:
+            return None
+        if before is not None and before.version == version:
+            return before
+        try:
+            m = self._registry.load_version(name, version)
+            return _Health(m.version, m.onnx, m.spec, HealthSpec(**m.model_config["health"]))
+        except (RegistryError, OSError, ValueError, KeyError) as e:
+            log.error("%s v%s could not be loaded: %s", name, version, e)
+            return before
 
     def _split_of(self, tags: dict[str, str], old: _Class | None) -> dict[str, Any]:
         weight = self.config.challenger_weight if old is None else old.weight
@@ -462,6 +530,7 @@ class PumpScorer:
                     **{str(a): m.version for a, m in c.arms.items()},
                     "challenger_weight": c.weight,
                     "shadow": c.shadow,
+                    "anomaly": c.health.version if c.health else None,
                 }
                 for cls, c in self.classes.items()
             },
@@ -511,9 +580,12 @@ class PumpScorer:
         threshold = model.spec.alert_threshold
         now = np.datetime64(time.time_ns(), "ns")
         summary = {f"in_{c}": v for c, v in window_summary(raw, model.spec).items()}
+        h = served.health
+        health = _health_columns(h, h.scores(raw, model.spec.inputs) if h else None, len(reqs))
         responses, rows = [], []
         for j, req in enumerate(reqs):
             r, p = float(rul[j]), float(prob[j])
+            own = {k: v[j] for k, v in health.items()}
             responses.append(
                 {
                     "pump_id": req.pump_id,
@@ -523,6 +595,7 @@ class PumpScorer:
                     "rul_hours": r,
                     "failure_probability": p,
                     "alert": p >= threshold,
+                    **own,
                 }
             )
             rows.append(
@@ -539,6 +612,7 @@ class PumpScorer:
                     "shadow_version": None,
                     "shadow_rul_hours": None,
                     "shadow_failure_probability": None,
+                    **own,
                     **{k: float(v[j]) for k, v in summary.items()},
                 }
             )
@@ -733,6 +807,9 @@ class PumpScorer:
         rul = np.full(n, np.nan)
         prob = np.full(n, np.nan)
         alert = np.full(n, None, dtype=object)
+        health_score = np.full(n, np.nan)
+        anomaly = np.full(n, None, dtype=object)
+        anomaly_version = np.full(n, None, dtype=object)
         by_class: dict[str, list[int]] = {}
         for i in range(n):
             if error[i] is None:
@@ -763,7 +840,16 @@ class PumpScorer:
                 r, p = self._score_many(model, windows)
                 arm_of[idx], version[idx], rul[idx], prob[idx] = str(arm), model.version, r, p
                 alert[idx] = list(p >= model.spec.alert_threshold)
-                self._log_table(cls, arm, model, [str(ids[i]) for i in idx], windows, r, p, started)
+                h = served.health
+                health = _health_columns(
+                    h, h.scores(windows, model.spec.inputs) if h else None, len(idx)
+                )
+                if health["anomaly_version"][0] is not None:
+                    health_score[idx] = health["health_score"]
+                    anomaly[idx] = health["anomaly"]
+                    anomaly_version[idx] = health["anomaly_version"]
+                ids_ = [str(ids[i]) for i in idx]
+                self._log_table(cls, arm, model, ids_, windows, r, p, health, started)
         scored = np.array([e is None for e in error])
         if not scored.any():
             errs = [
@@ -785,6 +871,9 @@ class PumpScorer:
                     "rul_hours": pa.array(np.where(scored, rul, np.nan), mask=~scored),
                     "failure_probability": pa.array(prob, mask=~scored),
                     "alert": pa.array(alert, pa.bool_()),
+                    "health_score": pa.array(health_score, mask=np.isnan(health_score)),
+                    "anomaly": pa.array(anomaly, pa.bool_()),
+                    "anomaly_version": pa.array(anomaly_version, pa.string()),
                     "error": [None if e is None else f"{e[0]}: {e[1]}" for e in error],
                 }
             )
@@ -801,6 +890,9 @@ class PumpScorer:
                 "rul_hours": float(rul[i]),
                 "failure_probability": float(prob[i]),
                 "alert": bool(alert[i]),
+                "health_score": None if np.isnan(health_score[i]) else float(health_score[i]),
+                "anomaly": anomaly[i],
+                "anomaly_version": anomaly_version[i],
             }
             if scored[i]
             else None
@@ -817,6 +909,7 @@ class PumpScorer:
         windows: np.ndarray,
         rul: np.ndarray,
         prob: np.ndarray,
+        health: dict[str, list[Any]],
         started: float,
     ) -> None:
         """One group's prediction-log rows as a table (the columns of _respond's rows)."""
@@ -839,6 +932,9 @@ class PumpScorer:
             "shadow_version": pa.nulls(k, pa.string()),
             "shadow_rul_hours": pa.nulls(k, pa.float64()),
             "shadow_failure_probability": pa.nulls(k, pa.float64()),
+            "health_score": pa.array(health["health_score"], pa.float64()),
+            "anomaly": pa.array(health["anomaly"], pa.bool_()),
+            "anomaly_version": pa.array(health["anomaly_version"], pa.string()),
             **{f"in_{c}": pa.array(v, pa.float64()) for c, v in summary.items()},
         }
         self.log.extend_table(pa.table(cols))

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from pumpfleet.predlog import read_log
@@ -46,13 +47,56 @@ def service(workspace: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for cls in served:  # a challenger that is not the champion: both arms really serve
         if reg.version_by_alias(model_name(cls), CHALLENGER) in (None, champion_of(reg, cls)):
             reg.set_alias(model_name(cls), CHALLENGER, copy_version(reg, cls, CHAMPION))
+    # The first class gets a health model, trained, gated and promoted as a user would.
+    trained = train_health_model(s, served[0])
     url = serve_run.start(
         s, free_port(), WEIGHT, secrets=secrets, max_body_bytes=2**20, refresh_seconds=1.0
     )
     snap = open_snapshot(str(s.features_dir))
     with httpx.Client(base_url=url, timeout=30, headers={"x-api-key": API_KEY}) as client:
-        yield {"client": client, "settings": s, "snapshot": snap, "served": served, "url": url}
+        yield {
+            "client": client,
+            "settings": s,
+            "snapshot": snap,
+            "served": served,
+            "url": url,
+            "health": trained,
+        }
     serve_run.stop()
+
+
+def train_health_model(settings: Any, cls: str) -> dict[str, Any]:
+    from pumpfleet.health import AnomalyGate
+    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
+
+    space = AnomalySearchSpace(
+        lr=[1e-2], epochs=2, target_far=0.05, gate=AnomalyGate(min_precision=0, min_recall=0)
+    )
+    out = run_train_anomaly(settings, "latest", space, classes=[cls], promote=True)
+    result = out["classes"][cls]
+    assert result["registered"] and result["promoted"], result
+    return {"pump_class": cls, **result}
+
+
+def arrow_batch(snap: Any, cls: str, n: int) -> tuple[bytes, int]:
+    """The first ``n`` holdout windows of ``cls`` as an Arrow IPC stream (and how many)."""
+    import pyarrow as pa
+
+    raw, cols = snap.load(cls, "holdout")
+    n = min(n, len(raw))
+    table = pa.table(
+        {
+            "pump_id": [str(p) for p in cols["pump_id"][:n]],
+            "pump_class": [cls] * n,
+            "window": pa.array(
+                list(raw[:n].reshape(n, -1).astype("float32")), pa.list_(pa.float32())
+            ),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes(), n
 
 
 def champion_of(reg: Registry, cls: str) -> str | None:
@@ -250,25 +294,8 @@ def test_an_arrow_batch_scores_like_json(service: dict[str, Any]) -> None:
 
     snap, client = service["snapshot"], service["client"]
     cls = service["served"][0]
-    raw, cols = snap.load(cls, "holdout")
-    n = min(50, len(raw))
-    table = pa.table(
-        {
-            "pump_id": [str(p) for p in cols["pump_id"][:n]],
-            "pump_class": [cls] * n,
-            "window": pa.array(
-                list(raw[:n].reshape(n, -1).astype("float32")), pa.list_(pa.float32())
-            ),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    r = client.post(
-        "/v1/score/batch",
-        content=sink.getvalue().to_pybytes(),
-        headers={"content-type": "application/vnd.apache.arrow.stream"},
-    )
+    stream, n = arrow_batch(snap, cls, 50)
+    r = client.post("/v1/score/batch", content=stream, headers={"content-type": ARROW})
     assert r.status_code == 200, r.text
     arrow = r.json()["results"]
     as_json = client.post(
@@ -278,9 +305,7 @@ def test_an_arrow_batch_scores_like_json(service: dict[str, Any]) -> None:
         assert math.isclose(a["rul_hours"], b["rul_hours"], abs_tol=1e-3)
     # asked for Arrow back: one row per item, in order
     r = client.post(
-        "/v1/score/batch",
-        content=sink.getvalue().to_pybytes(),
-        headers={"content-type": ARROW, "accept": ARROW},
+        "/v1/score/batch", content=stream, headers={"content-type": ARROW, "accept": ARROW}
     )
     assert r.status_code == 200 and r.headers["content-type"] == ARROW
     back = pa.ipc.open_stream(r.content).read_all()
@@ -644,3 +669,51 @@ def test_a_score_can_explain_itself(service: dict[str, Any]) -> None:
     assert math.isclose(why["failure_probability"], out["failure_probability"], abs_tol=1e-6)
     assert set(why["top"]) <= set(channels)
     assert all(len(v) * why["time_block_steps"] >= 1 for v in why["risk_by_time"].values())
+
+
+def test_health_scores_come_with_every_window_of_a_class_with_a_health_model(
+    service: dict[str, Any],
+) -> None:
+    import pyarrow as pa
+
+    from pumpfleet.features import window_features
+    from pumpfleet.health import HealthSpec
+    from pumpfleet.onnx_io import run, session
+    from pumpfleet.registry import anomaly_model_name
+
+    s, snap, client = service["settings"], service["snapshot"], service["client"]
+    cls = service["health"]["pump_class"]
+    model = Registry(s.tracking_uri).load(anomaly_model_name(cls), CHAMPION)
+    health = HealthSpec.model_validate(model.model_config["health"])
+    assert model.version == service["health"]["version"]
+    reqs = [body(snap, cls, i) for i in range(12)]
+    raw = np.stack([np.array([r["readings"][c] for c in model.spec.inputs]).T for r in reqs])
+    want = health.score(run(session(model.onnx), window_features(raw, model.spec)))
+    singles = [client.post("/v1/score", json=r).json() for r in reqs]
+    batch = client.post("/v1/score/batch", json={"items": reqs}).json()["results"]
+    stream, _ = arrow_batch(snap, cls, len(reqs))
+    arrow = pa.ipc.open_stream(
+        client.post(
+            "/v1/score/batch", content=stream, headers={"content-type": ARROW, "accept": ARROW}
+        ).content
+    ).read_all()
+    for got in (singles, batch, arrow.to_pylist()):
+        assert [g["anomaly_version"] for g in got] == [model.version] * len(reqs)
+        assert np.allclose([g["health_score"] for g in got], want, atol=1e-5)
+        assert [g["anomaly"] for g in got] == [bool(w > 1.0) for w in want]
+    # A class with no health model says so with nulls, not with a made-up score.
+    other = next(c for c in service["served"] if c != cls)
+    plain = client.post("/v1/score", json=body(snap, other)).json()
+    assert (plain["health_score"], plain["anomaly"], plain["anomaly_version"]) == (None,) * 3
+    listed = client.get("/v1/models").json()["classes"]
+    assert listed[cls]["anomaly"] == model.version and listed[other]["anomaly"] is None
+    # Logged for the monitor, beside the RUL prediction.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        logged = read_log(str(s.predictions_dir))
+        mine = logged[logged.get("anomaly_version", pd.Series(dtype=object)) == model.version]
+        if len(mine) >= 3 * len(reqs):
+            break
+        time.sleep(0.3)
+    assert len(mine) >= 3 * len(reqs)
+    assert mine["health_score"].astype(float).between(-1e6, 1e6).all()

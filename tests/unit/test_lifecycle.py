@@ -329,3 +329,73 @@ def test_the_user_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert lifecycle.current_user() == "ci-bot"
     monkeypatch.delenv("PUMPFLEET_USER")
     assert lifecycle.current_user() not in ("", "ci-bot")
+
+
+def register_anomaly(reg: Registry) -> str:
+    """A constant-error health model registered as ``pumpfleet-esp-anomaly@challenger``."""
+    import torch
+
+    from pumpfleet.health import calibrate
+    from pumpfleet.registry import anomaly_model_name
+
+    class Error(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x * x).mean(dim=(1, 2)).unsqueeze(1)
+
+    health = calibrate(np.linspace(0.0, 1.0, 100), "conv_ae", 0.05)
+    run_id = reg.start_run("pumpfleet-train", "anomaly")
+    config = {"kind": "anomaly", "model_kind": "conv_ae", "health": health.model_dump()}
+    uri = reg.log_model(run_id, to_onnx(Error(), SPEC.window, 2), SPEC, {}, config)
+    reg.end_run(run_id)
+    return reg.register_as(uri, anomaly_model_name("esp"), CHALLENGER, tags={"gate": "passed"})
+
+
+def test_anomaly_models_have_their_own_champion_rollback_and_trail(
+    ws: tuple[Settings, Registry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pumpfleet.registry import anomaly_model_name
+
+    _, reg = ws
+    rul = register(reg, HOLDOUT_RUL)
+    lifecycle.promote(reg, "esp", rul, who="a", why="rul first", now=T0)
+    a1, a2 = register_anomaly(reg), register_anomaly(reg)
+    code, out, _ = cli(capsys, "promote", "--kind", "anomaly", "--class", "esp", "--version", a1)
+    assert code == 0 and out.strip() == f"pumpfleet-esp-anomaly: v{a1} is champion, was none"
+    code, out, _ = cli(capsys, "promote", "--kind", "anomaly", "--class", "esp", "--version", a2)
+    assert code == 0 and reg.version_by_alias(anomaly_model_name("esp"), CHAMPION) == a2
+    # The RUL model's champion and trail are untouched by the health model's moves.
+    assert reg.version_by_alias(NAME, CHAMPION) == rul
+    assert [r.action for r in lifecycle.history(reg, "esp")] == ["promote"]
+    code, out, _ = cli(capsys, "rollback", "--kind", "anomaly", "--class", "esp", "--reason", "x")
+    assert code == 0 and reg.version_by_alias(anomaly_model_name("esp"), CHAMPION) == a1
+    trail = lifecycle.history(reg, "esp", "anomaly")
+    assert [(r.action, r.version, r.kind) for r in trail] == [
+        ("promote", a1, "anomaly"),
+        ("promote", a2, "anomaly"),
+        ("rollback", a1, "anomaly"),
+    ]
+    # A version once rolled back is not promoted again without --force.
+    code, _, err = cli(capsys, "promote", "--kind", "anomaly", "--class", "esp", "--version", a2)
+    assert code == 2 and "was rolled back" in err[-1] and "--force" in err[-1]
+    code, out, _ = cli(capsys, "history", "--kind", "anomaly", "--class", "esp")
+    assert code == 0 and out.splitlines()[0] == "pumpfleet-esp-anomaly"
+    code, _, err = cli(capsys, "rollback", "--kind", "anomaly", "--class", "rod")
+    assert code == 2 and err[-1].endswith(
+        "unknown class for anomaly models 'rod' (registered: esp)"
+    )
+
+
+def test_an_anomaly_model_replaces_the_champion_only_if_no_worse() -> None:
+    from ray_jobs.train_anomaly import anomaly_verdict
+
+    def det(f1: float, far: float) -> dict[str, float | None]:
+        return {"f1": f1, "far": far, "positives": 10.0}
+
+    assert anomaly_verdict(det(0.5, 2.0), None)[0]
+    assert anomaly_verdict(det(0.5, 2.0), ("3", None))[0]  # champion cannot read the data
+    ok, why = anomaly_verdict(det(0.8, 2.5), ("3", det(0.8, 2.0)))
+    assert ok and why == "F1 0.800 vs champion v3 0.800, false alarms 2.5% vs 2.0%"
+    assert not anomaly_verdict(det(0.79, 1.0), ("3", det(0.8, 2.0)))[0]  # lower F1
+    assert not anomaly_verdict(det(0.9, 3.5), ("3", det(0.8, 2.0)))[0]  # more false alarms
+    ok, why = anomaly_verdict(None, ("3", det(0.8, 2.0)))
+    assert not ok and why == "no labelled faults to compare with champion v3"
