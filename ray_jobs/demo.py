@@ -1,6 +1,6 @@
 """The whole loop on a small simulated fleet, on embedded defaults:
-simulate → ingest → train → evaluate → export → serve → score over HTTP (a sensor drift
-on one class partway through) → monitor → the alert's retrain on new data → A/B on
+simulate → ingest → train → evaluate → health models → export → serve → score over HTTP
+(a sensor drift on one class partway through) → monitor → the alert's retrain on new data → A/B on
 post-drift data → promotion by the gates.
 
     python -m ray_jobs.demo
@@ -51,6 +51,7 @@ class DemoConfig:
     challenger_weight: float = 0.3
     port: int | None = None
     epochs: int = 8
+    health_epochs: int = 3
     steps: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -104,22 +105,49 @@ BAD_REQUESTS: list[dict[str, Any]] = [
 ]
 
 
-def _send(url: str, reqs: list[dict[str, Any]], api_key: str) -> tuple[Counter[str], Counter[int]]:
-    arms: Counter[str] = Counter()
-    codes: Counter[int] = Counter()
+@dataclass
+class Sent:
+    """What the requests got: arms, HTTP status codes, and per class the windows the
+    health model scored and those it flagged."""
+
+    arms: Counter[str] = field(default_factory=Counter)
+    codes: Counter[int] = field(default_factory=Counter)
+    health: Counter[str] = field(default_factory=Counter)
+    flagged: Counter[str] = field(default_factory=Counter)
+
+
+def _send(url: str, reqs: list[dict[str, Any]], api_key: str) -> Sent:
+    sent = Sent()
     headers = {API_KEY_HEADER: api_key}
     with httpx.Client(base_url=url, timeout=30.0, headers=headers) as client:
 
-        def one(body: dict[str, Any]) -> tuple[int, str | None]:
+        def one(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             r = client.post("/v1/score", json=body)
-            return r.status_code, r.json().get("arm") if r.status_code == 200 else None
+            return r.status_code, r.json() if r.status_code == 200 else {}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for code, arm in pool.map(one, reqs):
-                codes[code] += 1
-                if arm:
-                    arms[arm] += 1
-    return arms, codes
+            for code, out in pool.map(one, reqs):
+                sent.codes[code] += 1
+                if out:
+                    sent.arms[out["arm"]] += 1
+                if out.get("anomaly") is not None:
+                    sent.health[out["pump_class"]] += 1
+                    sent.flagged[out["pump_class"]] += bool(out["anomaly"])
+    return sent
+
+
+def _health_rates(calm: Sent, later: Sent, trained: dict[str, Any]) -> dict[str, Any]:
+    """Per served class with a health model: the share of windows it flagged before the
+    drift and after (every class's later windows, the drifted class's shifted)."""
+    return {
+        cls: {
+            "version": r.get("version"),
+            "calm": calm.flagged[cls] / calm.health[cls] if calm.health[cls] else None,
+            "later": later.flagged[cls] / later.health[cls] if later.health[cls] else None,
+        }
+        for cls, r in trained["classes"].items()
+        if r.get("promoted") and calm.health[cls] + later.health[cls] > 0
+    }
 
 
 def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> int:
@@ -135,10 +163,11 @@ def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> i
 
 def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from edge_export.export import run_export
+    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
     from serve_apps import run as serve_run
 
     t0 = time.monotonic()
-    total = 9
+    total = 10
 
     def step(i: int, name: str) -> None:
         cfg.steps.append((name, time.monotonic()))
@@ -162,9 +191,12 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     )
     step(4, "evaluating challengers against champions")
     evaluation = run_evaluate(settings, ingest["snapshot_id"])
-    step(5, "exporting ONNX edge bundles")
+    step(5, "training health (anomaly) models per class on Ray Tune, gated and promoted")
+    space = AnomalySearchSpace(lr=[1e-2], epochs=cfg.health_epochs, seed=cfg.seed)
+    health = run_train_anomaly(settings, ingest["snapshot_id"], space, promote=True)
+    step(6, "exporting ONNX edge bundles")
     export = run_export(settings)
-    step(6, "serving on Ray Serve and scoring over HTTP")
+    step(7, "serving on Ray Serve and scoring over HTTP")
     # The demo makes its own API key (kept in memory; only its digest reaches Serve).
     api_key = new_key()
     secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(new_key()),))
@@ -180,29 +212,31 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         # twice as many after: enough chunks for the alert's 2 in a row to show
         later = _requests(settings, 2 * cfg.requests_per_class, cfg.seed + 1, served, drifted)
         before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
-        arms, codes = _send(url, calm + BAD_REQUESTS, api_key)
-        n = _wait_for_log(settings, before + sum(arms.values()))
-        arms2, codes2 = _send(url, later, api_key)
-        arms, codes = arms + arms2, codes + codes2
+        first = _send(url, calm + BAD_REQUESTS, api_key)
+        n = _wait_for_log(settings, before + sum(first.arms.values()))
+        second = _send(url, later, api_key)
+        arms, codes = first.arms + second.arms, first.codes + second.codes
         if not arms:
             raise DataError(f"no scoring request succeeded (HTTP status counts {dict(codes)})")
-        logged = _wait_for_log(settings, n + sum(arms2.values())) - before
-        step(7, "monitoring drift and performance with NannyML")
+        logged = _wait_for_log(settings, n + sum(second.arms.values())) - before
+        step(8, "monitoring drift and performance with NannyML")
         jobs = InProcessJobs()
         monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
     finally:
-        step(8, "shutting Serve down")
+        step(9, "shutting Serve down")
         serve_run.stop()
     loop = None
     if jobs.submitted:
         classes, reason = jobs.submitted[0]
-        step(9, f"retraining {classes[0]} on new data, A/B on post-drift data, gates")
+        step(10, f"retraining {classes[0]} on new data, A/B on post-drift data, gates")
         loop = closed_loop(settings, cfg, classes[0], reason, DRIFT_CHANNEL, DRIFT_FACTOR)
     return {
         "simulation": sim,
         "ingest": ingest,
         "train": train,
         "evaluate": evaluation,
+        "health": health,
+        "health_rates": _health_rates(first, second, health),
         "export": export,
         "serve": {"url": url, "arms": dict(arms), "status": dict(codes), "logged": logged},
         "monitor": monitor,
@@ -270,6 +304,7 @@ def summary_text(result: dict[str, Any]) -> str:
         f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
         f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL} "
         "in the later two thirds of the requests)",
+        *health_lines(result),
         *loop_lines(result),
         f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
         f"bundle signing public key: {result['export']['public_key_file']}",
@@ -278,6 +313,26 @@ def summary_text(result: dict[str, Any]) -> str:
         f"wall time: {result['seconds']} s",
     ]
     return "\n".join(lines)
+
+
+def health_lines(result: dict[str, Any]) -> list[str]:
+    """The health models: which were promoted, and what share of windows each flagged
+    before the drift and after."""
+    trained, rates = result["health"]["classes"], result["health_rates"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0%}"
+
+    kept = [c for c in sorted(trained) if not trained[c].get("promoted")]
+    lines = [
+        f"health model: {c} v{r['version']} flags {pct(r['calm'])} of windows before the "
+        f"drift, {pct(r['later'])} after"
+        f"{' (the drifted class)' if c == result['drift_class'] else ''}"
+        for c, r in sorted(rates.items())
+    ]
+    if kept:
+        lines.append(f"health models not promoted: {', '.join(kept)} (gate or comparison)")
+    return lines
 
 
 def loop_lines(result: dict[str, Any]) -> list[str]:

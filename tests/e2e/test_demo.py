@@ -56,8 +56,16 @@ def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
         loop["challenger"] if loop["promoted"] else loop["champion_before"]
     )
 
+    # Health models: trained, gated and promoted per class, served beside the RUL model
+    # on every served class, flagging about their calibrated 1% of the windows before the
+    # drift (100 windows a class: more than 6 would be far off the calibration).
+    rates = result["health_rates"]
+    assert set(rates) == set(promoted), (rates, result["health"]["classes"])
+    assert all(r["calm"] is not None and r["calm"] <= 0.06 for r in rates.values()), rates
+
     text = summary_text(result)
     assert "pumpfleet demo: summary" in text
     assert f"drifted classes: {drifted}" in text
     assert f"rows ingested: {ingest['rows_in']}" in text
     assert "A/B on post-drift data" in text and "promotion: v" in text
+    assert f"health model: {drifted} v" in text
