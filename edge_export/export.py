@@ -2,7 +2,8 @@
 windows, made into its variants (FP32 dynamic batch and batch 1, FP16, INT8 QDQ), each
 measured on the holdout, checked for TensorRT, and packed with its feature spec,
 thresholds, golden windows and build profile into a signed bundle that is also logged as
-an artifact of the model version's run.
+an artifact of the model version's run. Where the class has an anomaly (health) champion,
+the bundle carries it too, FP32 and INT8, with its health spec (:mod:`edge_export.anomaly`).
 
     python -m edge_export.export [--class C] [--out DIR]
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_export import trt, variants
+from edge_export import anomaly, trt, variants
 from pumpfleet import bundle
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
@@ -51,10 +52,16 @@ def _spread(n_total: int, n: int) -> np.ndarray:
     return np.linspace(0, n_total - 1, n).round().astype(int)
 
 
-def golden(raw: np.ndarray, expected: np.ndarray) -> bytes:
-    """The golden windows member: raw windows and the FP32 model's outputs for them."""
+def golden(
+    raw: np.ndarray, expected: np.ndarray, anomaly_errors: np.ndarray | None = None
+) -> bytes:
+    """The golden windows member: raw windows and the FP32 model's outputs for them (and
+    the FP32 anomaly model's window errors, where the bundle has one)."""
+    arrays = {"raw": raw.astype(np.float64), "expected": expected.astype(np.float32)}
+    if anomaly_errors is not None:
+        arrays[anomaly.GOLDEN_KEY] = np.asarray(anomaly_errors, dtype=np.float64)
     buf = io.BytesIO()
-    np.savez(buf, raw=raw.astype(np.float64), expected=expected.astype(np.float32))
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy reads **kw as allow_pickle
     return buf.getvalue()
 
 
@@ -71,9 +78,8 @@ def export_class(
     x = window_features(raw, model.spec)
     parity = check_parity(model.torch_model(), model.onnx, x[:PARITY_WINDOWS])
     train_raw, _ = snap.load(cls, "train", model.spec)
-    calibration = window_features(
-        train_raw[_spread(len(train_raw), CALIBRATION_WINDOWS)], model.spec
-    )
+    calibration_raw = train_raw[_spread(len(train_raw), CALIBRATION_WINDOWS)]
+    calibration = window_features(calibration_raw, model.spec)
 
     made = variants.make_variants(model.onnx, calibration)
     measured = variants.measure(made, x, rul, model.spec)
@@ -85,6 +91,14 @@ def export_class(
             profiles[v.name] = c["profile"]
     pick = _spread(len(raw), GOLDEN_WINDOWS)
     expected = variants.scores(model.onnx, x[pick])
+    health_model, skipped = anomaly.champion(registry, cls, model.spec)
+    part = (
+        anomaly.pack(health_model, raw, calibration_raw, raw[pick], PARITY_WINDOWS)
+        if health_model is not None
+        else None
+    )
+    if skipped:
+        log.info("%s: no anomaly model in the bundle (%s)", cls, skipped)
     thresholds = {
         "failure_probability_alert": model.spec.alert_threshold,
         "horizon_hours": model.spec.horizon_hours,
@@ -92,10 +106,16 @@ def export_class(
     members = {variants.FILES[v.name]: v.onnx for v in made} | {
         "feature_spec.json": model.spec.to_json().encode(),
         "thresholds.json": json.dumps(thresholds, indent=2).encode(),
-        GOLDEN_FILE: golden(raw[pick], expected),
+        GOLDEN_FILE: golden(raw[pick], expected, part.golden_errors if part else None),
         trt.PROFILE_FILE: json.dumps(profiles, indent=2).encode(),
     }
-    path = out_dir / cls / f"{name}-v{model.version}{bundle.SUFFIX}"
+    extra: dict[str, Any] = {}
+    stem = f"{name}-v{model.version}"
+    if part is not None:
+        members |= part.members
+        extra["anomaly"] = part.meta
+        stem += f"-anomaly-v{part.meta['version']}"
+    path = out_dir / cls / f"{stem}{bundle.SUFFIX}"
     manifest = bundle.write_bundle(
         path,
         members,
@@ -114,11 +134,14 @@ def export_class(
             "accuracy_limit": {"rmse_ratio": variants.RMSE_LIMIT},
             "golden": {"file": GOLDEN_FILE, "windows": len(pick)},
             "tensorrt": compat,
+            **extra,
         },
         key,
     )
     bundle.read_bundle(path, bundle.public_key_hex(key))  # what a device will do
     registry.log_artifact(model.run_id, path, ARTIFACT_PATH)
+    if part is not None:
+        registry.log_artifact(part.meta["mlflow_run_id"], path, ARTIFACT_PATH)
     log.info("%s: bundle %s (parity %.1e over %d windows)", cls, path, parity, len(x))
     if reason := trt.unavailable():
         log.info("%s", reason)
@@ -134,6 +157,17 @@ def export_class(
         },
         "tensorrt_compatible": all(c["ok"] for c in compat.values()),
         "artifact": f"runs:/{model.run_id}/{ARTIFACT_PATH}/{path.name}",
+        "anomaly": _anomaly_summary(part.meta) if part else {"skipped": skipped},
+    }
+
+
+def _anomaly_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    keys = ("bytes", "flag_agreement", "max_health_diff_near", "within_accuracy")
+    return {
+        "version": meta["version"],
+        "threshold": meta["threshold"],
+        "target_far": meta["target_far"],
+        "variants": {n: {k: v[k] for k in keys} for n, v in meta["variants"].items()},
     }
 
 

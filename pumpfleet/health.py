@@ -99,6 +99,14 @@ class HealthSpec(BaseModel):
         return cls.model_validate(json.loads(text))
 
 
+def score_diff(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Differences of health scores from reference scores, relative where the reference is
+    above 1 (far past the threshold, 10 and 10.1 say the same about a pump)."""
+    a = np.asarray(got, dtype=np.float64).reshape(-1)
+    b = np.asarray(ref, dtype=np.float64).reshape(-1)
+    return np.abs(a - b) / np.maximum(1.0, np.abs(b))
+
+
 def calibrate(
     errors: np.ndarray,
     model_kind: Literal["conv_ae", "pca"],

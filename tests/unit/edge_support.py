@@ -1,6 +1,7 @@
 """A small real workspace for the edge tests: a hand-written feature snapshot, a model
 trained on it for a few epochs, registered in MLflow on SQLite as champion, and exported
-into signed bundles by the real export. No Ray."""
+into signed bundles by the real export; and one whose class also has an anomaly (health)
+champion. No Ray."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pumpfleet.features import FeatureSpec
-from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
 
 CLS = "esp"
@@ -156,6 +157,98 @@ def make_workspace(home: Path, versions: int = 2) -> EdgeWorkspace:
 _BUILT: dict[int, EdgeWorkspace] = {}
 
 
+# --- a class with a health (anomaly) model ------------------------------------------------
+
+NORMAL_RUL = 70.0  # windows this far from failure are normal operation (cool and steady)
+# The anomaly model standardises with statistics of its own (as one trained on another
+# snapshot would): the device must use its spec, not the RUL model's.
+ANOMALY_SPEC = SPEC.model_copy(update={"mean": [71.0, 101.0, 1.1], "std": [4.0, 10.0, 0.4]})
+
+
+def normal_windows(n: int, seed: int) -> np.ndarray:
+    """Raw windows ``[n, W, 3]`` of normal operation."""
+    raw, rul = raw_windows(3 * n, seed)
+    return raw[rul >= NORMAL_RUL][:n]
+
+
+def train_anomaly(seed: int = 0) -> tuple[Any, dict[str, Any], Any]:
+    """A small conv-AE on normal windows and its health spec (target FAR 5 %), as
+    ``ray_jobs.train_anomaly`` makes them: (model, its AnomalyConfig dump, HealthSpec)."""
+    import torch
+
+    from pumpfleet.anomaly import AnomalyConfig, fit_autoencoder, window_errors
+    from pumpfleet.features import window_features
+    from pumpfleet.health import calibrate
+
+    torch.set_num_threads(1)
+    train = window_features(normal_windows(500, 20 + seed), ANOMALY_SPEC)
+    held = window_features(normal_windows(200, 40 + seed), ANOMALY_SPEC)
+    cfg = AnomalyConfig(hidden=8, latent=2, epochs=5, seed=seed)
+    model, _ = fit_autoencoder(train, None, cfg)
+    health = calibrate(window_errors(model, held), "conv_ae", target_far=0.05)
+    return model, cfg.model_dump(), health
+
+
+def register_anomaly_champion(reg: Registry, model: Any, cfg: dict[str, Any], health: Any) -> str:
+    """Registered as ``ray_jobs.train_anomaly`` does, made champion by hand."""
+    from pumpfleet.onnx_io import to_onnx
+
+    run_id = reg.start_run("pumpfleet-train", "edge-test-anomaly")
+    config = {
+        "kind": "anomaly",
+        "model_kind": "conv_ae",
+        "anomaly_config": cfg,
+        "health": health.model_dump(),
+    }
+    onnx_bytes = to_onnx(model, W, len(CHANNELS))
+    uri = reg.log_model(run_id, onnx_bytes, ANOMALY_SPEC, model.state_dict(), config)
+    reg.end_run(run_id)
+    name = anomaly_model_name(CLS)
+    version = reg.register(uri, name, tags={"feature_snapshot": "snap1"})
+    reg.set_alias(name, CHAMPION, version)
+    return version
+
+
+@dataclass(frozen=True)
+class HealthWorkspace(EdgeWorkspace):
+    """v1 exported before the class had an anomaly model; v2 with anomaly champion v1."""
+
+    anomaly: Any  # the torch model registered as the anomaly champion
+    health: Any  # its HealthSpec
+
+
+def make_health_workspace(home: Path) -> HealthWorkspace:
+    from edge_export.export import run_export
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    settings = Settings(home=home)
+    write_snapshot(settings.features_dir)
+    reg = Registry(settings.tracking_uri, settings.artifact_root)
+    bundles: dict[str, Path] = {}
+    exports: dict[str, dict[str, Any]] = {}
+    ae = health = None
+    out: dict[str, Any] = {}
+    for seed in range(2):
+        if seed == 1:
+            ae, cfg, health = train_anomaly()
+            register_anomaly_champion(reg, ae, cfg, health)
+        version = register_champion(reg, *train_model(seed, epochs=3))
+        out = run_export(settings)
+        exports[version] = out["bundles"][CLS]
+        bundles[version] = Path(out["bundles"][CLS]["bundle"])
+    return HealthWorkspace(settings, reg, out["public_key"], bundles, exports, ae, health)
+
+
+_HEALTH_BUILT: dict[str, HealthWorkspace] = {}
+
+
+def shared_health_workspace(base: Path) -> HealthWorkspace:
+    """One per test session, like :func:`shared_workspace`."""
+    if "ws" not in _HEALTH_BUILT:
+        _HEALTH_BUILT["ws"] = make_health_workspace(base / "edge-health-ws")
+    return _HEALTH_BUILT["ws"]
+
+
 def shared_workspace(base: Path, versions: int = 2) -> EdgeWorkspace:
     """One workspace per test session (building one takes seconds): tests read it and
     copy a bundle before changing it."""
@@ -241,22 +334,24 @@ def write_readings(
     failing: bool = False,
     fmt: str = "csv",
     flow_dropout: bool = False,
+    wear: float | None = None,
 ) -> list[tuple[str, int]]:
     """A controller file of ``n`` hourly readings per pump from hour ``start`` (written
     under a dot-name, then renamed); returns each reading's (pump, epoch seconds).
-    ``failing`` pumps run hot and shaky (near failure)."""
+    ``failing`` pumps run hot and shaky (near failure); ``wear`` (0..1) sets how hot and
+    shaky in between."""
     t0 = 1_780_000_000
     lines, keys = [], []
     for pump in pumps:
         for h in range(start, start + n):
             rng = np.random.default_rng(abs(hash((pump, h))) % 2**32)
-            wear = 1.0 if failing else 0.1
+            worn = wear if wear is not None else 1.0 if failing else 0.1
             row = {
                 "pump_id": pump,
                 "timestamp": t0 + 3600 * h,
-                "motor_temp": round(70 + 15 * wear + rng.normal(0, 1), 3),
+                "motor_temp": round(70 + 15 * worn + rng.normal(0, 1), 3),
                 "flow": 0.0 if flow_dropout else round(100 + rng.normal(0, 10), 3),
-                "vibration": round(1 + wear + rng.normal(0, 0.2), 3),
+                "vibration": round(1 + worn + rng.normal(0, 0.2), 3),
             }
             lines.append(row)
             keys.append((pump, t0 + 3600 * h))

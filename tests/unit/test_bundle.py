@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -71,3 +72,37 @@ def test_garbage_file_is_rejected(tmp_path: Path) -> None:
     path.write_bytes(b"not a tar")
     with pytest.raises(BundleError, match="not a readable bundle"):
         bundle.read_bundle(path, "00" * 32)
+
+
+@pytest.mark.parametrize(
+    "member", ["anomaly.onnx", "anomaly_int8.onnx", "health_spec.json", bundle.MANIFEST]
+)
+def test_a_changed_anomaly_model_or_health_spec_is_rejected(
+    member: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real bundle with an anomaly model: its models, health spec and the manifest's
+    threshold are covered by the signature like every other member."""
+    import shutil
+
+    from tests.unit.edge_support import shared_health_workspace
+
+    ws = shared_health_workspace(tmp_path_factory.getbasetemp())
+    path = tmp_path / "esp-v2.pfbundle"
+    shutil.copy(ws.bundles["2"], path)
+    original = bundle.read_bundle(path, ws.public_key)
+    why = f"{re.escape(member)} does not match its sha256"
+    if member == bundle.MANIFEST:
+        manifest = dict(original.manifest)
+        manifest["anomaly"] = {**manifest["anomaly"], "threshold": 1e9}  # never alarm
+        change = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+        why = "signature does not verify"
+    elif member == "health_spec.json":
+        spec = json.loads(original.members[member])
+        change = json.dumps({**spec, "margin": spec["margin"] * 100}).encode()
+    else:
+        data = bytearray(original.members[member])
+        data[len(data) // 2] ^= 0xFF  # one byte of the weights
+        change = bytes(data)
+    _rewrite(path, {member: change})
+    with pytest.raises(BundleError, match=why):
+        bundle.read_bundle(path, ws.public_key)

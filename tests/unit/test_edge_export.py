@@ -20,7 +20,15 @@ from pumpfleet.cli import main
 from pumpfleet.errors import BundleError, InputError, ParityError
 from pumpfleet.features import window_features
 from pumpfleet.onnx_io import run, session
-from tests.unit.edge_support import SPEC, EdgeWorkspace, raw_windows, shared_workspace
+from tests.unit.edge_support import (
+    ANOMALY_SPEC,
+    SPEC,
+    EdgeWorkspace,
+    HealthWorkspace,
+    raw_windows,
+    shared_health_workspace,
+    shared_workspace,
+)
 
 
 @pytest.fixture
@@ -234,3 +242,122 @@ def test_every_model_kind_makes_every_variant(cfg: dict[str, object]) -> None:
     for v in made:
         c = trt.compatibility(v.onnx)
         assert c["ok"], (v.name, c["problems"])
+
+
+# --- the anomaly (health) model in the bundle ---------------------------------------------
+
+
+@pytest.fixture
+def hws(tmp_path_factory: pytest.TempPathFactory) -> HealthWorkspace:
+    return shared_health_workspace(tmp_path_factory.getbasetemp())
+
+
+def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_spec(
+    hws: HealthWorkspace,
+) -> None:
+    from pumpfleet.anomaly import window_errors
+    from pumpfleet.features import FeatureSpec
+    from pumpfleet.health import HealthSpec
+
+    # v1 was exported before the class had an anomaly model: RUL only, as before.
+    old = bundle.read_bundle(hws.bundles["1"], hws.public_key)
+    assert "anomaly" not in old.manifest and "health_spec.json" not in old.members
+    assert hws.exports["1"]["anomaly"] == {"skipped": "no pumpfleet-esp-anomaly@champion"}
+    assert hws.bundles["2"].name == "pumpfleet-esp-v2-anomaly-v1.pfbundle"
+    b = bundle.read_bundle(hws.bundles["2"], hws.public_key)
+    a = b.manifest["anomaly"]
+    assert (a["kind"], a["model_name"], a["version"]) == ("anomaly", "pumpfleet-esp-anomaly", "1")
+    assert a["threshold"] == pytest.approx(hws.health.threshold)
+    assert a["target_far"] == 0.05 and a["model_kind"] == "conv_ae"
+    assert {"anomaly.onnx", "anomaly_int8.onnx", "health_spec.json"} <= set(b.members)
+    assert HealthSpec.from_json(b.members["health_spec.json"]) == hws.health
+    assert FeatureSpec.from_json(b.members[a["feature_spec_file"]]) == ANOMALY_SPEC
+    # The RUL part is what it was.
+    assert set(b.manifest["variants"]) == set(variants.VARIANTS)
+    # The FP32 ONNX gives the torch model's window errors.
+    x = window_features(raw_windows(50, 7)[0], ANOMALY_SPEC)
+    got = run(session(b.members["anomaly.onnx"]), x)[:, 0]
+    np.testing.assert_allclose(got, window_errors(hws.anomaly, x), rtol=1e-5, atol=1e-6)
+    assert a["onnx_parity_max_rel"] <= 1e-5
+    # INT8 is QDQ, smaller, and measured against FP32 by flags and health scores.
+    int8 = onnx.load_from_string(b.members["anomaly_int8.onnx"])
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    v = a["variants"]
+    assert v["int8"]["bytes"] < v["fp32"]["bytes"]
+    assert v["fp32"]["flag_agreement"] == 1.0 and v["fp32"]["max_health_diff"] == 0.0
+    assert v["int8"]["flag_agreement"] >= 0.98 and v["int8"]["max_health_diff_near"] <= 0.2
+    limit = a["accuracy_limit"]
+    assert v["int8"]["within_accuracy"] == (
+        v["int8"]["flag_agreement"] >= limit["flag_agreement"]
+        and v["int8"]["max_health_diff_near"] <= limit["max_health_diff_near"]
+    )
+    assert all(c["ok"] for c in a["tensorrt"].values())
+    # Golden windows carry the FP32 anomaly model's errors for the device's self-test.
+    g = np.load(io.BytesIO(b.members["golden.npz"]), allow_pickle=False)
+    np.testing.assert_allclose(
+        g["anomaly_errors"],
+        window_errors(hws.anomaly, window_features(g["raw"], ANOMALY_SPEC)),
+        rtol=1e-5,
+    )
+    # The bundle is an artifact of the anomaly model's run too.
+    assert hws.registry.artifacts(a["mlflow_run_id"], "edge_bundle") == [
+        "edge_bundle/pumpfleet-esp-v2-anomaly-v1.pfbundle"
+    ]
+    assert (
+        hws.exports["2"]["anomaly"]["variants"]["int8"]["within_accuracy"]
+        == (v["int8"]["within_accuracy"])
+    )
+
+
+def test_an_int8_anomaly_variant_off_its_limits_is_left_to_fp32(hws: HealthWorkspace) -> None:
+    from edge_agent.health import anomaly_variant
+    from edge_export import anomaly
+    from pumpfleet.onnx_io import to_onnx
+
+    fp32 = to_onnx(hws.anomaly, 12, 3)
+    x = window_features(raw_windows(300, 2)[0], ANOMALY_SPEC)
+    # Scales calibrated on windows a tenth of their size: everything else clips.
+    made = {"fp32": fp32, "int8": variants.to_int8(fp32, x[:200] * 0.1)}
+    m = anomaly.measure(made, x, hws.health)
+    assert m["int8"]["flag_agreement"] < anomaly.MIN_FLAG_AGREEMENT
+    assert m["int8"]["max_health_diff_near"] > anomaly.MAX_HEALTH_DIFF
+    assert m["int8"]["within_accuracy"] is False and m["fp32"]["within_accuracy"] is True
+    # The device runs FP32 beside any RUL variant then; INT8 only where it was fit.
+    assert anomaly_variant({"variants": m}, "int8") == "fp32"
+    fit = {**m, "int8": {**m["int8"], "within_accuracy": True}}
+    assert anomaly_variant({"variants": fit}, "int8") == "int8"
+    assert anomaly_variant({"variants": fit}, "fp16") == "fp32"
+    assert anomaly_variant(None, "int8") == "fp32"
+
+
+class _Registry:
+    """Just what :func:`edge_export.anomaly.champion` asks a registry."""
+
+    def __init__(self, model: object | None) -> None:
+        self.model = model
+
+    def version_by_alias(self, name: str, alias: str) -> str | None:
+        return None if self.model is None else "4"
+
+    def load(self, name: str, alias: str) -> object:
+        return self.model
+
+
+def test_an_anomaly_champion_the_device_cannot_run_is_left_out() -> None:
+    from edge_export.anomaly import champion
+    from pumpfleet.registry import LoadedModel
+
+    def model(spec: object = SPEC, **config: object) -> LoadedModel:
+        cfg = {"kind": "anomaly", "model_kind": "conv_ae", "health": {}, **config}
+        return LoadedModel("pumpfleet-esp-anomaly", "4", "r", b"", spec, cfg, Path("x"), {})  # type: ignore[arg-type]
+
+    def why(m: LoadedModel | None) -> str | None:
+        return champion(_Registry(m), "esp", SPEC)[1]  # type: ignore[arg-type]
+
+    assert why(None) == "no pumpfleet-esp-anomaly@champion"
+    assert why(model()) is None
+    assert "not an ONNX conv_ae" in str(why(model(model_kind="pca")))
+    longer = SPEC.model_copy(update={"window": 24})
+    assert "reads 24 x" in str(why(model(longer)))
+    fewer = SPEC.model_copy(update={"channels": ["motor_temp", "flow"]})
+    assert "the RUL model 12 x" in str(why(model(fewer)))
