@@ -3,8 +3,9 @@ Linux box), with a store-and-forward buffer and bundle updates that roll back by
 themselves.
 
 Imports numpy, onnxruntime (or TensorRT through it), pydantic, cryptography and the
-standard library, and from the core only ``pumpfleet.features`` and ``pumpfleet.bundle``:
-never ray, torch, mlflow or pandas.
+standard library, and from the core only ``pumpfleet.features``, ``pumpfleet.bundle`` and
+``pumpfleet.health`` (numpy and pydantic: the health scores Serve computes): never ray,
+torch, mlflow or pandas.
 """
 
 __version__ = "0.1.0"

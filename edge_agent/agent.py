@@ -1,6 +1,7 @@
-"""The agent: reads readings, scores every pump's windows with the current bundle,
-buffers predictions and alerts in the store, uploads them when it can, and takes new
-bundles — verified, self-tested, switched atomically, rolled back by itself.
+"""The agent: reads readings, scores every pump's windows with the current bundle (and
+its health with the bundle's anomaly model, where it has one), buffers predictions,
+alerts and anomalies in the store, uploads them when it can, and takes new bundles —
+verified, self-tested, switched atomically, rolled back by itself.
 
 One thread does everything, in :meth:`Agent.step`; the clock is injected.
 """
@@ -22,6 +23,7 @@ import numpy as np
 from edge_agent import __version__ as AGENT_VERSION
 from edge_agent import source, updates, windows
 from edge_agent.config import AgentConfig
+from edge_agent.health import score_health
 from edge_agent.model import FP32, Installed, Scorer, open_bundle
 from edge_agent.store import Store
 from edge_agent.uploader import Uploader, UploadError, backoff
@@ -198,7 +200,7 @@ class Agent:
             readings,
             self.active.spec,
         )
-        records, errors = self._records(cut.windows, cut.ends, cut.pumps)
+        records, failed = self._records(cut.windows, cut.ends, cut.pumps)
         thinned = self.store.commit(
             records,
             cut.states,
@@ -208,42 +210,65 @@ class Agent:
                 "stale_readings": cut.stale,
                 "reading_gaps": cut.gaps,
                 "window_resets": cut.resets,
-                "scoring_errors": errors,
+                "scoring_errors": failed["rul"],
+                "anomaly_errors": failed["anomaly"],
             },
         )
-        self._judge(len(cut.windows), errors)
-        return {"windows": len(cut.windows), "errors": errors, "thinned": thinned}
+        self._judge(len(cut.windows), failed["windows"])
+        return {"windows": len(cut.windows), "errors": failed["rul"], "thinned": thinned}
 
     def _records(
         self, cut_windows: list[list[windows.Row]], ends: list[int], pumps: list[str]
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The windows' records, and how many windows the active model failed on: its RUL
+        outputs (not recorded unless the fallback scored them), its health (recorded
+        without one), and either (what its probation counts)."""
         assert self.active is not None
         if not cut_windows:
-            return [], 0
+            return [], {"rul": 0, "anomaly": 0, "windows": 0}
         raw = np.array(
             [[[np.nan if v is None else v for v in row] for row in w] for w in cut_windows],
             dtype=np.float64,
         )
         scorer = self.active
         rul, prob, ok, ms = _predict(scorer, raw)
+        health = score_health(scorer.health, raw, scorer.version)
         used = [scorer] * len(raw)
-        errors = int((~ok).sum())
+        failed = ~ok | ~health.ok if scorer.health is not None else ~ok
+        counts = {
+            "rul": int((~ok).sum()),
+            "anomaly": int((~health.ok).sum()) if scorer.health is not None else 0,
+            "windows": int(failed.sum()),
+        }
         fallback = self.fallback
-        if errors and fallback is not None and _same_inputs(fallback, scorer):
+        if counts["windows"] and fallback is not None and _same_inputs(fallback, scorer):
             # Windows the new model could not score are scored by the one it replaced.
-            bad = np.flatnonzero(~ok)
+            bad = np.flatnonzero(failed)
             r2, p2, ok2, _ = _predict(fallback, raw[bad])
+            h2 = score_health(fallback.health, raw[bad], fallback.version)
             rul[bad], prob[bad], ok[bad] = r2, p2, ok2
+            health.scores[bad], health.flags[bad], health.ok[bad] = h2.scores, h2.flags, h2.ok
             for i in bad:
                 used[i] = fallback
-        if errors:
-            log.warning("v%d could not score %d of %d windows", scorer.version, errors, len(raw))
+        if counts["windows"]:
+            log.warning(
+                "v%d could not score %d of %d windows (RUL %d, health %d)",
+                scorer.version,
+                counts["windows"],
+                len(raw),
+                counts["rul"],
+                counts["anomaly"],
+            )
         threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
         summary = window_summary(raw, scorer.spec)
-        records = []
+        records: list[dict[str, Any]] = []
+        flagged: list[str] = []
         for i in np.flatnonzero(ok):
             key = f"{self.cfg.device_id}:{pumps[i]}:{ends[i]}"
             alert = bool(prob[i] >= threshold)
+            model = used[i].health
+            scored = model is not None and bool(health.ok[i])
+            anomaly = bool(health.flags[i]) if scored else None
             row = {
                 "request_id": key,
                 "timestamp": int(ends[i]),
@@ -259,10 +284,22 @@ class Agent:
                 "shadow_version": None,
                 "shadow_rul_hours": None,
                 "shadow_failure_probability": None,
+                "health_score": float(health.scores[i]) if scored else None,
+                "anomaly": anomaly,
+                "anomaly_version": model.version if scored and model is not None else None,
                 **{f"in_{c}": _finite(v[i]) for c, v in summary.items()},
             }
-            records.append({"key": key, "alert": alert, "row": row})
-        return records, errors
+            records.append({"key": key, "alert": alert, "anomaly": bool(anomaly), "row": row})
+            if anomaly:
+                flagged.append(pumps[i])
+        if flagged:
+            # The device's local alarm: these rows are kept through any quota, like alerts.
+            log.warning(
+                "anomaly: %d windows over the health threshold (pumps %s)",
+                len(flagged),
+                ", ".join(sorted(set(flagged))[:10]),
+            )
+        return records, counts
 
     def _judge(self, windows: int, errors: int) -> None:
         if self.probation is None or windows == 0:
@@ -300,6 +337,7 @@ class Agent:
 
     def health(self) -> dict[str, Any]:
         state = self.bundles.state()
+        anomaly_model = self.active.health if self.active else None
         return {
             "agent_version": AGENT_VERSION,
             "device_id": self.cfg.device_id,
@@ -307,6 +345,8 @@ class Agent:
             "model_version": self.active.version if self.active else None,
             "variant": self.active.variant if self.active else None,
             "provider": self.active.provider if self.active else None,
+            "anomaly_version": anomaly_model.version if anomaly_model else None,
+            "anomaly_variant": anomaly_model.variant if anomaly_model else None,
             "previous_version": state.previous,
             "bad_versions": state.bad,
             "on_probation": self.probation is not None,

@@ -1,5 +1,6 @@
 """A verified bundle on the device, and a scorer for one of its model variants, with the
-golden-window self-test.
+golden-window self-test. Where the bundle has an anomaly (health) model, the scorer holds
+it too (:class:`edge_agent.health.HealthScorer`) and the self-test covers both.
 
 Features come from ``pumpfleet.features`` with the bundle's own spec: the code training
 and the cloud service use.
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.health import HealthScorer, anomaly_variant
 from pumpfleet.bundle import read_bundle
 from pumpfleet.errors import BundleError
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
@@ -58,6 +60,12 @@ class Installed:
         thresholds = json.loads(self.members["thresholds.json"])
         return float(thresholds["failure_probability_alert"])
 
+    @property
+    def anomaly(self) -> dict[str, Any] | None:
+        """The manifest's anomaly model entry; None in a bundle without one."""
+        found = self.manifest.get("anomaly")
+        return dict(found) if found else None
+
     def variants(self) -> dict[str, dict[str, Any]]:
         """The model variants with their measurements (a bundle from before variants
         has its one ``model.onnx`` as fp32)."""
@@ -77,6 +85,14 @@ class Installed:
             return None
         with np.load(io.BytesIO(self.members[name]), allow_pickle=False) as g:
             return np.asarray(g["raw"]), np.asarray(g["expected"])
+
+    def golden_anomaly_errors(self) -> np.ndarray | None:
+        """The FP32 anomaly model's errors of the golden windows (None: no anomaly model)."""
+        info, name = self.anomaly, self.manifest.get("golden", {}).get("file")
+        if info is None or not name:
+            return None
+        with np.load(io.BytesIO(self.members[name]), allow_pickle=False) as g:
+            return np.asarray(g[info["golden_key"]], dtype=np.float64)
 
 
 def open_bundle(path: Path, public_key: str) -> Installed:
@@ -131,6 +147,51 @@ def providers(kind: str, precision: str, engine_dir: Path) -> list[Any]:
     return chosen
 
 
+def make_session(
+    onnx_bytes: bytes, precision: str, threads: int, provider_kind: str, engine_dir: Path
+) -> Any:
+    """An onnxruntime session on the providers :func:`providers` picks."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(
+        onnx_bytes, opts, providers=providers(provider_kind, precision, engine_dir)
+    )
+
+
+def _health(
+    bundle: Installed, precision: str, threads: int, provider_kind: str, engine_dir: Path | None
+) -> HealthScorer | None:
+    """The bundle's anomaly model beside a RUL variant of ``precision`` (None: none)."""
+    info = bundle.anomaly
+    if info is None:
+        return None
+    variant = anomaly_variant(info, precision)
+    found = info.get("variants", {}).get(variant)
+    if found is None:
+        raise BundleError(f"bundle v{bundle.version}: the anomaly model has no {variant}")
+    onnx_bytes = bundle.members[found["file"]]
+    try:
+        session = make_session(
+            onnx_bytes,
+            str(found.get("precision", "fp32")),
+            threads,
+            provider_kind,
+            engine_dir or Path("engines"),
+        )
+    except Exception as e:  # onnxruntime's own errors: the model cannot be loaded
+        raise BundleError(
+            f"v{bundle.version} anomaly {variant}: onnxruntime refused it: {e}"
+        ) from e
+    on_gpu = str(session.get_providers()[0]) != "CPUExecutionProvider"
+    return HealthScorer(
+        info, bundle.members, variant, session, bundle.golden_anomaly_errors(), on_gpu
+    )
+
+
 class Scorer:
     """One variant of an installed bundle in an onnxruntime session."""
 
@@ -142,26 +203,22 @@ class Scorer:
         provider_kind: str = "cpu",
         engine_dir: Path | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         variants = bundle.variants()
         if variant not in variants:
             raise BundleError(f"bundle v{bundle.version} has no variant {variant!r}")
         info = variants[variant]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        precision = str(info.get("precision", "fp32"))
         try:
-            self.session = ort.InferenceSession(
+            self.session = make_session(
                 bundle.members[info["file"]],
-                opts,
-                providers=providers(
-                    provider_kind, str(info.get("precision", "fp32")), engine_dir or Path("engines")
-                ),
+                precision,
+                threads,
+                provider_kind,
+                engine_dir or Path("engines"),
             )
         except Exception as e:  # onnxruntime's own errors: the model cannot be loaded
             raise BundleError(f"v{bundle.version} {variant}: onnxruntime refused it: {e}") from e
+        self.health = _health(bundle, precision, threads, provider_kind, engine_dir)
         self.bundle = bundle
         self.variant = variant
         self.spec = bundle.spec
@@ -212,4 +269,8 @@ class Scorer:
         err = float(np.max(np.abs(got - expected)))
         if err > self.golden_atol:
             return False, f"golden outputs differ by {err:.2e} (limit {self.golden_atol:.1e})"
-        return True, f"golden windows match to {err:.1e}"
+        said = f"golden windows match to {err:.1e}"
+        if self.health is None:
+            return True, said
+        ok, health_said = self.health.self_test(raw)
+        return ok, f"{said}; {health_said}" if ok else health_said

@@ -11,7 +11,7 @@ What makes "exactly once" hold across a SIGKILL at any point:
 
 Disk use is bounded by a quota on the buffered records' bytes: over it, routine
 predictions not yet in a batch are thinned (every other one, oldest first; counted),
-alerts never.
+alerts and anomalies (the health model's flags) never.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 COUNTERS = (
     "scored",
     "alerts",
+    "anomalies",
     "thinned",
     "uploaded",
     "batches_acknowledged",
@@ -37,6 +38,7 @@ COUNTERS = (
     "reading_gaps",
     "window_resets",
     "scoring_errors",
+    "anomaly_errors",
     "bundles_installed",
     "bundles_rejected",
     "rollbacks",
@@ -49,6 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL UNIQUE,
     alert INTEGER NOT NULL,
+    anomaly INTEGER NOT NULL DEFAULT 0,
     payload TEXT NOT NULL,
     bytes INTEGER NOT NULL,
     batch TEXT
@@ -106,6 +109,9 @@ class Store:
         # The write-ahead log is cut back to this after each checkpoint.
         self.db.execute("PRAGMA journal_size_limit = 4194304")
         self.db.executescript(_SCHEMA)
+        if "anomaly" not in self._columns("outbox"):
+            # A store made before health models: its rows are not anomalies.
+            self.db.execute("ALTER TABLE outbox ADD COLUMN anomaly INTEGER NOT NULL DEFAULT 0")
         with self._tx():
             self.db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex[:12],)
@@ -124,6 +130,9 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+
+    def _columns(self, table: str) -> set[str]:
+        return {str(r[1]) for r in self.db.execute(f"PRAGMA table_info({table})")}
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()
@@ -158,15 +167,22 @@ class Store:
         file_key: str | None = None,
         counters: dict[str, int] | None = None,
     ) -> int:
-        """In one transaction: the records (``{"key", "alert", "row"}``), the pumps'
-        rolling state, the source file's done mark and counters; then the quota.
-        Returns the number of rows thinned."""
+        """In one transaction: the records (``{"key", "alert", "anomaly", "row"}``;
+        ``anomaly`` may be left out), the pumps' rolling state, the source file's done
+        mark and counters; then the quota. Returns the number of rows thinned."""
         with self._tx():
             for r in records:
                 payload = json.dumps(r["row"], separators=(",", ":"))
                 self.db.execute(
-                    "INSERT OR IGNORE INTO outbox (key, alert, payload, bytes) VALUES (?,?,?,?)",
-                    (r["key"], int(r["alert"]), payload, len(payload)),
+                    "INSERT OR IGNORE INTO outbox (key, alert, anomaly, payload, bytes) "
+                    "VALUES (?,?,?,?,?)",
+                    (
+                        r["key"],
+                        int(r["alert"]),
+                        int(r.get("anomaly", False)),
+                        payload,
+                        len(payload),
+                    ),
                 )
             for pump_id, state in pumps.items():
                 self.db.execute(
@@ -178,6 +194,7 @@ class Store:
                 )
             self._count("scored", len(records))
             self._count("alerts", sum(bool(r["alert"]) for r in records))
+            self._count("anomalies", sum(bool(r.get("anomaly")) for r in records))
             for name, n in (counters or {}).items():
                 self._count(name, n)
             thinned = self._thin(quota_bytes)
@@ -198,7 +215,8 @@ class Store:
         if total <= quota_bytes:
             return 0
         candidates = self.db.execute(
-            "SELECT id, bytes FROM outbox WHERE alert = 0 AND batch IS NULL ORDER BY id"
+            "SELECT id, bytes FROM outbox WHERE alert = 0 AND anomaly = 0 AND batch IS NULL "
+            "ORDER BY id"
         ).fetchall()
         drop = thinning(candidates, total - int(quota_bytes * THIN_TO))
         self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in drop])
@@ -247,7 +265,15 @@ class Store:
         return {name: int(found.get(name, 0)) for name in COUNTERS}
 
     def buffered(self) -> dict[str, int]:
-        rows, alerts, size = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(alert), 0), COALESCE(SUM(bytes), 0) FROM outbox"
+        # `status` may read a store that a running agent has not brought up to date yet.
+        anomaly = "anomaly" if "anomaly" in self._columns("outbox") else "0"
+        rows, alerts, anomalies, size = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(alert), 0), "
+            f"COALESCE(SUM({anomaly}), 0), COALESCE(SUM(bytes), 0) FROM outbox"
         ).fetchone()
-        return {"rows": int(rows), "alerts": int(alerts), "bytes": int(size)}
+        return {
+            "rows": int(rows),
+            "alerts": int(alerts),
+            "anomalies": int(anomalies),
+            "bytes": int(size),
+        }

@@ -5,7 +5,8 @@ idempotency key, where monitoring reads the prediction log.
 temporary file and ``os.link``, which fails if the name exists: of two replicas racing
 with the same batch, one stores it and the other answers "duplicate". ``root`` is the
 prediction log's folder, so :func:`pumpfleet.predlog.read_log` reads edge rows beside the
-service's. Rows carry the prediction log's columns (``arm`` is ``edge``) plus
+service's. Rows carry the prediction log's columns (``arm`` is ``edge``; ``health_score``,
+``anomaly`` and ``anomaly_version`` null where the class has no health model) plus
 ``device_id``, ``alert`` and ``variant``.
 
 The HTTP route (in the Serve app) passes the request body to :func:`handle_upload`.
@@ -30,6 +31,9 @@ MAX_RECORDS = 10_000
 # columns (in_<channel>, device_id, alert, variant) are typed from their values.
 _FLOAT = ("rul_hours", "failure_probability", "latency_ms")
 _OPTIONAL = ("shadow_version", "shadow_rul_hours", "shadow_failure_probability")
+# The health (anomaly) model's columns, null where a class has none: typed as the
+# service logs them, so a batch of nulls reads like one with scores.
+_HEALTH = {"health_score": "float64", "anomaly": "bool_", "anomaly_version": "string"}
 
 
 class EdgeUpload(BaseModel):
@@ -63,6 +67,8 @@ def _table(records: list[dict[str, Any]], device_id: str) -> Any:
         elif f.name in _OPTIONAL and pa.types.is_null(f.type):
             kind = pa.string() if f.name == "shadow_version" else pa.float64()
             fields.append(pa.field(f.name, kind))
+        elif f.name in _HEALTH:
+            fields.append(pa.field(f.name, getattr(pa, _HEALTH[f.name])()))
         elif f.name.startswith("in_"):
             fields.append(pa.field(f.name, pa.float64()))
         else:

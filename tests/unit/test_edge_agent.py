@@ -26,7 +26,9 @@ from edge_agent.uploader import backoff
 from tests.unit.edge_support import (
     Cloud,
     EdgeWorkspace,
+    HealthWorkspace,
     agent_config,
+    shared_health_workspace,
     shared_workspace,
     write_readings,
 )
@@ -577,3 +579,207 @@ def test_a_model_that_raises_counts_as_failed_windows_not_a_crash(
     c = agent.store.counters()
     assert (c["scoring_errors"], c["scored"]) == (3, 0)
     assert (cfg.spool / "done" / "r000.csv").exists()
+
+
+# --- the health (anomaly) model on the device ----------------------------------------------
+
+
+@pytest.fixture
+def hws(tmp_path_factory: pytest.TempPathFactory) -> HealthWorkspace:
+    return shared_health_workspace(tmp_path_factory.getbasetemp())
+
+
+def spooled_windows(spool: Path) -> dict[str, np.ndarray]:
+    """Every stride-1 raw window of the readings in the spool's done files, by the key
+    the agent gives its record (readings are hourly and gapless)."""
+    import csv
+
+    by_pump: dict[str, list[tuple[int, list[float]]]] = {}
+    for path in sorted((spool / "done").glob("*.csv")):
+        with open(path) as f:
+            for r in csv.DictReader(f):
+                values = [float(r[c]) for c in ("motor_temp", "flow", "vibration")]
+                by_pump.setdefault(r["pump_id"], []).append((int(r["timestamp"]), values))
+    out = {}
+    for pump, rows in by_pump.items():
+        rows.sort()
+        for end in range(W - 1, len(rows)):
+            window = np.array([v for _, v in rows[end - W + 1 : end + 1]])
+            out[f"rig-7:{pump}:{rows[end][0] * 10**9}"] = window
+    return out
+
+
+def test_health_scores_on_the_device_are_the_clouds_and_anomalies_are_flagged(
+    hws: HealthWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    """v1 (no anomaly model) scores without health; v2 brings the anomaly model, and from
+    then on every window's health score and flag are those the cloud computes from the
+    same window: ``HealthSpec.score(window_errors(torch model, features))``."""
+    from pumpfleet.anomaly import window_errors
+    from pumpfleet.features import window_features
+    from tests.unit.edge_support import ANOMALY_SPEC
+
+    cfg = agent_config(hws, tmp_path / "agent", cloud.url)
+    agent = Agent(cfg)
+    assert agent.active is not None and agent.active.health is None
+    write_readings(cfg.spool, "r000", ["p1", "hot1"], 0, 14)
+    run_until_idle(agent)
+    shutil.copy(hws.bundles["2"], cfg.updates / "v2.pfbundle")
+    write_readings(cfg.spool, "r001", ["p1"], 14, 24)
+    write_readings(cfg.spool, "r002", ["hot1"], 14, 24, failing=True)
+    write_readings(cfg.spool, "r003", ["warm1"], 14, 24, wear=0.4)  # scores around 1
+    run_until_idle(agent)
+    assert agent.active.version == 2 and agent.active.health is not None
+    assert "health scores (fp32) match" in agent.last_update["self_test"]
+    rows = {r["request_id"]: r for r in cloud.rows().to_pylist()}
+    old = [r for r in rows.values() if r["model_version"] == "1"]
+    new = [r for r in rows.values() if r["model_version"] == "2"]
+    assert len(old) == 6 and len(new) == 24 + 24 + 13
+    assert all(
+        (r["health_score"], r["anomaly"], r["anomaly_version"]) == (None, None, None) for r in old
+    )
+    assert {r["anomaly_version"] for r in new} == {"1"}
+    windows = spooled_windows(cfg.spool)
+    keys = sorted(r["request_id"] for r in new)
+    raw = np.stack([windows[k] for k in keys])
+    errors = window_errors(hws.anomaly, window_features(raw, ANOMALY_SPEC))
+    cloud_scores, cloud_flags = hws.health.score(errors), hws.health.flag(errors)
+    device_scores = np.array([rows[k]["health_score"] for k in keys])
+    np.testing.assert_allclose(device_scores, cloud_scores, rtol=1e-5, atol=1e-5)
+    assert [rows[k]["anomaly"] for k in keys] == cloud_flags.tolist()
+    # The hot pump is anomalous and the healthy one is not: it is the model's call, but
+    # this one tells them apart.
+    hot = [rows[k]["anomaly"] for k in keys if ":hot1:" in k]
+    cool = [rows[k]["anomaly"] for k in keys if ":p1:" in k]
+    assert sum(hot) >= 0.9 * len(hot) and sum(cool) <= 0.2 * len(cool)
+    c = agent.store.counters()
+    assert c["anomalies"] == int(cloud_flags.sum()) and c["anomaly_errors"] == 0
+    assert agent.health()["anomaly_version"] == "1"
+    # The cloud types the health columns the same for a batch of nulls as for scores.
+    import pyarrow.parquet as pq
+
+    for f in (cloud.root / "edge" / "rig-7").glob("*.parquet"):
+        schema = pq.read_schema(f)
+        assert str(schema.field("health_score").type) == "double"
+        assert str(schema.field("anomaly").type) == "bool"
+        assert str(schema.field("anomaly_version").type) == "string"
+
+
+def test_anomalies_are_kept_through_the_quota_like_alerts(tmp_path: Path) -> None:
+    import sqlite3
+
+    # A store made by an agent from before health models gets the column.
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,"
+        " alert INTEGER NOT NULL, payload TEXT NOT NULL, bytes INTEGER NOT NULL, batch TEXT);"
+        "INSERT INTO outbox (key, alert, payload, bytes) VALUES ('old', 0, '{}', 2);"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    row = {"pump_id": "p1", "pad": "x" * 80}
+    records = [
+        {"key": f"k{i}", "alert": i % 20 == 0, "anomaly": i % 10 == 5, "row": row}
+        for i in range(100)
+    ]
+    thinned = store.commit(records, {}, quota_bytes=3000)
+    assert thinned > 0
+    kept = {r[0] for r in store.db.execute("SELECT key FROM outbox")}
+    assert {f"k{i}" for i in range(100) if i % 10 == 5 or i % 20 == 0} <= kept
+    assert store.buffered()["anomalies"] == 10 and store.buffered()["alerts"] == 5
+    assert store.counters()["anomalies"] == 10 and store.counters()["alerts"] == 5
+    # `status` reads an old store that no agent has opened since without the column.
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY, key TEXT, alert INTEGER, payload TEXT,"
+        " bytes INTEGER, batch TEXT); CREATE TABLE counters (name TEXT, value INTEGER);"
+        "CREATE TABLE meta (name TEXT, value TEXT); INSERT INTO meta VALUES ('store_id', 'a');"
+    )
+    assert Store(old, readonly=True).buffered()["anomalies"] == 0
+
+
+def test_a_failing_anomaly_model_leaves_health_null_and_is_counted(
+    hws: HealthWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = agent_config(hws, tmp_path / "agent", None, initial_bundle=hws.bundles["2"])
+    agent = Agent(cfg)
+    assert agent.active is not None and agent.active.health is not None
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
+
+    monkeypatch.setattr(agent.active.health.session, "run", broken)
+    write_readings(cfg.spool, "r000", ["p1"], 0, 14)
+    agent.step()
+    c = agent.store.counters()
+    assert (c["scored"], c["scoring_errors"], c["anomaly_errors"]) == (3, 0, 3)
+    _, rows = agent.store.pending_batch(10) or ("", [])
+    assert [(r["rul_hours"] > 0, r["health_score"], r["anomaly"]) for r in rows] == [
+        (True, None, None)
+    ] * 3
+
+
+def test_bundles_with_a_changed_or_wrong_anomaly_model_are_refused(
+    hws: HealthWorkspace, tmp_path: Path
+) -> None:
+    import io
+    import tarfile
+
+    from pumpfleet import bundle
+    from tests.unit.edge_support import bundle_with
+
+    cfg = agent_config(hws, tmp_path / "agent", None)
+    agent = Agent(cfg)
+    src = bundle.read_bundle(hws.bundles["2"], hws.public_key)
+    g = np.load(io.BytesIO(src.members["golden.npz"]))
+    buf = io.BytesIO()
+    np.savez(buf, raw=g["raw"], expected=g["expected"], anomaly_errors=g["anomaly_errors"] * 3)
+    swapped = tmp_path / "swapped.pfbundle"  # another health spec put in after signing
+    shutil.copy(hws.bundles["2"], swapped)
+    with tarfile.open(swapped) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    files["health_spec.json"] = files["health_spec.json"].replace(
+        b'"margin": 1.0', b'"margin": 9.0'
+    )
+    with tarfile.open(swapped, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    offers = {
+        "swapped": (swapped, "health_spec.json does not match its sha256"),
+        "golden": (
+            bundle_with(hws, tmp_path, "3", members={"golden.npz": buf.getvalue()}),
+            "golden health scores differ",
+        ),
+        "spec": (
+            bundle_with(hws, tmp_path, "4", members={"health_spec.json": b'{"target_far": 2}'}),
+            "validation error",
+        ),
+    }
+    for name, (path, why) in offers.items():
+        result = agent.install(path)
+        assert not result["accepted"] and why in result["why"], (name, result)
+        assert agent.active is not None and agent.active.version == 1
+    assert agent.install(hws.bundles["2"])["accepted"]
+
+
+def test_the_health_model_runs_int8_only_beside_int8_and_where_export_allowed_it(
+    hws: HealthWorkspace, tmp_path: Path
+) -> None:
+    from edge_agent.model import Scorer, open_bundle
+
+    b = open_bundle(hws.bundles["2"], hws.public_key)
+    assert b.anomaly is not None
+    fit = b.anomaly["variants"]["int8"]["within_accuracy"]
+    for variant, expect in [
+        ("fp32", "fp32"),
+        ("fp16", "fp32"),
+        ("int8", "int8" if fit else "fp32"),
+    ]:
+        scorer = Scorer(b, variant)
+        assert scorer.health is not None and scorer.health.variant == expect, variant
+        ok, why = scorer.self_test()
+        assert ok, why
