@@ -107,3 +107,60 @@ def fleet_drivers(attributions: Sequence[Attribution]) -> dict[str, float]:
     mean = np.mean([a.risk_by_channel for a in attributions], axis=0)
     order = np.argsort(-mean, kind="stable")
     return {channels[i]: float(mean[i]) for i in order}
+
+
+@dataclass(frozen=True)
+class FlaggedDrivers:
+    """What drives a model's flags over a set of windows: ``flagged`` windows reached
+    the alert threshold, the ``explained`` most at risk of them were occluded."""
+
+    flagged: int
+    windows: int
+    explained: int
+    risk_by_channel: dict[str, float]  # mean risk attribution, largest first
+    rul_hours_by_channel: dict[str, float]  # mean RUL attribution (hours), same order
+    top_counts: dict[str, int]  # explained windows whose largest risk attribution is it
+
+    def top(self, n: int = 3) -> list[str]:
+        """The channels that raised the risk most on average, largest first."""
+        return [c for c, v in list(self.risk_by_channel.items())[:n] if v > 0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flagged": self.flagged,
+            "windows": self.windows,
+            "explained": self.explained,
+            "risk_by_channel": self.risk_by_channel,
+            "rul_hours_by_channel": self.rul_hours_by_channel,
+            "top_counts": self.top_counts,
+            "top": self.top(),
+        }
+
+
+def flagged_drivers(
+    score: Scorer,
+    raw: np.ndarray,
+    risk: np.ndarray,
+    spec: FeatureSpec,
+    threshold: float,
+    limit: int = 200,
+) -> FlaggedDrivers:
+    """Occlusion attributions of the windows ``raw [N, W, C + S]`` whose failure risk
+    ``risk [N]`` reaches ``threshold``, the ``limit`` most at risk of them, summarised
+    per channel with :func:`fleet_drivers` (no windows flagged: empty summaries)."""
+    risk = np.asarray(risk, dtype=np.float64).reshape(-1)
+    flagged = np.flatnonzero(risk >= threshold)
+    chosen = flagged[np.argsort(-risk[flagged], kind="stable")][:limit]
+    attributions = [occlusion(score, raw[i], spec) for i in chosen]
+    drivers = fleet_drivers(attributions)
+    rul = np.mean([a.rul_by_channel for a in attributions], axis=0) if attributions else []
+    rul_by = dict(zip(spec.channels, np.asarray(rul, float).tolist(), strict=False))
+    tops = [a.channels[int(np.argmax(a.risk_by_channel))] for a in attributions]
+    return FlaggedDrivers(
+        flagged=len(flagged),
+        windows=len(risk),
+        explained=len(attributions),
+        risk_by_channel=drivers,
+        rul_hours_by_channel={c: rul_by[c] for c in drivers},
+        top_counts={c: tops.count(c) for c in drivers if c in tops},
+    )

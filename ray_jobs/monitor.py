@@ -1,8 +1,8 @@
 """The monitor: drift of the served inputs and the champion's performance, per pump
 class (classes as parallel Ray tasks), against the data the champion was validated on;
-alerts with hysteresis; retraining submitted for the classes that alert. Writes an HTML
-report with the fleet drift map, the map as PNG, a JSON summary, the per-chunk signals as
-Parquet, and MLflow metrics.
+what drives the champion's flags; alerts with hysteresis; retraining submitted for the
+classes that alert. Writes an HTML report with the fleet drift map, the map as PNG, a
+JSON summary, the per-chunk signals as Parquet, and MLflow metrics.
 
     python -m ray_jobs.monitor [--chunk-size N] [--consecutive K] [--jobs-address URL]
 """
@@ -11,148 +11,32 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import ray
 
-from pumpfleet import onnx_io, storage
-from pumpfleet.abreport import _truth
+from pumpfleet import storage
 from pumpfleet.alerts import AlertPolicy, ClassAlert, drift_wanted, hysteresis, new_data_due
-from pumpfleet.drift import (
-    RUL_PRED,
-    RUL_TRUE,
-    Y_PRED,
-    Y_PROB,
-    Y_TRUE,
-    AnalysisConfig,
-    ClassAnalysis,
-    shuffled_reference,
-)
+from pumpfleet.drift import AnalysisConfig, ClassAnalysis
 from pumpfleet.errors import PumpfleetError
-from pumpfleet.features import decode_outputs, window_features, window_summary
 from pumpfleet.predlog import read_log
-from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings, get_settings
-from pumpfleet.snapshot import Snapshot, open_snapshot
-from pumpfleet.windows import SPLITS
+from pumpfleet.snapshot import open_snapshot
 from ray_jobs._ray import init_ray
 from ray_jobs.cli import run_main
 from ray_jobs.monitor_args import add_monitor_args
+from ray_jobs.monitor_reference import Reference, analysis_frame, class_reference
 from ray_jobs.monitor_report import drift_map_png, report_html
 from ray_jobs.triggers import jobs_address, rows_since, start_retrains
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "pumpfleet-monitor"
-# What the champion was validated on: the pumps it never trained on, and the time after
-# its training data. Its own predictions there, with the labels, calibrate CBPE and DLE.
-VALIDATED_ON = ("val", "holdout", "future")
-
-
-@dataclass
-class Reference:
-    drift: pd.DataFrame  # window summaries of every window of the snapshot (shuffled)
-    perf: pd.DataFrame | None  # + the champion's predictions and the labels (validated on)
-    features: list[str]
-    snapshot: str
-    champion: str | None = None
-    threshold: float = 0.5
-    horizon_hours: float = 48.0
-    notes: list[str] = field(default_factory=list)
-
-
-def reference_frame(features_root: str, snapshot: str, cls: str) -> pd.DataFrame:
-    """Window summaries of every window of the class in the snapshot (shuffled under a
-    sorted time axis, see ``shuffled_reference``): what the fleet's pumps, all of them in
-    service whatever their split, produced when the model was built."""
-    snap = open_snapshot(features_root, snapshot)
-    return _summaries(snap, cls, SPLITS)[0]
-
-
-def _summaries(
-    snap: Snapshot, cls: str, splits: tuple[str, ...], spec: Any = None
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray]]:
-    parts = [snap.load(cls, s, spec) for s in splits]
-    raw = np.concatenate([p[0] for p in parts])
-    cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
-    frame = pd.DataFrame(window_summary(raw, spec or snap.spec(cls)))
-    frame["timestamp"] = pd.to_datetime(cols["end_time"], utc=True)
-    return shuffled_reference(frame), raw, cols
-
-
-def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Reference:
-    """The reference from the champion's lineage: its snapshot (else ``default_snapshot``),
-    and its own predictions on the windows it was validated on."""
-    registry = Registry(settings.tracking_uri, settings.artifact_root)
-    name = model_name(cls)
-    notes: list[str] = []
-    if registry.version_by_alias(name, CHAMPION) is None:
-        snap = open_snapshot(str(settings.features_dir), default_snapshot)
-        drift, _, _ = _summaries(snap, cls, SPLITS)
-        notes.append(f"{cls}: no champion; drift only, against snapshot {snap.id}")
-        return Reference(drift, None, list(drift.columns.drop("timestamp")), snap.id, notes=notes)
-    with tempfile.TemporaryDirectory(prefix="pumpfleet-monitor-") as tmp:
-        model = registry.load(name, CHAMPION, Path(tmp))
-    snap_id = model.tags.get("feature_snapshot") or default_snapshot
-    try:
-        snap = open_snapshot(str(settings.features_dir), snap_id)
-    except PumpfleetError:
-        notes.append(f"{cls}: champion's snapshot {snap_id} is gone; using {default_snapshot}")
-        snap = open_snapshot(str(settings.features_dir), default_snapshot)
-    spec = model.spec
-    drift, _, _ = _summaries(snap, cls, SPLITS, spec)
-    perf, raw, cols = _summaries(snap, cls, VALIDATED_ON, spec)
-    rul, prob = decode_outputs(
-        onnx_io.run(onnx_io.session(model.onnx), window_features(raw, spec)), spec
-    )
-    order = np.random.default_rng(0).permutation(len(raw))  # as shuffled_reference did
-    perf[Y_PROB] = np.asarray(prob, float)[order]
-    perf[Y_PRED] = (perf[Y_PROB] >= spec.alert_threshold).astype(int)
-    perf[Y_TRUE] = np.asarray(cols["failure_within_horizon"], int)[order]
-    perf[RUL_PRED] = np.asarray(rul, float)[order]
-    perf[RUL_TRUE] = np.asarray(cols["rul_hours"], float)[order]
-    return Reference(
-        drift,
-        perf,
-        list(drift.columns.drop("timestamp")),
-        snap.id,
-        model.version,
-        spec.alert_threshold,
-        spec.horizon_hours,
-        notes,
-    )
-
-
-def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -> pd.DataFrame:
-    """One class's logged predictions as the analysis: inputs, outputs of the champion
-    (other versions' outputs are blanked: the estimates are the champion's), and the true
-    RUL and failure label where feedback has arrived. Sorted by time."""
-    a = rows.rename(columns=lambda c: c.removeprefix("in_")).reset_index(drop=True)
-    a["timestamp"] = pd.to_datetime(a["timestamp"], utc=True).dt.as_unit("ns")
-    versions = a["model_version"] if "model_version" in a else pd.Series(None, index=a.index)
-    champ = versions.astype(str) == str(ref.champion)
-    nothing = pd.Series(np.nan, index=a.index)
-    prob = pd.to_numeric(a.get("failure_probability", nothing), errors="coerce")
-    rul = pd.to_numeric(a.get("rul_hours", nothing), errors="coerce")
-    a[Y_PROB] = prob.where(champ)
-    a[RUL_PRED] = rul.where(champ)
-    a[Y_PRED] = (a[Y_PROB] >= ref.threshold).astype(int)
-    fb = feedback.copy()
-    for col in ("observed_at", "failed_at"):  # one time unit, whatever each writer used
-        if col in fb:
-            fb[col] = pd.to_datetime(fb[col], utc=True).dt.as_unit("ns")
-    truth = _truth(a, fb) if not fb.empty else pd.Series(np.nan, index=a.index)
-    a[RUL_TRUE] = truth.to_numpy(float)
-    failed = (a[RUL_TRUE] <= ref.horizon_hours).astype(float)
-    a[Y_TRUE] = failed.where(a[RUL_TRUE].notna())
-    return a.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
 @ray.remote(num_cpus=1)
@@ -164,6 +48,7 @@ def _class_task(
     feedback: pd.DataFrame,
     cfg: AnalysisConfig,
 ) -> tuple[ClassAnalysis, dict[str, Any]] | str:
+    """One class's analysis and what its summary needs besides, or why it was skipped."""
     from pumpfleet.drift import analyse_class
 
     try:
@@ -172,8 +57,19 @@ def _class_task(
         result = analyse_class(cls, ref.drift, analysis, ref.features, cfg, ref.perf)
     except PumpfleetError as e:
         return str(e)
+    meta = class_meta(ref)
     result.notes = ref.notes + result.notes
-    return result, {"champion": ref.champion, "reference_snapshot": ref.snapshot}
+    return result, meta
+
+
+def class_meta(ref: Reference) -> dict[str, Any]:
+    """The reference's part of a class's summary: champion, snapshot and what drives the
+    champion's flags."""
+    return {
+        "champion": ref.champion,
+        "reference_snapshot": ref.snapshot,
+        "alert_drivers": ref.drivers,
+    }
 
 
 def _usable(logged: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -261,7 +157,7 @@ def run_monitor(
             continue
         result, meta = out
         results[cls] = result
-        summary["classes"][cls] = {**meta, **_class_summary(result, policy)}
+        summary["classes"][cls] = _class_summary(result, policy, meta)
     for m in summary["skipped"].values():
         log.warning(m)
     alerts = {c: hysteresis(c, r.drifted(), policy) for c, r in results.items()}
@@ -305,7 +201,12 @@ def _last(chunks: pd.DataFrame, kind: str) -> dict[str, float]:
     return {str(s): float(g["value"].iloc[-1]) for s, g in c.groupby("signal")}
 
 
-def _class_summary(r: ClassAnalysis, policy: AlertPolicy) -> dict[str, Any]:
+def _class_summary(r: ClassAnalysis, policy: AlertPolicy, meta: dict[str, Any]) -> dict[str, Any]:
+    """One class's entry in the JSON summary: ``meta`` (from its task) and its signals."""
+    return {**meta, **_drift_summary(r, policy)}
+
+
+def _drift_summary(r: ClassAnalysis, policy: AlertPolicy) -> dict[str, Any]:
     alert: ClassAlert = hysteresis(r.pump_class, r.drifted(), policy)
     uni = r.chunks[r.chunks["kind"] == "univariate"]
     features = sorted(

@@ -155,7 +155,51 @@ def report_html(
         "<th>ROC AUC est / real (last chunk)</th><th>MAE h est / real</th></tr>"
         f"{rows}</table><h2>Triggers</h2><ul>{triggers or '<li>none</li>'}</ul>"
         f"<h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>"
-        f"<h2>Fleet drift map</h2>{fleet_map}{figures}</body></html>"
+        f"<h2>Fleet drift map</h2>{fleet_map}{drivers_html(summary)}{figures}</body></html>"
+    )
+
+
+def drivers_html(summary: dict[str, Any], shown: int = 4) -> str:
+    """Which sensors drive each class's alerts across the fleet (``alert_drivers``)."""
+    esc = html.escape
+    rows = []
+    for c, s in sorted(summary["classes"].items()):
+        d = s.get("alert_drivers")
+        if not d:
+            why = "no champion" if s.get("champion") is None else "not computed"
+            rows.append(f"<tr><td>{esc(c)}</td><td colspan='3'>{why}</td></tr>")
+            continue
+        if not d["explained"]:
+            rows.append(
+                f"<tr><td>{esc(c)}</td><td>0 of {d['windows']}</td><td colspan='2'>the "
+                "champion flags none of the reference windows it was validated on</td></tr>"
+            )
+            continue
+        risk = list(d["risk_by_channel"].items())[:shown]
+        sensors = ", ".join(
+            f"{esc(ch)} {v:+.3f} (largest in {d['top_counts'].get(ch, 0)})" for ch, v in risk
+        )
+        rul = ", ".join(f"{esc(ch)} {d['rul_hours_by_channel'][ch]:+.1f}" for ch, _ in risk)
+        rows.append(
+            f"<tr><td>{esc(c)}</td><td>{d['explained']} of {d['flagged']} flagged "
+            f"({d['windows']} windows)</td><td>{sensors}</td><td>{rul}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>What drives each class's alerts</h2><p>Per class, the sensors that raise the "
+        "champion's failure risk on the windows it flags: occlusion attributions "
+        "(<code>pumpfleet.explain</code>, the champion's ONNX: each channel replaced by "
+        "its regime's mean, the window scored again; the attribution is the risk minus the "
+        "occluded risk), averaged over the flagged windows, with how many windows each "
+        "sensor leads. The windows are the reference windows the champion was validated on "
+        "(val, holdout and future of its snapshot), the most at risk first, at most 200 "
+        "per class: the prediction log keeps only each served window's channel means, so "
+        "served windows cannot be occluded. Read this beside the drifted features: it says "
+        "which sensors the champion's alerts rest on, not what moved.</p>"
+        "<table border='1'><tr><th>class</th><th>windows explained</th>"
+        "<th>sensors by mean risk attribution (windows it leads)</th>"
+        "<th>RUL attribution, h</th></tr>" + "".join(rows) + "</table>"
     )
 
 

@@ -107,6 +107,10 @@ def test_closed_loop(loop_ws: Settings, workspace: dict[str, Any]) -> None:
     assert Path(mon["report"]).exists() and Path(mon["drift_map"]).exists()
     html = Path(mon["report"]).read_text()
     assert "pumpfleet drift report" in html and "fleet drift map" in html
+    # the sensors behind the champion's flags, from its ONNX on its reference windows
+    d, channels = c["alert_drivers"], open_snapshot(str(s.features_dir)).spec(cls).channels
+    assert d["explained"] == min(200, d["flagged"]) > 0
+    assert set(d["risk_by_channel"]) == set(channels) and "What drives each class" in html
 
     again = run_monitor(s, chunk_size=50, server=InProcessJobs())  # within the cooldown
     assert "cooling down" in again["triggers"][0]["reason"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pumpfleet.explain import fleet_drivers, occlusion
+from pumpfleet.explain import flagged_drivers, fleet_drivers, occlusion
 from pumpfleet.features import FeatureSpec, window_features
 
 
@@ -57,3 +57,20 @@ def test_fleet_drivers_rank_channels() -> None:
     a = occlusion(scorer(s), raw, s)
     assert list(fleet_drivers([a, a])) == ["motor_temp", "flow"]
     assert fleet_drivers([]) == {}
+
+
+def test_flagged_drivers_explain_the_most_at_risk_flagged_windows() -> None:
+    s = spec()
+    raw = np.tile(np.column_stack([np.full(8, 80.0), np.full(8, 1000.0)]), (6, 1, 1))
+    raw[:, 4:, 0] += np.array([0.0, 5.0, 10.0, 20.0, 30.0, 40.0])[:, None]  # hotter and hotter
+    raw[:, :, 1] += 300.0  # flow reads high everywhere, but the scorer ignores it
+    score = scorer(s)
+    _, risk = score(raw)
+    d = flagged_drivers(score, raw, risk, s, threshold=float(risk[2]), limit=3)
+    assert (d.windows, d.flagged, d.explained) == (6, 4, 3)  # windows 2..5; 3, 4, 5 explained
+    assert d.top() == ["motor_temp"] and d.top_counts == {"motor_temp": 3}
+    assert d.risk_by_channel["motor_temp"] > 0.4 and abs(d.risk_by_channel["flow"]) < 1e-9
+    assert d.rul_hours_by_channel["motor_temp"] < -30
+    assert list(d.as_dict()["risk_by_channel"]) == ["motor_temp", "flow"]
+    none = flagged_drivers(score, raw, risk, s, threshold=1.0)
+    assert (none.flagged, none.explained, none.risk_by_channel, none.top()) == (0, 0, {}, [])

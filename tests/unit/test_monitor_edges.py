@@ -219,3 +219,49 @@ def test_new_data_starts_a_retrain_once(settings: Settings) -> None:
     quiet = FakeServer()
     run_monitor(settings, policy=AlertPolicy(new_data_rows=2000), server=quiet, now=NOW)
     assert quiet.submitted == []
+
+
+DRIVERS = {
+    "flagged": 40, "windows": 400, "explained": 40, "top": ["motor_temp"],
+    "risk_by_channel": {"motor_temp": 0.21, "flow": -0.01},
+    "rul_hours_by_channel": {"motor_temp": -30.0, "flow": 1.0},
+    "top_counts": {"motor_temp": 38, "flow": 2}, "basis": "reference windows",
+}  # fmt: skip
+
+
+def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
+    import numpy as np
+
+    from pumpfleet.drift import AnalysisConfig, analyse_class, shuffled_reference
+    from ray_jobs.monitor import _class_summary, class_meta
+    from ray_jobs.monitor_reference import Reference, analysis_frame
+    from ray_jobs.monitor_report import report_html
+
+    rng, n = np.random.default_rng(0), 2000
+    ts = pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC")
+    temp, flow = rng.normal(80, 5, n), rng.normal(1000, 50, n)
+    drift = shuffled_reference(pd.DataFrame({"motor_temp": temp, "flow": flow, "timestamp": ts}))
+    ref = Reference(drift, None, ["motor_temp", "flow"], "snap1", "1", drivers=DRIVERS)
+    rows = pd.DataFrame(
+        {
+            "pump_id": "esp-1",
+            "pump_class": "esp",
+            "timestamp": pd.date_range("2026-03-01", periods=300, freq="min", tz="UTC"),
+            "in_motor_temp": rng.normal(80, 5, 300),
+            "in_flow": rng.normal(1000, 50, 300),
+        }
+    )
+    analysis = analysis_frame(rows, pd.DataFrame(), ref)
+    cfg = AnalysisConfig(chunk_size=100, multivariate=False)
+    r = analyse_class("esp", ref.drift, analysis, ref.features, cfg)
+    s = _class_summary(r, AlertPolicy(), class_meta(ref))
+    assert s["alert_drivers"]["top"] == ["motor_temp"] and s["champion"] == "1"
+    summary = {
+        "created": "now", "snapshot_id": "snap1", "predictions": 300, "chunk_size": 100,
+        "policy": AlertPolicy().model_dump(), "classes": {"esp": s}, "skipped": {},
+        "notes": [], "triggers": [],
+    }  # fmt: skip
+    html = report_html(summary, {}, None)
+    assert "What drives each class's alerts" in html
+    assert "<td>40 of 40 flagged (400 windows)</td>" in html
+    assert "motor_temp +0.210 (largest in 38), flow -0.010 (largest in 2)" in html
