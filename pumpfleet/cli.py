@@ -380,7 +380,13 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
     init_ray(settings)
     _print(
         run_retrain(
-            settings, args.classes, space_from_args(args), args.source, args.reason, args.promote
+            settings,
+            args.classes,
+            space_from_args(args),
+            args.source,
+            args.reason,
+            args.promote,
+            health=not args.no_health,
         )
     )
 
@@ -574,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=_positive("--epochs"), default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--promote", action="store_true", help="promote if the gates pass")
+    s.add_argument("--no-health", action="store_true", help="leave the health models alone")
     s.add_argument("--jobs-address", help="submit to this Ray job server instead of running here")
     s.set_defaults(func=cmd_retrain)
 

@@ -362,6 +362,16 @@ def loop_lines(result: dict[str, Any]) -> list[str]:
         f"champion v{ab['champion']} RMSE {ab['champion_rmse']:.1f} h, challenger "
         f"v{ab['challenger']} {ab['challenger_rmse']:.1f} h, difference "
         f"{ab['difference']:.1f} h [{lo:.1f}, {hi:.1f}] → {ab['verdict']}",
+        *(
+            [
+                f"health model retrained on the new data: {loop['pump_class']} "
+                f"v{loop['health']['version']} registered as challenger ({loop['health']['gate']})"
+                if loop["health"].get("registered")
+                else f"health model not retrained: {loop['health'].get('gate')}"
+            ]
+            if loop.get("health")
+            else []
+        ),
         f"promotion: v{loop['challenger']} "
         f"{'promoted' if loop['promoted'] else 'not promoted'} by the gates "
         f"({loop['decision']}); champion now v{loop['champion_after']}",

@@ -133,12 +133,14 @@ def closed_loop(
     from ray_jobs.evaluate import run_evaluate
     from ray_jobs.retrain import run_retrain
     from ray_jobs.train import SearchSpace
+    from ray_jobs.train_anomaly import AnomalySearchSpace
 
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     champion = registry.version_by_alias(model_name(cls), CHAMPION)
     sim = new_data(settings, demo.pumps, demo.days, demo.seed, cls, channel, factor)
     space = SearchSpace(epochs=demo.epochs, seed=demo.seed)
-    retrain = run_retrain(settings, [cls], space, reason=reason, promote=False)
+    health = AnomalySearchSpace(lr=[1e-2], epochs=demo.health_epochs, seed=demo.seed)
+    retrain = run_retrain(settings, [cls], space, reason=reason, promote=False, health_space=health)
     challenger = retrain["classes"][cls]["challenger"]
     ab = post_drift_ab(settings, retrain["snapshot_id"], cls, str(champion), challenger)
     log.info("A/B on post-drift data: %s", ab)
@@ -155,6 +157,7 @@ def closed_loop(
         "promoted": ev["promoted"],
         "champion_after": ev["champion"],
         "decision": ev["reason"],
+        "health": retrain["health"].get(cls),
         "holdout_rmse": {
             "challenger": ev["challenger_report"]["rmse"],
             "champion": (ev["champion_report"] or {}).get("rmse"),

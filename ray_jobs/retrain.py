@@ -1,7 +1,10 @@
 """Retraining: ingest what has arrived → train challengers for the affected classes only →
-evaluate them with the gates → (only if asked) promote.
+evaluate them with the gates → (only if asked) promote. The classes that have a health
+(anomaly) model get a new one on the same snapshot, gated and (only if asked) promoted by
+its own policy (``ray_jobs.train_anomaly``).
 
     python -m ray_jobs.retrain [--classes esp rod] [--reason "drift on esp"] [--promote]
+                               [--no-health]
 
 Submitted as a Ray job by the Serve admin route (``POST /v1/admin/retrain``), and run by
 hand or on a schedule. Without ``--promote`` a challenger that passes the gates stays
@@ -37,6 +40,8 @@ def run_retrain(
     source: str | None = None,
     reason: str = "requested",
     promote: bool = False,
+    health: bool = True,
+    health_space: Any = None,
 ) -> dict[str, Any]:
     from ray_jobs.evaluate import run_evaluate
     from ray_jobs.ingest import ingest_and_log
@@ -55,6 +60,9 @@ def run_retrain(
     evaluate = run_evaluate(
         settings, snapshot, who=current_user(), classes=trained, promote=promote
     )
+    health_models = (
+        _retrain_health(settings, snapshot, trained, promote, health_space) if health else {}
+    )
     return {
         "reason": reason,
         "snapshot_id": snapshot,
@@ -68,9 +76,31 @@ def run_retrain(
             }
             for cls, r in evaluate["classes"].items()
         },
+        "health": health_models,
         "failed_trials": train.get("failed_trials", {}),
         "minutes": round((time.monotonic() - started) / 60, 2),
     }
+
+
+def _retrain_health(
+    settings: Settings, snapshot: str, classes: list[str], promote: bool, space: Any
+) -> dict[str, Any]:
+    """New health models for those of ``classes`` that have one. A class whose new data
+    cannot train one (too few normal windows) keeps its model; the RUL retrain stands."""
+    from pumpfleet.errors import DataError
+    from pumpfleet.registry import Registry
+    from ray_jobs.train_anomaly import run_train_anomaly
+
+    have = sorted(set(classes) & set(Registry(settings.tracking_uri).anomaly_classes()))
+    if not have:
+        return {}
+    try:
+        out = run_train_anomaly(settings, snapshot, space, have, promote)
+    except DataError as e:
+        log.warning("health models of %s not retrained: %s", ", ".join(have), e)
+        return {c: {"registered": False, "gate": str(e)} for c in have}
+    keep = ("version", "registered", "promoted", "promotion", "gate", "threshold")
+    return {c: {k: r[k] for k in keep if k in r} for c, r in out["classes"].items()}
 
 
 def submit_retrain(
@@ -124,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--promote", action="store_true", help="promote a challenger that passes the gates"
     )
+    parser.add_argument(
+        "--no-health", action="store_true", help="leave the classes' health models as they are"
+    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
@@ -132,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = get_settings()
         init_ray(settings)
         return run_retrain(
-            settings, args.classes, space_from_args(args), args.source, args.reason, args.promote
+            settings,
+            args.classes,
+            space_from_args(args),
+            args.source,
+            args.reason,
+            args.promote,
+            health=not args.no_health,
         )
 
     return run_main(job)

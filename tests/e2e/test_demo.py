@@ -63,6 +63,9 @@ def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
     assert set(rates) == set(promoted), (rates, result["health"]["classes"])
     assert all(r["calm"] is not None and r["calm"] <= 0.06 for r in rates.values()), rates
 
+    # The retrain renews the drifted class's health model on the new data too.
+    assert loop["health"]["registered"] and loop["health"]["version"] != rates[drifted]["version"]
+
     text = summary_text(result)
     assert "pumpfleet demo: summary" in text
     assert f"drifted classes: {drifted}" in text
