@@ -70,14 +70,13 @@ def champion(
 
 def torch_errors(model: LoadedModel, x: np.ndarray) -> np.ndarray:
     """Window errors of the registered torch weights: what the ONNX must reproduce."""
-    import torch
 
     from pumpfleet.anomaly import AnomalyConfig, build_autoencoder, window_errors
 
     ae = build_autoencoder(
         model.spec.n_channels, AnomalyConfig(**model.model_config["anomaly_config"])
     )
-    ae.load_state_dict(torch.load(model.state_dict_path, weights_only=True))
+    ae.load_state_dict(model.state_dict())
     return window_errors(ae, x)
 
 

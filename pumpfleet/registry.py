@@ -62,17 +62,23 @@ class LoadedModel:
     onnx: bytes
     spec: FeatureSpec
     model_config: dict[str, Any]
-    state_dict_path: Path
+    weights: bytes  # the torch state dict as torch.save wrote it
     tags: dict[str, str]
 
-    def torch_model(self) -> Any:
-        """Rebuild the torch model from its config and weights."""
+    def state_dict(self) -> dict[str, Any]:
+        """The torch weights."""
+        import io
+
         import torch
 
+        return dict(torch.load(io.BytesIO(self.weights), weights_only=True))
+
+    def torch_model(self) -> Any:
+        """Rebuild the (RUL) torch model from its config and weights."""
         from pumpfleet.models import ModelConfig, build_model
 
         model = build_model(self.spec.n_channels, ModelConfig(**self.model_config))
-        model.load_state_dict(torch.load(self.state_dict_path, weights_only=True))
+        model.load_state_dict(self.state_dict())
         model.eval()
         return model
 
@@ -397,10 +403,14 @@ class Registry:
         self.client.delete_registered_model_alias(name, alias)
 
     def load_version(self, name: str, version: str, dst: Path | None = None) -> LoadedModel:
-        """Download version ``version`` of ``name`` (as :meth:`load` does an alias)."""
+        """Download version ``version`` of ``name`` (as :meth:`load` does an alias) into
+        memory; its files are kept under ``dst`` if given (else a temporary folder that
+        is removed: a replica that follows promotions for months leaves nothing behind)."""
         self.version_tags(name, version)  # a clear error for an unknown version
+        if dst is None:
+            with tempfile.TemporaryDirectory(prefix="pumpfleet-model-") as tmp:
+                return self.load_version(name, version, Path(tmp))
         mv = self.client.get_model_version(name, str(version))
-        dst = dst or Path(tempfile.mkdtemp(prefix="pumpfleet-model-"))
         with self._fluent():
             path = Path(
                 self._mlflow.artifacts.download_artifacts(
@@ -415,6 +425,6 @@ class Registry:
             onnx=(path / "model.onnx").read_bytes(),
             spec=FeatureSpec.from_json((extra / SPEC_FILE).read_text()),
             model_config=json.loads((extra / MODEL_CONFIG_FILE).read_text()),
-            state_dict_path=extra / WEIGHTS_FILE,
+            weights=(extra / WEIGHTS_FILE).read_bytes(),
             tags={str(k): str(v) for k, v in (mv.tags or {}).items()},
         )
