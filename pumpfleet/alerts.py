@@ -49,6 +49,18 @@ class ClassAlert:
         return self.episodes[0].raised if self.episodes else None
 
 
+def alarm_bound(n: int, expected_rate: float, alpha: float) -> int:
+    """The fewest alarms among ``n`` windows that count as too many: a rate of
+    ``expected_rate`` reaches it with probability at most ``alpha`` (binomial tail), so
+    a chunk that the expected rate explains alerts once in ``1 / alpha`` chunks at most."""
+    from scipy.stats import binom
+
+    if n <= 0:
+        return 1
+    # isf gives the largest k with P(X > k) > alpha, plus one: the first k with tail <= alpha
+    return int(binom.isf(alpha, n, expected_rate)) + 1
+
+
 def hysteresis(pump_class: str, drifted: Sequence[bool], policy: AlertPolicy) -> ClassAlert:
     """Walk the chunks in time order: ``consecutive`` drifted chunks raise an alert,
     ``clear_after`` clean ones clear it."""

@@ -117,9 +117,11 @@ CONTINUOUS = "kolmogorov_smirnov"
 CATEGORICAL = "chi2"
 # Columns the monitor's frames carry besides the features (see ``analyse_class``).
 Y_PROB, Y_PRED, Y_TRUE, RUL_PRED, RUL_TRUE = "y_prob", "y_pred", "y_true", "rul_pred", "rul_true"
+HEALTH, ANOMALY = "health_score", "anomaly"  # the anomaly champion's score and flag
 SIGNAL_COLUMNS = ["chunk", "start", "end", "kind", "signal", "value", "lower", "upper", "alert"]
 DRIFT_KINDS = ("univariate", "multivariate")
 MIN_LABELLED = 10  # realised performance of a chunk needs this many labelled predictions
+MIN_SCORED = 10  # health signals of a chunk need this many windows the anomaly model scored
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,28 @@ class AnalysisConfig:
     multivariate: bool = True
     performance: bool = True
     std_multiplier: float = 4.5  # NannyML's default is 3; see above
+    # A chunk's anomaly alarms alert when the expected rate would reach them with at most
+    # this probability (``pumpfleet.alerts.alarm_bound``).
+    alarm_alpha: float = 0.001
+
+
+@dataclass(frozen=True)
+class HealthReference:
+    """What the anomaly (health) champion of a class is compared with: its health scores
+    on reference windows (``health_score`` and ``timestamp``), the false-alarm rate it was
+    calibrated to, and the rate of alarms it raised on those reference windows (which
+    include pumps about to fail, so it may exceed the calibrated rate)."""
+
+    version: str
+    scores: pd.DataFrame
+    target_far: float
+    reference_alarm_rate: float
+
+    @property
+    def expected_alarm_rate(self) -> float:
+        """The alarm rate that is no news: the calibrated false-alarm rate, or the rate
+        on the reference windows where their real faults raise it above that."""
+        return max(self.target_far, self.reference_alarm_rate)
 
 
 @dataclass
@@ -156,6 +180,14 @@ class ClassAnalysis:
         if d.empty:
             return []
         return [bool(x) for x in d.groupby("chunk")["alert"].any().sort_index()]
+
+    def health_flags(self) -> list[bool]:
+        """Per chunk in time order: did the health score drift or the alarm rate exceed
+        its bound? Empty where the class's health was not monitored."""
+        h = self.chunks[self.chunks["kind"] == "health"]
+        if h.empty:
+            return []
+        return [bool(x) for x in h.groupby("chunk")["alert"].any().sort_index()]
 
     def alerting_features(self, min_chunks: int = 1) -> list[str]:
         u = self.chunks[self.chunks["kind"] == "univariate"]
@@ -213,6 +245,7 @@ def analyse_class(
     features: list[str],
     cfg: AnalysisConfig,
     perf_reference: pd.DataFrame | None = None,
+    health: HealthReference | None = None,
 ) -> ClassAnalysis:
     """Univariate and multivariate drift of ``features``, estimated performance (CBPE for
     the failure classifier, DLE for the RUL regressor) and realised performance where the
@@ -221,7 +254,9 @@ def analyse_class(
     ``reference`` and ``analysis`` hold the features and ``timestamp``; performance needs
     ``perf_reference`` with ``y_prob``, ``y_pred``, ``y_true``, ``rul_pred``, ``rul_true``
     (the champion's predictions on the data it was validated on, with their labels) and
-    the same prediction columns in ``analysis`` (``y_true``/``rul_true`` where known)."""
+    the same prediction columns in ``analysis`` (``y_true``/``rul_true`` where known).
+    With ``health``, the analysis's ``health_score`` and ``anomaly`` columns (NaN where
+    the anomaly champion did not score a row) give the class's health signals."""
     import nannyml as nml
 
     n = cfg.chunk_size
@@ -266,6 +301,8 @@ def analyse_class(
         parts.append(
             _tidy(t.to_df(), "multivariate", "pca_reconstruction", ("reconstruction_error",))
         )
+    if health is not None:
+        parts.append(_health(pump_class, analysis, health, cfg, upper, bounds, parts[0], notes))
     if cfg.performance:
         parts += _performance(pump_class, perf_reference, analysis, cont, n, notes)
         parts.append(_realised(analysis, bounds, parts[0]))
@@ -346,3 +383,58 @@ def _realised(analysis: pd.DataFrame, bounds: pd.DataFrame, like: pd.DataFrame) 
             if v is not None:
                 rows.append([int(i), start, end, "realised", name, v, np.nan, np.nan, False])
     return pd.DataFrame(rows, columns=SIGNAL_COLUMNS)
+
+
+def _health(
+    cls: str,
+    analysis: pd.DataFrame,
+    ref: HealthReference,
+    cfg: AnalysisConfig,
+    threshold: object,
+    bounds: pd.DataFrame,
+    like: pd.DataFrame,
+    notes: list[str],
+) -> pd.DataFrame:
+    """Per chunk, on the rows the anomaly champion scored: drift of the health score
+    (Kolmogorov-Smirnov against the reference scores) and the alarm rate against the
+    binomial bound of the expected rate. Chunks with fewer than ``MIN_SCORED`` scored
+    rows get no value and never alert."""
+    import nannyml as nml
+
+    from pumpfleet.alerts import alarm_bound
+
+    if HEALTH not in analysis or analysis[HEALTH].notna().sum() < MIN_SCORED:
+        notes.append(f"{cls}: the log has no health scores from anomaly model v{ref.version}")
+        return pd.DataFrame(columns=SIGNAL_COLUMNS)
+    ts = ["timestamp"]
+    calc = nml.UnivariateDriftCalculator(
+        column_names=[HEALTH],
+        timestamp_column_name="timestamp",
+        continuous_methods=[CONTINUOUS],
+        chunk_size=cfg.chunk_size,
+        thresholds={CONTINUOUS: threshold},
+    )
+    table = calc.fit(ref.scores[[HEALTH, *ts]]).calculate(analysis[[HEALTH, *ts]]).to_df()
+    table = table[table[("chunk", "chunk", "period")] == "analysis"].reset_index(drop=True)
+    drift = _tidy(table, "health", HEALTH, (HEALTH, CONTINUOUS))
+    p0 = ref.expected_alarm_rate
+    scored = analysis[HEALTH].notna()
+    # the flag where the log has one; else what it means (a score above 1)
+    flag = analysis[ANOMALY] if ANOMALY in analysis else (analysis[HEALTH] > 1).astype(float)
+    flag = pd.to_numeric(flag, errors="coerce").where(scored)
+    alarms = []
+    for (i, a, b), start, end in zip(
+        bounds.itertuples(index=False), like["start"], like["end"], strict=True
+    ):
+        flags = flag.iloc[int(a) : int(b) + 1].dropna()
+        n = len(flags)
+        row = [int(i), start, end, "health", "alarm_rate", np.nan, np.nan, np.nan, False]
+        if n < MIN_SCORED:
+            drift.loc[drift["chunk"] == int(i), ["value", "alert"]] = [np.nan, False]
+        else:
+            k, bound = int(flags.sum()), alarm_bound(n, p0, cfg.alarm_alpha)
+            row[5:] = [k / n, np.nan, bound / n, k >= bound]
+        alarms.append(row)
+    out = pd.concat([drift, pd.DataFrame(alarms, columns=SIGNAL_COLUMNS)], ignore_index=True)
+    out["alert"] = out["alert"].astype(bool)
+    return out

@@ -1,7 +1,8 @@
 """The monitor: drift of the served inputs and the champion's performance, per pump
 class (classes as parallel Ray tasks), against the data the champion was validated on;
-what drives the champion's flags; alerts with hysteresis; retraining submitted for the
-classes that alert. Writes an HTML report with the fleet drift map, the map as PNG, a
+the anomaly (health) champion's alarm rate and score drift where a class has one; what
+drives the champion's flags; alerts with hysteresis; retraining submitted for the classes
+whose drift alerts. Writes an HTML report with the fleet drift map, the map as PNG, a
 JSON summary, the per-chunk signals as Parquet, and MLflow metrics.
 
     python -m ray_jobs.monitor [--chunk-size N] [--consecutive K] [--jobs-address URL]
@@ -21,7 +22,7 @@ import ray
 
 from pumpfleet import storage
 from pumpfleet.alerts import AlertPolicy, ClassAlert, drift_wanted, hysteresis, new_data_due
-from pumpfleet.drift import AnalysisConfig, ClassAnalysis
+from pumpfleet.drift import ANOMALY, HEALTH, AnalysisConfig, ClassAnalysis
 from pumpfleet.errors import PumpfleetError
 from pumpfleet.predlog import read_log
 from pumpfleet.registry import Registry
@@ -54,22 +55,51 @@ def _class_task(
     try:
         ref = class_reference(settings, snapshot, cls)
         analysis = analysis_frame(rows, feedback, ref)
-        result = analyse_class(cls, ref.drift, analysis, ref.features, cfg, ref.perf)
+        result = analyse_class(cls, ref.drift, analysis, ref.features, cfg, ref.perf, ref.health)
     except PumpfleetError as e:
         return str(e)
-    meta = class_meta(ref)
+    meta = class_meta(cls, ref, rows, analysis)
     result.notes = ref.notes + result.notes
     return result, meta
 
 
-def class_meta(ref: Reference) -> dict[str, Any]:
-    """The reference's part of a class's summary: champion, snapshot and what drives the
-    champion's flags."""
-    return {
+def class_meta(
+    cls: str, ref: Reference, rows: pd.DataFrame, analysis: pd.DataFrame
+) -> dict[str, Any]:
+    """The reference's part of a class's summary: champion, snapshot, what drives the
+    champion's flags, and the health reference (None: no anomaly champion). Notes on
+    health scores that cannot be compared go to ``ref.notes``."""
+    meta: dict[str, Any] = {
         "champion": ref.champion,
         "reference_snapshot": ref.snapshot,
         "alert_drivers": ref.drivers,
+        "health": None,
     }
+    h = ref.health
+    if h is None:
+        if HEALTH in rows and rows[HEALTH].notna().any():
+            ref.notes.append(
+                f"{cls}: health scores logged, but no anomaly champion to compare with"
+            )
+        return meta
+    flags = analysis[ANOMALY].dropna() if ANOMALY in analysis else pd.Series(dtype=float)
+    other = int(rows[HEALTH].notna().sum()) - len(flags) if HEALTH in rows else 0
+    if other:
+        ref.notes.append(
+            f"{cls}: {other} health scores from anomaly versions other than the champion "
+            f"(v{h.version}) left out of its health signals"
+        )
+    meta["health"] = {
+        "anomaly_champion": h.version,
+        "reference_snapshot": ref.health_snapshot,
+        "reference_windows": len(h.scores),
+        "target_far": h.target_far,
+        "reference_alarm_rate": h.reference_alarm_rate,
+        "expected_alarm_rate": h.expected_alarm_rate,
+        "scored_rows": len(flags),
+        "alarm_rate": float(flags.mean()) if len(flags) else None,
+    }
+    return meta
 
 
 def _usable(logged: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -127,6 +157,7 @@ def run_monitor(
         "triggers": [],
         "drifted_classes": [],
         "alerting_classes": [],
+        "health_alerting_classes": [],
     }
     if logged.empty:
         msg = f"no predictions logged under {settings.predictions_dir}; nothing to monitor"
@@ -163,6 +194,10 @@ def run_monitor(
     alerts = {c: hysteresis(c, r.drifted(), policy) for c, r in results.items()}
     summary["drifted_classes"] = sorted(c for c, a in alerts.items() if a.episodes)
     summary["alerting_classes"] = sorted(c for c, a in alerts.items() if a.active)
+    # Reported, never retrained on by themselves: a rise in alarms may be real faults.
+    summary["health_alerting_classes"] = sorted(
+        c for c, s in summary["classes"].items() if s["health"] and s["health"]["alert_active"]
+    )
     wanted = drift_wanted(alerts, {c: s["drifted_features"] for c, s in summary["classes"].items()})
     if policy.new_data_rows is not None:
         # against each champion's own snapshot: rows that arrived, ingested or not, since
@@ -203,7 +238,30 @@ def _last(chunks: pd.DataFrame, kind: str) -> dict[str, float]:
 
 def _class_summary(r: ClassAnalysis, policy: AlertPolicy, meta: dict[str, Any]) -> dict[str, Any]:
     """One class's entry in the JSON summary: ``meta`` (from its task) and its signals."""
-    return {**meta, **_drift_summary(r, policy)}
+    return {**meta, **_drift_summary(r, policy), "health": _health_summary(r, policy, meta)}
+
+
+def _health_summary(
+    r: ClassAnalysis, policy: AlertPolicy, meta: dict[str, Any]
+) -> dict[str, Any] | None:
+    if meta.get("health") is None:
+        return None
+    flags = r.health_flags()
+    alert = hysteresis(r.pump_class, flags, policy)
+    h = r.chunks[r.chunks["kind"] == "health"]
+    rate = h[(h["signal"] == "alarm_rate") & h["value"].notna()].sort_values("chunk")
+    return {
+        **meta["health"],
+        "chunks": len(flags),
+        "alarm_rate_chunks": int(rate["alert"].sum()),
+        "score_drift_chunks": int(h.loc[h["signal"] == HEALTH, "alert"].sum()),
+        "drifted": bool(alert.episodes),
+        "alert_active": alert.active,
+        "detected_at_chunk": alert.first_raised,
+        "episodes": [vars(e) for e in alert.episodes],
+        "last_alarm_rate": float(rate["value"].iloc[-1]) if len(rate) else None,
+        "last_alarm_bound": float(rate["upper"].iloc[-1]) if len(rate) else None,
+    }
 
 
 def _drift_summary(r: ClassAnalysis, policy: AlertPolicy) -> dict[str, Any]:
@@ -272,6 +330,12 @@ def _log_mlflow(settings: Settings, summary: dict[str, Any], report: str, png: s
             **{f"{cls}.estimated_{k}": v for k, v in s["estimated"].items()},
             **{f"{cls}.realised_{k}": v for k, v in s["realised"].items()},
         }
+        if s["health"]:
+            h = s["health"]
+            metrics[f"{cls}.health_alert"] = float(h["alert_active"])
+            metrics[f"{cls}.health_alarm_rate_chunks"] = h["alarm_rate_chunks"]
+            if h["alarm_rate"] is not None:
+                metrics[f"{cls}.alarm_rate"] = h["alarm_rate"]
     registry.log_metrics(run_id, metrics)
     if not storage.is_remote(report):
         for p in (report, png):

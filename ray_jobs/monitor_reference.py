@@ -1,7 +1,8 @@
 """What the monitor compares the served fleet with, per class: the champion's reference
 (its snapshot's window summaries, and its own predictions on the windows it was validated
-on) and what drives the champion's flags there (occlusion attributions). Also the analysis
-frame: one class's logged predictions in the shape ``pumpfleet.drift.analyse_class`` reads.
+on), what drives the champion's flags there (occlusion attributions), and the anomaly
+(health) champion's scores on the windows it did not train on. Also the analysis frame:
+one class's logged predictions in the shape ``pumpfleet.drift.analyse_class`` reads.
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ import pandas as pd
 
 from pumpfleet import onnx_io
 from pumpfleet.abreport import _truth
-from pumpfleet.drift import RUL_PRED, RUL_TRUE, Y_PRED, Y_PROB, Y_TRUE, shuffled_reference
+from pumpfleet.drift import (
+    ANOMALY,
+    HEALTH,
+    RUL_PRED,
+    RUL_TRUE,
+    Y_PRED,
+    Y_PROB,
+    Y_TRUE,
+    HealthReference,
+    shuffled_reference,
+)
 from pumpfleet.errors import PumpfleetError
 from pumpfleet.explain import flagged_drivers, onnx_scorer
 from pumpfleet.features import decode_outputs, window_features, window_summary
-from pumpfleet.registry import CHAMPION, LoadedModel, Registry, model_name
+from pumpfleet.health import HealthSpec
+from pumpfleet.registry import CHAMPION, LoadedModel, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from pumpfleet.windows import SPLITS
@@ -52,6 +64,8 @@ class Reference:
     horizon_hours: float = 48.0
     notes: list[str] = field(default_factory=list)
     drivers: dict[str, Any] | None = None  # what drives the champion's flags (explain)
+    health: HealthReference | None = None  # the anomaly champion's reference scores
+    health_snapshot: str | None = None
 
 
 def _summaries(
@@ -79,8 +93,8 @@ def _own_snapshot(
 
 def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Reference:
     """The reference from the champion's lineage: its snapshot (else ``default_snapshot``),
-    its own predictions on the windows it was validated on, and what drives its flags
-    there."""
+    its own predictions on the windows it was validated on, what drives its flags there,
+    and the class's anomaly champion's reference scores where it has one."""
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     name = model_name(cls)
     notes: list[str] = []
@@ -94,6 +108,12 @@ def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Refe
             model = registry.load(name, CHAMPION, Path(tmp))
         snap = _own_snapshot(settings, model, default_snapshot, notes)
         ref = _champion_reference(model, snap, cls, notes)
+    try:
+        ref.health, ref.health_snapshot = health_reference(
+            settings, registry, default_snapshot, cls
+        )
+    except (PumpfleetError, KeyError, ValueError) as e:  # ValueError: a spec that is not valid
+        ref.notes.append(f"{cls}: its anomaly champion cannot be monitored: {e}")
     return ref
 
 
@@ -131,10 +151,34 @@ def _champion_reference(
     )
 
 
+def health_reference(
+    settings: Settings, registry: Registry, default_snapshot: str, cls: str
+) -> tuple[HealthReference | None, str | None]:
+    """The anomaly champion's health scores and alarms on the windows it did not train on
+    (val, holdout and future of its own snapshot; it was calibrated on the first), and the
+    snapshot they came from; (None, None) where the class has no anomaly champion."""
+    name = anomaly_model_name(cls)
+    if registry.version_by_alias(name, CHAMPION) is None:
+        return None, None
+    with tempfile.TemporaryDirectory(prefix="pumpfleet-monitor-") as tmp:
+        model = registry.load(name, CHAMPION, Path(tmp))
+    spec = HealthSpec.model_validate(model.model_config["health"])
+    snap = _own_snapshot(settings, model, default_snapshot, [])
+    parts = [snap.load(cls, s, model.spec) for s in VALIDATED_ON]
+    raw = np.concatenate([p[0] for p in parts])
+    ends = np.concatenate([p[1]["end_time"] for p in parts])
+    errors = onnx_io.run(onnx_io.session(model.onnx), window_features(raw, model.spec))
+    scores = pd.DataFrame({HEALTH: spec.score(errors), "timestamp": pd.to_datetime(ends, utc=True)})
+    rate = float(spec.flag(errors).mean()) if len(errors) else 0.0
+    ref = HealthReference(model.version, shuffled_reference(scores), spec.target_far, rate)
+    return ref, snap.id
+
+
 def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -> pd.DataFrame:
     """One class's logged predictions as the analysis: inputs, outputs of the champion
-    (other versions' outputs are blanked: the estimates are the champion's), and the true
-    RUL and failure label where feedback has arrived. Sorted by time."""
+    (other versions' outputs are blanked: the estimates are the champion's), the anomaly
+    champion's health score and flag where the log has them (other versions' blanked),
+    and the true RUL and failure label where feedback has arrived. Sorted by time."""
     a = rows.rename(columns=lambda c: c.removeprefix("in_")).reset_index(drop=True)
     a["timestamp"] = pd.to_datetime(a["timestamp"], utc=True).dt.as_unit("ns")
     versions = a["model_version"] if "model_version" in a else pd.Series(None, index=a.index)
@@ -145,6 +189,8 @@ def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -
     a[Y_PROB] = prob.where(champ)
     a[RUL_PRED] = rul.where(champ)
     a[Y_PRED] = (a[Y_PROB] >= ref.threshold).astype(int)
+    if HEALTH in a:
+        _health_columns(a, ref.health)
     fb = feedback.copy()
     for col in ("observed_at", "failed_at"):  # one time unit, whatever each writer used
         if col in fb:
@@ -154,3 +200,19 @@ def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -
     failed = (a[RUL_TRUE] <= ref.horizon_hours).astype(float)
     a[Y_TRUE] = failed.where(a[RUL_TRUE].notna())
     return a.sort_values("timestamp", kind="stable").reset_index(drop=True)
+
+
+def _health_columns(a: pd.DataFrame, health: HealthReference | None) -> None:
+    """``health_score`` and ``anomaly`` (0/1) as numbers, kept only on the rows the
+    anomaly champion scored: an older version's scores are not comparable with its
+    reference."""
+    version = a["anomaly_version"] if "anomaly_version" in a else pd.Series(None, index=a.index)
+    mine = version.astype(str) == str(health.version if health else None)
+    mine &= health is not None
+    score = pd.to_numeric(a[HEALTH], errors="coerce")
+    if ANOMALY in a:
+        flag = pd.to_numeric(a[ANOMALY].map({True: 1.0, False: 0.0}), errors="coerce")
+    else:
+        flag = (score > 1).astype(float)
+    a[HEALTH] = score.where(mine & score.notna())
+    a[ANOMALY] = flag.where(mine & score.notna())

@@ -15,6 +15,14 @@ import pandas as pd
 from pumpfleet.drift import ClassAnalysis
 
 MULTIVARIATE = "multivariate (PCA)"
+MAP_KINDS = ["univariate", "multivariate", "health"]
+HEALTH_LABELS = {"health_score": "health score (anomaly model)", "alarm_rate": "anomaly alarm rate"}
+
+
+def _label(kind: str, signal: str) -> str:
+    if kind == "multivariate":
+        return MULTIVARIATE
+    return HEALTH_LABELS.get(signal, signal) if kind == "health" else signal
 
 
 def _pyplot() -> Any:
@@ -34,16 +42,18 @@ def _png(fig: Any) -> bytes:
 
 
 def drift_ratios(results: dict[str, ClassAnalysis]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Rows ``class · feature``, and per chunk the statistic over its alert threshold
-    (≥ 1: alert) and the alert flags; NaN where a class has fewer chunks."""
+    """Rows ``class · feature`` (and the health signals, where a class has an anomaly
+    model), and per chunk the statistic over its alert threshold (≥ 1: alert) and the
+    alert flags; NaN where a class has fewer chunks."""
     labels: list[str] = []
     series: list[tuple[np.ndarray, np.ndarray]] = []
     for cls, r in sorted(results.items()):
-        d = r.chunks[r.chunks["kind"].isin(["univariate", "multivariate"])]
-        for (kind, sig), g in d.groupby(["kind", "signal"], sort=True):
+        d = r.chunks[r.chunks["kind"].isin(MAP_KINDS)]
+        d = d.assign(order=d["kind"].map(MAP_KINDS.index))
+        for (_, kind, sig), g in d.groupby(["order", "kind", "signal"], sort=True):
             g = g.sort_values("chunk")
             ratio = (g["value"] / g["upper"]).to_numpy(float)
-            labels.append(f"{cls} · {MULTIVARIATE if kind == 'multivariate' else sig}")
+            labels.append(f"{cls} · {_label(str(kind), str(sig))}")
             series.append((ratio, g["alert"].to_numpy(bool)))
     width = max((len(s[0]) for s in series), default=0)
     ratios = np.full((len(series), width), np.nan)
@@ -73,8 +83,11 @@ def class_png(r: ClassAnalysis) -> bytes:
     """One class over time: drift per feature (and multivariate), estimated vs realised
     ROC AUC of the failure risk, estimated vs realised MAE of the RUL."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
     c = r.chunks
+    health = c[c["kind"] == "health"]
+    fig, axes = plt.subplots(1, 4 if len(health) else 3, figsize=(18 if len(health) else 14, 3.2))
+    if len(health):
+        _health_panel(axes[3], health, r.pump_class)
     ax = axes[0]
     for (kind, sig), g in c[c["kind"].isin(["univariate", "multivariate"])].groupby(
         ["kind", "signal"]
@@ -92,6 +105,24 @@ def class_png(r: ClassAnalysis) -> bytes:
         ax.set_title(f"{r.pump_class}: {title}")
         ax.set_xlabel("chunk")
     return _png(fig)
+
+
+def _health_panel(ax: Any, h: pd.DataFrame, cls: str) -> None:
+    """The anomaly model's alarm rate per chunk with its alert bound, and the health
+    score's drift statistic over its threshold."""
+    rate = h[h["signal"] == "alarm_rate"].sort_values("chunk")
+    ax.plot(rate["chunk"], 100 * rate["value"], marker=".", label="alarm rate %")
+    ax.plot(rate["chunk"], 100 * rate["upper"], color="red", lw=0.8, ls="--", label="alert bound %")
+    ks = h[h["signal"] == "health_score"].sort_values("chunk")
+    ax2 = ax.twinx()
+    ax2.plot(ks["chunk"], ks["value"] / ks["upper"], color="grey", marker="x", lw=0.8)
+    ax2.set_ylabel("score drift / threshold", fontsize=7)
+    hot = pd.concat([rate[rate["alert"]], ks[ks["alert"]]])["chunk"].unique()
+    for x in hot:
+        ax.axvspan(x - 0.5, x + 0.5, color="red", alpha=0.1)
+    ax.set_title(f"{cls}: health (anomaly model)")
+    ax.set_xlabel("chunk")
+    ax.legend(fontsize=7)
 
 
 def _perf(ax: Any, c: pd.DataFrame, sig: str) -> None:
@@ -127,7 +158,8 @@ def report_html(
         f"<td>{s['detected_at_chunk'] if s['detected_at_chunk'] is not None else '-'}</td>"
         f"<td>{s['chunks']}</td><td>{s['analysis_rows']}</td><td>{s['reference_rows']}</td>"
         f"<td>{_num(s['estimated'].get('roc_auc'))} / {_num(s['realised'].get('roc_auc'))}</td>"
-        f"<td>{_num(s['estimated'].get('mae'))} / {_num(s['realised'].get('mae'))}</td></tr>"
+        f"<td>{_num(s['estimated'].get('mae'))} / {_num(s['realised'].get('mae'))}</td>"
+        f"<td>{_health_cell(s.get('health'))}</td></tr>"
         for c, s in sorted(summary["classes"].items())
     )
     triggers = "".join(
@@ -152,10 +184,12 @@ def report_html(
         "PCA reconstruction error (multivariate), CBPE and DLE (estimated performance)</p>"
         "<table border='1'><tr><th>class</th><th>verdict</th><th>drifted features</th>"
         "<th>alert at chunk</th><th>chunks</th><th>served</th><th>reference</th>"
-        "<th>ROC AUC est / real (last chunk)</th><th>MAE h est / real</th></tr>"
+        "<th>ROC AUC est / real (last chunk)</th><th>MAE h est / real</th>"
+        "<th>health (anomaly model)</th></tr>"
         f"{rows}</table><h2>Triggers</h2><ul>{triggers or '<li>none</li>'}</ul>"
         f"<h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>"
-        f"<h2>Fleet drift map</h2>{fleet_map}{drivers_html(summary)}{figures}</body></html>"
+        f"<h2>Fleet drift map</h2>{fleet_map}{drivers_html(summary)}{health_html(summary)}"
+        f"{figures}</body></html>"
     )
 
 
@@ -201,6 +235,58 @@ def drivers_html(summary: dict[str, Any], shown: int = 4) -> str:
         "<th>sensors by mean risk attribution (windows it leads)</th>"
         "<th>RUL attribution, h</th></tr>" + "".join(rows) + "</table>"
     )
+
+
+def health_html(summary: dict[str, Any]) -> str:
+    """The anomaly (health) models: alarm rate against its bound, score drift."""
+    esc = html.escape
+    rows = []
+    for c, s in sorted(summary["classes"].items()):
+        h = s.get("health")
+        if not h:
+            continue
+        rows.append(
+            f"<tr><td>{esc(c)}</td><td>v{esc(str(h['anomaly_champion']))}</td>"
+            f"<td>{_health_cell(h)}</td><td>{h['scored_rows']}</td>"
+            f"<td>{_pct(h['alarm_rate'])}</td><td>{_pct(h['target_far'])}</td>"
+            f"<td>{_pct(h['reference_alarm_rate'])}</td>"
+            f"<td>{_pct(h['last_alarm_rate'])} / {_pct(h['last_alarm_bound'])}</td>"
+            f"<td>{h['alarm_rate_chunks']} / {h['score_drift_chunks']} of {h['chunks']}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Health (anomaly models)</h2><p>For each class whose anomaly model "
+        "(<code>pumpfleet-&lt;class&gt;-anomaly@champion</code>) scored the served windows, "
+        "on the rows that champion scored: the <b>alarm rate</b> per chunk against a "
+        "binomial bound (a chunk alerts when the expected rate would give that many alarms "
+        "with probability 0.1 % or less), where the expected rate is the calibrated "
+        "false-alarm rate or, if higher, the rate the model raised on reference windows "
+        "(pumps about to fail raise real alarms); and <b>drift of the health score</b> "
+        "(Kolmogorov-Smirnov, the drift threshold) against the model's scores on the "
+        "windows it did not train on (val, holdout and future of its snapshot). Alerts use "
+        "the same hysteresis as drift. A health alert is reported, and starts no retrain by "
+        "itself: more alarms may be real faults, for crews to rule out first. Every retrain "
+        "of a class renews its health model too (<code>ray_jobs.retrain</code>, unless "
+        "<code>--no-health</code>): <code>pumpfleet retrain --classes &lt;class&gt;</code> "
+        "once the fleet is known to be healthy.</p>"
+        "<table border='1'><tr><th>class</th><th>anomaly champion</th><th>verdict</th>"
+        "<th>scored</th><th>alarm rate</th><th>calibrated rate</th>"
+        "<th>reference rate</th><th>last chunk: rate / bound</th>"
+        "<th>chunks alerting: rate / score drift</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _health_cell(h: dict[str, Any] | None) -> str:
+    if not h:
+        return "-"
+    if h["alert_active"]:
+        return "ALERT"
+    return "alerted, cleared" if h["drifted"] else "ok"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or np.isnan(x) else f"{100 * x:.1f} %"
 
 
 def _num(x: float | None) -> str:

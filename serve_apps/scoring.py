@@ -374,9 +374,11 @@ def _arrow_results(results: list[dict[str, Any] | None], errors: list[dict[str, 
     cols["error"] = []
     for i, r in enumerate(results):
         for k in fields:
-            cols[k].append(None if r is None else r[k])
+            cols[k].append(None if r is None else r.get(k))
         cols["error"].append(why.get(i))
-    table = pa.table(cols)
+    # typed even where every value is null (a class with no health model)
+    types = {"health_score": pa.float64(), "anomaly": pa.bool_(), "anomaly_version": pa.string()}
+    table = pa.table({k: pa.array(v, types.get(k)) for k, v in cols.items()})
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)

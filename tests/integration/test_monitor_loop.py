@@ -6,6 +6,7 @@ message → new data with the drift → retrain → A/B on post-drift data → t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from pumpfleet import onnx_io
 from pumpfleet.features import decode_outputs, window_features, window_summary
 from pumpfleet.predlog import PredictionLog
-from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
 from tests.conftest import free_port
@@ -38,8 +39,43 @@ def loop_ws(workspace: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
     return Settings(home=home)
 
 
-def _log_predictions(s: Settings, cls: str, other: str) -> None:
-    """What Serve would have logged, and the feedback that followed for half of it."""
+HealthColumns = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def _register_health_model(s: Settings, cls: str) -> tuple[str, HealthColumns]:
+    """An anomaly champion for ``cls`` (a conv-AE fitted briefly on normal training
+    windows, calibrated on normal validation ones: ray_jobs.train_anomaly's steps without
+    the Tune search), and what Serve logs with it for raw windows."""
+    from pumpfleet.anomaly import AnomalyConfig, fit_autoencoder, window_errors
+    from pumpfleet.health import calibrate
+    from ray_jobs.train_anomaly import class_data
+
+    snap = open_snapshot(str(s.features_dir))
+    d, spec = class_data(snap, cls), snap.spec(cls)
+    model, _ = fit_autoencoder(d["train_normal"], None, AnomalyConfig(epochs=2))
+    health = calibrate(window_errors(model, d["val_normal"]), "conv_ae", 0.05)
+    registry = Registry(s.tracking_uri, s.artifact_root)
+    run_id = registry.start_run("pumpfleet-test", f"anomaly-{cls}")
+    config = {"kind": "anomaly", "model_kind": "conv_ae", "health": health.model_dump()}
+    onnx = onnx_io.to_onnx(model, spec.window, spec.n_channels)
+    uri = registry.log_model(run_id, onnx, spec, model.state_dict(), config)
+    registry.end_run(run_id)
+    version = registry.register(uri, anomaly_model_name(cls), {"feature_snapshot": snap.id})
+    registry.set_alias(anomaly_model_name(cls), CHAMPION, version)
+    session = onnx_io.session(onnx)
+
+    def columns(raw: np.ndarray) -> dict[str, np.ndarray]:
+        errors = onnx_io.run(session, window_features(raw, spec))
+        return {"health_score": health.score(errors), "anomaly": health.flag(errors)}
+
+    return version, columns
+
+
+def _log_predictions(
+    s: Settings, cls: str, other: str, health_version: str, health_columns: HealthColumns
+) -> None:
+    """What Serve would have logged, and the feedback that followed for half of it; only
+    ``cls`` has an anomaly model (``other``'s health columns are null)."""
     snap = open_snapshot(str(s.features_dir))
     registry = Registry(s.tracking_uri, s.artifact_root)
     rows, feedback = [], []
@@ -59,6 +95,7 @@ def _log_predictions(s: Settings, cls: str, other: str) -> None:
             model.spec,
         )
         summary = window_summary(raw, model.spec)
+        health = health_columns(raw) if c == cls else None
         for j in range(len(raw)):
             ts = t0 + pd.Timedelta(minutes=j)
             rows.append(
@@ -71,6 +108,9 @@ def _log_predictions(s: Settings, cls: str, other: str) -> None:
                     "rul_hours": float(rul[j]),
                     "failure_probability": float(prob[j]),
                     **{f"in_{k}": float(v[j]) for k, v in summary.items()},
+                    "health_score": float(health["health_score"][j]) if health else None,
+                    "anomaly": bool(health["anomaly"][j]) if health else None,
+                    "anomaly_version": health_version if health else None,
                 }
             )
             if j % 2:
@@ -93,7 +133,8 @@ def test_closed_loop(loop_ws: Settings, workspace: dict[str, Any]) -> None:
     served = sorted(c for c, r in workspace["evaluate"]["classes"].items() if r["champion"])
     assert len(served) >= 2
     cls, other = served[0], served[1]
-    _log_predictions(s, cls, other)
+    version, health_columns = _register_health_model(s, cls)
+    _log_predictions(s, cls, other, version, health_columns)
 
     jobs = InProcessJobs()
     mon = run_monitor(s, chunk_size=50, server=jobs)
@@ -109,8 +150,16 @@ def test_closed_loop(loop_ws: Settings, workspace: dict[str, Any]) -> None:
     assert "pumpfleet drift report" in html and "fleet drift map" in html
     # the sensors behind the champion's flags, from its ONNX on its reference windows
     d, channels = c["alert_drivers"], open_snapshot(str(s.features_dir)).spec(cls).channels
-    assert d["explained"] == min(200, d["flagged"]) > 0
-    assert set(d["risk_by_channel"]) == set(channels) and "What drives each class" in html
+    assert d["explained"] == min(200, d["flagged"]) > 0 and set(d["risk_by_channel"]) == set(
+        channels
+    )
+    assert "What drives each class" in html and "Health (anomaly models)" in html
+    # the anomaly model sees the drift too; reported, not retrained on (one job above)
+    h = c["health"]
+    assert (h["anomaly_champion"], h["scored_rows"], h["chunks"]) == (version, 2 * PER_PHASE, 6)
+    assert h["expected_alarm_rate"] >= h["target_far"] == 0.05
+    assert mon["health_alerting_classes"] == [cls] and h["detected_at_chunk"] in (3, 4)
+    assert mon["classes"][other]["health"] is None  # its rows' health columns are null
 
     again = run_monitor(s, chunk_size=50, server=InProcessJobs())  # within the cooldown
     assert "cooling down" in again["triggers"][0]["reason"]
@@ -118,7 +167,7 @@ def test_closed_loop(loop_ws: Settings, workspace: dict[str, Any]) -> None:
     assert any("unreachable" in n for n in down["notes"])
     assert not any(t["start"] for t in down["triggers"])
 
-    demo = SimpleNamespace(pumps=24, days=50, seed=5, epochs=8)
+    demo = SimpleNamespace(pumps=24, days=50, seed=5, epochs=8, health_epochs=2)
     loop = closed_loop(s, demo, cls, jobs.submitted[0][1], "motor_temp", 1.15)
     ab = loop["ab"]
     assert ab["windows"] > 100 and ab["champion"] != ab["challenger"]

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -230,8 +231,6 @@ DRIVERS = {
 
 
 def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
-    import numpy as np
-
     from pumpfleet.drift import AnalysisConfig, analyse_class, shuffled_reference
     from ray_jobs.monitor import _class_summary, class_meta
     from ray_jobs.monitor_reference import Reference, analysis_frame
@@ -254,7 +253,7 @@ def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
     analysis = analysis_frame(rows, pd.DataFrame(), ref)
     cfg = AnalysisConfig(chunk_size=100, multivariate=False)
     r = analyse_class("esp", ref.drift, analysis, ref.features, cfg)
-    s = _class_summary(r, AlertPolicy(), class_meta(ref))
+    s = _class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
     assert s["alert_drivers"]["top"] == ["motor_temp"] and s["champion"] == "1"
     summary = {
         "created": "now", "snapshot_id": "snap1", "predictions": 300, "chunk_size": 100,
@@ -265,3 +264,104 @@ def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
     assert "What drives each class's alerts" in html
     assert "<td>40 of 40 flagged (400 windows)</td>" in html
     assert "motor_temp +0.210 (largest in 38), flow -0.010 (largest in 2)" in html
+
+
+def served_rows(n: int, hot_from: int | None, versions: tuple[str, ...] = ("3",)) -> pd.DataFrame:
+    """A class's logged rows: inputs, the champion's outputs and, unless ``versions`` is
+    empty (an older log), the anomaly model's columns; alarms all the time from
+    ``hot_from`` on."""
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame(
+        {
+            "pump_id": [f"esp-{i % 7}" for i in range(n)],
+            "pump_class": "esp",
+            "timestamp": pd.date_range("2026-03-01", periods=n, freq="min", tz="UTC"),
+            "model_version": "1",
+            "rul_hours": 100.0,
+            "failure_probability": 0.1,
+            "in_motor_temp": rng.normal(80, 5, n),
+            "in_flow": rng.normal(1000, 50, n),
+        }
+    )
+    if versions:
+        score = rng.gamma(2.0, 0.2, n) - 0.3
+        if hot_from is not None:
+            score[hot_from:] += 1.0
+        rows["health_score"] = score
+        rows["anomaly"] = score > 1
+        rows["anomaly_version"] = [versions[i % len(versions)] for i in range(n)]
+    return rows
+
+
+def reference(health: bool) -> Any:
+    from pumpfleet.drift import HealthReference, shuffled_reference
+    from ray_jobs.monitor_reference import Reference
+
+    rng, n = np.random.default_rng(0), 2000  # 20 reference chunks: thresholds that hold
+    ts = pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC")
+    temp, flow = rng.normal(80, 5, n), rng.normal(1000, 50, n)
+    drift = shuffled_reference(pd.DataFrame({"motor_temp": temp, "flow": flow, "timestamp": ts}))
+    scores = pd.DataFrame({"health_score": rng.gamma(2.0, 0.2, n) - 0.3, "timestamp": ts})
+    href = HealthReference("3", shuffled_reference(scores), 0.01, 0.012) if health else None
+    return Reference(
+        drift, None, ["motor_temp", "flow"], "snap1", "1", drivers=DRIVERS, health=href
+    )
+
+
+def test_health_reaches_the_summary_and_the_report() -> None:
+    from pumpfleet.drift import AnalysisConfig, analyse_class
+    from ray_jobs.monitor import _class_summary, class_meta
+    from ray_jobs.monitor_reference import analysis_frame
+    from ray_jobs.monitor_report import report_html
+
+    ref = reference(health=True)
+    rows = served_rows(600, hot_from=300, versions=("3", "3", "2"))  # a third from v2
+    analysis = analysis_frame(rows, pd.DataFrame(), ref)
+    assert analysis["health_score"].notna().sum() == 400
+    assert analysis.loc[rows["anomaly_version"] == "2", "anomaly"].isna().all()
+    cfg = AnalysisConfig(chunk_size=100, multivariate=False)
+    r = analyse_class("esp", ref.drift, analysis, ref.features, cfg, None, ref.health)
+    meta = class_meta("esp", ref, rows, analysis)
+    assert "esp: 200 health scores from anomaly versions other than the champion" in ref.notes[0]
+    s = _class_summary(r, AlertPolicy(), meta)
+    h = s["health"]
+    assert (h["anomaly_champion"], h["scored_rows"], h["expected_alarm_rate"]) == ("3", 400, 0.012)
+    assert h["alert_active"] and h["detected_at_chunk"] == 4 and h["alarm_rate_chunks"] == 3
+    assert not s["drifted"]  # the inputs did not move
+    summary = {
+        "created": "now", "snapshot_id": "snap1", "predictions": 600, "chunk_size": 100,
+        "policy": AlertPolicy().model_dump(), "classes": {"esp": s}, "skipped": {},
+        "notes": [], "triggers": [],
+    }  # fmt: skip
+    html = report_html(summary, {"esp": r}, None)
+    assert "Health (anomaly models)" in html and "<td>ALERT</td><td>400</td>" in html
+
+
+def test_a_log_without_health_columns_is_monitored_as_before() -> None:
+    from pumpfleet.drift import AnalysisConfig, analyse_class
+    from ray_jobs.monitor import _class_summary, class_meta
+    from ray_jobs.monitor_reference import analysis_frame
+
+    cfg = AnalysisConfig(chunk_size=100, multivariate=False)
+    for health in (False, True):  # no anomaly model; one, but the log predates its columns
+        ref = reference(health)
+        rows = served_rows(300, None, versions=())
+        analysis = analysis_frame(rows, pd.DataFrame(), ref)
+        assert "health_score" not in analysis and "anomaly" not in analysis
+        r = analyse_class("esp", ref.drift, analysis, ref.features, cfg, None, ref.health)
+        plain = analyse_class("esp", ref.drift, analysis, ref.features, cfg)
+        pd.testing.assert_frame_equal(r.chunks, plain.chunks)
+        s = _class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
+        assert r.health_flags() == [] and not s["drifted"]
+        if health:
+            assert s["health"]["scored_rows"] == 0 and not s["health"]["alert_active"]
+            assert any("no health scores from anomaly model v3" in n for n in r.notes)
+        else:
+            assert s["health"] is None and ref.notes == []
+    # rows that carry health scores while the class has no anomaly champion: a note
+    ref = reference(health=False)
+    rows = served_rows(300, None)
+    analysis = analysis_frame(rows, pd.DataFrame(), ref)
+    assert analysis["health_score"].isna().all()
+    assert class_meta("esp", ref, rows, analysis)["health"] is None
+    assert "no anomaly champion to compare with" in ref.notes[0]

@@ -13,6 +13,7 @@ from pumpfleet.alerts import (
     AlertPolicy,
     Episode,
     TriggerState,
+    alarm_bound,
     decide_retrains,
     drift_wanted,
     hysteresis,
@@ -20,7 +21,13 @@ from pumpfleet.alerts import (
     record_started,
     schedule_due,
 )
-from pumpfleet.drift import AnalysisConfig, analyse_class, feature_types, shuffled_reference
+from pumpfleet.drift import (
+    AnalysisConfig,
+    HealthReference,
+    analyse_class,
+    feature_types,
+    shuffled_reference,
+)
 from pumpfleet.errors import DataError
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -152,3 +159,69 @@ def test_analysis_refuses_too_little_data() -> None:
         analyse_class("esp", frame(300, 0, 0), frame(50, 0, 1), ["a"], cfg)
     with pytest.raises(DataError, match="no feature in common"):
         analyse_class("esp", frame(300, 0, 0), frame(200, 0, 1), ["zz"], cfg)
+
+
+def test_alarm_bound_is_the_binomial_tail() -> None:
+    from scipy.stats import binom
+
+    for n, p in ((50, 0.01), (50, 0.05), (200, 0.02)):
+        k = alarm_bound(n, p, 0.001)
+        assert binom.sf(k - 1, n, p) <= 0.001 < binom.sf(k - 2, n, p)
+    assert alarm_bound(50, 0.01, 0.001) == 5  # 1 % expected: 5 alarms in 50 are news
+    assert alarm_bound(0, 0.01, 0.001) == 1
+
+
+def health_ref(n: int = 1000, far: float = 0.01) -> HealthReference:
+    rng = np.random.default_rng(7)
+    scores = pd.DataFrame(
+        {
+            "health_score": rng.gamma(2.0, 0.2, n) - 0.3,  # median about 0, a long tail
+            "timestamp": pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC"),
+        }
+    )
+    rate = float((scores["health_score"] > 1).mean())
+    return HealthReference("3", shuffled_reference(scores), far, rate)
+
+
+def with_health(f: pd.DataFrame, shift: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    out = f.copy()
+    out["health_score"] = rng.gamma(2.0, 0.2, len(f)) - 0.3 + shift
+    out["anomaly"] = (out["health_score"] > 1).astype(float)
+    return out
+
+
+def test_health_signals_flag_a_shifted_score_and_a_high_alarm_rate() -> None:
+    ref, href = shuffled_reference(frame(1000, 0, 0)), health_ref()
+    assert href.expected_alarm_rate == max(0.01, href.reference_alarm_rate)
+    calm = with_health(frame(300, 0, 1, "2026-03-01"), 0.0, 1)
+    sick = with_health(frame(300, 0, 2, "2026-03-20"), 0.6, 2)  # inputs unchanged
+    sick.loc[sick.index[:40], ["health_score", "anomaly"]] = np.nan  # another version's rows
+    analysis = pd.concat([calm, sick], ignore_index=True)
+    cfg = AnalysisConfig(chunk_size=100, performance=False, multivariate=False)
+    r = analyse_class("esp", ref, analysis, ["a", "b"], cfg, health=href)
+    assert r.drifted() == [False] * 6  # the inputs did not move
+    assert r.health_flags() == [False, False, False, True, True, True]
+    h = r.chunks[r.chunks["kind"] == "health"]
+    assert set(h["signal"]) == {"health_score", "alarm_rate"}
+    rate = h[h["signal"] == "alarm_rate"].sort_values("chunk")
+    assert rate["alert"].tolist() == [False] * 3 + [True] * 3 and rate["value"].iloc[3] > 0.08
+    bound = alarm_bound(100, href.expected_alarm_rate, 0.001)
+    assert rate["upper"].iloc[0] == pytest.approx(bound / 100)
+    plain = analyse_class("esp", ref, analysis, ["a", "b"], cfg)
+    pd.testing.assert_frame_equal(r.chunks[r.chunks["kind"] != "health"], plain.chunks)
+
+
+def test_health_needs_scored_rows_and_never_breaks_an_older_log() -> None:
+    ref, href = shuffled_reference(frame(1000, 0, 0)), health_ref()
+    cfg = AnalysisConfig(chunk_size=100, performance=False)
+    old = frame(300, 0, 1, "2026-03-01")  # no health columns: an older schema
+    r = analyse_class("esp", ref, old, ["a", "b"], cfg, health=href)
+    assert r.health_flags() == [] and "no health scores from anomaly model v3" in r.notes[0]
+    pd.testing.assert_frame_equal(r.chunks, analyse_class("esp", ref, old, ["a", "b"], cfg).chunks)
+    sparse = with_health(frame(300, 0, 1, "2026-03-01"), 2.0, 1)  # every scored row alarms
+    sparse.loc[sparse.index[100:195], ["health_score", "anomaly"]] = np.nan  # 5 scored rows
+    r = analyse_class("esp", ref, sparse, ["a", "b"], cfg, health=href)
+    assert r.health_flags() == [True, False, True]  # too few to judge chunk 1
+    h = r.chunks[(r.chunks["kind"] == "health") & (r.chunks["chunk"] == 1)]
+    assert h["value"].isna().all()

@@ -32,3 +32,7 @@ def test_the_arrow_answer_has_a_row_per_item_with_errors_in_place() -> None:
     assert table.column("pump_id").to_pylist() == ["a", None]
     assert table.column("error").to_pylist() == [None, "window: bad"]
     assert table.column("rul_hours").to_pylist() == [10.0, None]
+    # No health model: the health columns are null but keep their types.
+    assert table.schema.field("health_score").type == pa.float64()
+    assert table.schema.field("anomaly").type == pa.bool_()
+    assert table.column("anomaly_version").to_pylist() == [None, None]
