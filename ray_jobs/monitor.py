@@ -38,6 +38,9 @@ from ray_jobs.triggers import jobs_address, rows_since, start_retrains
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "pumpfleet-monitor"
+# Declared in monitor_args (shared with `pumpfleet monitor`) and named here too: the
+# cluster manifests pass it, and cluster/validate.py checks their options in this module.
+JOBS_ADDRESS_OPTION = "--jobs-address"
 
 
 @ray.remote(num_cpus=1)
@@ -210,10 +213,16 @@ def run_monitor(
             if new_data_due(since[ref], 0, policy):
                 wanted.setdefault(cls, f"new data: {since[ref]} rows since snapshot {ref}")
     if trigger:
-        fired = start_retrains(settings, wanted, policy, now, jobs_address(address), server)
+        address = jobs_address(address)
+        fired = start_retrains(settings, wanted, policy, now, address, server)
         summary["triggers"] = fired["triggers"]
         if fired["message"]:
             summary["notes"].append(fired["message"])
+        if wanted and address is None and server is None:
+            summary["notes"].append(
+                f"retraining wanted for {', '.join(sorted(wanted))} but not submitted: no Ray "
+                f"job server ({JOBS_ADDRESS_OPTION} or PUMPFLEET_JOBS_ADDRESS)"
+            )
     else:
         summary["triggers"] = [
             {"pump_class": c, "start": False, "reason": f"{w}; triggers off"}

@@ -365,3 +365,47 @@ def test_a_log_without_health_columns_is_monitored_as_before() -> None:
     assert analysis["health_score"].isna().all()
     assert class_meta("esp", ref, rows, analysis)["health"] is None
     assert "no anomaly champion to compare with" in ref.notes[0]
+
+
+def test_the_monitor_rayjob_submits_retrains_to_its_own_cluster() -> None:
+    import argparse
+    import shlex
+    from urllib.parse import urlsplit
+
+    from cluster import validate as v
+    from ray_jobs.monitor_args import add_monitor_args
+
+    (job,) = [d for w, d in v.manifests() if w.startswith("k8s/jobs/rayjob-monitor.yaml#")]
+    argv = shlex.split(job["spec"]["entrypoint"])  # one command (the validator checks that)
+    assert argv[:3] == ["python", "-m", "ray_jobs.monitor"] and not v.entry_point_problems(argv)
+    parser = argparse.ArgumentParser()
+    add_monitor_args(parser)
+    args = parser.parse_args(argv[3:])
+    assert args.jobs_address and not args.no_trigger
+    (cluster,) = [d for _, d in v.manifests() if d["kind"] == "RayCluster"]
+    name, namespace = cluster["metadata"]["name"], cluster["metadata"]["namespace"]
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == name
+    url = urlsplit(args.jobs_address)  # KubeRay's head service, at the dashboard's port
+    assert (url.scheme, url.hostname) == ("http", f"{name}-head-svc.{namespace}.svc")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"name": "dashboard", "containerPort": url.port} in head["ports"]
+
+
+def test_a_monitor_without_a_job_server_says_so_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PUMPFLEET_JOBS_ADDRESS", raising=False)
+    fake_snapshot(settings, ["esp"])
+    part = settings.data_dir / "readings" / "pump_class=esp"
+    part.mkdir(parents=True)
+    pd.DataFrame({"x": range(1500)}).to_parquet(part / "part-0.parquet")
+    ts = pd.Timestamp("2026-02-01", tz="UTC")
+    write_log(settings, [{"pump_id": "esp-1", "pump_class": "esp", "timestamp": ts,
+                          "in_flow": 1.0}] * 10)  # fmt: skip
+    out = run_monitor(settings, policy=AlertPolicy(new_data_rows=1000), now=NOW)
+    assert not out["triggers"][0]["start"]
+    assert out["notes"] == [
+        "retraining wanted for esp but not submitted: no Ray job server "
+        "(--jobs-address or PUMPFLEET_JOBS_ADDRESS)"
+    ]
+    assert load_state(settings).last_retrain == {}
