@@ -110,12 +110,15 @@ def export_class(
         trt.PROFILE_FILE: json.dumps(profiles, indent=2).encode(),
     }
     extra: dict[str, Any] = {}
-    stem = f"{name}-v{model.version}"
     if part is not None:
         members |= part.members
         extra["anomaly"] = part.meta
-        stem += f"-anomaly-v{part.meta['version']}"
-    path = out_dir / cls / f"{stem}{bundle.SUFFIX}"
+    # A device tells bundles apart by this id: a new anomaly champion with the same RUL
+    # champion is a bundle of its own, and reaches devices by itself.
+    bundle_id = bundle.BundleId(
+        int(model.version), int(part.meta["version"]) if part is not None else None
+    )
+    path = out_dir / cls / f"{name}-{bundle_id}{bundle.SUFFIX}"
     manifest = bundle.write_bundle(
         path,
         members,
@@ -147,6 +150,7 @@ def export_class(
         log.info("%s", reason)
     return {
         "version": model.version,
+        "bundle_id": str(bundle_id),
         "bundle": str(path),
         "bytes": path.stat().st_size,
         "onnx_parity_max_abs": parity,

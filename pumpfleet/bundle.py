@@ -1,4 +1,5 @@
-"""The edge bundle: one signed file per (pump class, model version).
+"""The edge bundle: one signed file per (pump class, RUL model version, anomaly model
+version or none), named by :class:`BundleId`.
 
 A bundle is a tar archive holding the model (ONNX), the feature spec, thresholds and a
 manifest listing the sha256 of every member, signed with ed25519. A device verifies the
@@ -13,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import time
 from dataclasses import dataclass
@@ -31,6 +33,38 @@ SUFFIX = ".pfbundle"
 class Bundle:
     manifest: dict[str, Any]
     members: dict[str, bytes]
+
+
+_ID = re.compile(r"v(\d+)(?:-anomaly-v(\d+))?")
+
+
+@dataclass(frozen=True)
+class BundleId:
+    """Which models a bundle carries: its RUL model version and its anomaly (health) model
+    version, None in a bundle without one. Written ``v<N>`` or ``v<N>-anomaly-v<M>``, as
+    in the bundle's file name."""
+
+    rul: int
+    anomaly: int | None = None
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> BundleId:
+        """The id of a bundle from its manifest (``model_version``, ``anomaly.version``)."""
+        found = manifest.get("anomaly")
+        try:
+            return cls(int(manifest["model_version"]), int(found["version"]) if found else None)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"the manifest's model versions are not numbers: {e}") from e
+
+    @classmethod
+    def parse(cls, text: str) -> BundleId:
+        m = _ID.fullmatch(text)
+        if m is None:
+            raise BundleError(f"{text!r} is not a bundle id (v<N> or v<N>-anomaly-v<M>)")
+        return cls(int(m[1]), int(m[2]) if m[2] else None)
+
+    def __str__(self) -> str:
+        return f"v{self.rul}" if self.anomaly is None else f"v{self.rul}-anomaly-v{self.anomaly}"
 
 
 def _crypto() -> Any:

@@ -106,3 +106,16 @@ def test_a_changed_anomaly_model_or_health_spec_is_rejected(
     _rewrite(path, {member: change})
     with pytest.raises(BundleError, match=why):
         bundle.read_bundle(path, ws.public_key)
+
+
+def test_bundle_id_from_the_manifest_and_back() -> None:
+    rul_only = bundle.BundleId.of({"model_version": "12"})
+    with_health = bundle.BundleId.of({"model_version": "12", "anomaly": {"version": "3"}})
+    assert (str(rul_only), str(with_health)) == ("v12", "v12-anomaly-v3")
+    assert bundle.BundleId.parse("v12-anomaly-v3") == with_health == bundle.BundleId(12, 3)
+    assert bundle.BundleId.parse("v12") == rul_only
+    for bad in ("12", "v12-anomaly", "v1/../v2", ""):
+        with pytest.raises(BundleError, match="not a bundle id"):
+            bundle.BundleId.parse(bad)
+    with pytest.raises(BundleError, match="not numbers"):
+        bundle.BundleId.of({"model_version": "12", "anomaly": {"version": "latest"}})
