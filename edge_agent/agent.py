@@ -81,7 +81,12 @@ class Agent:
         path = self.cfg.state_dir / PROFILE_FILE
         if path.exists():
             chosen = json.loads(path.read_text())
-            if chosen.get("bundle_version") == bundle.version and chosen.get("variant"):
+            if "bundle" in chosen:
+                # Timed with its health model: another health model is profiled anew.
+                same = chosen["bundle"] == str(bundle.bundle_id)
+            else:  # written by an agent that profiled by RUL version only
+                same = chosen.get("bundle_version") == bundle.version
+            if same and chosen.get("variant"):
                 return str(chosen["variant"])
         return FP32
 
@@ -94,13 +99,13 @@ class Agent:
             engine_dir=self.cfg.state_dir / "engines",
         )
 
-    def _load(self, version: int) -> Scorer:
-        """The installed version, verified again (a file changed on disk is caught) and
+    def _load(self, bundle: str) -> Scorer:
+        """The installed bundle, verified again (a file changed on disk is caught) and
         self-tested."""
-        scorer = self.scorer(open_bundle(self.bundles.path(version), self.public_key))
+        scorer = self.scorer(open_bundle(self.bundles.path(bundle), self.public_key))
         ok, why = scorer.self_test()
         if not ok:
-            raise BundleError(f"v{version} self-test: {why}")
+            raise BundleError(f"{bundle} self-test: {why}")
         return scorer
 
     def _start(self) -> None:
@@ -139,7 +144,8 @@ class Agent:
             why = updates.refuse_reason(candidate.manifest, current, state.bad)
             if why:
                 raise BundleError(why)
-            staged = self.bundles.stage(path, candidate.version)
+            bundle_id = str(candidate.bundle_id)
+            staged = self.bundles.stage(path, bundle_id)
             try:
                 scorer = self.scorer(open_bundle(staged, self.public_key))
                 ok, test = scorer.self_test()
@@ -149,26 +155,28 @@ class Agent:
                 if not ok:
                     raise BundleError(f"self-test failed: {test}")
             except BAD_BUNDLE:
-                self.bundles.mark_bad(candidate.version)
+                self.bundles.mark_bad(bundle_id)
                 raise
         except BAD_BUNDLE as e:
             self.store.count({"bundles_rejected": 1})
             self.last_update = {"bundle": path.name, "accepted": False, "why": str(e)}
             log.warning("bundle %s rejected: %s", path.name, e)
             return self.last_update
-        self.bundles.switch(candidate.version)
+        self.bundles.switch(bundle_id)
         self.fallback, self.active = self.active, scorer
-        self.probation = updates.Probation(candidate.version) if self.fallback else None
+        self.probation = updates.Probation(bundle_id) if self.fallback else None
         self.bundles.prune()
         self.store.count({"bundles_installed": 1})
         self.last_update = {
             "bundle": path.name,
             "accepted": True,
+            "bundle_id": bundle_id,
             "version": candidate.version,
+            "anomaly_version": scorer.health.version if scorer.health else None,
             "variant": scorer.variant,
             "self_test": test,
         }
-        log.info("switched to v%d (%s): %s", candidate.version, scorer.variant, test)
+        log.info("switched to %s (%s): %s", bundle_id, scorer.variant, test)
         return self.last_update
 
     def check_updates(self) -> list[dict[str, Any]]:
@@ -183,7 +191,7 @@ class Agent:
 
     def _roll_back(self, why: str) -> None:
         log.error("rolling back: %s", why)
-        failed = self.active.version if self.active else None
+        failed = self.bundles.state().current
         self.bundles.roll_back()
         self.active, self.fallback, self.probation = self.fallback, None, None
         self.store.count({"rollbacks": 1})
@@ -304,11 +312,12 @@ class Agent:
     def _judge(self, windows: int, errors: int) -> None:
         if self.probation is None or windows == 0:
             return
+        on_trial = self.probation.bundle
         self.probation, why = updates.judge(self.probation, windows, errors, self.policy)
         if why:
             self._roll_back(why)
         elif self.probation is None:
-            log.info("v%s passed probation", self.active.version if self.active else "?")
+            log.info("%s passed probation", on_trial)
             self.fallback = None
             self.bundles.end_probation()
 
@@ -347,8 +356,9 @@ class Agent:
             "provider": self.active.provider if self.active else None,
             "anomaly_version": anomaly_model.version if anomaly_model else None,
             "anomaly_variant": anomaly_model.variant if anomaly_model else None,
-            "previous_version": state.previous,
-            "bad_versions": state.bad,
+            "bundle": str(self.active.bundle.bundle_id) if self.active else None,
+            "previous_bundle": state.previous,
+            "bad_bundles": state.bad,
             "on_probation": self.probation is not None,
             "status": "ok" if self.active else "no model",
             "counters": self.store.counters(),

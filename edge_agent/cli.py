@@ -108,11 +108,17 @@ def cmd_profile(cfg: AgentConfig, args: argparse.Namespace) -> None:
         cfg.state_dir / PROFILE_FILE,
         args.repeats,
     )
-    print(f"bundle v{report['bundle_version']}, {report['windows']} golden windows")
+    health = f", health model v{report['anomaly_version']}" if report["anomaly_version"] else ""
+    print(f"bundle v{report['bundle_version']}{health}, {report['windows']} golden windows")
     for name, r in report["variants"].items():
         flags = "" if r["within_accuracy"] else "  (over the accuracy limit)"
         flags += "" if r["self_test"] else "  (self-test failed)"
-        print(f"  {name:8s} p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us{flags}")
+        line = f"  {name:8s} p50 {r['p50_us']:8.1f} us  p99 {r['p99_us']:8.1f} us"
+        if h := r["health"]:
+            # The health model variant this RUL variant runs with, timed on its own.
+            line += f"  + health {h['variant']:4s} p50 {h['p50_us']:8.1f} us"
+            line += f"  p99 {h['p99_us']:8.1f} us"
+        print(line + flags)
     if report["variant"] is None:
         raise InputError("no variant is within the accuracy limit and passes its self-test")
     print(f"chosen: {report['variant']} (written to {cfg.state_dir / PROFILE_FILE})")
@@ -121,6 +127,7 @@ def cmd_profile(cfg: AgentConfig, args: argparse.Namespace) -> None:
 def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
     from edge_agent.store import Store
     from edge_agent.updates import BundleDir
+    from pumpfleet.bundle import BundleId
 
     db = cfg.state_dir / "store.db"
     if not db.exists():
@@ -132,9 +139,12 @@ def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
             {
                 "device_id": cfg.device_id,
                 "agent_version": __version__,
-                "model_version": state.current,
-                "previous_version": state.previous,
-                "bad_versions": state.bad,
+                # The bundle's id (v<N>[-anomaly-v<M>]); an agent from before health-model
+                # updates installed every bundle as v<N>, whatever its health model.
+                "bundle": state.current,
+                "model_version": BundleId.parse(state.current).rul if state.current else None,
+                "previous_bundle": state.previous,
+                "bad_bundles": state.bad,
                 "on_probation": state.probation is not None,
                 "buffered": store.buffered(),
                 "counters": store.counters(),

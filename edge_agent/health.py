@@ -76,7 +76,11 @@ class HealthScorer:
 
     def errors(self, raw: np.ndarray) -> np.ndarray:
         """Each raw window's error ``[N]`` (float64; NaN where not finite)."""
-        x = np.ascontiguousarray(window_features(raw, self.spec), dtype=np.float32)
+        return self.model_errors(window_features(raw, self.spec))
+
+    def model_errors(self, features: np.ndarray) -> np.ndarray:
+        """The model's error ``[N]`` for feature windows already made with its spec."""
+        x = np.ascontiguousarray(features, dtype=np.float32)
         if len(x) == 0:
             return np.zeros(0)
         out = np.asarray(self.session.run([OUTPUT], {INPUT: x})[0], dtype=np.float64)

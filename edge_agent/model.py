@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.health import HealthScorer, anomaly_variant
-from pumpfleet.bundle import read_bundle
+from pumpfleet.bundle import BundleId, read_bundle
 from pumpfleet.errors import BundleError
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
 
@@ -46,6 +46,11 @@ class Installed:
     @property
     def version(self) -> int:
         return int(self.manifest["model_version"])
+
+    @property
+    def bundle_id(self) -> BundleId:
+        """RUL and anomaly model versions: what updates tell bundles apart by."""
+        return BundleId.of(self.manifest)
 
     @property
     def pump_class(self) -> str:
@@ -101,6 +106,7 @@ def open_bundle(path: Path, public_key: str) -> Installed:
     for need in ("model_version", "pump_class"):
         if need not in b.manifest:
             raise BundleError(f"{path.name}: the manifest has no {need}")
+    BundleId.of(b.manifest)  # model versions that are not numbers fail here, not later
     return Installed(manifest=b.manifest, members=b.members, path=path)
 
 

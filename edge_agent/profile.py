@@ -1,6 +1,7 @@
 """Profiling on the target: time every model variant of the current bundle on this
-device and pick the fastest whose accuracy cost (measured at export on the holdout) is
-within the bundle's limit and which passes its self-test here."""
+device, with the health (anomaly) model it runs beside, where the bundle has one, and
+pick the fastest whose accuracy cost (measured at export on the holdout) is within the
+bundle's limit and which passes its self-test here."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.health import HealthScorer
 from edge_agent.model import Installed, Scorer
 from pumpfleet.features import window_features
 
 
-def time_variant(scorer: Scorer, x: np.ndarray, repeats: int) -> dict[str, float]:
-    """Single-window latency (p50, p99, µs) over ``repeats`` passes of windows ``x``."""
-    scorer.scores(x[:1])  # warm up (and, with TensorRT, build the engine)
+def time_windows(run: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int) -> dict[str, float]:
+    """Single-window latency (p50, p99, µs) of ``run`` over ``repeats`` passes of
+    windows ``x``."""
+    run(x[:1])  # warm up (and, with TensorRT, build the engine)
     lat = []
     for _ in range(repeats):
         for i in range(len(x)):
             t = time.perf_counter()
-            scorer.scores(x[i : i + 1])
+            run(x[i : i + 1])
             lat.append(time.perf_counter() - t)
     us = np.asarray(lat) * 1e6
     return {
@@ -32,11 +35,29 @@ def time_variant(scorer: Scorer, x: np.ndarray, repeats: int) -> dict[str, float
     }
 
 
+def time_variant(scorer: Scorer, x: np.ndarray, repeats: int) -> dict[str, float]:
+    """Single-window latency of a RUL variant on feature windows ``x``."""
+    return time_windows(scorer.scores, x, repeats)
+
+
+def time_health(health: HealthScorer, raw: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Single-window latency of the health model variant that runs beside a RUL variant,
+    on its own features of raw windows ``raw`` (model only, like the RUL timing)."""
+    x = window_features(raw, health.spec)
+    return {"variant": health.variant, **time_windows(health.model_errors, x, repeats)}
+
+
+def _per_window_us(r: dict[str, Any]) -> float:
+    """What a window costs with this variant: the RUL model's p50 and, where the bundle
+    has one, its health model's."""
+    return float(r["p50_us"]) + float((r.get("health") or {}).get("p50_us", 0.0))
+
+
 def choose(results: dict[str, dict[str, Any]]) -> str | None:
-    """The fastest (p50) variant that is within the accuracy limit and passed its
-    self-test; None if none did."""
+    """The fastest variant (p50, with its health model's where there is one) that is
+    within the accuracy limit and passed its self-test; None if none did."""
     fit = {n: r for n, r in results.items() if r["within_accuracy"] and r["self_test"]}
-    return min(fit, key=lambda n: (fit[n]["p50_us"], n)) if fit else None
+    return min(fit, key=lambda n: (_per_window_us(fit[n]), n)) if fit else None
 
 
 def profile(
@@ -56,6 +77,7 @@ def profile(
         ok, why = scorer.self_test()
         results[name] = {
             **time_variant(scorer, x, repeats),
+            "health": time_health(scorer.health, golden[0], repeats) if scorer.health else None,
             "rmse_ratio": info.get("rmse_ratio"),
             "bytes": info.get("bytes"),
             "within_accuracy": bundle.within_accuracy(name),
@@ -63,8 +85,11 @@ def profile(
             "self_test_detail": why,
         }
     chosen = choose(results)
+    anomaly = bundle.anomaly
     report = {
+        "bundle": str(bundle.bundle_id),
         "bundle_version": bundle.version,
+        "anomaly_version": str(anomaly["version"]) if anomaly else None,
         "variant": chosen,
         "accuracy_limit": bundle.manifest.get("accuracy_limit"),
         "windows": len(x),

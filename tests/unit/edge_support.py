@@ -395,9 +395,11 @@ def bundle_with(
     other_key: bool = False,
     members: dict[str, bytes] | None = None,
     meta: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Path:
     """The v2 bundle re-signed as ``version`` with some members or manifest fields
-    changed, by the workspace's key or (``other_key``) by a stranger's."""
+    changed, by the workspace's key or (``other_key``) by a stranger's; written as
+    ``offers/<name>.pfbundle`` where ``name`` is given."""
     from edge_export.export import signing_key_path
     from pumpfleet import bundle
 
@@ -406,13 +408,44 @@ def bundle_with(
     key = bundle.load_or_create_key(key_path)
     manifest = {k: v for k, v in src.manifest.items() if k not in ("members", "format", "created")}
     manifest |= {"model_version": version, **(meta or {})}
-    out = (
-        tmp
-        / "offers"
-        / f"v{version}-{'stranger' if other_key else 'ours'}-{len(members or {})}.pfbundle"
-    )
+    stem = name or f"v{version}-{'stranger' if other_key else 'ours'}-{len(members or {})}"
+    out = tmp / "offers" / f"{stem}.pfbundle"
     bundle.write_bundle(out, {**src.members, **(members or {})}, manifest, key)
     return out
+
+
+def health_update(
+    ws: EdgeWorkspace, tmp: Path, anomaly: str, margin: float = 1.0, golden_scale: float = 1.0
+) -> Path:
+    """The health workspace's v2 bundle (RUL v2, health model v1) re-signed with the same
+    RUL model and health model v``anomaly``: its health spec's ``margin`` set (another
+    threshold, so other health scores of the same windows), and its golden anomaly errors
+    times ``golden_scale`` (other than 1: the health model fails its self-test)."""
+    import io
+
+    from pumpfleet import bundle
+    from pumpfleet.health import HEALTH_FILE, HealthSpec
+
+    src = bundle.read_bundle(ws.bundles["2"], ws.public_key)
+    health = HealthSpec.from_json(src.members[HEALTH_FILE]).model_copy(update={"margin": margin})
+    g = np.load(io.BytesIO(src.members["golden.npz"]))
+    buf = io.BytesIO()
+    np.savez(
+        buf, raw=g["raw"], expected=g["expected"], anomaly_errors=g["anomaly_errors"] * golden_scale
+    )
+    anomaly_meta = src.manifest["anomaly"] | {
+        "version": anomaly,
+        "margin": margin,
+        "threshold": health.threshold,
+    }
+    return bundle_with(
+        ws,
+        tmp,
+        "2",
+        members={HEALTH_FILE: health.to_json().encode(), "golden.npz": buf.getvalue()},
+        meta={"anomaly": anomaly_meta},
+        name=f"pumpfleet-esp-v2-anomaly-v{anomaly}-x{golden_scale}",
+    )
 
 
 def tampered(ws: EdgeWorkspace, tmp: Path) -> Path:

@@ -122,17 +122,81 @@ def test_refuse_reason_and_probation() -> None:
     assert updates.refuse_reason(ok, cur, []) is None
     assert "not newer" in str(updates.refuse_reason({**ok, "model_version": "2"}, cur, []))
     assert "class rod" in str(updates.refuse_reason({**ok, "pump_class": "rod"}, cur, []))
-    assert "failed on this device" in str(updates.refuse_reason(ok, cur, [3]))
+    assert "failed on this device" in str(updates.refuse_reason(ok, cur, ["v3"]))
     assert "needs agent 9.0" in str(
         updates.refuse_reason({**ok, "min_agent_version": "9.0"}, cur, [])
     )
     policy = updates.Policy(probation_windows=100, error_rate=0.1, min_windows=20)
-    p, why = updates.judge(updates.Probation(3), 10, 5, policy)
-    assert p == updates.Probation(3, 10, 5) and why is None  # too few windows to judge
+    p, why = updates.judge(updates.Probation("v3"), 10, 5, policy)
+    assert p == updates.Probation("v3", 10, 5) and why is None  # too few windows to judge
     p, why = updates.judge(p, 10, 0, policy)
-    assert p is None and "error rate 25% over 20 windows" in str(why)
-    p, why = updates.judge(updates.Probation(3), 100, 1, policy)
+    assert p is None and "v3: scoring error rate 25% over 20 windows" in str(why)
+    p, why = updates.judge(updates.Probation("v3"), 100, 1, policy)
     assert p is None and why is None  # passed
+
+
+def test_a_bundle_is_newer_by_its_rul_model_or_by_its_health_model() -> None:
+    def m(rul: int, anomaly: int | None = None) -> dict[str, Any]:
+        found = {"anomaly": {"version": str(anomaly)}} if anomaly is not None else {}
+        return {"pump_class": "esp", "model_version": str(rul), **found}
+
+    def why(rul: int, anomaly: int | None, cur: dict[str, Any], bad: list[str]) -> str | None:
+        return updates.refuse_reason(m(rul, anomaly), cur, bad)
+
+    cur = m(2, 1)
+    assert why(2, 2, cur, []) is None  # the same RUL model, a newer health model
+    assert why(3, None, cur, []) is None  # a newer RUL model, as before
+    assert why(3, 1, cur, []) is None
+    assert why(2, None, m(2), []) == "version 2 is not newer than the installed 2"
+    assert why(2, 1, m(2), []) is None  # a health model where there was none
+    for older in [(2, 1), (2, 0), (2, None), (1, 5)]:
+        assert "not newer" in str(why(*older, cur, [])), older
+    assert why(2, 0, cur, []) == (
+        "bundle v2-anomaly-v0 is not newer than the installed v2-anomaly-v1: "
+        "the same RUL model, and health model v0 is not newer than v1"
+    )
+    # A bundle whose health model failed here is refused, not its RUL model with another.
+    assert why(2, 2, cur, ["v2-anomaly-v2"]) == "bundle v2-anomaly-v2 failed on this device before"
+    assert why(2, 3, cur, ["v2-anomaly-v2"]) is None
+    # A failed bundle without a health model (or an older agent's record) stands for its
+    # RUL model: no bundle of that RUL version is taken again.
+    assert why(3, 1, cur, ["v3"]) == "version 3 failed on this device before"
+    assert why(3, None, cur, ["v3-anomaly-v1"]) is None
+
+
+def test_install_state_written_before_health_model_updates_is_read(tmp_path: Path) -> None:
+    """What the agent wrote when it tracked RUL versions only: numbers, one folder v<N>
+    per version whatever its health model."""
+    root = tmp_path / "bundles"
+    root.mkdir()
+    legacy = {"current": 5, "previous": 4, "bad": [12, 3], "probation": 5}
+    (root / "state.json").write_text(json.dumps(legacy))
+    for v in (4, 5):
+        (root / f"v{v}").mkdir()
+        (root / f"v{v}" / "bundle.pfbundle").write_bytes(b"old")
+    bundles = updates.BundleDir(root)
+    s = bundles.state()
+    assert (s.current, s.previous, s.bad, s.probation) == ("v5", "v4", ["v3", "v12"], "v5")
+    assert bundles.path(s.current).read_bytes() == b"old"
+    # Every bundle of a RUL version that failed under the old agent stays refused.
+    offer = {"pump_class": "esp", "model_version": "12", "anomaly": {"version": "1"}}
+    assert "version 12 failed" in str(updates.refuse_reason(offer, None, s.bad))
+    # The next switch writes ids, keeps the old folder as the previous bundle.
+    bundles.stage(root / "v5" / "bundle.pfbundle", "v5-anomaly-v2")
+    bundles.switch("v5-anomaly-v2")
+    bundles.prune()
+    saved = json.loads((root / "state.json").read_text())
+    assert saved == {
+        "current": "v5-anomaly-v2",
+        "previous": "v5",
+        "bad": ["v3", "v12"],
+        "probation": "v5-anomaly-v2",
+    }
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["v5", "v5-anomaly-v2"]
+    bundles.roll_back()
+    s = bundles.state()
+    assert (s.current, s.bad) == ("v5", ["v3", "v5-anomaly-v2", "v12"])
+    assert not (root / "v5-anomaly-v2").exists()
 
 
 # --- the cloud's storage ----------------------------------------------------------------
@@ -342,7 +406,7 @@ def test_scores_stay_on_the_old_model_through_bad_updates_and_roll_back(
     assert agent.active.version == 2
     assert "scoring error rate" in agent.last_update["why"]
     state = agent.bundles.state()
-    assert (state.current, state.bad) == (2, [6, 7, 8])
+    assert (state.current, state.bad) == ("v2", ["v6", "v7", "v8"])
     # Every window was scored: those v7 could not score, by v2.
     assert versions_scored() == ["1", "2", "7"]
     last = cloud.rows().to_pylist()[-20:]
@@ -366,7 +430,7 @@ def test_a_current_bundle_changed_on_disk_is_rolled_back_at_start(
     agent.step()
     assert agent.active is not None and agent.active.version == 2
     agent.store.close()
-    path = agent.bundles.path(2)
+    path = agent.bundles.path("v2")
     import tarfile
 
     with tarfile.open(path) as tar:
@@ -783,3 +847,226 @@ def test_the_health_model_runs_int8_only_beside_int8_and_where_export_allowed_it
         assert scorer.health is not None and scorer.health.variant == expect, variant
         ok, why = scorer.self_test()
         assert ok, why
+
+
+# --- a new health model with the same RUL model -----------------------------------------
+
+
+def rows_of(agent: Agent) -> list[dict[str, Any]]:
+    """Every record in the agent's outbox, oldest first."""
+    return [json.loads(r[0]) for r in agent.store.db.execute("SELECT payload FROM outbox")]
+
+
+def test_a_new_health_model_with_the_same_rul_model_is_an_update_of_its_own(
+    hws: HealthWorkspace, cloud: Cloud, tmp_path: Path
+) -> None:
+    from pumpfleet.anomaly import window_errors
+    from pumpfleet.features import window_features
+    from tests.unit.edge_support import ANOMALY_SPEC, health_update
+
+    cfg = agent_config(hws, tmp_path / "agent", cloud.url, initial_bundle=hws.bundles["2"])
+    agent = Agent(cfg)
+    write_readings(cfg.spool, "r000", ["p1"], 0, 14)
+    run_until_idle(agent)
+    # Health model v2: the same RUL model v2, a threshold twice as high.
+    offer = health_update(hws, tmp_path, "2", margin=2.0)
+    shutil.copy(offer, cfg.updates / offer.name)
+    write_readings(cfg.spool, "r001", ["p1"], 14, 10)
+    write_readings(cfg.spool, "r002", ["hot1"], 14, 14, failing=True)
+    run_until_idle(agent)
+    assert agent.last_update["accepted"], agent.last_update
+    assert agent.last_update["bundle_id"] == "v2-anomaly-v2"
+    assert agent.active is not None and agent.active.health is not None
+    assert (agent.active.version, agent.active.health.version) == (2, "2")
+    assert agent.fallback is not None and agent.fallback.health is not None
+    assert agent.fallback.health.version == "1" and agent.probation is not None
+    state = agent.bundles.state()
+    assert (state.current, state.previous, state.probation) == (
+        "v2-anomaly-v2",
+        "v2-anomaly-v1",
+        "v2-anomaly-v2",
+    )
+    rows = {r["request_id"]: r for r in cloud.rows().to_pylist()}
+    by_version: dict[str, list[str]] = {}
+    for k, r in rows.items():
+        by_version.setdefault(r["anomaly_version"], []).append(k)
+    assert {v: len(ks) for v, ks in by_version.items()} == {"1": 3, "2": 10 + 3}
+    assert {rows[k]["model_version"] for k in rows} == {"2"}
+    # The device scores with the new health spec: the cloud's scores of the same windows.
+    windows = spooled_windows(cfg.spool)
+    keys = sorted(by_version["2"])
+    errors = window_errors(
+        hws.anomaly, window_features(np.stack([windows[k] for k in keys]), ANOMALY_SPEC)
+    )
+    spec = hws.health.model_copy(update={"margin": 2.0})
+    np.testing.assert_allclose(
+        [rows[k]["health_score"] for k in keys], spec.score(errors), rtol=1e-5, atol=1e-5
+    )
+    assert [rows[k]["anomaly"] for k in keys] == spec.flag(errors).tolist()
+    assert agent.health()["bundle"] == "v2-anomaly-v2"
+    # The bundle with the older health model is not taken back.
+    result = agent.install(hws.bundles["2"])
+    assert not result["accepted"] and result["why"] == (
+        "bundle v2-anomaly-v1 is not newer than the installed v2-anomaly-v2: the same RUL "
+        "model, and health model v1 is not newer than v2"
+    )
+    # A restart comes back on the new health model, still on probation beside the old.
+    agent.store.close()
+    again = Agent(cfg)
+    assert again.active is not None and again.active.health is not None
+    assert again.active.health.version == "2" and again.probation is not None
+    assert again.fallback is not None and again.fallback.health is not None
+    assert again.fallback.health.version == "1"
+
+
+def test_a_health_model_that_fails_leaves_the_installed_bundle_serving(
+    hws: HealthWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.edge_support import health_update
+
+    cfg = agent_config(
+        hws, tmp_path / "agent", None, initial_bundle=hws.bundles["2"], probation_windows=60
+    )
+    agent = Agent(cfg)
+    # Its golden health scores are off: refused before the switch.
+    result = agent.install(health_update(hws, tmp_path, "2", golden_scale=3.0))
+    assert not result["accepted"] and "golden health scores differ" in result["why"]
+    assert agent.active is not None and str(agent.active.bundle.bundle_id) == "v2-anomaly-v1"
+    assert agent.fallback is None and agent.probation is None
+    state = agent.bundles.state()
+    assert (state.current, state.bad) == ("v2-anomaly-v1", ["v2-anomaly-v2"])
+    write_readings(cfg.spool, "r000", ["p1"], 0, 14)
+    agent.step()
+    assert {r["anomaly_version"] for r in rows_of(agent)} == {"1"}
+    # Health model v3 passes its self-test, then raises on every window after the switch:
+    # on probation, it is rolled back, and the old health model scores those windows.
+    assert agent.install(health_update(hws, tmp_path, "3"))["accepted"]
+    assert agent.active.health is not None and agent.active.health.version == "3"
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
+
+    monkeypatch.setattr(agent.active.health.session, "run", broken)
+    write_readings(cfg.spool, "r001", ["p1"], 14, 30)
+    agent.step()
+    assert agent.active.health is not None and agent.active.health.version == "1"
+    assert agent.last_update == {
+        "rolled_back": "v2-anomaly-v3",
+        "why": "v2-anomaly-v3: scoring error rate 100% over 30 windows after the switch (limit 5%)",
+    }
+    state = agent.bundles.state()
+    assert (state.current, state.previous, state.bad) == (
+        "v2-anomaly-v1",
+        None,
+        ["v2-anomaly-v2", "v2-anomaly-v3"],
+    )
+    new = rows_of(agent)[3:]
+    assert len(new) == 30 and {r["anomaly_version"] for r in new} == {"1"}
+    assert all(r["health_score"] is not None for r in new)
+    assert agent.store.counters()["rollbacks"] == 1
+    # Refused again; another health model for the same RUL model is still tried.
+    assert "failed on this device before" in agent.install(health_update(hws, tmp_path, "3"))["why"]
+    assert agent.install(health_update(hws, tmp_path, "4"))["accepted"]
+
+
+def test_a_device_whose_bundles_the_previous_agent_installed_takes_a_new_health_model(
+    hws: HealthWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bundles, state and profile as the agent wrote them when it tracked RUL versions
+    only: one folder v<N> per version, numbers in state.json, the profile by version."""
+    from tests.unit.edge_support import health_update
+
+    cfg = agent_config(hws, tmp_path / "agent", None)
+    root = cfg.state_dir / "bundles"
+    for v in ("1", "2"):
+        (root / f"v{v}").mkdir(parents=True)
+        shutil.copy(hws.bundles[v], root / f"v{v}" / "bundle.pfbundle")
+    (root / "state.json").write_text('{"current": 2, "previous": 1, "bad": [7], "probation": 2}')
+    (cfg.state_dir / "profile.json").write_text('{"bundle_version": 2, "variant": "fp16"}')
+    agent = Agent(cfg)
+    assert agent.active is not None and agent.active.health is not None
+    assert (agent.active.version, agent.active.health.version) == (2, "1")
+    assert agent.active.variant == "fp16"
+    assert agent.fallback is not None and agent.fallback.version == 1
+    assert agent.probation == updates.Probation("v2")
+    # RUL v7 failed under the old agent: no bundle of it is taken, whatever its health model.
+    from tests.unit.edge_support import bundle_with
+
+    v7 = agent.install(bundle_with(hws, tmp_path, "7"))
+    assert v7 == {
+        "bundle": "v7-ours-0.pfbundle",
+        "accepted": False,
+        "why": "version 7 failed on this device before",
+    }
+    result = agent.install(health_update(hws, tmp_path, "2"))
+    assert result["accepted"] and result["bundle_id"] == "v2-anomaly-v2"
+    saved = json.loads((root / "state.json").read_text())
+    assert saved == {
+        "current": "v2-anomaly-v2",
+        "previous": "v2",
+        "bad": ["v7"],
+        "probation": "v2-anomaly-v2",
+    }
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["v2", "v2-anomaly-v2"]
+    # Restarted, it loads the new bundle and the one in the old folder beside it.
+    agent.store.close()
+    again = Agent(cfg)
+    assert again.active is not None and again.active.health is not None
+    assert again.active.health.version == "2"
+    assert again.fallback is not None and again.fallback.health is not None
+    assert again.fallback.health.version == "1"
+    path = tmp_path / "agent.json"
+    path.write_text(cfg.model_dump_json())
+    assert edge_main(["status", "--config", str(path)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["bundle"], status["model_version"], status["previous_bundle"]) == (
+        "v2-anomaly-v2",
+        2,
+        "v2",
+    )
+
+
+def test_profile_times_the_health_model_beside_each_variant(
+    hws: HealthWorkspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_agent.profile import choose
+    from tests.unit.edge_support import health_update
+
+    cfg = agent_config(hws, tmp_path / "agent", None, initial_bundle=hws.bundles["2"])
+    path = tmp_path / "agent.json"
+    path.write_text(cfg.model_dump_json())
+    assert edge_main(["profile", "--config", str(path), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((cfg.state_dir / "profile.json").read_text())
+    assert (report["bundle"], report["bundle_version"], report["anomaly_version"]) == (
+        "v2-anomaly-v1",
+        2,
+        "1",
+    )
+    b = Agent(cfg).active
+    assert b is not None and b.bundle.anomaly is not None
+    int8 = "int8" if b.bundle.anomaly["variants"]["int8"]["within_accuracy"] else "fp32"
+    beside = {"fp32": "fp32", "fp32_b1": "fp32", "fp16": "fp32", "int8": int8}
+    assert {n: r["health"]["variant"] for n, r in report["variants"].items()} == beside
+    for r in report["variants"].values():
+        assert 0 < r["health"]["p50_us"] <= r["health"]["p99_us"]
+    lines = out.splitlines()
+    assert lines[0] == "bundle v2, health model v1, 32 golden windows"
+    for line in lines[1:5]:
+        name = line.split()[0]
+        assert f"+ health {beside[name]:4s} p50" in line, line
+    assert report["variant"] == choose(report["variants"])
+    # The choice weighs the health model's time too.
+    timed = {
+        "fp32": {"p50_us": 10.0, "health": {"p50_us": 30.0}},
+        "int8": {"p50_us": 12.0, "health": {"p50_us": 5.0}},
+    }
+    fit = {"within_accuracy": True, "self_test": True}
+    assert choose({n: r | fit for n, r in timed.items()}) == "int8"
+    # A profile is for its bundle: another health model runs fp32 until profiled anew.
+    (cfg.state_dir / "profile.json").write_text(
+        json.dumps({"bundle": "v2-anomaly-v1", "bundle_version": 2, "variant": "fp16"})
+    )
+    agent = Agent(cfg)
+    assert agent.active is not None and agent.active.variant == "fp16"
+    assert agent.install(health_update(hws, tmp_path, "2"))["variant"] == "fp32"
