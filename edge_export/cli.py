@@ -66,8 +66,20 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
     variants = ",".join(sorted(m.get("variants", {}))) or "model.onnx"
     print(
         f"OK {path.name}: {m.get('pump_class')} v{m.get('model_version')}, "
-        f"{len(m['members'])} members verified, variants {variants}"
+        f"{len(m['members'])} members verified, variants {variants}; {health_model(m)}"
     )
+
+
+def health_model(manifest: dict[str, Any]) -> str:
+    """The bundle's health (anomaly) model in a few words: version, variants, and which
+    were off their limits at export (a device runs FP32 instead)."""
+    found = manifest.get("anomaly")
+    if not found:
+        return "no health model"
+    v = found.get("variants", {})
+    off = sorted(n for n, info in v.items() if info.get("within_accuracy") is False)
+    said = f"health model v{found.get('version')}, variants {','.join(sorted(v))}"
+    return said + (f" ({','.join(off)} off its limits: fp32 runs)" if off else "")
 
 
 def add_commands(sub: Any) -> None:

@@ -264,6 +264,7 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
     assert "anomaly" not in old.manifest and "health_spec.json" not in old.members
     assert hws.exports["1"]["anomaly"] == {"skipped": "no pumpfleet-esp-anomaly@champion"}
     assert hws.bundles["2"].name == "pumpfleet-esp-v2-anomaly-v1.pfbundle"
+    assert (hws.exports["1"]["bundle_id"], hws.exports["2"]["bundle_id"]) == ("v1", "v2-anomaly-v1")
     b = bundle.read_bundle(hws.bundles["2"], hws.public_key)
     a = b.manifest["anomaly"]
     assert (a["kind"], a["model_name"], a["version"]) == ("anomaly", "pumpfleet-esp-anomaly", "1")
@@ -306,6 +307,28 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
     assert (
         hws.exports["2"]["anomaly"]["variants"]["int8"]["within_accuracy"]
         == (v["int8"]["within_accuracy"])
+    )
+
+
+def test_verify_names_the_health_model_and_its_variants(
+    hws: HealthWorkspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_export.cli import health_model
+
+    m = bundle.read_bundle(hws.bundles["2"], hws.public_key).manifest
+    off = "" if m["anomaly"]["variants"]["int8"]["within_accuracy"] else " (int8 off its limits"
+    code, out, _ = cli(
+        capsys, "edge", "verify", str(hws.bundles["2"]), "--public-key", hws.public_key
+    )
+    assert code == 0 and out.startswith("OK pumpfleet-esp-v2-anomaly-v1.pfbundle: esp v2")
+    assert f"fp16,fp32,fp32_b1,int8; health model v1, variants fp32,int8{off}" in out
+    code, out, _ = cli(
+        capsys, "edge", "verify", str(hws.bundles["1"]), "--public-key", hws.public_key
+    )
+    assert code == 0 and out.rstrip().endswith("int8; no health model")
+    variants_ = {"fp32": {"within_accuracy": True}, "int8": {"within_accuracy": False}}
+    assert health_model({"anomaly": {"version": "3", "variants": variants_}}) == (
+        "health model v3, variants fp32,int8 (int8 off its limits: fp32 runs)"
     )
 
 
