@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,7 +345,9 @@ def write_readings(
     lines, keys = [], []
     for pump in pumps:
         for h in range(start, start + n):
-            rng = np.random.default_rng(abs(hash((pump, h))) % 2**32)
+            # crc32, not hash(): str hashes change with every process (PYTHONHASHSEED),
+            # which made the readings, and the model's calls on them, differ run to run
+            rng = np.random.default_rng(zlib.crc32(f"{pump}:{h}".encode()))
             worn = wear if wear is not None else 1.0 if failing else 0.1
             row = {
                 "pump_id": pump,
