@@ -1,6 +1,7 @@
 """The monitor's cost and its error rates.
 
     python -m benchmarks.monitor [--rows 1000000] [--fleets 20] [--chunk-size 50]
+                                 [--settings METHOD=SD,... ...] [--consecutive K ...]
 
 1. Cost: a prediction log of ``--rows`` rows over 4 classes (Parquet, as Serve writes
    it) read back and analysed as the monitor does (univariate and PCA drift, CBPE, DLE,
@@ -13,7 +14,10 @@
    reads 15 % high (the same fleet simulated with a ``DriftSpec``: the demo's story). A
    class alerts after 2 drifted chunks in a row. Detection delay (chunks from the first
    chunk with drifted windows to the alert), false alarms per class-chunk (a chunk in
-   alert where nothing drifted), and retrains the trigger would start on no-drift fleets.
+   alert where nothing drifted), and retrains the trigger would start on no-drift fleets,
+   for each ``--settings``: drift methods and their thresholds (reference chunks' mean +
+   SD standard deviations), the monitor's own (``pumpfleet.drift.MULTIPLIERS``) against
+   the Kolmogorov-Smirnov setting it replaced, by default.
    Also measured: how often a time-ordered stream of a no-drift fleet (days 20-40 against
    days 2-20) is flagged; small simulated fleets age and change regime.
 """
@@ -34,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from pumpfleet.alerts import AlertPolicy, TriggerState, decide_retrains, drift_wanted, hysteresis
-from pumpfleet.drift import AnalysisConfig, analyse_class, shuffled_reference
+from pumpfleet.drift import MULTIPLIERS, PCA, AnalysisConfig, analyse_class, shuffled_reference
 from pumpfleet.schema import CLASS_CHANNELS, PUMP_CLASSES
 from pumpfleet.tables import format_table
 
@@ -136,7 +140,27 @@ def _fleet(seed: int, drifts: list[Any]) -> pd.DataFrame:
     return readings
 
 
-def one_fleet(args: tuple[int, bool, int, tuple[float, ...]]) -> dict[str, Any]:
+# The monitor's drift methods and thresholds, and the setting they replaced.
+CURRENT = ",".join(f"{m}={k:g}" for m, k in MULTIPLIERS.items() if m != "kolmogorov_smirnov")
+BEFORE = "kolmogorov_smirnov=4.5,pca=4.5"
+
+
+def config(spec: str, chunk: int) -> AnalysisConfig:
+    """``method=sd,...`` as the monitor's analysis: the univariate methods named, PCA
+    reconstruction error where ``pca`` is, each at its multiplier."""
+    pairs = dict(item.split("=") for item in spec.split(","))
+    multipliers = {m: float(k) for m, k in pairs.items()}
+    methods = tuple(m for m in multipliers if m != PCA)
+    return AnalysisConfig(
+        chunk_size=chunk,
+        performance=False,
+        multivariate=PCA in multipliers,
+        continuous_methods=methods,
+        multipliers=multipliers,
+    )
+
+
+def one_fleet(args: tuple[int, bool, int, tuple[str, ...]]) -> dict[str, Any]:
     """One fleet: the stream is windows drawn at random from its history (disjoint from
     the reference's), as the demo's requests are; from the stream's middle on, the target
     class's windows come from the same fleet simulated with the drift (same seed: the
@@ -145,7 +169,7 @@ def one_fleet(args: tuple[int, bool, int, tuple[float, ...]]) -> dict[str, Any]:
     from pumpfleet.faults import DriftSpec
     from pumpfleet.simulator import START
 
-    seed, drifted, chunk, mults = args
+    seed, drifted, chunk, settings = args
     target = PUMP_CLASSES[seed % 4] if drifted else None
     base = _fleet(seed, [])
     shifted = None
@@ -171,28 +195,34 @@ def one_fleet(args: tuple[int, bool, int, tuple[float, ...]]) -> dict[str, Any]:
             stream.iloc[half:] = ws.iloc[stream_idx[half:]].to_numpy()
         stream["timestamp"] = t0 + pd.to_timedelta(np.arange(len(stream)), unit="min")
         first = half // chunk if cls == target else None
-        for m in mults:
-            cfg = AnalysisConfig(chunk_size=chunk, performance=False, std_multiplier=m)
-            flags = analyse_class(cls, ref, stream, chans, cfg).drifted()
-            result["classes"].setdefault(m, {})[cls] = {"flags": flags, "first_drift_chunk": first}
+        for spec in settings:
+            flags = analyse_class(cls, ref, stream, chans, config(spec, chunk)).drifted()
+            result["classes"].setdefault(spec, {})[cls] = {
+                "flags": flags,
+                "first_drift_chunk": first,
+            }
         if target is None:  # the same fleet in time order
             ts = pd.to_datetime(w["timestamp"], utc=True)
             lo, hi = (t0 + timedelta(days=d) for d in REF_DAYS)
             ordered_ref = shuffled_reference(w[(ts >= lo) & (ts < hi)].reset_index(drop=True))
             later = w[ts >= hi].sort_values("timestamp").reset_index(drop=True)
-            cfg = AnalysisConfig(chunk_size=chunk, performance=False, std_multiplier=mults[0])
-            result["ordered"][cls] = analyse_class(cls, ordered_ref, later, chans, cfg).drifted()
+            for spec in settings:
+                cfg = config(spec, chunk)
+                flags = analyse_class(cls, ordered_ref, later, chans, cfg).drifted()
+                result["ordered"].setdefault(spec, {})[cls] = flags
     return result
 
 
-def simulate_fleets(fleets: int, chunk: int, mults: tuple[float, ...]) -> list[dict[str, Any]]:
-    jobs = [(s, True, chunk, mults) for s in range(fleets)]
-    jobs += [(1000 + s, False, chunk, mults) for s in range(fleets)]
+def simulate_fleets(
+    fleets: int, chunk: int, settings: tuple[str, ...], first_seed: int = 0
+) -> list[dict[str, Any]]:
+    jobs = [(first_seed + s, True, chunk, settings) for s in range(fleets)]
+    jobs += [(1000 + first_seed + s, False, chunk, settings) for s in range(fleets)]
     with ProcessPoolExecutor(2) as pool:
         return list(pool.map(one_fleet, jobs))
 
 
-def errors(results: list[dict[str, Any]], m: float, k: int) -> dict[str, Any]:
+def errors(results: list[dict[str, Any]], m: str, k: int) -> dict[str, Any]:
     policy = AlertPolicy(consecutive=k, clear_after=k)
     fleets = sum(r["drifted"] is not None for r in results)
     delays, missed = [], 0
@@ -215,7 +245,7 @@ def errors(results: list[dict[str, Any]], m: float, k: int) -> dict[str, Any]:
                     delays.append(raised[0] - c["first_drift_chunk"])
                 else:
                     missed += 1
-        for flags in res["ordered"].values():
+        for flags in res["ordered"].get(m, {}).values():
             ordered_chunks += len(flags)
             ordered_flags += sum(flags)
         if res["drifted"] is None:
@@ -249,8 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fleets", type=int, default=20, help="drifted fleets, and as many without")
     p.add_argument("--chunk-size", type=int, default=50)
     p.add_argument(
-        "--std-multipliers", type=float, nargs="+", default=[3.0, 4.0, 5.0],
-        help="alert thresholds to compare (reference mean + m standard deviations)",
+        "--settings", nargs="+", default=[BEFORE, CURRENT],
+        help="drift settings to compare, each METHOD=SD,... (pca: the multivariate signal)",
+    )  # fmt: skip
+    p.add_argument(
+        "--first-seed", type=int, default=0,
+        help="seeds of the drifted fleets (no-drift fleets: 1000 more); another range "
+        "checks settings on fleets they were not chosen on",
     )  # fmt: skip
     p.add_argument(
         "--consecutive", type=int, nargs="+", default=[2],
@@ -270,32 +305,38 @@ def main(argv: list[str] | None = None) -> None:
         ["peak memory, driver (max RSS)", f"{c['peak_driver_mb']:.0f} MB", "-"],
     ]
     print(format_table(["measure", "result", "target"], rows))
-    mults = tuple(args.std_multipliers)
+    settings = tuple(args.settings)
     t = time.perf_counter()
-    results = simulate_fleets(args.fleets, args.chunk_size, mults)
-    combos = [(m, k) for m in mults for k in args.consecutive]
+    results = simulate_fleets(args.fleets, args.chunk_size, settings, args.first_seed)
+    combos = [(m, k) for m in settings for k in args.consecutive]
     es = {mk: errors(results, *mk) for mk in combos}
     e0 = es[combos[0]]
     print(
         f"\n2. {e0['fleets']} simulated fleets with a drift and {e0['fleets']} without "
         f"({PUMPS} pumps x {DAYS} days each, chunks of {args.chunk_size} windows; "
-        f"{time.perf_counter() - t:.0f} s). Threshold: reference mean + m sd; k: drifted "
-        "chunks in a row that raise an alert"
+        f"{time.perf_counter() - t:.0f} s; seeds {args.first_seed}..."
+        f"{args.first_seed + args.fleets - 1} and {1000 + args.first_seed}..."
+        f"{1000 + args.first_seed + args.fleets - 1}). Setting: method=SD (alert above the "
+        "reference chunks' mean + SD standard deviations); k: drifted chunks in a row that "
+        "raise an alert"
     )
     table = []
+    letter = {m: chr(ord("A") + i) for i, m in enumerate(settings)}
     for name, key, target in (
         ("detection delay, chunks (median / max)", "delay", "<= 2"),
         ("drifts missed", "missed", "0"),
         ("drifted-chunk flags where nothing drifted", "flags", "-"),
         ("false alarms per class-chunk", "fa", "<= 2 %"),
         ("retrains started on no-drift fleets", "retrains", "0"),
+        ("time-ordered no-drift streams: chunks flagged", "ordered", "-"),
     ):
         table.append([name, *(_cell(es[mk], key) for mk in combos), target])
-    print(format_table(["measure", *(f"m={m:g}, k={k}" for m, k in combos), "target"], table))
+    print(format_table(["measure", *(f"{letter[m]}, k={k}" for m, k in combos), "target"], table))
+    for m in settings:
+        print(f"{letter[m]}: {m}")
     print(
-        f"time-ordered stream of the no-drift fleets (days 20-{DAYS} against days 2-20, "
-        f"threshold {mults[0]:g} sd): {e0['ordered_flag_rate']:.0%} of "
-        f"{e0['ordered_chunks']} class-chunks flagged"
+        f"(time-ordered streams: the no-drift fleets' days 20-{DAYS} against days 2-20, "
+        f"{e0['ordered_chunks']} class-chunks)"
     )
 
 
@@ -310,6 +351,8 @@ def _cell(e: dict[str, Any], key: str) -> str:
         return f"{e['flag_rate']:.2%} of {e['clean_chunks']}"
     if key == "fa":
         return f"{e['false_alarm_rate']:.2%}"
+    if key == "ordered":
+        return f"{e['ordered_flag_rate']:.0%}"
     return str(e["retrains_nodrift"])
 
 

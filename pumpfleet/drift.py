@@ -1,11 +1,12 @@
 """NannyML behind one module: drift of served inputs against a reference, and the
 model's performance estimated without labels and realised once labels arrive.
 
-Nothing else in the project imports nannyml. Kolmogorov-Smirnov is used for the
-continuous window summaries: in a quick test Jensen-Shannon raised false alerts on an
-unshifted feature where KS did not (see STACK.md); categorical features get chi-squared.
-``analyse_class`` is what the monitor runs; ``DriftMonitor`` is its univariate-only
-ancestor, kept for callers of that API.
+Nothing else in the project imports nannyml. The monitor (``analyse_class``) tests each
+continuous window summary with Wasserstein distance and Hellinger distance, categorical
+features with chi-squared, and the continuous ones together with PCA reconstruction
+error; the methods and their thresholds were chosen on simulated fleets (see
+``MULTIPLIERS``). ``DriftMonitor`` is its univariate-only ancestor (Kolmogorov-Smirnov),
+kept for callers of that API.
 """
 
 from __future__ import annotations
@@ -113,8 +114,24 @@ class DriftMonitor:
 
 # --- The monitor's analysis: every signal of one class, chunk by chunk -------------------
 
-CONTINUOUS = "kolmogorov_smirnov"
-CATEGORICAL = "chi2"
+KS, WASSERSTEIN, HELLINGER, CHI2, PCA = (
+    "kolmogorov_smirnov",
+    "wasserstein",
+    "hellinger",
+    "chi2",
+    "pca",
+)
+CONTINUOUS = (WASSERSTEIN, HELLINGER)  # each continuous feature, both: see MULTIPLIERS
+CATEGORICAL = CHI2
+HEALTH_METHOD = KS  # the health score's drift
+# A drift statistic alerts above the mean of the reference chunks' plus this many of their
+# standard deviations (NannyML's default is 3 for all). Chosen on 20 + 20 simulated fleets
+# (``python -m benchmarks.monitor``, 2 drifted chunks in a row raise an alert) and checked
+# on 20 + 20 others: Wasserstein sees a shifted sensor where its window means are
+# unimodal, Hellinger where they are spread over operating regimes, and neither alone
+# found every drift within 2 chunks; Kolmogorov-Smirnov at 4.5 (before) was 4 chunks late
+# at worst, and 4 retrained a no-drift fleet. Chi-squared keeps NannyML's own alert.
+MULTIPLIERS: dict[str, float] = {WASSERSTEIN: 5.5, HELLINGER: 4.5, PCA: 5.5, KS: 4.5}
 # Columns the monitor's frames carry besides the features (see ``analyse_class``).
 Y_PROB, Y_PRED, Y_TRUE, RUL_PRED, RUL_TRUE = "y_prob", "y_pred", "y_true", "rul_pred", "rul_true"
 HEALTH, ANOMALY = "health_score", "anomaly"  # the anomaly champion's score and flag
@@ -122,27 +139,37 @@ SIGNAL_COLUMNS = ["chunk", "start", "end", "kind", "signal", "value", "lower", "
 DRIFT_KINDS = ("univariate", "multivariate")
 MIN_LABELLED = 10  # realised performance of a chunk needs this many labelled predictions
 MIN_SCORED = 10  # health signals of a chunk need this many windows the anomaly model scored
+# Thresholds come from the spread of each statistic over the reference's chunks: with
+# fewer chunks than this, that spread (and so every alert) is uncertain.
+MIN_REFERENCE_CHUNKS = 20
 
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """Chunking and methods. Continuous features use Kolmogorov-Smirnov and categorical
-    ones chi-squared; the multivariate signal is PCA reconstruction error. A drift
-    statistic alerts above the mean of the reference chunks' plus ``std_multiplier`` of
-    their standard deviations. 4.5 was chosen on 20 + 20 simulated fleets
-    (``python -m benchmarks.monitor``; an alert needs 2 drifted chunks in a row): NannyML's
-    default of 3 flagged 11 % of the class-chunks where nothing drifted (3.5 % false alarms,
-    6 retrains started on no-drift fleets); 4 flagged 3.8 % (0.6 %, 1 retrain); 4.5
-    flagged 1.9 % (no false alarm, no retrain) and found every injected drift, 2 chunks
-    late at the median."""
+    """Chunking, methods and thresholds. A continuous feature's chunk is drifted when
+    any of ``continuous_methods`` alerts; each method's threshold is the reference
+    chunks' mean plus ``multiplier(method)`` standard deviations (``MULTIPLIERS``, unless
+    ``multipliers`` overrides some or ``std_multiplier`` sets one for all)."""
 
     chunk_size: int = 50
     multivariate: bool = True
     performance: bool = True
-    std_multiplier: float = 4.5  # NannyML's default is 3; see above
+    continuous_methods: tuple[str, ...] = CONTINUOUS
+    std_multiplier: float | None = None  # one multiplier for every method
+    multipliers: Mapping[str, float] | None = None  # per method, over MULTIPLIERS
     # A chunk's anomaly alarms alert when the expected rate would reach them with at most
     # this probability (``pumpfleet.alerts.alarm_bound``).
     alarm_alpha: float = 0.001
+
+    def multiplier(self, method: str) -> float:
+        if self.std_multiplier is not None:
+            return self.std_multiplier
+        return {**MULTIPLIERS, **(self.multipliers or {})}[method]
+
+    def thresholds(self) -> dict[str, float]:
+        """Each drift method used, with its multiplier (what the report states)."""
+        methods = [*self.continuous_methods, *([PCA] if self.multivariate else [])]
+        return {m: self.multiplier(m) for m in methods}
 
 
 @dataclass(frozen=True)
@@ -272,42 +299,64 @@ def analyse_class(
     cont, cat = feature_types(reference, features)
     ts = ["timestamp"]
     parts = []
-    from nannyml.thresholds import StandardDeviationThreshold
-
-    upper = StandardDeviationThreshold(
-        std_lower_multiplier=None, std_upper_multiplier=cfg.std_multiplier
-    )
+    methods = list(cfg.continuous_methods)
     uni = nml.UnivariateDriftCalculator(
         column_names=features,
         treat_as_categorical=cat or None,
         timestamp_column_name="timestamp",
-        continuous_methods=[CONTINUOUS],
-        categorical_methods=[CATEGORICAL],
+        continuous_methods=methods,
+        categorical_methods=[CATEGORICAL],  # NannyML keeps its own alert rule for chi2
         chunk_size=n,
-        thresholds={CONTINUOUS: upper, CATEGORICAL: upper},
+        thresholds={m: _upper(cfg.multiplier(m)) for m in methods},
     )
     table = uni.fit(reference[features + ts]).calculate(analysis[features + ts]).to_df()
     table = table[table[("chunk", "chunk", "period")] == "analysis"].reset_index(drop=True)
     for f in features:
-        method = CONTINUOUS if f in cont else CATEGORICAL
-        parts.append(_tidy(table, "univariate", f, (f, method)))
+        ms = methods if f in cont else [CATEGORICAL]
+        parts.append(_any_method([_tidy(table, "univariate", f, (f, m)) for m in ms]))
     bounds = table["chunk"]["chunk"][["chunk_index", "start_index", "end_index"]]
     notes: list[str] = []
     if cfg.multivariate and len(cont) >= 2:
         mv = nml.DataReconstructionDriftCalculator(
-            column_names=cont, timestamp_column_name="timestamp", chunk_size=n, threshold=upper
+            column_names=cont,
+            timestamp_column_name="timestamp",
+            chunk_size=n,
+            threshold=_upper(cfg.multiplier(PCA)),
         )
         t = mv.fit(reference[cont + ts]).calculate(analysis[cont + ts]).filter(period="analysis")
         parts.append(
             _tidy(t.to_df(), "multivariate", "pca_reconstruction", ("reconstruction_error",))
         )
     if health is not None:
-        parts.append(_health(pump_class, analysis, health, cfg, upper, bounds, parts[0], notes))
+        parts.append(_health(pump_class, analysis, health, cfg, bounds, parts[0], notes))
     if cfg.performance:
         parts += _performance(pump_class, perf_reference, analysis, cont, n, notes)
         parts.append(_realised(analysis, bounds, parts[0]))
+    if len(reference) < MIN_REFERENCE_CHUNKS * n:
+        notes.append(
+            f"{pump_class}: the reference holds {len(reference) // n} chunks of {n}; drift "
+            f"thresholds set on fewer than {MIN_REFERENCE_CHUNKS} are uncertain"
+        )
     chunks = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     return ClassAnalysis(pump_class, len(reference), len(analysis), chunks, notes)
+
+
+def _upper(multiplier: float) -> object:
+    from nannyml.thresholds import StandardDeviationThreshold
+
+    return StandardDeviationThreshold(std_lower_multiplier=None, std_upper_multiplier=multiplier)
+
+
+def _any_method(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One feature's signal from several methods: per chunk, the method furthest over (or
+    closest to) its threshold, alerting when any method does."""
+    if len(frames) == 1:
+        return frames[0]
+    both = pd.concat(frames, ignore_index=True)
+    ratio = (both["value"] / both["upper"]).fillna(-np.inf)
+    first = both.loc[ratio.groupby(both["chunk"]).idxmax()].set_index("chunk")
+    first["alert"] = both.groupby("chunk")["alert"].any()
+    return first.reset_index()[SIGNAL_COLUMNS]
 
 
 def _performance(
@@ -390,7 +439,6 @@ def _health(
     analysis: pd.DataFrame,
     ref: HealthReference,
     cfg: AnalysisConfig,
-    threshold: object,
     bounds: pd.DataFrame,
     like: pd.DataFrame,
     notes: list[str],
@@ -410,13 +458,13 @@ def _health(
     calc = nml.UnivariateDriftCalculator(
         column_names=[HEALTH],
         timestamp_column_name="timestamp",
-        continuous_methods=[CONTINUOUS],
+        continuous_methods=[HEALTH_METHOD],
         chunk_size=cfg.chunk_size,
-        thresholds={CONTINUOUS: threshold},
+        thresholds={HEALTH_METHOD: _upper(cfg.multiplier(HEALTH_METHOD))},
     )
     table = calc.fit(ref.scores[[HEALTH, *ts]]).calculate(analysis[[HEALTH, *ts]]).to_df()
     table = table[table[("chunk", "chunk", "period")] == "analysis"].reset_index(drop=True)
-    drift = _tidy(table, "health", HEALTH, (HEALTH, CONTINUOUS))
+    drift = _tidy(table, "health", HEALTH, (HEALTH, HEALTH_METHOD))
     p0 = ref.expected_alarm_rate
     scored = analysis[HEALTH].notna()
     # the flag where the log has one; else what it means (a score above 1)

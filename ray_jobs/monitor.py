@@ -153,6 +153,7 @@ def run_monitor(
         "predictions": len(logged),
         "chunk_size": chunk_size,
         "std_multiplier": cfg.std_multiplier,
+        "drift_thresholds": cfg.thresholds(),
         "policy": policy.model_dump(),
         "classes": {},
         "skipped": {},

@@ -180,8 +180,8 @@ def report_html(
         f"<h1>pumpfleet drift report</h1><p>{summary['created']} · snapshot "
         f"{esc(summary['snapshot_id'])} · {summary['predictions']} predictions · chunks of "
         f"{summary['chunk_size']} · alert after {summary['policy']['consecutive']} drifted "
-        "chunks in a row · Kolmogorov-Smirnov (continuous), chi-squared (categorical), "
-        "PCA reconstruction error (multivariate), CBPE and DLE (estimated performance)</p>"
+        f"chunks in a row · {esc(_methods(summary.get('drift_thresholds', {})))}, "
+        "chi-squared (categorical), CBPE and DLE (estimated performance)</p>"
         "<table border='1'><tr><th>class</th><th>verdict</th><th>drifted features</th>"
         "<th>alert at chunk</th><th>chunks</th><th>served</th><th>reference</th>"
         "<th>ROC AUC est / real (last chunk)</th><th>MAE h est / real</th>"
@@ -287,6 +287,23 @@ def _health_cell(h: dict[str, Any] | None) -> str:
 
 def _pct(x: float | None) -> str:
     return "-" if x is None or np.isnan(x) else f"{100 * x:.1f} %"
+
+
+METHOD_NAMES = {
+    "wasserstein": "Wasserstein",
+    "hellinger": "Hellinger",
+    "kolmogorov_smirnov": "Kolmogorov-Smirnov",
+    "jensen_shannon": "Jensen-Shannon",
+    "pca": "PCA reconstruction error (multivariate)",
+}
+
+
+def _methods(thresholds: dict[str, float]) -> str:
+    """The drift methods and their thresholds, for the report's header."""
+    return ", ".join(
+        f"{METHOD_NAMES.get(m, m)} over mean + {k:g} sd of reference chunks"
+        for m, k in thresholds.items()
+    )
 
 
 def _num(x: float | None) -> str:

@@ -122,14 +122,14 @@ def test_feature_types() -> None:
 
 
 def test_analysis_flags_the_shifted_feature_and_estimates_performance() -> None:
-    ref = shuffled_reference(frame(1000, 0, 0))
+    ref = shuffled_reference(frame(2000, 0, 0))  # 20 chunks set the thresholds
     calm = frame(300, 0, 1, "2026-03-01")
     shifted = frame(300, 1.0, 2, "2026-03-20")
     analysis = pd.concat([calm, shifted], ignore_index=True)
     analysis.loc[:299, ["y_true", "rul_true"]] = np.nan  # labels only for the later half
     cfg = AnalysisConfig(chunk_size=100)
     r = analyse_class("esp", ref, analysis, ["a", "b", "c", "mode"], cfg, perf_reference=ref)
-    assert r.analysis_rows == 600 and r.reference_rows == 1000
+    assert r.analysis_rows == 600 and r.reference_rows == 2000 and r.notes == []
     assert r.drifted()[:3] == [False, False, False]
     assert r.drifted()[3:] == [True, True, True]
     assert r.alerting_features() == ["a", "c"]  # c follows a
@@ -148,6 +148,7 @@ def test_analysis_without_reference_predictions_says_so() -> None:
     cfg = AnalysisConfig(chunk_size=100)
     r = analyse_class("esp", ref, frame(200, 0, 1), ["a", "b"], cfg, perf_reference=None)
     assert "no reference predictions" in r.notes[0]
+    assert "the reference holds 4 chunks of 100; drift thresholds" in r.notes[-1]
     assert set(r.chunks["kind"]) == {"univariate", "multivariate", "realised"}
 
 
@@ -192,7 +193,7 @@ def with_health(f: pd.DataFrame, shift: float, seed: int) -> pd.DataFrame:
 
 
 def test_health_signals_flag_a_shifted_score_and_a_high_alarm_rate() -> None:
-    ref, href = shuffled_reference(frame(1000, 0, 0)), health_ref()
+    ref, href = shuffled_reference(frame(2000, 0, 0)), health_ref()
     assert href.expected_alarm_rate == max(0.01, href.reference_alarm_rate)
     calm = with_health(frame(300, 0, 1, "2026-03-01"), 0.0, 1)
     sick = with_health(frame(300, 0, 2, "2026-03-20"), 0.6, 2)  # inputs unchanged
@@ -225,3 +226,26 @@ def test_health_needs_scored_rows_and_never_breaks_an_older_log() -> None:
     assert r.health_flags() == [True, False, True]  # too few to judge chunk 1
     h = r.chunks[(r.chunks["kind"] == "health") & (r.chunks["chunk"] == 1)]
     assert h["value"].isna().all()
+
+
+def test_thresholds_per_method_and_a_feature_alerts_when_either_method_does() -> None:
+    from pumpfleet.drift import _any_method
+
+    assert AnalysisConfig().thresholds() == {"wasserstein": 5.5, "hellinger": 4.5, "pca": 5.5}
+    assert AnalysisConfig(std_multiplier=3).thresholds() == dict.fromkeys(
+        ("wasserstein", "hellinger", "pca"), 3
+    )
+    ks = AnalysisConfig(continuous_methods=("kolmogorov_smirnov",), multipliers={"pca": 4})
+    assert ks.thresholds() == {"kolmogorov_smirnov": 4.5, "pca": 4}
+
+    def tidy(values: list[float], upper: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"chunk": range(3), "start": 0, "end": 0, "kind": "univariate", "signal": "a",
+             "value": values, "lower": np.nan, "upper": upper,
+             "alert": [v > upper for v in values]}
+        )  # fmt: skip
+
+    both = _any_method([tidy([0.1, 0.5, 0.1], 0.2), tidy([2.0, 1.0, 3.0], 2.5)])
+    assert both["alert"].tolist() == [False, True, True]
+    assert both["value"].tolist() == [2.0, 0.5, 3.0]  # the method nearest its threshold
+    assert (both["value"] / both["upper"]).round(2).tolist() == [0.8, 2.5, 1.2]
