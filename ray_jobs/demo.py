@@ -331,7 +331,8 @@ def health_lines(result: dict[str, Any]) -> list[str]:
         for c, r in sorted(rates.items())
     ]
     if kept:
-        lines.append(f"health models not promoted: {', '.join(kept)} (gate or comparison)")
+        why = [f"{c} ({trained[c].get('promotion') or trained[c].get('gate')})" for c in kept]
+        lines.append(f"health models kept out: {', '.join(why)}")
     return lines
 
 
