@@ -192,6 +192,16 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
     _print(run_evaluate(settings, args.snapshot))
 
 
+def _weight(text: str) -> float:
+    try:
+        w = float(text)
+    except ValueError:
+        w = float("nan")
+    if not 0.0 <= w <= 1.0:
+        raise argparse.ArgumentTypeError(f"--ab-weight must be between 0 and 1, got {text!r}")
+    return w
+
+
 def _kind_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kind",
@@ -387,6 +397,8 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
             args.reason,
             args.promote,
             health=not args.no_health,
+            ab_weight=args.ab_weight,
+            shadow=args.shadow,
         )
     )
 
@@ -581,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--promote", action="store_true", help="promote if the gates pass")
     s.add_argument("--no-health", action="store_true", help="leave the health models alone")
+    s.add_argument(
+        "--ab-weight", type=_weight, default=None, help="start an A/B test of new challengers"
+    )
+    s.add_argument("--shadow", action="store_true", default=None, help="or a shadow test")
     s.add_argument("--jobs-address", help="submit to this Ray job server instead of running here")
     s.set_defaults(func=cmd_retrain)
 

@@ -5,6 +5,25 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
+# The class's A/B split, kept as tags on its registered RUL model so that every Serve
+# replica (and one that restarts) serves the same split, and a retrain can start a test.
+WEIGHT_TAG = "ab.challenger_weight"
+SHADOW_TAG = "ab.shadow"
+
+
+def split_tags(
+    challenger_weight: float | None = None, shadow: bool | None = None
+) -> dict[str, str]:
+    """The registered-model tags that set a class's split (only those given)."""
+    tags: dict[str, str] = {}
+    if challenger_weight is not None:
+        if not 0.0 <= challenger_weight <= 1.0:
+            raise ValueError(f"challenger_weight must be in [0, 1], got {challenger_weight}")
+        tags[WEIGHT_TAG] = str(float(challenger_weight))
+    if shadow is not None:
+        tags[SHADOW_TAG] = str(shadow).lower()
+    return tags
+
 
 class Arm(StrEnum):
     CHAMPION = "champion"

@@ -42,7 +42,12 @@ def run_retrain(
     promote: bool = False,
     health: bool = True,
     health_space: Any = None,
+    ab_weight: float | None = None,
+    shadow: bool | None = None,
 ) -> dict[str, Any]:
+    """Ingest → train ``classes`` (every class if None) → gates → promote if asked; with
+    ``ab_weight`` and/or ``shadow``, start an online test of each new challenger that
+    was not promoted (the split the scoring service reads from the registry)."""
     from ray_jobs.evaluate import run_evaluate
     from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import run_train
@@ -60,6 +65,7 @@ def run_retrain(
     evaluate = run_evaluate(
         settings, snapshot, who=current_user(), classes=trained, promote=promote
     )
+    tests = start_tests(settings, evaluate["classes"], ab_weight, shadow)
     health_models = (
         _retrain_health(settings, snapshot, trained, promote, health_space) if health else {}
     )
@@ -76,10 +82,35 @@ def run_retrain(
             }
             for cls, r in evaluate["classes"].items()
         },
+        "online_test": tests,
         "health": health_models,
         "failed_trials": train.get("failed_trials", {}),
         "minutes": round((time.monotonic() - started) / 60, 2),
     }
+
+
+def start_tests(
+    settings: Settings,
+    evaluated: dict[str, dict[str, Any]],
+    ab_weight: float | None,
+    shadow: bool | None,
+) -> dict[str, dict[str, str]]:
+    """Set the A/B split (challenger weight, shadow) of each class whose new challenger
+    is registered and not promoted: the scoring service follows it within seconds."""
+    from pumpfleet.registry import Registry, model_name
+    from pumpfleet.routing import split_tags
+
+    tags = split_tags(ab_weight, shadow)
+    if not tags:
+        return {}
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    started = {}
+    for cls, r in sorted(evaluated.items()):
+        if r.get("challenger") and not r.get("promoted") and r["challenger"] != r.get("champion"):
+            registry.set_model_tags(model_name(cls), tags)
+            started[cls] = tags
+            log.info("%s: online test of v%s started: %s", cls, r["challenger"], tags)
+    return started
 
 
 def _retrain_health(
@@ -157,11 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-health", action="store_true", help="leave the classes' health models as they are"
     )
+    parser.add_argument(
+        "--ab-weight", type=float, default=None, help="start an A/B test at this weight"
+    )
+    parser.add_argument(
+        "--shadow", action="store_true", default=None, help="start a shadow test instead"
+    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
         if args.classes is not None and not all(args.classes):
             raise InputError("--classes: empty class name")
+        if args.ab_weight is not None and not 0.0 <= args.ab_weight <= 1.0:
+            raise InputError(f"--ab-weight must be between 0 and 1, got {args.ab_weight}")
         settings = get_settings()
         init_ray(settings)
         return run_retrain(
@@ -172,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             args.reason,
             args.promote,
             health=not args.no_health,
+            ab_weight=args.ab_weight,
+            shadow=args.shadow,
         )
 
     return run_main(job)

@@ -52,7 +52,7 @@ from pumpfleet.registry import (
     anomaly_model_name,
     model_name,
 )
-from pumpfleet.routing import Arm, assign_arm
+from pumpfleet.routing import SHADOW_TAG, WEIGHT_TAG, Arm, assign_arm
 from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
 log = logging.getLogger(__name__)
@@ -61,13 +61,11 @@ MAX_WINDOW = 10_000
 MAX_BATCH = 10_000
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 Reading = Annotated[float | None, Field(allow_inf_nan=False)]
-# The A/B settings live as tags on each class's registered model, so that every replica
-# (and a restarted one) serves the same split; replicas pick changes up within
-# ``refresh_seconds``, the replica that took the admin call at once.
+# The A/B settings live as tags on each class's registered model (pumpfleet.routing), so
+# that every replica (and a restarted one) serves the same split; replicas pick changes up
+# within ``refresh_seconds``, the replica that took the admin call at once.
 # 1970 to 2100: a time outside it is a client's mistake (and would overflow datetime64)
 UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
-WEIGHT_TAG = "ab.challenger_weight"
-SHADOW_TAG = "ab.shadow"
 
 
 class ScoringConfig(BaseModel):

@@ -399,3 +399,24 @@ def test_an_anomaly_model_replaces_the_champion_only_if_no_worse() -> None:
     assert not anomaly_verdict(det(0.9, 3.5), ("3", det(0.8, 2.0)))[0]  # more false alarms
     ok, why = anomaly_verdict(None, ("3", det(0.8, 2.0)))
     assert not ok and why == "no labelled faults to compare with champion v3"
+
+
+def test_a_retrain_starts_an_online_test_of_challengers_it_did_not_promote(
+    ws: tuple[Settings, Registry], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pumpfleet.routing import SHADOW_TAG, WEIGHT_TAG
+    from ray_jobs.retrain import start_tests
+
+    settings, reg = ws
+    v1, v2 = register(reg, HOLDOUT_RUL), register(reg, 50.0)
+    evaluated = {"esp": {"challenger": v2, "champion": v1, "promoted": False}}
+    assert start_tests(settings, evaluated, None, None) == {}  # not asked: nothing set
+    assert WEIGHT_TAG not in reg.model_state(NAME)[1]
+    started = start_tests(settings, evaluated, 0.25, True)
+    assert started == {"esp": {WEIGHT_TAG: "0.25", SHADOW_TAG: "true"}}
+    assert {k: reg.model_state(NAME)[1][k] for k in started["esp"]} == started["esp"]
+    # A promoted challenger is the champion: no test of it against itself.
+    promoted = {"esp": {"challenger": v2, "champion": v2, "promoted": True}}
+    assert start_tests(settings, promoted, 0.5, None) == {}
+    code, _, err = cli(capsys, "retrain", "--ab-weight", "1.5")
+    assert code == 2 and "--ab-weight must be between 0 and 1, got '1.5'" in err[-1]
