@@ -26,6 +26,11 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]
         (["ingest", "--window", "0"], "--window must be at least 1"),
         (["serve", "--challenger-weight", "2"], "--challenger-weight must be in [0, 1], got 2.0"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["train", "--kind", "anomaly", "--resume"], "--resume is for --kind rul"),
+        (["train", "--promote"], "--promote is for --kind anomaly"),
+        (["train", "--kind", "anomaly", "--target-far", "2"], "target_far"),
+        (["train", "--kind", "health"], "invalid choice: 'health'"),
+        (["retrain", "--ab-weight", "x"], "--ab-weight must be between 0 and 1, got 'x'"),
     ],
 )
 def test_bad_input_gets_one_line(
