@@ -445,8 +445,10 @@ def test_a_version_goes_through_staging_before_production(service: dict[str, Any
         assert staged["status"] == "passed" and staged["reasons"] == []
         assert staged["parity_max_abs"] <= 1e-5 and staged["requests"] == 40
         staging = client.get("/staging/v1/models").json()
+        # the staging app scores health with the class's health champion, as production
+        health = service["health"]["version"] if cls == service["health"]["pump_class"] else None
         assert staging["stage"] == "staging" and staging["classes"][cls] == {
-            "champion": new, "challenger_weight": WEIGHT, "shadow": False,
+            "champion": new, "challenger_weight": WEIGHT, "shadow": False, "anomaly": health,
         }  # fmt: skip
         # production has not picked it up
         assert client.get("/v1/models").json()["classes"][cls]["challenger"] == before
