@@ -180,7 +180,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         overwrite=True,
     )
     step(2, "ingesting on Ray Data")
-    serve_run.use_serve_env()  # before Ray starts: the scoring step serves on it
+    serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
     init_ray(settings)
     ingest = ingest_and_log(
         settings, str(settings.data_dir), str(settings.features_dir), WindowConfig()

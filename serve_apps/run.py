@@ -22,11 +22,16 @@ STAGING_PREFIX = "/staging"
 # requests of the default proxy on 2 cores (../shared/STACK.md, benchmarks/serve_load.py).
 # Ray's processes read it when they start: apply it before ray.init (use_serve_env).
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# In that mode a stopping replica keeps answering for at least 30 s so that a load
+# balancer in front can drain it. Nothing sits in front of a local run (the demo, the
+# tests, a workstation): there it is 30 s of waiting at every shutdown.
+LOCAL_SERVE_ENV = {**SERVE_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
-def use_serve_env() -> None:
-    """Set SERVE_ENV where the operator has not set those variables themselves."""
-    for k, v in SERVE_ENV.items():
+def use_serve_env(local: bool = False) -> None:
+    """Set SERVE_ENV (``local``: LOCAL_SERVE_ENV) where the operator has not set those
+    variables themselves."""
+    for k, v in (LOCAL_SERVE_ENV if local else SERVE_ENV).items():
         os.environ.setdefault(k, v)
 
 

@@ -33,10 +33,11 @@ def ray_session() -> object:
     """One local Ray for the whole test session (integration and e2e)."""
     import ray
 
-    # Serve as `pumpfleet serve` runs it (serve_apps/run.py: SERVE_ENV), set before Ray
-    # starts its processes.
-    for k, v in {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}.items():
-        os.environ.setdefault(k, v)
+    # Serve as `pumpfleet serve` runs it, with no load balancer to drain for
+    # (serve_apps/run.py: LOCAL_SERVE_ENV), set before Ray starts its processes.
+    from serve_apps.run import use_serve_env
+
+    use_serve_env(local=True)
     ray.init(
         address="local",
         num_cpus=2,

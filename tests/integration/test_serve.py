@@ -63,6 +63,10 @@ def service(workspace: dict[str, Any]) -> Iterator[dict[str, Any]]:
             "health": trained,
         }
     serve_run.stop()
+    # The workspace is shared with other modules: leave it as it was found.
+    from pumpfleet.registry import anomaly_model_name
+
+    reg.client.delete_registered_model(anomaly_model_name(trained["pump_class"]))
 
 
 def train_health_model(settings: Any, cls: str) -> dict[str, Any]:
