@@ -1,6 +1,8 @@
 """The scoring path — features from a raw window, then the model — in torch eager (the
 baseline) and in onnxruntime (what Serve and the edge run), on the same windows, in
-the same run, single-threaded.
+the same run, single-threaded; and in onnxruntime with the class's health (anomaly) model
+beside it, as Serve and the edge score a class that has one (features, RUL model, conv-AE
+error, health score and flag).
 
     python -m benchmarks.scoring [--windows 2000] [--repeats 3]
 """
@@ -16,7 +18,9 @@ import numpy as np
 import torch
 
 from pumpfleet import onnx_io
+from pumpfleet.anomaly import AnomalyConfig, build_autoencoder, window_errors
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+from pumpfleet.health import calibrate
 from pumpfleet.models import ModelConfig, build_model
 from pumpfleet.schema import CHANNEL_NAMES
 from pumpfleet.tables import format_table
@@ -69,13 +73,29 @@ def main(argv: list[str] | None = None) -> None:
     def ort_path(x: np.ndarray) -> object:
         return decode_outputs(onnx_io.run(sess, window_features(x, spec)), spec)
 
+    ae = build_autoencoder(spec.n_channels, AnomalyConfig())
+    ae.eval()
+    ae_sess = onnx_io.session(onnx_io.to_onnx(ae, WINDOW, spec.n_channels), threads=1)
+    health = calibrate(window_errors(ae, window_features(raw[:500], spec)), "conv_ae")
+
+    def ort_health_path(x: np.ndarray) -> object:
+        features = window_features(x, spec)
+        errors = onnx_io.run(ae_sess, features)
+        rul = decode_outputs(onnx_io.run(sess, features), spec)
+        return rul, health.score(errors), health.flag(errors)
+
     # Same answers first: a benchmark of two different computations means nothing.
     a, b = torch_path(raw[:256]), ort_path(raw[:256])
     diff = max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))  # type: ignore[call-overload]
 
     rows = []
     results: dict[str, dict[str, float]] = {}
-    for name, fn in (("torch eager", torch_path), ("onnxruntime", ort_path)):
+    engines = (
+        ("torch eager", torch_path),
+        ("onnxruntime", ort_path),
+        ("onnxruntime + health", ort_health_path),
+    )
+    for name, fn in engines:
         singles, batched = [], []
         for _ in range(args.repeats):
             singles.append(_time_single(fn, raw))
