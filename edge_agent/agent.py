@@ -27,6 +27,7 @@ from edge_agent.health import score_health
 from edge_agent.model import FP32, Installed, Scorer, open_bundle
 from edge_agent.store import Store
 from edge_agent.uploader import Uploader, UploadError, backoff
+from pumpfleet.bundle import BundleId
 from pumpfleet.errors import BundleError, InputError
 from pumpfleet.features import window_summary
 
@@ -163,6 +164,11 @@ class Agent:
             log.warning("bundle %s rejected: %s", path.name, e)
             return self.last_update
         self.bundles.switch(bundle_id)
+        # A rollback made in the registry: the bundle rolled back is not taken again.
+        back = updates.rolls_back(candidate.manifest, BundleId.of(current)) if current else None
+        if back is not None:
+            self.bundles.mark_bad(back)
+            log.warning("%s rolled back in the registry: %s replaces it", back, bundle_id)
         self.fallback, self.active = self.active, scorer
         self.probation = updates.Probation(bundle_id) if self.fallback else None
         self.bundles.prune()
@@ -175,6 +181,7 @@ class Agent:
             "anomaly_version": scorer.health.version if scorer.health else None,
             "variant": scorer.variant,
             "self_test": test,
+            **({"rolled_back": back} if back is not None else {}),
         }
         log.info("switched to %s (%s): %s", bundle_id, scorer.variant, test)
         return self.last_update

@@ -3,7 +3,10 @@ decisions — accept a candidate, judge a new model on probation — as pure fun
 
 A bundle is told apart by its :class:`~pumpfleet.bundle.BundleId`: RUL model version and
 anomaly (health) model version, if any. A bundle with the installed RUL model and a newer
-health model is an update like one with a newer RUL model.
+health model is an update like one with a newer RUL model. An older bundle is taken only
+as a rollback made in the registry: its signed manifest lists the versions rolled back
+there (``rolled_back``: {"rul": [...], "anomaly": [...]}), and the installed bundle's are
+among them (:func:`rolls_back`).
 
 Layout under ``<state_dir>/bundles``: ``<id>/bundle.pfbundle`` per installed bundle
 (``v5``, ``v5-anomaly-v3``) and ``state.json`` ({"current", "previous", "bad",
@@ -55,6 +58,25 @@ def not_newer(candidate: BundleId, installed: BundleId) -> str | None:
     return None
 
 
+def rolled_back(manifest: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """The RUL and anomaly model versions a bundle's manifest says were rolled back in the
+    registry (none in a bundle exported before rollbacks reached devices)."""
+    found = manifest.get("rolled_back") or {}
+    return {int(v) for v in found.get("rul", [])}, {int(v) for v in found.get("anomaly", [])}
+
+
+def rolls_back(manifest: dict[str, Any], installed: BundleId) -> str | None:
+    """Which of the installed bundle's models ``manifest``'s bundle rolls back: the
+    bundle id to mark bad on the device (``v<N>`` for a RUL model, standing for every
+    bundle of it; the exact id for a health model alone), or None."""
+    rul, anomaly = rolled_back(manifest)
+    if installed.rul in rul:
+        return f"v{installed.rul}"
+    if installed.anomaly is not None and installed.anomaly in anomaly:
+        return str(installed)
+    return None
+
+
 def failed_before(candidate: BundleId, bad: list[str]) -> str | None:
     """Why ``candidate`` is refused as one that failed here, or None. ``v<N>`` in ``bad``
     (a bundle without a health model failed, so its RUL model did; or an older agent's
@@ -83,7 +105,9 @@ def refuse_reason(
                 f"bundle is for class {manifest['pump_class']}, "
                 f"this device scores {current['pump_class']}"
             )
-        if why := not_newer(candidate, BundleId.of(current)):
+        installed = BundleId.of(current)
+        back = rolls_back(manifest, installed)
+        if back is None and (why := not_newer(candidate, installed)):
             return why
     if why := failed_before(candidate, bad):
         return why

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from edge_export import anomaly, trt, variants
-from pumpfleet import bundle
+from pumpfleet import bundle, lifecycle
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
 from pumpfleet.onnx_io import check_parity
-from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import open_snapshot
 from ray_jobs.cli import run_main
@@ -63,6 +63,17 @@ def golden(
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy reads **kw as allow_pickle
     return buf.getvalue()
+
+
+def rolled_back_above(registry: Registry, name: str, version: int | None) -> list[int]:
+    """The versions of ``name`` above ``version`` (all, if None) that were rolled back in
+    the registry: a device that runs one of them takes this bundle as the rollback, though
+    it is older (edge_agent.updates.rolls_back)."""
+    return sorted(
+        int(v)
+        for v, tags in registry.versions(name).items()
+        if int(v) > (version or 0) and lifecycle.rolled_back(tags)
+    )
 
 
 def export_class(
@@ -137,6 +148,10 @@ def export_class(
             "accuracy_limit": {"rmse_ratio": variants.RMSE_LIMIT},
             "golden": {"file": GOLDEN_FILE, "windows": len(pick)},
             "tensorrt": compat,
+            "rolled_back": {
+                "rul": rolled_back_above(registry, name, bundle_id.rul),
+                "anomaly": rolled_back_above(registry, anomaly_model_name(cls), bundle_id.anomaly),
+            },
             **extra,
         },
         key,

@@ -164,6 +164,46 @@ def test_a_bundle_is_newer_by_its_rul_model_or_by_its_health_model() -> None:
     assert why(3, None, cur, ["v3-anomaly-v1"]) is None
 
 
+def test_an_older_bundle_is_taken_only_as_a_rollback_made_in_the_registry() -> None:
+    def m(version: int, health: int | None = None, **back: list[int]) -> dict[str, Any]:
+        found = {"anomaly": {"version": str(health)}} if health is not None else {}
+        return {"pump_class": "esp", "model_version": str(version), "rolled_back": back, **found}
+
+    assert "not newer" in str(updates.refuse_reason(m(1), m(2), []))
+    assert updates.refuse_reason(m(1, rul=[2]), m(2), []) is None
+    assert updates.rolls_back(m(1, rul=[2, 3]), updates.BundleId(2, None)) == "v2"
+    # The health model alone rolled back: only that bundle is marked, not its RUL model.
+    assert updates.refuse_reason(m(2, 1, anomaly=[2]), m(2, 2), []) is None
+    assert updates.rolls_back(m(2, 1, anomaly=[2]), updates.BundleId(2, 2)) == "v2-anomaly-v2"
+    # A list that does not name what is installed changes nothing.
+    assert "not newer" in str(updates.refuse_reason(m(1, rul=[3]), m(2), []))
+    assert updates.rolls_back({"model_version": "1"}, updates.BundleId(2, None)) is None
+
+
+def test_a_registry_rollback_reaches_the_device_and_is_not_undone(tmp_path: Path) -> None:
+    from edge_export.export import run_export
+    from pumpfleet import lifecycle
+    from pumpfleet.registry import model_name
+    from tests.unit.edge_support import CLS, make_workspace
+
+    ws = make_workspace(tmp_path / "ws", versions=2)  # champion v2, both exported
+    cfg = agent_config(ws, tmp_path / "agent", None)
+    agent = Agent(cfg)
+    assert agent.install(ws.bundles["2"])["accepted"] and agent.active.version == 2
+    stale_v1 = tmp_path / "stale-v1.pfbundle"
+    shutil.copy(ws.bundles["1"], stale_v1)  # exported before the rollback
+    ws.registry.set_alias(model_name(CLS), lifecycle.PREVIOUS_CHAMPION, "1")
+    lifecycle.rollback(ws.registry, CLS, who="ops", why="bad on site 4", now=lifecycle.utc_now())
+    out = run_export(ws.settings)["bundles"][CLS]
+    assert out["version"] == "1"
+    assert "not newer" in agent.install(stale_v1)["why"]  # says nothing of a rollback
+    result = agent.install(Path(out["bundle"]))
+    assert result["accepted"] and result["rolled_back"] == "v2" and agent.active.version == 1
+    # The rolled-back bundle, delivered again, is not taken again.
+    again = agent.install(ws.bundles["2"])
+    assert not again["accepted"] and again["why"] == "bundle v2 failed on this device before"
+
+
 def test_install_state_written_before_health_model_updates_is_read(tmp_path: Path) -> None:
     """What the agent wrote when it tracked RUL versions only: numbers, one folder v<N>
     per version whatever its health model."""
