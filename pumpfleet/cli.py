@@ -384,23 +384,10 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
         _print({"submitted": job, "classes": args.classes, "reason": args.reason})
         return
     init_ray = _entry("ray_jobs._ray", "init_ray")[0]
-    run_retrain = _entry("ray_jobs.retrain", "run_retrain")[0]
-    space_from_args = _entry("ray_jobs.train", "space_from_args")[0]
+    retrain_from_args = _entry("ray_jobs.retrain", "retrain_from_args")[0]
 
     init_ray(settings)
-    _print(
-        run_retrain(
-            settings,
-            args.classes,
-            space_from_args(args),
-            args.source,
-            args.reason,
-            args.promote,
-            health=not args.no_health,
-            ab_weight=args.ab_weight,
-            shadow=args.shadow,
-        )
-    )
+    _print(retrain_from_args(settings, args))
 
 
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:

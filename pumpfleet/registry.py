@@ -317,16 +317,24 @@ class Registry:
         models = self.client.search_registered_models(filter_string="name LIKE 'pumpfleet-%'")
         return [str(m.name).removeprefix("pumpfleet-") for m in models]
 
+    def classes_by_kind(self) -> tuple[list[str], list[str]]:
+        """The pump classes with a registered RUL model and those with an anomaly model,
+        from one registry request."""
+        names = self._names()
+        rul = sorted(n for n in names if not n.endswith(ANOMALY_SUFFIX))
+        anomaly = sorted(
+            n.removesuffix(ANOMALY_SUFFIX) for n in names if n.endswith(ANOMALY_SUFFIX)
+        )
+        return rul, anomaly
+
     def classes(self) -> list[str]:
         """The pump classes with a registered RUL model (``pumpfleet-<class>``); anomaly
         models (``pumpfleet-<class>-anomaly``) are not among them."""
-        return sorted(n for n in self._names() if not n.endswith(ANOMALY_SUFFIX))
+        return self.classes_by_kind()[0]
 
     def anomaly_classes(self) -> list[str]:
         """The pump classes with a registered anomaly model (``pumpfleet-<class>-anomaly``)."""
-        return sorted(
-            n.removesuffix(ANOMALY_SUFFIX) for n in self._names() if n.endswith(ANOMALY_SUFFIX)
-        )
+        return self.classes_by_kind()[1]
 
     def version_by_alias(self, name: str, alias: str) -> str | None:
         """The version behind ``name@alias``, or None if the alias (or model) is unset."""

@@ -134,6 +134,22 @@ def _retrain_health(
     return {c: {k: r[k] for k in keep if k in r} for c, r in out["classes"].items()}
 
 
+def retrain_from_args(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`run_retrain` with the options of ``python -m ray_jobs.retrain`` and
+    ``pumpfleet retrain`` (the same names in both; each parser checks its values)."""
+    return run_retrain(
+        settings,
+        args.classes,
+        space_from_args(args),
+        args.source,
+        args.reason,
+        args.promote,
+        health=not args.no_health,
+        ab_weight=args.ab_weight,
+        shadow=args.shadow,
+    )
+
+
 def submit_retrain(
     address: str,
     classes: list[str] | None,
@@ -203,17 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--ab-weight must be between 0 and 1, got {args.ab_weight}")
         settings = get_settings()
         init_ray(settings)
-        return run_retrain(
-            settings,
-            args.classes,
-            space_from_args(args),
-            args.source,
-            args.reason,
-            args.promote,
-            health=not args.no_health,
-            ab_weight=args.ab_weight,
-            shadow=args.shadow,
-        )
+        return retrain_from_args(settings, args)
 
     return run_main(job)
 

@@ -194,12 +194,16 @@ class _Health:
         self.health = health
         self.session = onnx_io.session(onnx)
 
-    def scores(self, raw: np.ndarray, inputs: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-        """Health scores and flags of windows ``[N, W, len(inputs)]`` whose columns are
-        ``inputs``; None where this model reads other inputs or another window."""
-        if list(inputs) != list(self.spec.inputs) or raw.shape[1] != self.spec.window:
+    def scores(
+        self, raw: np.ndarray, spec: FeatureSpec, features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Health scores and flags of windows ``raw`` that an arm with ``spec`` turned into
+        ``features`` (reused where this model standardises the same way); None where this
+        model reads other inputs or another window."""
+        if list(spec.inputs) != list(self.spec.inputs) or raw.shape[1] != self.spec.window:
             return None
-        errors = onnx_io.run(self.session, window_features(raw, self.spec))
+        x = features if spec == self.spec else window_features(raw, self.spec)
+        errors = onnx_io.run(self.session, x)
         return self.health.score(errors), self.health.flag(errors)
 
 
@@ -417,8 +421,8 @@ class PumpScorer:
         started with; a model that cannot be loaded leaves the old one serving."""
         with self._state_lock:
             loaded: dict[str, _Class] = {}
-            with_health = set(self._registry.anomaly_classes())
-            for cls in self._registry.classes():
+            classes, with_health = self._registry.classes_by_kind()  # one request
+            for cls in classes:
                 aliases, tags = self._registry.model_state(model_name(cls))
                 old = self.classes.get(cls)
                 arms: dict[Arm, _Model] = {}
@@ -558,9 +562,13 @@ class PumpScorer:
             raise InputError(f"readings.{unknown[0]}: not a channel or setting of {req.pump_class}")
         return readings_to_window(req.readings, model.spec)
 
-    def _score_many(self, model: _Model, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = onnx_io.run(model.session, window_features(raw, model.spec))
-        return decode_outputs(out, model.spec)
+    def _score_many(
+        self, model: _Model, raw: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """RUL, failure probability and the features they came from (for the health model)."""
+        x = window_features(raw, model.spec)
+        rul, prob = decode_outputs(onnx_io.run(model.session, x), model.spec)
+        return rul, prob, x
 
     def _respond(
         self,
@@ -571,6 +579,7 @@ class PumpScorer:
         raw: np.ndarray,  # the windows [N, W, C + S]
         rul: np.ndarray,
         prob: np.ndarray,
+        features: np.ndarray,
         started: float,
     ) -> list[dict[str, Any]]:
         """The responses to windows scored together by one model, and their log rows
@@ -581,7 +590,8 @@ class PumpScorer:
         now = np.datetime64(time.time_ns(), "ns")
         summary = {f"in_{c}": v for c, v in window_summary(raw, model.spec).items()}
         h = served.health
-        health = _health_columns(h, h.scores(raw, model.spec.inputs) if h else None, len(reqs))
+        scored = h.scores(raw, model.spec, features) if h else None
+        health = _health_columns(h, scored, len(reqs))
         responses, rows = [], []
         for j, req in enumerate(reqs):
             r, p = float(rul[j]), float(prob[j])
@@ -641,7 +651,7 @@ class PumpScorer:
                 windows = raw
             else:  # its own inputs: from each request's readings
                 windows = np.stack([readings_to_window(r.readings, challenger.spec) for r in reqs])
-            rul, prob = self._score_many(challenger, windows)
+            rul, prob, _ = self._score_many(challenger, windows)
             for j, row in enumerate(rows):
                 row |= {
                     "shadow_version": challenger.version,
@@ -664,8 +674,8 @@ class PumpScorer:
             field_, _, msg = str(e).partition(": ")
             _REQUESTS.inc(tags={"pump_class": "?", "arm": "?", "outcome": "rejected"})
             raise _unprocessable(field_, msg) from None
-        rul, prob = self._score_many(model, raw[None])
-        (out,) = self._respond([req], served, arm, model, raw[None], rul, prob, started)
+        rul, prob, x = self._score_many(model, raw[None])
+        (out,) = self._respond([req], served, arm, model, raw[None], rul, prob, x, started)
         if req.explain:  # occlusion with the served model: what the edge would say too
             score = explain.onnx_scorer(model.session, model.spec)
             out["explanation"] = explain.occlusion(score, raw, model.spec).as_dict()
@@ -726,9 +736,9 @@ class PumpScorer:
             served = self.classes[cls]
             model = served.arms[arm]
             stacked = np.stack([w for _, _, w in members])
-            rul, prob = self._score_many(model, stacked)
+            rul, prob, x = self._score_many(model, stacked)
             reqs = [req for _, req, _ in members]
-            out = self._respond(reqs, served, arm, model, stacked, rul, prob, started)
+            out = self._respond(reqs, served, arm, model, stacked, rul, prob, x, started)
             for (i, _, _), r in zip(members, out, strict=True):
                 results[i] = r
         if len(results) == 0 or all(r is None for r in results):
@@ -837,12 +847,12 @@ class PumpScorer:
                 if len(idx) == 0:
                     continue
                 windows = flat[starts[idx][:, None] + np.arange(w * f)].reshape(-1, w, f)
-                r, p = self._score_many(model, windows)
+                r, p, x = self._score_many(model, windows)
                 arm_of[idx], version[idx], rul[idx], prob[idx] = str(arm), model.version, r, p
                 alert[idx] = list(p >= model.spec.alert_threshold)
                 h = served.health
                 health = _health_columns(
-                    h, h.scores(windows, model.spec.inputs) if h else None, len(idx)
+                    h, h.scores(windows, model.spec, x) if h else None, len(idx)
                 )
                 if health["anomaly_version"][0] is not None:
                     health_score[idx] = health["health_score"]
