@@ -10,7 +10,7 @@ export ORT_DISABLE_TELEMETRY ?= 1
 export NML_DISABLE_USAGE_LOGGING ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test test-unit lint format bench clean
+.PHONY: install demo test test-unit lint format bench docs clean
 
 install: $(STAMP)
 
@@ -32,14 +32,18 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy pumpfleet
+	$(BIN)/lint-imports
+	$(BIN)/mypy pumpfleet pumpfleet_cli ray_jobs serve_apps edge_export edge_agent
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir .site
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pumpfleet .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pumpfleet .site .pytest_cache .mypy_cache .ruff_cache

@@ -307,7 +307,7 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pumpfleet.cli import shared_data_dir
+    from pumpfleet.adapters import shared_data_dir
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cmapss", description=__doc__)
     parser.add_argument("--data-dir", default=str(shared_data_dir() / "cmapss"))

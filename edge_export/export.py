@@ -21,13 +21,13 @@ import numpy as np
 
 from edge_export import anomaly, trt, variants
 from pumpfleet import bundle, lifecycle
+from pumpfleet.entry import run_main
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
 from pumpfleet.onnx_io import check_parity
 from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import open_snapshot
-from ray_jobs.cli import run_main
 
 log = logging.getLogger(__name__)
 

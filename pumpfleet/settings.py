@@ -3,6 +3,12 @@
 Everything the system writes goes under one workspace folder (``PUMPFLEET_HOME``,
 default ``./.pumpfleet``). A cluster deployment overrides ``RAY_ADDRESS``,
 ``MLFLOW_TRACKING_URI`` and the data paths (which may be ``s3://`` URIs).
+
+Every environment variable the project reads is a field here, read when
+:func:`get_settings` is first called, never at import. The one place that writes the
+environment is :func:`apply_engine_env`, for the engines (MLflow's HTTP client, the
+engines' telemetry) that take their configuration from environment variables only; entry
+points call it, library code does not.
 """
 
 from __future__ import annotations
@@ -37,11 +43,50 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PUMPFLEET_MLFLOW_TRACKING_URI"),
     )
+    # The cluster's Ray auth token (token authentication), sent to its job server.
+    ray_auth_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN"), repr=False
+    )
+    # The Ray job server (dashboard URL) that retraining is submitted to, by the monitor's
+    # triggers and the Serve admin route.
+    jobs_address: str | None = None
+    # Who acts, in audit records (a CI job, a service account); the OS user if unset.
+    user: str | None = None
+    # MLflow's HTTP client against a tracking server that is down retries each request 7
+    # times with backoff factor 2 by default (minutes before an error); 4 with factor 1
+    # say so in about 15 s. MLflow reads these from its environment variables only (no
+    # client argument), so apply_engine_env exports them at the entry points.
+    mlflow_http_max_retries: int = Field(
+        default=4,
+        ge=0,
+        validation_alias=AliasChoices(
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "PUMPFLEET_MLFLOW_HTTP_MAX_RETRIES"
+        ),
+    )
+    mlflow_http_backoff_factor: float = Field(
+        default=1.0,
+        ge=0,
+        validation_alias=AliasChoices(
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "PUMPFLEET_MLFLOW_HTTP_BACKOFF_FACTOR"
+        ),
+    )
+    mlflow_http_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        validation_alias=AliasChoices(
+            "MLFLOW_HTTP_REQUEST_TIMEOUT", "PUMPFLEET_MLFLOW_HTTP_TIMEOUT_S"
+        ),
+    )
     # CPUs for a Ray instance we start ourselves; ignored when joining a cluster.
     num_cpus: int = Field(default=2, ge=1)
     # Path of the ed25519 key that signs edge bundles; a development key is made if unset.
     signing_key: Path | None = None
     telemetry: bool = False
+
+    @field_validator("jobs_address", "user", "ray_auth_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("home")
     @classmethod
@@ -98,12 +143,29 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def quiet_telemetry(settings: Settings) -> None:
-    """Switch the engines' usage reporting off, unless the user asked for it.
+def engine_env(settings: Settings) -> dict[str, str]:
+    """The environment variables the engines read for what ``settings`` say: MLflow's HTTP
+    retries and timeout, and their telemetry off (unless ``settings.telemetry``)."""
+    env = {} if settings.telemetry else dict(TELEMETRY_OFF)
+    env |= {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(settings.mlflow_http_backoff_factor),
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_http_timeout_s),
+    }
+    return env
 
-    Called by entry points, never at import time; values already set are kept.
+
+def apply_engine_env(settings: Settings) -> None:
+    """Export :func:`engine_env` to this process, for the engines that are configured by
+    environment variables only (MLflow's HTTP client, the engines' usage reporting).
+
+    The one writer of ``os.environ`` in the project: called by entry points (the CLI,
+    ``init_ray``), never by library code or at import time; values already set are kept.
     """
-    if settings.telemetry:
-        return
-    for key, value in TELEMETRY_OFF.items():
+    for key, value in engine_env(settings).items():
         os.environ.setdefault(key, value)
+
+
+def quiet_telemetry(settings: Settings) -> None:
+    """The name entry points have called :func:`apply_engine_env` by."""
+    apply_engine_env(settings)

@@ -18,7 +18,10 @@ def init_ray(settings: Settings) -> bool:
     quiet_telemetry(settings)
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": {k: os.environ[k] for k in _PASS_ON if k in os.environ}}
+    env_vars = {k: os.environ[k] for k in _PASS_ON if k in os.environ}
+    # Workers resolve the workspace as this driver did, whatever their working folder.
+    env_vars["PUMPFLEET_HOME"] = str(settings.home)
+    runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining the Ray cluster at %s", settings.ray_address)
         ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=False)
@@ -43,7 +46,6 @@ def cluster_cpus() -> int:
 
 # Settings the workers need to see as the driver does.
 _PASS_ON = (
-    "PUMPFLEET_HOME",
     "MLFLOW_TRACKING_URI",
     "RAY_USAGE_STATS_ENABLED",
     "MLFLOW_DISABLE_TELEMETRY",

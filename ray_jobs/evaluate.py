@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pumpfleet import lifecycle, onnx_io
+from pumpfleet.entry import run_main
 from pumpfleet.errors import DataError, InputError, RegistryError
 from pumpfleet.features import decode_outputs, window_features
 from pumpfleet.metrics import Metrics, score, slice_labels, slice_metrics
@@ -27,7 +28,6 @@ from pumpfleet.promotion import Decision, ModelReport, PromotionPolicy, decide_p
 from pumpfleet.registry import CHALLENGER, CHAMPION, LoadedModel, Registry, model_name
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
-from ray_jobs.cli import run_main
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,15 @@ from ray.data.datasource import Partitioning
 from ray.data.datasource.partitioning import PartitionStyle
 
 from pumpfleet import storage
+from pumpfleet.entry import run_main
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.inputs import scan
+from pumpfleet.job_options import add_ingest_args, window_config
 from pumpfleet.schema import EventType, read_fleet_schema
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import LATEST, MANIFEST, snapshot_id
 from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, time_cutoff
 from ray_jobs._ray import cluster_cpus, init_ray
-from ray_jobs.cli import run_main
 from ray_jobs.ingest_parts import (
     class_regime_statistics,
     class_statistics,
@@ -358,24 +359,13 @@ def _publish(tmp: str, final: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.ingest", description=__doc__)
-    parser.add_argument("--source", default=None, help="fleet dataset (default: workspace data)")
-    parser.add_argument("--out", default=None, help="features folder (default: workspace)")
-    parser.add_argument("--window", type=int, default=WindowConfig().window)
-    parser.add_argument("--stride", type=int, default=WindowConfig().stride)
-    parser.add_argument(
-        "--future-fraction",
-        type=float,
-        default=WindowConfig().future_fraction,
-        help="share of the time span, at its end, held out as split 'future' (0: none)",
-    )
+    add_ingest_args(parser)
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
         settings = get_settings()
         source = args.source or str(settings.data_dir)
-        cfg = WindowConfig(
-            window=args.window, stride=args.stride, future_fraction=args.future_fraction
-        )
+        cfg = window_config(args)
         init_ray(settings)
         return ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg)
 

@@ -23,13 +23,13 @@ import ray
 from pumpfleet import storage
 from pumpfleet.alerts import AlertPolicy, ClassAlert, drift_wanted, hysteresis, new_data_due
 from pumpfleet.drift import ANOMALY, HEALTH, AnalysisConfig, ClassAnalysis
+from pumpfleet.entry import run_main
 from pumpfleet.errors import PumpfleetError
 from pumpfleet.predlog import read_log
 from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import open_snapshot
 from ray_jobs._ray import init_ray
-from ray_jobs.cli import run_main
 from ray_jobs.monitor_args import add_monitor_args
 from ray_jobs.monitor_reference import Reference, analysis_frame, class_reference
 from ray_jobs.monitor_report import drift_map_png, report_html

@@ -16,21 +16,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import secrets
 import time
 from typing import Any
 
-from pumpfleet.errors import InputError, RegistryError
+from pumpfleet.entry import run_main
+from pumpfleet.errors import RegistryError
+from pumpfleet.job_options import RetrainOptions, add_retrain_args
+from pumpfleet.job_options import submit_retrain as submit_with_options
 from pumpfleet.lifecycle import current_user
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.windows import WindowConfig
 from ray_jobs._ray import init_ray
-from ray_jobs.cli import run_main
 from ray_jobs.train import SearchSpace, space_from_args
 
 log = logging.getLogger(__name__)
-
-ENTRYPOINT = "python -m ray_jobs.retrain"
 
 
 def run_retrain(
@@ -136,18 +135,25 @@ def _retrain_health(
 
 def retrain_from_args(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`run_retrain` with the options of ``python -m ray_jobs.retrain`` and
-    ``pumpfleet retrain`` (the same names in both; each parser checks its values)."""
-    return run_retrain(
+    ``pumpfleet retrain`` (both parsers come from ``pumpfleet.job_options``)."""
+    return retrain_with(settings, RetrainOptions.from_args(args))
+
+
+def retrain_with(settings: Settings, options: RetrainOptions) -> dict[str, Any]:
+    """:func:`run_retrain` as ``options`` say; the summary echoes the options, so that
+    whoever submitted the job can see what arrived."""
+    result = run_retrain(
         settings,
-        args.classes,
-        space_from_args(args),
-        args.source,
-        args.reason,
-        args.promote,
-        health=not args.no_health,
-        ab_weight=args.ab_weight,
-        shadow=args.shadow,
+        options.classes,
+        space_from_args(argparse.Namespace(**options.model_dump())),
+        options.source,
+        options.reason,
+        options.promote,
+        health=not options.no_health,
+        ab_weight=options.ab_weight,
+        shadow=options.shadow,
     )
+    return result | {"options": options.model_dump()}
 
 
 def submit_retrain(
@@ -157,69 +163,22 @@ def submit_retrain(
     epochs: int | None = None,
     runtime_env: dict[str, Any] | None = None,
 ) -> str:
-    """Submit the retraining job to the Ray job server at ``address`` (its dashboard URL);
-    returns the submission id. Token authentication, where the cluster has it on, comes
-    from the environment (``RAY_AUTH_TOKEN``) as for every Ray client."""
-    import shlex
-
-    from ray.job_submission import JobSubmissionClient
-
-    args = [ENTRYPOINT, "--reason", shlex.quote(reason)]
-    if classes:
-        args += ["--classes", *(shlex.quote(c) for c in classes)]
-    if epochs is not None:
-        args += ["--epochs", str(int(epochs))]
-    headers = None
-    token = os.environ.get("RAY_AUTH_TOKEN")
-    if token:
-        headers = {"Authorization": f"Bearer {token}"}
-    client = JobSubmissionClient(address, headers=headers)
-    job_id = f"pumpfleet-retrain-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    return str(
-        client.submit_job(
-            entrypoint=" ".join(args),
-            submission_id=job_id,
-            runtime_env=runtime_env,
-            # the monitor reads the classes back to keep one running job per class
-            metadata={
-                "pumpfleet": "retrain",
-                "reason": reason[:200],
-                "classes": ",".join(classes or []),
-            },
-        )
-    )
+    """Submit a retrain of ``classes`` (the monitor's and the scheduler's call); every
+    other option at its default. ``pumpfleet.job_options.submit_retrain`` takes them all."""
+    options = RetrainOptions(classes=classes, reason=reason, epochs=epochs)
+    return submit_with_options(address, options, os.environ.get("RAY_AUTH_TOKEN"), runtime_env)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.retrain", description=__doc__)
-    parser.add_argument("--classes", nargs="+", default=None, help="only these classes")
-    parser.add_argument("--reason", default="requested", help="why (recorded with the run)")
-    parser.add_argument("--source", default=None, help="fleet dataset (default: workspace)")
-    parser.add_argument("--config", help="search space, YAML or JSON (see SearchSpace)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument(
-        "--promote", action="store_true", help="promote a challenger that passes the gates"
-    )
-    parser.add_argument(
-        "--no-health", action="store_true", help="leave the classes' health models as they are"
-    )
-    parser.add_argument(
-        "--ab-weight", type=float, default=None, help="start an A/B test at this weight"
-    )
-    parser.add_argument(
-        "--shadow", action="store_true", default=None, help="start a shadow test instead"
-    )
+    add_retrain_args(parser)
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
-        if args.classes is not None and not all(args.classes):
-            raise InputError("--classes: empty class name")
-        if args.ab_weight is not None and not 0.0 <= args.ab_weight <= 1.0:
-            raise InputError(f"--ab-weight must be between 0 and 1, got {args.ab_weight}")
+        options = RetrainOptions.from_args(args)
         settings = get_settings()
         init_ray(settings)
-        return retrain_from_args(settings, args)
+        return retrain_with(settings, options)
 
     return run_main(job)
 

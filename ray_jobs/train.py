@@ -28,8 +28,10 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from pumpfleet.entry import run_main
 from pumpfleet.errors import DataError, InputError, one_line
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+from pumpfleet.job_options import add_train_args
 from pumpfleet.lineage import code_tags
 from pumpfleet.models import ModelConfig, build_model, describe
 from pumpfleet.onnx_io import check_parity, to_onnx
@@ -38,7 +40,6 @@ from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from pumpfleet.training import Arrays, TrainConfig, fit, predict
 from ray_jobs._ray import cluster_cpus, init_ray
-from ray_jobs.cli import run_main
 
 log = logging.getLogger(__name__)
 
@@ -660,13 +661,7 @@ def _parse_params(params: dict[str, str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__)
-    parser.add_argument("--snapshot", default="latest")
-    parser.add_argument("--config", help="search space, YAML or JSON (see SearchSpace)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--classes", nargs="+", default=None, help="only these classes")
-    parser.add_argument("--resume", action="store_true", help="finish the last experiment")
-    parser.add_argument("--reproduce", metavar="RUN_ID", help="retrain a recorded trial")
+    add_train_args(parser)
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pumpfleet.anomaly import (
     model_bytes,
     window_errors,
 )
+from pumpfleet.entry import run_main
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.features import window_features
 from pumpfleet.health import (
@@ -54,7 +55,6 @@ from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, anomaly_model_nam
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from ray_jobs._ray import cluster_cpus, init_ray
-from ray_jobs.cli import run_main
 from ray_jobs.train import EXPERIMENT, MlflowTracking, config_hash
 
 log = logging.getLogger(__name__)

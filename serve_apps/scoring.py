@@ -15,6 +15,7 @@ digests are in the config (``serve_apps/security.py``).
 """
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -1030,10 +1031,13 @@ class PumpScorer:
             raise HTTPException(
                 503, "retraining is not configured: no Ray job server (PUMPFLEET_JOBS_ADDRESS)"
             )
-        from ray_jobs.retrain import submit_retrain
+        from pumpfleet.job_options import RetrainOptions, submit_retrain
 
+        options = RetrainOptions(classes=req.classes, reason=req.reason, epochs=req.epochs)
         try:
-            job_id = submit_retrain(self.config.jobs_address, req.classes, req.reason, req.epochs)
+            job_id = submit_retrain(
+                self.config.jobs_address, options, os.environ.get("RAY_AUTH_TOKEN")
+            )
         except Exception as e:  # the job server is down or refused: say so, not a 500
             log.error("retrain submission to %s failed: %s", self.config.jobs_address, e)
             raise HTTPException(503, f"the Ray job server did not take the job: {e}") from None

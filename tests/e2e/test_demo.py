@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
-    from ray_jobs.demo import BAD_REQUESTS, DemoConfig, run_demo, summary_text
+    from pumpfleet_cli.demo import BAD_REQUESTS, DemoConfig, run_demo, summary_text
 
     settings = Settings(home=tmp_path / "ws")
     cfg = DemoConfig(pumps=32, days=45, requests_per_class=100, epochs=8)

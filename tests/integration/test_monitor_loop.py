@@ -126,7 +126,7 @@ def _log_predictions(
 
 
 def test_closed_loop(loop_ws: Settings, workspace: dict[str, Any]) -> None:
-    from ray_jobs.demo_loop import InProcessJobs, closed_loop
+    from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop
     from ray_jobs.monitor import run_monitor
 
     s = loop_ws

@@ -262,17 +262,23 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
     for cls, trained in train["classes"].items():
         assert registry.version_by_alias(model_name(cls), "challenger") == trained["version"]
 
-    # What POST /v1/admin/retrain does: the retraining job through the Job Submission API.
-    from ray_jobs.retrain import submit_retrain
+    # What POST /v1/admin/retrain and `pumpfleet retrain --jobs-address` do: the retraining
+    # job through the Job Submission API, with every option the user gave (none default).
+    from pumpfleet.job_options import RetrainOptions, submit_retrain
 
     runtime_env = yaml.safe_load((ROOT / "cluster/runtime-env/dev.yaml").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-            mp.setenv(k, env[k])
-        job_id = submit_retrain(
-            url, ["esp"], "drift on esp (test)", epochs=1,
-            runtime_env={**runtime_env, "working_dir": str(ROOT)},
-        )  # fmt: skip
+    options = RetrainOptions(
+        classes=["esp"],
+        reason="drift on esp (test)",
+        source=str(Settings(home=ray_head["home"]).data_dir),
+        epochs=1,
+        seed=7,
+        no_health=True,
+        ab_weight=0.3,
+    )
+    job_id = submit_retrain(
+        url, options, ray_head["token"], runtime_env={**runtime_env, "working_dir": str(ROOT)}
+    )
     assert job_id.startswith("pumpfleet-retrain-")
     auth = {"Authorization": f"Bearer {ray_head['token']}"}
     deadline = time.monotonic() + 300
@@ -289,6 +295,14 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
     esp = retrain["classes"]["esp"]
     assert registry.version_by_alias(model_name("esp"), "challenger") == esp["challenger"]
     assert esp["promoted"] is False  # retraining never promotes unless told to
+    # Every option arrived as given: the job echoes what it parsed, and acted on it.
+    assert RetrainOptions(**retrain["options"]) == options
+    assert retrain["health"] == {}  # --no-health
+    from pumpfleet.routing import split_tags
+
+    assert esp["challenger"] != esp["champion"]  # a new version, champion or not
+    assert retrain["online_test"] == {"esp": split_tags(0.3)}  # --ab-weight 0.3
+    assert registry.model_state(model_name("esp"))[1].items() >= split_tags(0.3).items()
 
 
 # --- train -> register -> promote through the MLflow server -------------------------------

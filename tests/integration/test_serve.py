@@ -544,7 +544,7 @@ def test_ab_report_reads_the_logged_predictions_and_feedback(service: dict[str, 
         assert r.status_code == 200
     time.sleep(2.5)  # a flush
     done = subprocess.run(
-        [sys.executable, "-m", "pumpfleet.cli", "ab", "report", "--class", cls, "--json"],
+        [sys.executable, "-m", "pumpfleet_cli", "ab", "report", "--class", cls, "--json"],
         env={**os.environ, "PUMPFLEET_HOME": str(s.home)},
         capture_output=True,
         text=True,

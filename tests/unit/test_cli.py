@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pumpfleet.cli import main
+from pumpfleet_cli.main import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[str]]:

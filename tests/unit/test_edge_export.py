@@ -16,10 +16,10 @@ import pytest
 from edge_export import trt, variants
 from edge_export.cli import read_public_key
 from pumpfleet import bundle
-from pumpfleet.cli import main
 from pumpfleet.errors import BundleError, InputError, ParityError
 from pumpfleet.features import window_features
 from pumpfleet.onnx_io import run, session
+from pumpfleet_cli.main import main
 from tests.unit.edge_support import (
     ANOMALY_SPEC,
     SPEC,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pumpfleet.cli import main as cli_main
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.registry import Registry
+from pumpfleet_cli.main import main as cli_main
 from ray_jobs.train import Asha, SearchSpace, config_hash, trial_seed
 from tests.conftest import free_port
 

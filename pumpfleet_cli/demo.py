@@ -27,8 +27,8 @@ from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
+from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs._ray import init_ray
-from ray_jobs.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs.evaluate import run_evaluate
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor

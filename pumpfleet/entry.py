@@ -1,4 +1,4 @@
-"""What every ``python -m ray_jobs.<name>`` entry point shares: logging, the one-line
+"""What every ``python -m <part>.<name>`` entry point shares: logging, the one-line
 error on bad input, and the JSON summary on stdout."""
 
 from __future__ import annotations

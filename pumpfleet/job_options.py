@@ -1,0 +1,222 @@
+"""Each job's command-line options, defined once: ``pumpfleet <job>``, ``python -m
+ray_jobs.<job>`` and whatever submits the job to a Ray job server (the monitor, the
+scheduler, ``POST /v1/admin/retrain``) all build their parsers and argument lists here.
+
+argparse and pydantic only: building the CLI's parser must not import Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shlex
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pumpfleet.errors import InputError, one_line
+from pumpfleet.windows import WindowConfig
+
+
+def positive(name: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least 1, or a message naming the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def fraction(name: str) -> Callable[[str], float]:
+    """An argparse type: a number in [0, 0.5)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 <= value < 0.5:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 0.5), got {value}")
+        return value
+
+    return parse
+
+
+def weight(text: str) -> float:
+    """An argparse type for ``--ab-weight``: a number in [0, 1]."""
+    try:
+        w = float(text)
+    except ValueError:
+        w = float("nan")
+    if not 0.0 <= w <= 1.0:
+        raise argparse.ArgumentTypeError(f"--ab-weight must be between 0 and 1, got {text!r}")
+    return w
+
+
+# --- ingest ---------------------------------------------------------------------------
+
+
+def add_ingest_args(p: argparse.ArgumentParser) -> None:
+    """``pumpfleet ingest`` and ``python -m ray_jobs.ingest``; defaults from WindowConfig."""
+    d = WindowConfig()
+    p.add_argument("--source", help="fleet dataset (default: workspace data)")
+    p.add_argument("--out", help="features folder (default: workspace features)")
+    p.add_argument("--window", type=positive("--window"), default=d.window)
+    p.add_argument("--stride", type=positive("--stride"), default=d.stride)
+    p.add_argument(
+        "--rul-cap-hours", type=float, default=d.rul_cap_hours, help="cap of the RUL label"
+    )
+    p.add_argument(
+        "--horizon-hours", type=float, default=d.horizon_hours, help="failure-within horizon"
+    )
+    p.add_argument(
+        "--future-fraction",
+        type=fraction("--future-fraction"),
+        default=d.future_fraction,
+        help="share of the time span, at its end, held out as split 'future' (0: none)",
+    )
+    p.add_argument(
+        "--no-regimes",
+        action="store_true",
+        help="normalise per class only, not per operating regime",
+    )
+
+
+def window_config(args: argparse.Namespace) -> WindowConfig:
+    """The WindowConfig the ingest options describe."""
+    return WindowConfig(
+        window=args.window,
+        stride=args.stride,
+        rul_cap_hours=args.rul_cap_hours,
+        horizon_hours=args.horizon_hours,
+        future_fraction=args.future_fraction,
+        regimes=not args.no_regimes,
+    )
+
+
+# --- train ----------------------------------------------------------------------------
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """``pumpfleet train`` and ``python -m ray_jobs.train`` (the CLI adds --kind)."""
+    p.add_argument("--snapshot", default="latest")
+    p.add_argument("--config", help="search space, YAML or JSON (default: built in)")
+    p.add_argument("--epochs", type=positive("--epochs"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--classes", nargs="+", default=None, help="only these pump classes")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="finish the last experiment")
+    how.add_argument("--reproduce", metavar="RUN_ID", help="retrain a recorded trial, compare")
+
+
+# --- retrain --------------------------------------------------------------------------
+
+RETRAIN_ENTRYPOINT = "python -m ray_jobs.retrain"
+RETRAIN_JOB_PREFIX = "pumpfleet-retrain-"
+
+
+class RetrainOptions(BaseModel):
+    """What a retrain is asked to do, wherever it runs: parsed from the command line,
+    written back to one when the job is submitted to a job server, and echoed in the
+    job's summary so that the submitter can see what arrived."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classes: list[str] | None = None
+    reason: str = Field(default="requested", max_length=2000)
+    source: str | None = None
+    config: str | None = None
+    epochs: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    promote: bool = False
+    no_health: bool = False
+    ab_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    shadow: bool | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RetrainOptions:
+        """From a namespace :func:`add_retrain_args` filled; a bad value is an InputError."""
+        if args.classes is not None and not all(args.classes):
+            raise InputError("--classes: empty class name")
+        try:
+            return cls(**{name: getattr(args, name) for name in cls.model_fields})
+        except ValidationError as e:
+            raise InputError(one_line(e)) from None
+
+    def to_argv(self) -> list[str]:
+        """The command-line arguments that parse back to these options."""
+        argv = ["--reason", self.reason]
+        if self.classes:
+            argv += ["--classes", *self.classes]
+        for flag, value in (
+            ("--source", self.source),
+            ("--config", self.config),
+            ("--epochs", self.epochs),
+            ("--seed", self.seed),
+            ("--ab-weight", self.ab_weight),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += [f for f, on in (("--promote", self.promote), ("--no-health", self.no_health))
+                 if on]  # fmt: skip
+        if self.shadow:
+            argv.append("--shadow")
+        return argv
+
+    def entrypoint(self) -> str:
+        """The shell command a Ray job server runs for these options."""
+        return " ".join([RETRAIN_ENTRYPOINT, *(shlex.quote(a) for a in self.to_argv())])
+
+
+def add_retrain_args(p: argparse.ArgumentParser) -> None:
+    """``pumpfleet retrain`` and ``python -m ray_jobs.retrain``: one field of
+    :class:`RetrainOptions` per flag."""
+    p.add_argument("--classes", nargs="+", default=None, help="only these classes")
+    p.add_argument("--reason", default="requested", help="why (recorded with the run)")
+    p.add_argument("--source", default=None, help="fleet dataset (default: workspace)")
+    p.add_argument("--config", help="search space, YAML or JSON (see SearchSpace)")
+    p.add_argument("--epochs", type=positive("--epochs"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--promote", action="store_true", help="promote if the gates pass")
+    p.add_argument("--no-health", action="store_true", help="leave the health models alone")
+    p.add_argument(
+        "--ab-weight", type=weight, default=None, help="start an A/B test of new challengers"
+    )
+    p.add_argument("--shadow", action="store_true", default=None, help="or a shadow test")
+
+
+def submit_retrain(
+    address: str,
+    options: RetrainOptions,
+    token: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> str:
+    """Submit a retrain with ``options`` to the Ray job server at ``address`` (its
+    dashboard URL) through Ray's Job Submission API; returns the submission id. ``token``
+    is the cluster's Ray auth token where token authentication is on."""
+    from ray.job_submission import JobSubmissionClient
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = JobSubmissionClient(address, headers=headers)
+    job_id = f"{RETRAIN_JOB_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    return str(
+        client.submit_job(
+            entrypoint=options.entrypoint(),
+            submission_id=job_id,
+            runtime_env=runtime_env,
+            # the monitor reads the classes back to keep one running job per class
+            metadata={
+                "pumpfleet": "retrain",
+                "reason": options.reason[:200],
+                "classes": ",".join(options.classes or []),
+            },
+        )
+    )

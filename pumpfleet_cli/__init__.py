@@ -1,0 +1,1 @@
+"""The front door: the ``pumpfleet`` command and the demo's orchestration."""

@@ -1,0 +1,5 @@
+"""``python -m pumpfleet_cli`` is the ``pumpfleet`` command."""
+
+from pumpfleet_cli.main import main
+
+raise SystemExit(main())
