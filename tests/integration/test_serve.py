@@ -490,39 +490,51 @@ def test_retrain_is_an_admin_route_that_says_when_it_cannot_submit(
     assert r.status_code == 503 and "PUMPFLEET_JOBS_ADDRESS" in r.text
 
 
-def test_torch_http_and_edge_score_a_window_alike(service: dict[str, Any]) -> None:
-    """One feature path: the model in torch (as trained), over HTTP, and as the edge
-    runs it (the ONNX in a signed bundle, on onnxruntime) give the same numbers."""
+def test_torch_http_and_edge_score_a_window_alike(service: dict[str, Any], tmp_path: Path) -> None:
+    """One feature and scoring path: the same raw windows (regime-normalised features)
+    score the same in torch (as trained), over HTTP, and in the edge agent's scorer on
+    the signed bundle `pumpfleet export` writes (verified as a device verifies it)."""
     import torch
 
-    from pumpfleet import onnx_io
+    from edge_agent.model import Scorer, open_bundle
+    from edge_export.export import run_export
     from pumpfleet.features import decode_outputs, window_features
 
     s, snap, client = service["settings"], service["snapshot"], service["client"]
     reg = Registry(s.tracking_uri)
+    exported = run_export(s, str(tmp_path / "bundles"))
+    assert set(exported["bundles"]) >= set(service["served"])
+    with_regimes = 0
     for cls in service["served"]:
         client.post(
             "/v1/admin/split", json={"pump_class": cls, "challenger_weight": 0.0}, headers=ADMIN
         )
         model = reg.load(model_name(cls), CHAMPION)
+        with_regimes += model.spec.regimes is not None
         raw, _ = snap.load(cls, "holdout", model.spec)
-        x = window_features(raw[:8], model.spec)
+        raw = raw[:8]
         with torch.no_grad():
             t_rul, t_prob = decode_outputs(
-                model.torch_model()(torch.from_numpy(x)).numpy(), model.spec
+                model.torch_model()(torch.from_numpy(window_features(raw, model.spec))).numpy(),
+                model.spec,
             )
-        e_rul, e_prob = decode_outputs(onnx_io.run(onnx_io.session(model.onnx), x), model.spec)
-        for i in range(len(x)):
+        installed = open_bundle(Path(exported["bundles"][cls]["bundle"]), exported["public_key"])
+        assert str(installed.version) == model.version
+        e_rul, e_prob, finite, _ = Scorer(installed).predict(raw)
+        assert finite.all()
+        for i in range(len(raw)):
             out = client.post("/v1/score", json=body(snap, cls, i)).json()
             assert out["model_version"] == model.version
-            for got, ref in ((out["rul_hours"], t_rul[i]), (out["rul_hours"], e_rul[i])):
-                assert abs(got - ref) <= 1e-5 * max(1.0, abs(ref)), (cls, i, got, ref)
-            for got, ref in ((out["failure_probability"], t_prob[i]),
-                             (out["failure_probability"], e_prob[i])):  # fmt: skip
-                assert abs(got - ref) <= 1e-5, (cls, i, got, ref)
+            for leg, ref in (("torch", t_rul[i]), ("edge", e_rul[i])):
+                got = out["rul_hours"]
+                assert abs(got - ref) <= 1e-5 * max(1.0, abs(ref)), (cls, i, leg, got, ref)
+            for leg, ref in (("torch", t_prob[i]), ("edge", e_prob[i])):
+                got = out["failure_probability"]
+                assert abs(got - ref) <= 1e-5, (cls, i, leg, got, ref)
         client.post(
             "/v1/admin/split", json={"pump_class": cls, "challenger_weight": WEIGHT}, headers=ADMIN
         )
+    assert with_regimes, "the parity must cover regime-normalised features"
 
 
 def test_ab_report_reads_the_logged_predictions_and_feedback(service: dict[str, Any]) -> None:
