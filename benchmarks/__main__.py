@@ -1,4 +1,4 @@
-"""`make bench`: run every benchmark in turn."""
+"""`make bench`: the quick benchmarks in turn (the others: `python -m benchmarks.<name>`)."""
 
 from __future__ import annotations
 

@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
 
     serve_run.use_serve_env()  # as `pumpfleet serve` runs: before Ray starts
     from serve_apps.security import Secrets, digest
-    from tests.conftest import free_port
+    from pumpfleet_cli.demo import free_port
 
     home = Path(tempfile.mkdtemp(prefix="pumpfleet-serve-load-"))
     key, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
