@@ -494,9 +494,9 @@ def serving(quick: bool) -> dict[str, Any]:
     from ray import serve
 
     from pumpfleet.simulator import SimulationConfig
+    from pumpfleet_cli.demo import free_port
     from serve_apps import run as serve_run
     from serve_apps.security import Secrets, digest
-    from pumpfleet_cli.demo import free_port
 
     seconds, clients = (6.0, 4) if quick else (20.0, 8)
     key = secrets.token_urlsafe(24)

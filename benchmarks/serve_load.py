@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     from serve_apps import run as serve_run
 
     serve_run.use_serve_env()  # as `pumpfleet serve` runs: before Ray starts
-    from serve_apps.security import Secrets, digest
     from pumpfleet_cli.demo import free_port
+    from serve_apps.security import Secrets, digest
 
     home = Path(tempfile.mkdtemp(prefix="pumpfleet-serve-load-"))
     key, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
