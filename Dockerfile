@@ -50,12 +50,13 @@ USER 1000:100
 WORKDIR /home/ray/pumpfleet
 COPY --chown=1000:100 pyproject.toml README.md ./
 COPY --chown=1000:100 pumpfleet/ pumpfleet/
+COPY --chown=1000:100 pumpfleet_cli/ pumpfleet_cli/
 COPY --chown=1000:100 ray_jobs/ ray_jobs/
 COPY --chown=1000:100 serve_apps/ serve_apps/
 COPY --chown=1000:100 edge_export/ edge_export/
 # The project itself: its dependencies are pinned in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX}" ".[cloud]" \
-    && python -c "import pumpfleet, ray_jobs.train, serve_apps.scoring"
+    && python -c "import pumpfleet, pumpfleet_cli.main, ray_jobs.train, serve_apps.scoring"
 # Entry points run from anywhere: `python -m ray_jobs.<name>`, serve_apps.scoring:build_app.
 WORKDIR /home/ray
