@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from edge_agent.health import HealthScorer, anomaly_variant
 from pumpfleet.bundle import BundleId, read_bundle
+from pumpfleet.device_settings import device_settings
 from pumpfleet.errors import BundleError
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
 
@@ -133,7 +133,7 @@ def providers(kind: str, precision: str, engine_dir: Path) -> list[Any]:
     available = set(ort.get_available_providers()) if kind == "auto" else set()
     chosen: list[Any] = []
     if "TensorrtExecutionProvider" in available:
-        key = engine_key(ort.__version__, _device(), os.environ.get("CUDA_VERSION", "?"))
+        key = engine_key(ort.__version__, _device(), device_settings().cuda_version)
         engine_dir = engine_dir / key
         engine_dir.mkdir(parents=True, exist_ok=True)
         chosen.append(

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -167,7 +166,9 @@ def device_fingerprint() -> str:
     tegra = Path("/etc/nv_tegra_release")
     if tegra.exists():
         parts.append(tegra.read_text().splitlines()[0].strip())
-    parts.append(f"cuda={os.environ.get('CUDA_VERSION', '?')}")
+    from pumpfleet.device_settings import device_settings
+
+    parts.append(f"cuda={device_settings().cuda_version}")
     return "; ".join(parts)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, ModelKind, Registry, kind_model_name
+from pumpfleet.settings import Settings
 from pumpfleet.tables import format_table
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,11 @@ class AuditRecord(BaseModel):
     kind: ModelKind = "rul"  # which of the class's models moved
 
 
-def current_user() -> str:
-    """Who is acting: ``PUMPFLEET_USER`` if set (a CI job, a service account), else the
-    OS user."""
-    user = os.environ.get("PUMPFLEET_USER")
+def current_user(settings: Settings | None = None) -> str:
+    """Who is acting: ``settings.user`` (``PUMPFLEET_USER``: a CI job, a service account)
+    if set, else the OS user. Without ``settings``, they are read now (not the cached
+    process settings), so a caller that has none sees the variable as it is."""
+    user = (settings if settings is not None else Settings()).user
     if user:
         return user
     try:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -87,12 +84,11 @@ class Registry:
     """Tracking and registry on one MLflow backend (SQLite by default, or a server)."""
 
     def __init__(self, tracking_uri: str, artifact_root: str | None = None) -> None:
-        # A server that is down: MLflow retries each request 7 times with backoff factor
-        # 2 by default (minutes before an error); 4 retries with factor 1 say so in ~15 s.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        import mlflow
+        # Every call goes through this client (or names the URIs itself): nothing here
+        # touches MLflow's process-wide tracking URI or the environment, so registries on
+        # different backends live side by side in one process. MLflow's HTTP retries and
+        # timeout come from the environment only: entry points export them from Settings
+        # (pumpfleet.settings.apply_engine_env).
         from mlflow import MlflowClient
 
         if tracking_uri.startswith("sqlite:///"):
@@ -101,24 +97,9 @@ class Registry:
             # Beside the database, as Settings.artifact_root has it: MLflow's own default
             # is ./mlruns in whatever folder the process happens to run in.
             artifact_root = artifact_root or (db.parent.resolve() / "mlartifacts").as_uri()
-        self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
-
-    @contextmanager
-    def _fluent(self) -> Iterator[None]:
-        """Point MLflow's process-wide (fluent) API at this backend for one call only.
-
-        ``mlflow.set_tracking_uri`` also exports MLFLOW_TRACKING_URI to the environment;
-        setting it for good would leak this registry into every later Settings().
-        """
-        before = os.environ.get("MLFLOW_TRACKING_URI")
-        self._mlflow.set_tracking_uri(self.tracking_uri)
-        try:
-            yield
-        finally:
-            self._mlflow.set_tracking_uri(before)  # type: ignore[arg-type]  # None unsets it
 
     def ping(self) -> None:
         """Check that the tracking server answers (after MLflow's retries with backoff),
@@ -226,16 +207,48 @@ class Registry:
                 path = Path(tmp) / name
                 write(path)
                 files.append(str(path))
-            with self._fluent(), self._mlflow.start_run(run_id=run_id):
-                info = self._mlflow.onnx.log_model(
-                    onnx.load_from_string(onnx_bytes),
-                    name="model",
-                    extra_files=files,
-                    pip_requirements=["onnxruntime==1.32.0", "numpy"],
-                    onnx_execution_providers=["CPUExecutionProvider"],
-                    save_as_external_data=False,
-                )
-        return str(info.model_uri)
+            model_id = self._log_onnx_model(run_id, onnx.load_from_string(onnx_bytes), files, tmp)
+        return f"models:/{model_id}"
+
+    def _log_onnx_model(self, run_id: str, model: Any, extra_files: list[str], tmp: str) -> str:
+        """What ``mlflow.onnx.log_model`` does, through this registry's client: that one
+        resolves the backend from the process-wide tracking URI and the active run. A
+        logged model (MLflow 3) of the run, its files saved locally and uploaded; returns
+        its id."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model
+        from mlflow.onnx import save_model
+
+        run = self.client.get_run(run_id)
+        logged = self.client.create_logged_model(
+            experiment_id=run.info.experiment_id,
+            name="model",
+            source_run_id=run_id,
+            params={str(k): str(v) for k, v in run.data.params.items()},
+        )
+        try:
+            self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+            local = str(Path(tmp) / "model")
+            save_model(
+                model,
+                local,
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    model_uuid=logged.model_id,
+                    run_id=run_id,
+                    model_id=logged.model_id,
+                ),
+                extra_files=extra_files,
+                pip_requirements=["onnxruntime==1.32.0", "numpy"],
+                onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False,
+            )
+            self.client.log_model_artifacts(logged.model_id, local)
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        return str(logged.model_id)
 
     def log_snapshot_input(self, run_id: str, snapshot: Any, pump_class: str) -> None:
         """Record the feature snapshot a model was trained on as the run's dataset input
@@ -279,17 +292,21 @@ class Registry:
         """Register a logged model as a new version of ``name``; returns the version."""
         if self.client.search_registered_models(filter_string=f"name = '{name}'") == []:
             self.client.create_registered_model(name)
-        with self._fluent():  # the models:/ source is resolved through the fluent URI
-            # A tracking server (unlike SQLite) refuses a models:/ source without its id.
-            model_id = (
-                model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
-            )
-            mv = self.client.create_model_version(
-                name,
-                model_uri,
-                tags={k: str(v) for k, v in (tags or {}).items()},
-                model_id=model_id,
-            )
+        # A tracking server (unlike SQLite) refuses a models:/ source without its id.
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
+        source, run_id = model_uri, None
+        if model_id is not None and not self.tracking_uri.startswith(("http://", "https://")):
+            # MLflow's SQL registry store resolves a models:/<id> source through the
+            # process-wide tracking URI; resolve it here, through this registry's client.
+            logged = self.client.get_logged_model(model_id)
+            source, run_id = str(logged.artifact_location), logged.source_run_id
+        mv = self.client.create_model_version(
+            name,
+            source,
+            run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            model_id=model_id,
+        )
         return str(mv.version)
 
     def register_as(
@@ -419,12 +436,18 @@ class Registry:
             with tempfile.TemporaryDirectory(prefix="pumpfleet-model-") as tmp:
                 return self.load_version(name, version, Path(tmp))
         mv = self.client.get_model_version(name, str(version))
-        with self._fluent():
-            path = Path(
-                self._mlflow.artifacts.download_artifacts(
-                    f"models:/{name}/{mv.version}", dst_path=str(dst / f"{name}-{mv.version}")
-                )
-            )
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        # From the version's storage location, as MLflow's models:/ repository does, but
+        # with this registry's URIs: that one resolves models:/ through the process-wide
+        # registry URI.
+        source = self.client.get_model_version_download_uri(name, str(mv.version))
+        repo = get_artifact_repository(
+            source, tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+        )
+        target = dst / f"{name}-{mv.version}"
+        target.mkdir(parents=True, exist_ok=True)
+        path = Path(repo.download_artifacts("", dst_path=str(target)))
         extra = path / "extra_files"
         return LoadedModel(
             name=name,

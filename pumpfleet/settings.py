@@ -5,10 +5,10 @@ default ``./.pumpfleet``). A cluster deployment overrides ``RAY_ADDRESS``,
 ``MLFLOW_TRACKING_URI`` and the data paths (which may be ``s3://`` URIs).
 
 Every environment variable the project reads is a field here, read when
-:func:`get_settings` is first called, never at import. The one place that writes the
-environment is :func:`apply_engine_env`, for the engines (MLflow's HTTP client, the
-engines' telemetry) that take their configuration from environment variables only; entry
-points call it, library code does not.
+:func:`get_settings` is first called, never at import. The environment is written only
+for engines that take their configuration from environment variables alone, by entry
+points, never by library code: :func:`apply_engine_env` (MLflow's HTTP client, the
+engines' telemetry) and ``serve_apps.run.use_serve_env`` (Serve, before Ray starts).
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def apply_engine_env(settings: Settings) -> None:
     """Export :func:`engine_env` to this process, for the engines that are configured by
     environment variables only (MLflow's HTTP client, the engines' usage reporting).
 
-    The one writer of ``os.environ`` in the project: called by entry points (the CLI,
-    ``init_ray``), never by library code or at import time; values already set are kept.
+    Called by entry points (the CLI, ``init_ray``), never by library code or at import
+    time; values already set are kept.
     """
     for key, value in engine_env(settings).items():
         os.environ.setdefault(key, value)

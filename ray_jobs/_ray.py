@@ -8,17 +8,20 @@ import os
 
 import ray
 
-from pumpfleet.settings import Settings, quiet_telemetry
+from pumpfleet.settings import Settings, apply_engine_env, engine_env
 
 log = logging.getLogger(__name__)
 
 
 def init_ray(settings: Settings) -> bool:
     """Start or join Ray; returns True if this call started it (so should shut it down)."""
-    quiet_telemetry(settings)
+    apply_engine_env(settings)
     if ray.is_initialized():
         return False
-    env_vars = {k: os.environ[k] for k in _PASS_ON if k in os.environ}
+    # What the engines read from the environment (as set here or by the operator) reaches
+    # the workers too: Serve replicas and Tune trials talk to MLflow themselves.
+    names = dict.fromkeys((*_PASS_ON, *engine_env(settings)))
+    env_vars = {k: os.environ[k] for k in names if k in os.environ}
     # Workers resolve the workspace as this driver did, whatever their working folder.
     env_vars["PUMPFLEET_HOME"] = str(settings.home)
     runtime_env = {"env_vars": env_vars}

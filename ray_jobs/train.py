@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import pickle
 import tempfile
 import time
@@ -45,9 +44,6 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "pumpfleet-train"
 MODEL_KEYS = set(ModelConfig.model_fields)
-# Tune warns when checkpoints every epoch force experiment-state snapshots; they are
-# wanted here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 LATEST = "LATEST.json"  # under the Tune folder: the last experiment, for --resume
 TRACKED = "mlflow_runs.json"  # in an experiment folder: trial id → MLflow run id
 MAX_TRIAL_FAILURES = 2  # restarts of a trial from its checkpoint (a lost node)
@@ -354,6 +350,26 @@ def _load_data(snap: Snapshot) -> dict[str, Any]:
     return data
 
 
+class _WantedSnapshots(logging.Filter):
+    """Tune warns when trials that checkpoint every epoch force experiment-state
+    snapshots; here they are wanted (every checkpoint is kept, and a lost trial resumes
+    from its last). Tune's own switch is an environment variable of the driver
+    (TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S), so the warning is
+    filtered from its logger instead, where a run starts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Experiment state snapshotting has been triggered" not in record.getMessage()
+
+
+_WANTED_SNAPSHOTS = _WantedSnapshots()
+
+
+def _fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    # adding the same filter again is a no-op
+    logging.getLogger("ray.tune.execution.experiment_state").addFilter(_WANTED_SNAPSHOTS)
+    return tuner.fit()
+
+
 def _trainable(data: dict[str, Any]) -> Any:
     return tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": 1})
 
@@ -426,7 +442,7 @@ def run_train(
             verbose=1,
         ),
     )
-    grid = tuner.fit()
+    grid = _fit(tuner)
     return _finish(settings, registry, snap, space, data, grid, tracking, tags, parent, started)
 
 
@@ -448,7 +464,7 @@ def resume_train(settings: Settings) -> dict[str, Any]:
     tags = {**code_tags(), "feature_snapshot": snap.id}
     # Tune restores the callback it pickled; this one only reads the map it kept.
     tracking = MlflowTracking(settings, record["parent_run"], tags, Path(record["path"]))
-    grid = tuner.fit()
+    grid = _fit(tuner)
     return _finish(
         settings, registry, snap, space, data, grid, tracking, tags, record["parent_run"], started
     ) | {"resumed": record["path"]}

@@ -6,7 +6,6 @@ that arrived since a snapshot. The decisions themselves are in ``pumpfleet.alert
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -14,7 +13,7 @@ from typing import Any
 
 from pumpfleet import storage
 from pumpfleet.alerts import AlertPolicy, Trigger, TriggerState, decide_retrains, record_started
-from pumpfleet.settings import Settings
+from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -26,10 +25,10 @@ ALL = "*"  # a running job without --classes retrains every class
 UNREACHABLE = (OSError, RuntimeError)
 
 
-def jobs_address(explicit: str | None = None) -> str | None:
-    """The Ray job server (dashboard URL): the flag, else ``PUMPFLEET_JOBS_ADDRESS`` (the
-    variable the Serve admin route reads)."""
-    return explicit or os.environ.get("PUMPFLEET_JOBS_ADDRESS") or None
+def jobs_address(explicit: str | None = None, settings: Settings | None = None) -> str | None:
+    """The Ray job server (dashboard URL): the flag, else ``settings.jobs_address``
+    (``PUMPFLEET_JOBS_ADDRESS``, which the Serve admin route reads too)."""
+    return explicit or (settings if settings is not None else get_settings()).jobs_address
 
 
 def state_uri(settings: Settings) -> str:
@@ -64,15 +63,18 @@ def retrain_classes(entrypoint: str, metadata: Mapping[str, str] | None = None) 
 class JobServer:
     """The Ray job server, for the calls the triggers need."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
+        """``token``: the cluster's Ray auth token; by default ``settings.ray_auth_token``
+        (``RAY_AUTH_TOKEN``)."""
         self.address = address
+        self._token = token
         self._client: Any = None
 
     def client(self) -> Any:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            token = os.environ.get("RAY_AUTH_TOKEN")
+            token = self._token or get_settings().ray_auth_token
             headers = {"Authorization": f"Bearer {token}"} if token else None
             self._client = JobSubmissionClient(self.address, headers=headers)
         return self._client
@@ -114,7 +116,7 @@ def start_retrains(
             for c, why in sorted(wanted.items())
         ]
         return {"triggers": [vars(t) for t in decisions], "message": None}
-    server = server or JobServer(str(address))
+    server = server or JobServer(str(address), settings.ray_auth_token)
     try:
         running = server.running_classes()
     except UNREACHABLE as e:

@@ -20,7 +20,9 @@ STAGING_APP = "pumpfleet-staging"
 STAGING_PREFIX = "/staging"
 # Serve's throughput-optimised mode: the ingress replica answers HTTP itself, 7.5 times the
 # requests of the default proxy on 2 cores (../shared/STACK.md, benchmarks/serve_load.py).
-# Ray's processes read it when they start: apply it before ray.init (use_serve_env).
+# Ray's processes read it from their environment when they start (the driver's own
+# ray.serve constants included), so it is exported before ray.init by the entry points
+# that start Serve (use_serve_env), never by library code or at import.
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # In that mode a stopping replica keeps answering for at least 30 s so that a load
 # balancer in front can drain it. Nothing sits in front of a local run (the demo, the
@@ -30,7 +32,8 @@ LOCAL_SERVE_ENV = {**SERVE_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 
 def use_serve_env(local: bool = False) -> None:
     """Set SERVE_ENV (``local``: LOCAL_SERVE_ENV) where the operator has not set those
-    variables themselves."""
+    variables themselves. For entry points only (the CLI's ``serve``, the demo, the
+    benchmarks), before Ray starts."""
     for k, v in (LOCAL_SERVE_ENV if local else SERVE_ENV).items():
         os.environ.setdefault(k, v)
 
@@ -60,7 +63,7 @@ def start(
         api_key_sha256=list(secrets.api_keys),
         admin_token_sha256=list(secrets.admin_tokens),
         insecure_dev=insecure_dev,
-        jobs_address=os.environ.get("PUMPFLEET_JOBS_ADDRESS") or None,
+        jobs_address=settings.jobs_address,
         num_replicas=num_replicas,
     )
     if max_body_bytes:

@@ -67,6 +67,32 @@ def test_register_alias_load_and_roll_back(tmp_path: Path, monkeypatch: pytest.M
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
+def test_a_registry_leaves_the_process_global_state_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two registries on two backends in one process, neither touching os.environ or
+    MLflow's process-wide tracking URI: each logs, registers and loads on its own."""
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    # what mlflow.set_tracking_uri sets, without its export to the environment
+    monkeypatch.setattr("mlflow.tracking._tracking_service.utils._tracking_uri", elsewhere)
+    env, uri = dict(os.environ), mlflow.get_tracking_uri()
+    a = Registry(f"sqlite:///{tmp_path / 'a.db'}", (tmp_path / "art-a").as_uri())
+    b = Registry(f"sqlite:///{tmp_path / 'b.db'}", (tmp_path / "art-b").as_uri())
+    assert dict(os.environ) == env and mlflow.get_tracking_uri() == uri
+    va, vb = register(a, 1), register(b, 2)
+    assert (va, vb) == ("1", "1")
+    a.set_alias(model_name("rod"), CHAMPION, va)
+    assert a.load(model_name("rod"), CHAMPION, tmp_path / "dl").tags["seed"] == "1"
+    assert b.versions(model_name("rod"))["1"]["seed"] == "2"
+    assert b.version_by_alias(model_name("rod"), CHAMPION) is None
+    assert dict(os.environ) == env and mlflow.get_tracking_uri() == uri == elsewhere
+    # and nothing went to the process-wide backend
+    assert not (tmp_path / "elsewhere.db").exists()
+
+
 def test_a_version_whose_alias_cannot_be_set_is_not_left_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
