@@ -63,8 +63,9 @@ class Settings(BaseSettings):
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "PUMPFLEET_MLFLOW_HTTP_MAX_RETRIES"
         ),
     )
-    mlflow_http_backoff_factor: float = Field(
-        default=1.0,
+    # An int: MLflow parses the variable with int() and refuses "1.0".
+    mlflow_http_backoff_factor: int = Field(
+        default=1,
         ge=0,
         validation_alias=AliasChoices(
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "PUMPFLEET_MLFLOW_HTTP_BACKOFF_FACTOR"

@@ -44,7 +44,7 @@ def test_what_the_engines_read_from_the_environment_is_settings(
     assert s.jobs_address is None and s.user == "ci-bot"
     env = engine_env(s)
     assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
-    assert env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1.0"
+    assert env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     assert env["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert "MLFLOW_DISABLE_TELEMETRY" not in engine_env(Settings(home=tmp_path, telemetry=True))
     monkeypatch.setenv("PUMPFLEET_MLFLOW_HTTP_TIMEOUT_S", "7")
@@ -56,7 +56,7 @@ def test_what_the_engines_read_from_the_environment_is_settings(
     try:
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
-        assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1.0"
+        assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
     finally:
         for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"):
             os.environ.pop(key, None)

@@ -78,7 +78,7 @@ def test_cli_refuses_a_bad_space_in_one_line_before_ray(
 
 def test_an_unreachable_mlflow_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(RegistryError, match=rf"MLflow at {url} is unreachable"):
