@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pumpfleet.bundle import read_bundle
-from pumpfleet.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import DemoRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
 
-def test_demo_loop(tmp_path: Path, ray_session: Any) -> None:
-    from pumpfleet_cli.demo import BAD_REQUESTS, DemoConfig, run_demo, summary_text
+def test_demo_loop(demo_run: DemoRun) -> None:
+    from pumpfleet_cli.demo import BAD_REQUESTS, summary_text
 
-    settings = Settings(home=tmp_path / "ws")
-    cfg = DemoConfig(pumps=32, days=45, requests_per_class=100, epochs=8)
-    result = run_demo(settings, cfg)
+    # The session's one demo run (tests/e2e/conftest.py): 32 pumps over 45 days, 100
+    # requests per class, 8 epochs. The docs' commands run against its workspace after.
+    result = demo_run.result
 
     ingest = result["ingest"]
     assert ingest["rows_in"] == 32 * 45 * 24 == result["simulation"]["readings"]
