@@ -105,7 +105,7 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 def _score_test(settings: Settings, test_dir: Path, cls: str, hours: float) -> dict[str, Any]:
     """The registered challenger, in onnxruntime, on each test unit's last window."""
-    from pumpfleet import onnx_io
+    from pumpfleet import runtime
     from pumpfleet.features import decode_outputs, window_features
     from pumpfleet.models import describe
     from pumpfleet.registry import CHALLENGER, Registry, model_name
@@ -122,7 +122,7 @@ def _score_test(settings: Settings, test_dir: Path, cls: str, hours: float) -> d
     # standard deviation of ~1e-12, so float64 readings would standardise them to ~0
     # where training saw the clip value -10.
     raw = raw.astype(np.float32)
-    out = onnx_io.run(onnx_io.session(loaded.onnx), window_features(raw, spec))
+    out = runtime.run(runtime.session(loaded.onnx), window_features(raw, spec))
     rul_hours, _ = decode_outputs(out, spec)
     truth = _read_table(test_dir / "truth").set_index("pump_id").loc[ids]
     true = truth["true_rul_cycles"].to_numpy(dtype=np.float64)
@@ -154,7 +154,7 @@ def _score_val(
     """The challenger on the validation units (held out of training), cut like the test
     set: at every cycle from ``FIRST_CUT`` on, only the window ending there scored (shorter
     prefixes padded), against the capped RUL there, in cycles."""
-    from pumpfleet import onnx_io
+    from pumpfleet import runtime
     from pumpfleet.features import decode_outputs, window_features
     from pumpfleet.registry import CHALLENGER, Registry, model_name
     from pumpfleet.snapshot import open_snapshot
@@ -173,7 +173,7 @@ def _score_val(
         raws.append(cut_windows(rows[spec.inputs].to_numpy(np.float64), spec.window, FIRST_CUT))
         trues.append(np.arange(len(rows) - FIRST_CUT, -1, -1, dtype=np.float64))
     raw = np.concatenate(raws).astype(np.float32)  # float32: see _score_test
-    out = onnx_io.run(onnx_io.session(loaded.onnx), window_features(raw, spec))
+    out = runtime.run(runtime.session(loaded.onnx), window_features(raw, spec))
     pred = decode_outputs(out, spec)[0] / hours
     return {"units": len(raws), "cuts": len(raw), **score(pred, np.concatenate(trues))}
 

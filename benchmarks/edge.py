@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edge_export import trt, variants
-from pumpfleet import onnx_io
+from pumpfleet import onnx_io, runtime
 from pumpfleet.features import FeatureSpec, window_features
 from pumpfleet.models import ModelConfig
 from pumpfleet.schema import CHANNEL_NAMES
@@ -89,12 +89,12 @@ def _ort(onnx_bytes: bytes, providers: list[Any] | None = None) -> Callable[[np.
     import onnxruntime as ort
 
     if providers is None:
-        sess = onnx_io.session(onnx_bytes, threads=1)
+        sess = runtime.session(onnx_bytes, threads=1)
     else:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(onnx_bytes, opts, providers=providers)
-    return lambda x: onnx_io.run(sess, x)
+    return lambda x: runtime.run(sess, x)
 
 
 def _gpu_engines(
@@ -159,9 +159,9 @@ def _trt_runner(onnx_bytes: bytes, precision: str, work: Path) -> Callable[[np.n
     def run(x: np.ndarray) -> np.ndarray:
         inp = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
         out = torch.empty((len(x), 2), dtype=torch.float32, device="cuda")
-        context.set_input_shape(onnx_io.INPUT, tuple(inp.shape))
-        context.set_tensor_address(onnx_io.INPUT, inp.data_ptr())
-        context.set_tensor_address(onnx_io.OUTPUT, out.data_ptr())
+        context.set_input_shape(runtime.INPUT, tuple(inp.shape))
+        context.set_tensor_address(runtime.INPUT, inp.data_ptr())
+        context.set_tensor_address(runtime.OUTPUT, out.data_ptr())
         context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
         return out.cpu().numpy()
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.gpu:
             engines += _gpu_engines(model, fp32, blobs, Path(tmp))
         rows, base = [], None
-        ref = variants.scores(blobs["fp32"], x[:256])
+        ref = runtime.onnx_runner(blobs["fp32"])(x[:256])
         for name, variant, fn, why in engines:
             m = measured[variant]
             if fn is None:

@@ -16,7 +16,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from pumpfleet import onnx_io
+from pumpfleet import runtime
 from pumpfleet.errors import InputError
 from pumpfleet.features import FeatureSpec, decode_outputs, readings_to_window, window_features
 
@@ -37,7 +37,7 @@ class BatchRequest(BaseModel):
 app = FastAPI(title="plain scoring baseline")
 # Loaded once per worker process, before it takes a request.
 _spec = FeatureSpec.from_json((_DIR / "feature_spec.json").read_text())
-_sess = onnx_io.session((_DIR / "model.onnx").read_bytes())
+_sess = runtime.session((_DIR / "model.onnx").read_bytes())
 
 
 def _score(reqs: list[ScoreRequest]) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def _score(reqs: list[ScoreRequest]) -> list[dict[str, Any]]:
         raw = np.stack([readings_to_window(r.readings, spec) for r in reqs])
     except InputError as e:
         raise HTTPException(422, str(e)) from None
-    rul, prob = decode_outputs(onnx_io.run(sess, window_features(raw, spec)), spec)
+    rul, prob = decode_outputs(runtime.run(sess, window_features(raw, spec)), spec)
     return [
         {
             "pump_id": r.pump_id,

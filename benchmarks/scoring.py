@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pumpfleet import onnx_io
+from pumpfleet import onnx_io, runtime
 from pumpfleet.anomaly import AnomalyConfig, build_autoencoder, window_errors
 from pumpfleet.features import FeatureSpec, decode_outputs, window_features
 from pumpfleet.health import calibrate
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = _spec()
     model = build_model(spec.n_channels, ModelConfig())
     model.eval()
-    sess = onnx_io.session(onnx_io.to_onnx(model, WINDOW, spec.n_channels), threads=1)
+    sess = runtime.session(onnx_io.to_onnx(model, WINDOW, spec.n_channels), threads=1)
     raw = np.random.default_rng(0).normal(50, 10, size=(args.windows, WINDOW, spec.n_channels))
 
     def torch_path(x: np.ndarray) -> object:
@@ -71,17 +71,17 @@ def main(argv: list[str] | None = None) -> None:
         return decode_outputs(out, spec)
 
     def ort_path(x: np.ndarray) -> object:
-        return decode_outputs(onnx_io.run(sess, window_features(x, spec)), spec)
+        return decode_outputs(runtime.run(sess, window_features(x, spec)), spec)
 
     ae = build_autoencoder(spec.n_channels, AnomalyConfig())
     ae.eval()
-    ae_sess = onnx_io.session(onnx_io.to_onnx(ae, WINDOW, spec.n_channels), threads=1)
+    ae_sess = runtime.session(onnx_io.to_onnx(ae, WINDOW, spec.n_channels), threads=1)
     health = calibrate(window_errors(ae, window_features(raw[:500], spec)), "conv_ae")
 
     def ort_health_path(x: np.ndarray) -> object:
         features = window_features(x, spec)
-        errors = onnx_io.run(ae_sess, features)
-        rul = decode_outputs(onnx_io.run(sess, features), spec)
+        errors = runtime.run(ae_sess, features)
+        rul = decode_outputs(runtime.run(sess, features), spec)
         return rul, health.score(errors), health.flag(errors)
 
     # Same answers first: a benchmark of two different computations means nothing.

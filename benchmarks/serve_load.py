@@ -216,24 +216,24 @@ def _arrow_batch(spec: Any) -> bytes:
 
 
 def _in_process(spec: Any, onnx: bytes, seconds: float) -> dict[str, Any]:
-    from pumpfleet import onnx_io
+    from pumpfleet import runtime
     from pumpfleet.features import decode_outputs, window_features
 
-    sess = onnx_io.session(onnx)
+    sess = runtime.session(onnx)
     raw = np.random.default_rng(3).normal(50, 10, (256, WINDOW, len(spec.inputs)))
     lat = []
     end = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < end:
         t = time.perf_counter()
-        decode_outputs(onnx_io.run(sess, window_features(raw[i % 256][None], spec)), spec)
+        decode_outputs(runtime.run(sess, window_features(raw[i % 256][None], spec)), spec)
         lat.append(time.perf_counter() - t)
         i += 1
     ms = np.array(lat) * 1000
     x = window_features(raw[np.arange(BATCH) % 256], spec)
     t = time.perf_counter()
     for _ in range(5):
-        onnx_io.run(sess, x)
+        runtime.run(sess, x)
     return {
         "rps": len(lat) / sum(lat),
         "p50": float(np.percentile(ms, 50)),

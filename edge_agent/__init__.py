@@ -8,4 +8,4 @@ standard library, and from the core only ``pumpfleet.features``, ``pumpfleet.bun
 torch, mlflow or pandas.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

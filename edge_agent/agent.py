@@ -19,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from edge_agent import __version__ as AGENT_VERSION
 from edge_agent import source, updates, windows
 from edge_agent.config import AgentConfig
-from edge_agent.health import score_health
+from edge_agent.health import health_or_none
 from edge_agent.model import FP32, Installed, Scorer, open_bundle
 from edge_agent.store import Store
 from edge_agent.uploader import Uploader, UploadError, backoff
 from pumpfleet.bundle import BundleId
-from pumpfleet.errors import BundleError, InputError
+from pumpfleet.errors import BundleError, InputError, one_line
 from pumpfleet.features import window_summary
+from pumpfleet.records import PredictionRecord
+from pumpfleet.scoring import RulScores
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +229,7 @@ class Agent:
                 "reading_gaps": cut.gaps,
                 "window_resets": cut.resets,
                 "scoring_errors": failed["rul"],
+                "records_refused": failed["refused"],
                 "anomaly_errors": failed["anomaly"],
             },
         )
@@ -240,28 +244,32 @@ class Agent:
         without one), and either (what its probation counts)."""
         assert self.active is not None
         if not cut_windows:
-            return [], {"rul": 0, "anomaly": 0, "windows": 0}
+            return [], {"rul": 0, "anomaly": 0, "windows": 0, "refused": 0}
         raw = np.array(
             [[[np.nan if v is None else v for v in row] for row in w] for w in cut_windows],
             dtype=np.float64,
         )
         scorer = self.active
-        rul, prob, ok, ms = _predict(scorer, raw)
-        health = score_health(scorer.health, raw, scorer.version)
+        threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
+        scored, ms = _predict(scorer, raw, threshold)
+        rul, prob, alert, ok = scored.rul_hours, scored.failure_probability, scored.alert, scored.ok
+        health = health_or_none(scorer.health, raw, scorer.version)
         used = [scorer] * len(raw)
         failed = ~ok | ~health.ok if scorer.health is not None else ~ok
         counts = {
             "rul": int((~ok).sum()),
             "anomaly": int((~health.ok).sum()) if scorer.health is not None else 0,
             "windows": int(failed.sum()),
+            "refused": 0,
         }
         fallback = self.fallback
         if counts["windows"] and fallback is not None and _same_inputs(fallback, scorer):
             # Windows the new model could not score are scored by the one it replaced.
             bad = np.flatnonzero(failed)
-            r2, p2, ok2, _ = _predict(fallback, raw[bad])
-            h2 = score_health(fallback.health, raw[bad], fallback.version)
-            rul[bad], prob[bad], ok[bad] = r2, p2, ok2
+            again, _ = _predict(fallback, raw[bad], threshold)
+            h2 = health_or_none(fallback.health, raw[bad], fallback.version)
+            rul[bad], prob[bad], ok[bad] = again.rul_hours, again.failure_probability, again.ok
+            alert[bad] = again.alert
             health.scores[bad], health.flags[bad], health.ok[bad] = h2.scores, h2.flags, h2.ok
             for i in bad:
                 used[i] = fallback
@@ -274,17 +282,15 @@ class Agent:
                 counts["rul"],
                 counts["anomaly"],
             )
-        threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
         summary = window_summary(raw, scorer.spec)
         records: list[dict[str, Any]] = []
         flagged: list[str] = []
         for i in np.flatnonzero(ok):
             key = f"{self.cfg.device_id}:{pumps[i]}:{ends[i]}"
-            alert = bool(prob[i] >= threshold)
             model = used[i].health
-            scored = model is not None and bool(health.ok[i])
-            anomaly = bool(health.flags[i]) if scored else None
-            row = {
+            has_health = model is not None and bool(health.ok[i])
+            anomaly = bool(health.flags[i]) if has_health else None
+            fields = {
                 "request_id": key,
                 "timestamp": int(ends[i]),
                 "pump_id": pumps[i],
@@ -294,17 +300,25 @@ class Agent:
                 "variant": used[i].variant,
                 "rul_hours": float(rul[i]),
                 "failure_probability": float(prob[i]),
-                "alert": alert,
+                "alert": bool(alert[i]),
                 "latency_ms": ms,
                 "shadow_version": None,
                 "shadow_rul_hours": None,
                 "shadow_failure_probability": None,
-                "health_score": float(health.scores[i]) if scored else None,
+                "health_score": float(health.scores[i]) if has_health else None,
                 "anomaly": anomaly,
-                "anomaly_version": model.version if scored and model is not None else None,
+                "anomaly_version": model.version if has_health and model is not None else None,
                 **{f"in_{c}": _finite(v[i]) for c, v in summary.items()},
             }
-            records.append({"key": key, "alert": alert, "anomaly": bool(anomaly), "row": row})
+            try:  # the record contract the cloud's upload route holds it to
+                row = PredictionRecord.model_validate(fields).model_dump()
+            except ValidationError as e:
+                counts["refused"] += 1
+                log.warning("window of %s not recorded: %s", pumps[i], one_line(e))
+                continue
+            records.append(
+                {"key": key, "alert": bool(alert[i]), "anomaly": bool(anomaly), "row": row}
+            )
             if anomaly:
                 flagged.append(pumps[i])
         if flagged:
@@ -443,12 +457,12 @@ def _same_inputs(a: Scorer, b: Scorer) -> bool:
     return a.spec.inputs == b.spec.inputs and a.spec.window == b.spec.window
 
 
-def _predict(scorer: Scorer, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def _predict(scorer: Scorer, raw: np.ndarray, threshold: float) -> tuple[RulScores, float]:
     """``Scorer.predict``, where a model that raises has failed every window: that is
     the error rate its probation counts, and the agent goes on."""
     try:
-        return scorer.predict(raw)
+        return scorer.predict(raw, threshold)
     except Exception as e:  # onnxruntime's errors have no common base but Exception
         log.warning("v%d failed on %d windows: %s", scorer.version, len(raw), e)
-        n = len(raw)
-        return np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool), 0.0
+        n, none = len(raw), np.zeros(len(raw), dtype=bool)
+        return RulScores(np.zeros(n), np.zeros(n), none, none, raw, np.zeros((n, 2))), 0.0

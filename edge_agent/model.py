@@ -2,15 +2,14 @@
 golden-window self-test. Where the bundle has an anomaly (health) model, the scorer holds
 it too (:class:`edge_agent.health.HealthScorer`) and the self-test covers both.
 
-Features come from ``pumpfleet.features`` with the bundle's own spec: the code training
-and the cloud service use.
+Windows are scored by the one scoring path (:mod:`pumpfleet.scoring`) with the bundle's
+own spec: the code training and the cloud service use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -20,15 +19,17 @@ from typing import Any
 import numpy as np
 
 from edge_agent.health import HealthScorer, anomaly_variant
+from pumpfleet import runtime
 from pumpfleet.bundle import BundleId, read_bundle
 from pumpfleet.device_settings import device_settings
 from pumpfleet.errors import BundleError
-from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+from pumpfleet.features import FeatureSpec
+from pumpfleet.manifest import FEATURE_SPEC, AnomalyEntry, BundleManifest, Variant
+from pumpfleet.scoring import RulScores, score_rul
 
 log = logging.getLogger(__name__)
 
 FP32 = "fp32"
-INPUT, OUTPUT = "window", "scores"
 # On a GPU, FP32 convolutions and matrix products run in TF32 by default (TensorRT and
 # cuDNN on Ampere, e.g. Jetson Orin): about 1e-3 relative. The golden tolerance there is
 # at least this.
@@ -37,15 +38,15 @@ GPU_ATOL = 5e-3
 
 @dataclass(frozen=True)
 class Installed:
-    """A bundle whose signature and hashes verified."""
+    """A bundle whose signature, manifest and hashes verified."""
 
-    manifest: dict[str, Any]
+    manifest: BundleManifest
     members: dict[str, bytes]
     path: Path
 
     @property
     def version(self) -> int:
-        return int(self.manifest["model_version"])
+        return int(self.manifest.model_version)
 
     @property
     def bundle_id(self) -> BundleId:
@@ -54,59 +55,59 @@ class Installed:
 
     @property
     def pump_class(self) -> str:
-        return str(self.manifest["pump_class"])
+        return self.manifest.pump_class
 
     @property
     def spec(self) -> FeatureSpec:
-        return FeatureSpec.from_json(self.members["feature_spec.json"])
+        return FeatureSpec.from_json(self.members[FEATURE_SPEC])
 
     @property
     def alert_threshold(self) -> float:
-        thresholds = json.loads(self.members["thresholds.json"])
-        return float(thresholds["failure_probability_alert"])
+        """The model's alert threshold: its feature spec's (one place; bundles for agents
+        before 0.2 also carried a copy in ``thresholds.json``, not read)."""
+        return self.spec.alert_threshold
 
     @property
-    def anomaly(self) -> dict[str, Any] | None:
+    def anomaly(self) -> AnomalyEntry | None:
         """The manifest's anomaly model entry; None in a bundle without one."""
-        found = self.manifest.get("anomaly")
-        return dict(found) if found else None
+        return self.manifest.anomaly
 
-    def variants(self) -> dict[str, dict[str, Any]]:
+    def variants(self) -> dict[str, Variant]:
         """The model variants with their measurements (a bundle from before variants
         has its one ``model.onnx`` as fp32)."""
-        found = self.manifest.get("variants")
-        if found:
-            return dict(found)
-        return {FP32: {"file": "model.onnx", "precision": "fp32", "batch": "dynamic"}}
+        return self.manifest.variants
 
     def within_accuracy(self, variant: str) -> bool:
         """Whether a variant's holdout RMSE is within the bundle's accuracy limit."""
-        limit = float(self.manifest.get("accuracy_limit", {}).get("rmse_ratio", 1.0))
-        return float(self.variants()[variant].get("rmse_ratio", 1.0)) <= limit
+        return self.variants()[variant].rmse_ratio <= self.manifest.accuracy_limit.rmse_ratio
+
+    def _golden(self) -> Any:
+        found = self.manifest.golden
+        if found is None:
+            return None
+        return np.load(io.BytesIO(self.members[found.file]), allow_pickle=False)
 
     def golden(self) -> tuple[np.ndarray, np.ndarray] | None:
-        name = self.manifest.get("golden", {}).get("file")
-        if not name:
+        g = self._golden()
+        if g is None:
             return None
-        with np.load(io.BytesIO(self.members[name]), allow_pickle=False) as g:
+        with g:
             return np.asarray(g["raw"]), np.asarray(g["expected"])
 
     def golden_anomaly_errors(self) -> np.ndarray | None:
         """The FP32 anomaly model's errors of the golden windows (None: no anomaly model)."""
-        info, name = self.anomaly, self.manifest.get("golden", {}).get("file")
-        if info is None or not name:
+        info, g = self.anomaly, self._golden()
+        if info is None or g is None:
             return None
-        with np.load(io.BytesIO(self.members[name]), allow_pickle=False) as g:
-            return np.asarray(g[info["golden_key"]], dtype=np.float64)
+        with g:
+            return np.asarray(g[info.golden_key], dtype=np.float64)
 
 
 def open_bundle(path: Path, public_key: str) -> Installed:
-    """Read and verify a bundle (signature, then every member's sha256)."""
+    """Read and verify a bundle (signature, the manifest's contract, every member's sha256)."""
     b = read_bundle(path, public_key)
-    for need in ("model_version", "pump_class"):
-        if need not in b.manifest:
-            raise BundleError(f"{path.name}: the manifest has no {need}")
-    BundleId.of(b.manifest)  # model versions that are not numbers fail here, not later
+    if FEATURE_SPEC not in b.members:
+        raise BundleError(f"{path.name}: the bundle has no {FEATURE_SPEC}")
     return Installed(manifest=b.manifest, members=b.members, path=path)
 
 
@@ -156,16 +157,8 @@ def providers(kind: str, precision: str, engine_dir: Path) -> list[Any]:
 def make_session(
     onnx_bytes: bytes, precision: str, threads: int, provider_kind: str, engine_dir: Path
 ) -> Any:
-    """An onnxruntime session on the providers :func:`providers` picks."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(
-        onnx_bytes, opts, providers=providers(provider_kind, precision, engine_dir)
-    )
+    """The core's onnxruntime session on the providers :func:`providers` picks."""
+    return runtime.session(onnx_bytes, threads, providers(provider_kind, precision, engine_dir))
 
 
 def _health(
@@ -176,14 +169,14 @@ def _health(
     if info is None:
         return None
     variant = anomaly_variant(info, precision)
-    found = info.get("variants", {}).get(variant)
+    found = info.variants.get(variant)
     if found is None:
         raise BundleError(f"bundle v{bundle.version}: the anomaly model has no {variant}")
-    onnx_bytes = bundle.members[found["file"]]
+    onnx_bytes = bundle.members[found.file]
     try:
         session = make_session(
             onnx_bytes,
-            str(found.get("precision", "fp32")),
+            found.precision,
             threads,
             provider_kind,
             engine_dir or Path("engines"),
@@ -192,9 +185,14 @@ def _health(
         raise BundleError(
             f"v{bundle.version} anomaly {variant}: onnxruntime refused it: {e}"
         ) from e
-    on_gpu = str(session.get_providers()[0]) != "CPUExecutionProvider"
+    on_gpu = runtime.provider_of(session) != runtime.CPU
     return HealthScorer(
-        info, bundle.members, variant, session, bundle.golden_anomaly_errors(), on_gpu
+        info,
+        bundle.members,
+        variant,
+        runtime.runner(session),
+        bundle.golden_anomaly_errors(),
+        on_gpu,
     )
 
 
@@ -213,10 +211,10 @@ class Scorer:
         if variant not in variants:
             raise BundleError(f"bundle v{bundle.version} has no variant {variant!r}")
         info = variants[variant]
-        precision = str(info.get("precision", "fp32"))
+        precision = info.precision
         try:
             self.session = make_session(
-                bundle.members[info["file"]],
+                bundle.members[info.file],
                 precision,
                 threads,
                 provider_kind,
@@ -228,36 +226,23 @@ class Scorer:
         self.bundle = bundle
         self.variant = variant
         self.spec = bundle.spec
-        self.batch_one = info.get("batch") == 1
-        self.golden_atol = float(info.get("golden_atol", 1e-5))
-        self.provider = str(self.session.get_providers()[0])
-        if self.provider != "CPUExecutionProvider":
+        # A graph with its batch fixed at 1 scores one window a call.
+        self.run = runtime.runner(self.session, 1 if info.batch == 1 else None)
+        self.golden_atol = info.golden_atol
+        self.provider = runtime.provider_of(self.session)
+        if self.provider != runtime.CPU:
             self.golden_atol = max(self.golden_atol, GPU_ATOL)
 
     @property
     def version(self) -> int:
         return self.bundle.version
 
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """Model outputs ``[N, 2]`` for feature windows ``[N, W, C]``."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if len(x) == 0:
-            return np.zeros((0, 2), dtype=np.float32)
-        if self.batch_one:
-            return np.concatenate(
-                [self.session.run([OUTPUT], {INPUT: x[i : i + 1]})[0] for i in range(len(x))]
-            )
-        return np.asarray(self.session.run([OUTPUT], {INPUT: x})[0])
-
-    def predict(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """For raw windows ``[N, W, C + S]``: RUL hours, failure probability, whether the
-        outputs are finite, and milliseconds per window."""
+    def predict(self, raw: np.ndarray, threshold: float | None = None) -> tuple[RulScores, float]:
+        """Raw windows ``[N, W, C + S]`` scored by the one scoring path (an alert at
+        ``threshold``, the bundle's own by default), and milliseconds per window."""
         started = time.perf_counter()
-        out = self.scores(window_features(raw, self.spec))
-        ms = (time.perf_counter() - started) * 1000.0 / max(len(raw), 1)
-        ok = np.isfinite(out).all(axis=1)
-        rul, prob = decode_outputs(np.nan_to_num(out), self.spec)
-        return rul, prob, ok, ms
+        scored = score_rul(raw, self.spec, self.run, threshold)
+        return scored, (time.perf_counter() - started) * 1000.0 / max(len(raw), 1)
 
     def self_test(self) -> tuple[bool, str]:
         """Score the bundle's golden windows; they must give the expected outputs (from
@@ -267,7 +252,7 @@ class Scorer:
             return False, "the bundle has no golden windows"
         raw, expected = golden
         try:
-            got = self.scores(window_features(raw, self.spec))
+            got = score_rul(raw, self.spec, self.run).outputs
         except Exception as e:  # a model that cannot run fails its test
             return False, f"scoring the golden windows failed: {e}"
         if got.shape != expected.shape or not np.isfinite(got).all():

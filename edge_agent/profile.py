@@ -37,14 +37,14 @@ def time_windows(run: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int) 
 
 def time_variant(scorer: Scorer, x: np.ndarray, repeats: int) -> dict[str, float]:
     """Single-window latency of a RUL variant on feature windows ``x``."""
-    return time_windows(scorer.scores, x, repeats)
+    return time_windows(scorer.run, x, repeats)
 
 
 def time_health(health: HealthScorer, raw: np.ndarray, repeats: int) -> dict[str, Any]:
     """Single-window latency of the health model variant that runs beside a RUL variant,
     on its own features of raw windows ``raw`` (model only, like the RUL timing)."""
     x = window_features(raw, health.spec)
-    return {"variant": health.variant, **time_windows(health.model_errors, x, repeats)}
+    return {"variant": health.variant, **time_windows(health.model.run, x, repeats)}
 
 
 def _per_window_us(r: dict[str, Any]) -> float:
@@ -78,8 +78,8 @@ def profile(
         results[name] = {
             **time_variant(scorer, x, repeats),
             "health": time_health(scorer.health, golden[0], repeats) if scorer.health else None,
-            "rmse_ratio": info.get("rmse_ratio"),
-            "bytes": info.get("bytes"),
+            "rmse_ratio": info.rmse_ratio,
+            "bytes": info.bytes,
             "within_accuracy": bundle.within_accuracy(name),
             "self_test": ok,
             "self_test_detail": why,
@@ -89,9 +89,9 @@ def profile(
     report = {
         "bundle": str(bundle.bundle_id),
         "bundle_version": bundle.version,
-        "anomaly_version": str(anomaly["version"]) if anomaly else None,
+        "anomaly_version": anomaly.version if anomaly else None,
         "variant": chosen,
-        "accuracy_limit": bundle.manifest.get("accuracy_limit"),
+        "accuracy_limit": bundle.manifest.accuracy_limit.model_dump(),
         "windows": len(x),
         "repeats": repeats,
         "variants": results,

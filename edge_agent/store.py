@@ -39,6 +39,7 @@ COUNTERS = (
     "window_resets",
     "scoring_errors",
     "anomaly_errors",
+    "records_refused",
     "bundles_installed",
     "bundles_rejected",
     "rollbacks",

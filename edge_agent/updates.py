@@ -27,6 +27,7 @@ from typing import Any
 from edge_agent import __version__ as AGENT_VERSION
 from pumpfleet.bundle import BundleId
 from pumpfleet.errors import BundleError
+from pumpfleet.manifest import BundleManifest
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -58,14 +59,14 @@ def not_newer(candidate: BundleId, installed: BundleId) -> str | None:
     return None
 
 
-def rolled_back(manifest: dict[str, Any]) -> tuple[set[int], set[int]]:
+def rolled_back(manifest: BundleManifest) -> tuple[set[int], set[int]]:
     """The RUL and anomaly model versions a bundle's manifest says were rolled back in the
     registry (none in a bundle exported before rollbacks reached devices)."""
-    found = manifest.get("rolled_back") or {}
-    return {int(v) for v in found.get("rul", [])}, {int(v) for v in found.get("anomaly", [])}
+    found = manifest.rolled_back
+    return set(found.rul), set(found.anomaly)
 
 
-def rolls_back(manifest: dict[str, Any], installed: BundleId) -> str | None:
+def rolls_back(manifest: BundleManifest, installed: BundleId) -> str | None:
     """Which of the installed bundle's models ``manifest``'s bundle rolls back: the
     bundle id to mark bad on the device (``v<N>`` for a RUL model, standing for every
     bundle of it; the exact id for a health model alone), or None."""
@@ -90,8 +91,8 @@ def failed_before(candidate: BundleId, bad: list[str]) -> str | None:
 
 
 def refuse_reason(
-    manifest: dict[str, Any],
-    current: dict[str, Any] | None,
+    manifest: BundleManifest,
+    current: BundleManifest | None,
     bad: list[str],
     agent_version: str = AGENT_VERSION,
 ) -> str | None:
@@ -100,10 +101,10 @@ def refuse_reason(
     an agent too old for it."""
     candidate = BundleId.of(manifest)
     if current is not None:
-        if manifest["pump_class"] != current["pump_class"]:
+        if manifest.pump_class != current.pump_class:
             return (
-                f"bundle is for class {manifest['pump_class']}, "
-                f"this device scores {current['pump_class']}"
+                f"bundle is for class {manifest.pump_class}, "
+                f"this device scores {current.pump_class}"
             )
         installed = BundleId.of(current)
         back = rolls_back(manifest, installed)
@@ -111,7 +112,7 @@ def refuse_reason(
             return why
     if why := failed_before(candidate, bad):
         return why
-    need = str(manifest.get("min_agent_version", "0"))
+    need = manifest.min_agent_version
     if _version_tuple(need) > _version_tuple(agent_version):
         return f"bundle needs agent {need} or newer, this is {agent_version}"
     return None

@@ -23,15 +23,16 @@ import numpy as np
 from edge_export import trt, variants
 from pumpfleet.errors import ParityError
 from pumpfleet.features import FeatureSpec, window_features
-from pumpfleet.health import HEALTH_FILE, HealthSpec, score_diff
+from pumpfleet.health import HealthSpec, score_diff
+from pumpfleet.manifest import ANOMALY_FEATURE_SPEC, GOLDEN_ANOMALY_KEY, HEALTH_SPEC
 from pumpfleet.registry import CHAMPION, LoadedModel, Registry, anomaly_model_name
+from pumpfleet.runtime import onnx_runner
+from pumpfleet.scoring import anomaly_errors
 
 log = logging.getLogger(__name__)
 
 FP32, INT8 = variants.FP32, variants.INT8
 FILES = {FP32: "anomaly.onnx", INT8: "anomaly_int8.onnx"}
-SPEC_FILE = "anomaly_feature_spec.json"
-GOLDEN_KEY = "anomaly_errors"  # the FP32 errors of the golden windows, in golden.npz
 # An INT8 variant is fit for the device when its flags agree with FP32's on at least
 # this share of the holdout windows, and its health scores differ from FP32's by at most
 # MAX_HEALTH_DIFF where FP32 scores at most NEAR_SCORE (a difference there can move a
@@ -82,9 +83,7 @@ def torch_errors(model: LoadedModel, x: np.ndarray) -> np.ndarray:
 
 def errors(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
     """Window errors ``[N]`` (float64) of an anomaly ONNX on feature windows ``x``."""
-    if len(x) == 0:
-        return np.zeros(0)
-    return variants.scores(onnx_bytes, x)[:, 0].astype(np.float64)
+    return anomaly_errors(onnx_runner(onnx_bytes), x)
 
 
 def measure(made: dict[str, bytes], x: np.ndarray, health: HealthSpec) -> dict[str, dict[str, Any]]:
@@ -179,9 +178,9 @@ def pack(
         "threshold": health.threshold,
         "target_far": health.target_far,
         "margin": health.margin,
-        "health_file": HEALTH_FILE,
-        "feature_spec_file": SPEC_FILE,
-        "golden_key": GOLDEN_KEY,
+        "health_file": HEALTH_SPEC,
+        "feature_spec_file": ANOMALY_FEATURE_SPEC,
+        "golden_key": GOLDEN_ANOMALY_KEY,
         "onnx_parity_max_rel": parity,
         "holdout_windows": len(x),
         "calibration_windows": len(calibration_raw),
@@ -194,8 +193,8 @@ def pack(
         "tensorrt": tensorrt,
     }
     members = {FILES[n]: b for n, b in made.items()} | {
-        SPEC_FILE: spec.to_json().encode(),
-        HEALTH_FILE: health.to_json().encode(),
+        ANOMALY_FEATURE_SPEC: spec.to_json().encode(),
+        HEALTH_SPEC: health.to_json().encode(),
     }
     golden = errors(model.onnx, window_features(golden_raw, spec))
     return AnomalyPart(members=members, meta=meta, golden_errors=golden)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pumpfleet.errors import BundleError, InputError
+from pumpfleet.manifest import BundleManifest
 from pumpfleet.settings import Settings
 
 
@@ -51,7 +52,7 @@ def cmd_bundle(args: argparse.Namespace, settings: Settings) -> None:
     print(json.dumps(run_export(settings, args.out, args.pump_class), indent=2, default=str))
 
 
-def verify(path: Path, public_key: str) -> dict[str, Any]:
+def verify(path: Path, public_key: str) -> BundleManifest:
     """The manifest of a bundle whose signature and every member's hash verify."""
     from pumpfleet.bundle import read_bundle
 
@@ -63,22 +64,22 @@ def verify(path: Path, public_key: str) -> dict[str, Any]:
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> None:
     path = Path(args.bundle)
     m = verify(path, read_public_key(args.public_key))
-    variants = ",".join(sorted(m.get("variants", {}))) or "model.onnx"
+    variants = ",".join(sorted(m.variants))
     print(
-        f"OK {path.name}: {m.get('pump_class')} v{m.get('model_version')}, "
-        f"{len(m['members'])} members verified, variants {variants}; {health_model(m)}"
+        f"OK {path.name}: {m.pump_class} v{m.model_version}, "
+        f"{len(m.members)} members verified, variants {variants}; {health_model(m)}"
     )
 
 
-def health_model(manifest: dict[str, Any]) -> str:
+def health_model(manifest: BundleManifest) -> str:
     """The bundle's health (anomaly) model in a few words: version, variants, and which
     were off their limits at export (a device runs FP32 instead)."""
-    found = manifest.get("anomaly")
-    if not found:
+    found = manifest.anomaly
+    if found is None:
         return "no health model"
-    v = found.get("variants", {})
-    off = sorted(n for n, info in v.items() if info.get("within_accuracy") is False)
-    said = f"health model v{found.get('version')}, variants {','.join(sorted(v))}"
+    v = found.variants
+    off = sorted(n for n, info in v.items() if not info.within_accuracy)
+    said = f"health model v{found.version}, variants {','.join(sorted(v))}"
     return said + (f" ({','.join(off)} off its limits: fp32 runs)" if off else "")
 
 

@@ -24,6 +24,7 @@ from pumpfleet import bundle, lifecycle
 from pumpfleet.entry import run_main
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
+from pumpfleet.manifest import FEATURE_SPEC, GOLDEN, GOLDEN_ANOMALY_KEY
 from pumpfleet.onnx_io import check_parity
 from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings, get_settings
@@ -35,9 +36,10 @@ PARITY_WINDOWS = 1000
 HOLDOUT_WINDOWS = 10_000  # the accuracy of each variant is measured on up to this many
 CALIBRATION_WINDOWS = 512  # INT8 scales come from this many training windows
 GOLDEN_WINDOWS = 32
-GOLDEN_FILE = "golden.npz"
+GOLDEN_FILE = GOLDEN
 # The oldest agent that understands this bundle's layout (variants, golden windows).
-MIN_AGENT_VERSION = "0.1.0"
+# 0.2: the alert threshold is read from the feature spec alone (no thresholds.json).
+MIN_AGENT_VERSION = "0.2.0"
 ARTIFACT_PATH = "edge_bundle"
 
 
@@ -59,7 +61,7 @@ def golden(
     the FP32 anomaly model's window errors, where the bundle has one)."""
     arrays = {"raw": raw.astype(np.float64), "expected": expected.astype(np.float32)}
     if anomaly_errors is not None:
-        arrays[anomaly.GOLDEN_KEY] = np.asarray(anomaly_errors, dtype=np.float64)
+        arrays[GOLDEN_ANOMALY_KEY] = np.asarray(anomaly_errors, dtype=np.float64)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy reads **kw as allow_pickle
     return buf.getvalue()
@@ -101,7 +103,7 @@ def export_class(
         if c["profile"] is not None:
             profiles[v.name] = c["profile"]
     pick = _spread(len(raw), GOLDEN_WINDOWS)
-    expected = variants.scores(model.onnx, x[pick])
+    expected = model.runner()(x[pick])
     health_model, skipped = anomaly.champion(registry, cls, model.spec)
     part = (
         anomaly.pack(health_model, raw, calibration_raw, raw[pick], PARITY_WINDOWS)
@@ -110,13 +112,8 @@ def export_class(
     )
     if skipped:
         log.info("%s: no anomaly model in the bundle (%s)", cls, skipped)
-    thresholds = {
-        "failure_probability_alert": model.spec.alert_threshold,
-        "horizon_hours": model.spec.horizon_hours,
-    }
     members = {variants.FILES[v.name]: v.onnx for v in made} | {
-        "feature_spec.json": model.spec.to_json().encode(),
-        "thresholds.json": json.dumps(thresholds, indent=2).encode(),
+        FEATURE_SPEC: model.spec.to_json().encode(),
         GOLDEN_FILE: golden(raw[pick], expected, part.golden_errors if part else None),
         trt.PROFILE_FILE: json.dumps(profiles, indent=2).encode(),
     }
@@ -169,7 +166,7 @@ def export_class(
         "bundle": str(path),
         "bytes": path.stat().st_size,
         "onnx_parity_max_abs": parity,
-        "members": sorted(manifest["members"]),
+        "members": sorted(manifest.members),
         "variants": {
             n: {k: v[k] for k in ("bytes", "size_ratio", "holdout_rmse_hours", "rmse_ratio")}
             for n, v in measured.items()

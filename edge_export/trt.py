@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from pumpfleet.errors import BundleError, PumpfleetError
+from pumpfleet.manifest import BUILD_PROFILE
 
 log = logging.getLogger(__name__)
 
-PROFILE_FILE = "build_profile.json"
+PROFILE_FILE = BUILD_PROFILE
 MAX_BATCH = 64  # the optimisation profile's upper bound on the batch dimension
 
 # ONNX operators the TensorRT ONNX parser (onnx-tensorrt, TensorRT 8.6 and 10.x) imports
@@ -252,11 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     public = key.read_text().strip() if key.is_file() else args.public_key
     try:
         b = read_bundle(args.bundle, public)
-        variant = b.manifest["variants"][args.variant]
+        variant = b.manifest.variants[args.variant]
         profiles = json.loads(b.members[PROFILE_FILE])
         path = build_engine(
-            b.members[variant["file"]],
-            variant["precision"],
+            b.members[variant.file],
+            variant.precision,
             profiles[args.variant],
             args.cache,
         )

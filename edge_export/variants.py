@@ -27,8 +27,10 @@ import numpy as np
 
 from pumpfleet import metrics
 from pumpfleet.errors import ParityError
-from pumpfleet.features import FeatureSpec, decode_outputs
-from pumpfleet.onnx_io import INPUT, OPSET, run, session
+from pumpfleet.features import FeatureSpec
+from pumpfleet.onnx_io import OPSET
+from pumpfleet.runtime import INPUT, runner, session
+from pumpfleet.scoring import RulScores, score_features
 
 log = logging.getLogger(__name__)
 
@@ -211,14 +213,6 @@ def weight_bytes(onnx_bytes: bytes) -> int:
     return int(sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer))
 
 
-def scores(onnx_bytes: bytes, x: np.ndarray, batch: int | None = None) -> np.ndarray:
-    """Model outputs for feature windows ``x``, ``batch`` at a time (None: all at once)."""
-    sess = session(onnx_bytes)
-    if batch is None:
-        return run(sess, x)
-    return np.concatenate([run(sess, x[i : i + batch]) for i in range(0, len(x), batch)])
-
-
 def measure(
     variants: list[Variant], x: np.ndarray, rul_hours: np.ndarray, spec: FeatureSpec
 ) -> dict[str, dict[str, Any]]:
@@ -226,15 +220,19 @@ def measure(
     RMSE (hours) and its ratio to FP32, largest output difference from FP32, bytes and
     their ratio to FP32, and the self-test tolerance the device will apply."""
     by_name = {v.name: v for v in variants}
-    ref = scores(by_name[FP32].onnx, x)
-    ref_rmse = metrics.rmse(decode_outputs(ref, spec)[0], rul_hours) if len(x) else 0.0
+
+    def scored(v: Variant) -> RulScores:
+        return score_features(x, spec, runner(session(v.onnx), 1 if v.name == FP32_B1 else None))
+
+    ref = scored(by_name[FP32])
+    ref_rmse = metrics.rmse(ref.rul_hours, rul_hours) if len(x) else 0.0
     base_bytes = len(by_name[FP32].onnx)
     base_weights = weight_bytes(by_name[FP32].onnx)
     out: dict[str, dict[str, Any]] = {}
     for v in variants:
-        got = scores(v.onnx, x, batch=1 if v.name == FP32_B1 else None)
-        diff = float(np.max(np.abs(got - ref))) if len(x) else 0.0
-        rmse = metrics.rmse(decode_outputs(got, spec)[0], rul_hours) if len(x) else 0.0
+        got = scored(v)
+        diff = float(np.max(np.abs(got.outputs - ref.outputs))) if len(x) else 0.0
+        rmse = metrics.rmse(got.rul_hours, rul_hours) if len(x) else 0.0
         wb = weight_bytes(v.onnx)
         reduced = PRECISION[v.name] != "fp32"
         out[v.name] = {

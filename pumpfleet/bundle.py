@@ -1,11 +1,12 @@
 """The edge bundle: one signed file per (pump class, RUL model version, anomaly model
 version or none), named by :class:`BundleId`.
 
-A bundle is a tar archive holding the model (ONNX), the feature spec, thresholds and a
-manifest listing the sha256 of every member, signed with ed25519. A device verifies the
-signature and every hash before it switches to a bundle.
+A bundle is a tar archive holding the model (ONNX), the feature spec, golden windows and
+a manifest (:class:`pumpfleet.manifest.BundleManifest`, the typed contract) listing the
+sha256 of every member, signed with ed25519. A device verifies the signature, the
+manifest's contract and every hash before it switches to a bundle.
 
-Imports only the standard library, numpy-free, and ``cryptography``: it runs on the device.
+Imports only the standard library, pydantic and ``cryptography``: it runs on the device.
 """
 
 from __future__ import annotations
@@ -22,16 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from pumpfleet.errors import BundleError
+from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, BundleManifest, plain_name
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
 SUFFIX = ".pfbundle"
 
 
 @dataclass(frozen=True)
 class Bundle:
-    manifest: dict[str, Any]
+    manifest: BundleManifest
     members: dict[str, bytes]
 
 
@@ -48,13 +47,10 @@ class BundleId:
     anomaly: int | None = None
 
     @classmethod
-    def of(cls, manifest: dict[str, Any]) -> BundleId:
+    def of(cls, manifest: BundleManifest) -> BundleId:
         """The id of a bundle from its manifest (``model_version``, ``anomaly.version``)."""
-        found = manifest.get("anomaly")
-        try:
-            return cls(int(manifest["model_version"]), int(found["version"]) if found else None)
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"the manifest's model versions are not numbers: {e}") from e
+        found = manifest.anomaly
+        return cls(int(manifest.model_version), int(found.version) if found else None)
 
     @classmethod
     def parse(cls, text: str) -> BundleId:
@@ -118,18 +114,24 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 def write_bundle(
     path: Path, members: dict[str, bytes], meta: dict[str, Any], private_key: Any
-) -> dict[str, Any]:
-    """Write a signed bundle; returns its manifest."""
+) -> BundleManifest:
+    """Write a signed bundle of ``members`` whose manifest has the fields ``meta``; returns
+    the manifest. A manifest that breaks the contract is never written."""
     for reserved in (MANIFEST, SIGNATURE):
         if reserved in members:
             raise BundleError(f"{reserved} is reserved in a bundle")
-    manifest = {
-        "format": FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **meta,
-        "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
-    }
-    body = _canonical(manifest)
+    unknown = sorted(set(meta) - set(BundleManifest.model_fields))
+    if unknown:
+        raise BundleError(f"manifest: {unknown[0]}: not a field of the bundle manifest")
+    manifest = BundleManifest.parse(
+        {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **meta,
+            "members": {name: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+        }
+    )
+    body = _canonical(manifest.to_json_object())
     signature = private_key.sign(body)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -162,16 +164,25 @@ def read_bundle(path: Path, public_key_hex_: str) -> Bundle:
         raise BundleError(f"{path}: not a readable bundle ({e})") from e
     if MANIFEST not in files or SIGNATURE not in files:
         raise BundleError(f"{path.name}: manifest or signature missing")
+    for name in files:
+        try:
+            plain_name(name)
+        except ValueError as e:
+            raise BundleError(f"{path.name}: member {e}") from None
     try:
         key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex_.strip()))
         key.verify(files[SIGNATURE], files[MANIFEST])
     except (InvalidSignature, ValueError) as e:
         raise BundleError(f"{path.name}: signature does not verify") from e
-    manifest = json.loads(files[MANIFEST])
+    try:
+        data = json.loads(files[MANIFEST])
+    except ValueError as e:
+        raise BundleError(f"{path.name}: the manifest is not JSON ({e})") from None
+    manifest = BundleManifest.parse(data, f"{path.name}: manifest")
     members = {k: v for k, v in files.items() if k not in (MANIFEST, SIGNATURE)}
-    if set(members) != set(manifest["members"]):
+    if set(members) != set(manifest.members):
         raise BundleError(f"{path.name}: members differ from the manifest")
-    for name, digest in manifest["members"].items():
+    for name, digest in manifest.members.items():
         if hashlib.sha256(members[name]).hexdigest() != digest:
             raise BundleError(f"{path.name}: {name} does not match its sha256")
     return Bundle(manifest=manifest, members=members)

@@ -5,9 +5,8 @@ idempotency key, where monitoring reads the prediction log.
 temporary file and ``os.link``, which fails if the name exists: of two replicas racing
 with the same batch, one stores it and the other answers "duplicate". ``root`` is the
 prediction log's folder, so :func:`pumpfleet.predlog.read_log` reads edge rows beside the
-service's. Rows carry the prediction log's columns (``arm`` is ``edge``; ``health_score``,
-``anomaly`` and ``anomaly_version`` null where the class has no health model) plus
-``device_id``, ``alert`` and ``variant``.
+service's. Each record is a :class:`pumpfleet.records.PredictionRecord` (``arm`` is
+``edge``), stored with the prediction log's Arrow schema and its ``device_id``.
 
 The HTTP route (in the Serve app) passes the request body to :func:`handle_upload`.
 """
@@ -24,63 +23,29 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from pumpfleet.errors import InputError, one_line
+from pumpfleet.records import PredictionRecord, rows_to_table
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_RECORDS = 10_000
-# Columns of a prediction-log row (serve_apps/scoring.py) and their Arrow types; other
-# columns (in_<channel>, device_id, alert, variant) are typed from their values.
-_FLOAT = ("rul_hours", "failure_probability", "latency_ms")
-_OPTIONAL = ("shadow_version", "shadow_rul_hours", "shadow_failure_probability")
-# The health (anomaly) model's columns, null where a class has none: typed as the
-# service logs them, so a batch of nulls reads like one with scores.
-_HEALTH = {"health_score": "float64", "anomaly": "bool_", "anomaly_version": "string"}
 
 
 class EdgeUpload(BaseModel):
-    """The body of ``POST /v1/edge/upload``."""
+    """The body of ``POST /v1/edge/upload``: a batch of the device's prediction records."""
 
     device_id: str = Field(pattern=_NAME.pattern)
     batch_key: str = Field(pattern=_NAME.pattern)
-    records: list[dict[str, Any]] = Field(max_length=MAX_RECORDS)
+    records: list[PredictionRecord] = Field(max_length=MAX_RECORDS)
     health: dict[str, Any] | None = None
 
 
-def _table(records: list[dict[str, Any]], device_id: str) -> Any:
-    import pyarrow as pa
-
-    rows = []
-    for i, r in enumerate(records):
-        for need in ("request_id", "timestamp", "pump_id", "model_version"):
-            if need not in r:
-                raise InputError(f"records.{i}.{need}: required")
-        rows.append({**r, "device_id": device_id, "arm": r.get("arm", "edge")})
-    try:
-        table = pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-        raise InputError(f"records: {e}") from None
-    fields = []
-    for f in table.schema:
-        if f.name == "timestamp":
-            fields.append(pa.field("timestamp", pa.timestamp("ns")))
-        elif f.name in _FLOAT:
-            fields.append(pa.field(f.name, pa.float64()))
-        elif f.name in _OPTIONAL and pa.types.is_null(f.type):
-            kind = pa.string() if f.name == "shadow_version" else pa.float64()
-            fields.append(pa.field(f.name, kind))
-        elif f.name in _HEALTH:
-            fields.append(pa.field(f.name, getattr(pa, _HEALTH[f.name])()))
-        elif f.name.startswith("in_"):
-            fields.append(pa.field(f.name, pa.float64()))
-        else:
-            fields.append(f)
-    try:
-        return table.cast(pa.schema(fields))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise InputError(f"records: {e}") from None
+def _table(records: list[PredictionRecord], device_id: str) -> Any:
+    """The batch as the prediction log's table, every row marked with its device."""
+    rows = [{**r.model_dump(), "device_id": device_id} for r in records]
+    return rows_to_table(rows)
 
 
 def store_upload(
-    root: Path, device_id: str, batch_key: str, records: list[dict[str, Any]]
+    root: Path, device_id: str, batch_key: str, records: list[PredictionRecord]
 ) -> dict[str, Any]:
     """Store a batch of edge records once per ``(device_id, batch_key)``; returns
     ``{"stored": n, "duplicate": bool}`` (a duplicate stores nothing)."""

@@ -9,7 +9,7 @@ only a function that scores raw windows, so the cloud's onnxruntime session and 
 device's engine explain the same way; all variants are scored as one batch.
 
 Wiring (for the scoring API's ``explain: true``): build the scorer from the served
-model, ``score = onnx_scorer(session, spec)``, and return
+model, ``score = rul_scorer(run, spec)``, and return
 ``occlusion(score, raw_window, spec).as_dict()`` beside the prediction.
 """
 
@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pumpfleet.features import FeatureSpec, decode_outputs, window_features
+from pumpfleet.features import FeatureSpec
+from pumpfleet.runtime import Runner
+from pumpfleet.scoring import score_rul
 
 Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # raw [N, W, C+S] → rul, risk
 
@@ -57,13 +59,13 @@ class Attribution:
         }
 
 
-def onnx_scorer(session: Any, spec: FeatureSpec) -> Scorer:
-    """A scorer of raw windows through an onnxruntime session (cloud or device)."""
-    from pumpfleet import onnx_io
+def rul_scorer(run: Runner, spec: FeatureSpec) -> Scorer:
+    """A scorer of raw windows through a model (cloud or device), by the one scoring
+    path (:func:`pumpfleet.scoring.score_rul`)."""
 
     def score(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rul, prob = decode_outputs(onnx_io.run(session, window_features(raw, spec)), spec)
-        return np.asarray(rul, float), np.asarray(prob, float)
+        scored = score_rul(raw, spec, run)
+        return scored.rul_hours, scored.failure_probability
 
     return score
 

@@ -18,6 +18,16 @@ from pumpfleet.schema import CHANNEL_NAMES
 
 # Normalised inputs are clipped so that one wild sensor cannot swamp the model.
 CLIP = 10.0
+# A window may span this many times its nominal length ((window - 1) intervals): readings
+# that came late or went missing, up to half a window's worth, and no more.
+MAX_SPAN_FACTOR = 1.5
+
+
+def max_span_ms(window: int, interval_seconds: float) -> float:
+    """The one window-cutting rule, for training and the device alike: a window whose
+    first and last readings lie further apart than this (milliseconds) spans a gap, and
+    is never formed (training drops it; the device never scores it)."""
+    return (window - 1) * interval_seconds * 1000.0 * MAX_SPAN_FACTOR
 
 
 class Regimes(BaseModel):

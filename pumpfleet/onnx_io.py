@@ -1,7 +1,7 @@
-"""torch → ONNX, and onnxruntime sessions on CPU, with the parity check that gates both.
+"""torch → ONNX, with the parity check that gates it.
 
 Used where a model is registered (the registry holds ONNX, loadable anywhere without the
-training code), by the Serve replicas, and by the edge export.
+training code). Sessions come from :mod:`pumpfleet.runtime`, the one builder.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 
 from pumpfleet.errors import ParityError
+from pumpfleet.runtime import INPUT, OUTPUT, run, session
 
 log = logging.getLogger(__name__)
 
 OPSET = 17  # accepted by current Jetson TensorRT releases
-INPUT = "window"
-OUTPUT = "scores"
 
 
 def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
@@ -44,21 +43,6 @@ def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
             dynamo=False,
         )
     return buf.getvalue()
-
-
-def session(onnx_bytes: bytes, threads: int = 1) -> Any:
-    """An onnxruntime session on CPU (no CUDA provider is asked for)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-
-
-def run(sess: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(sess.run([OUTPUT], {INPUT: np.ascontiguousarray(x, dtype=np.float32)})[0])
 
 
 def check_parity(model: Any, onnx_bytes: bytes, x: np.ndarray, atol: float = 1e-5) -> float:

@@ -1,5 +1,6 @@
 """The prediction log: every scored request, appended in batches to Parquet under the
-workspace. It is the monitoring input."""
+workspace, in the prediction record's Arrow schema (:mod:`pumpfleet.records`). It is the
+monitoring input."""
 
 from __future__ import annotations
 
@@ -7,20 +8,29 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
 from pumpfleet import storage
+from pumpfleet.records import rows_to_table
 
 log = logging.getLogger(__name__)
 
 
 class PredictionLog:
-    """Buffers rows and writes them as one Parquet file per flush (thread-safe)."""
+    """Buffers rows and writes them as one Parquet file per flush (thread-safe). Rows
+    become a table by ``to_table`` (the prediction record's schema by default)."""
 
-    def __init__(self, root: str, max_rows: int = 512) -> None:
+    def __init__(
+        self,
+        root: str,
+        max_rows: int = 512,
+        to_table: Callable[[list[dict[str, Any]]], Any] = rows_to_table,
+    ) -> None:
         self.root = root
+        self.to_table = to_table
         self.max_rows = max_rows
         self._rows: list[dict[str, Any]] = []
         self._tables: list[Any] = []  # pyarrow tables: a batch's rows, kept columnar
@@ -57,7 +67,7 @@ class PredictionLog:
             tables, self._tables = self._tables, []
             self._pending = 0
         if rows:
-            tables.append(pa.Table.from_pylist(rows))
+            tables.append(self.to_table(rows))
         if not tables:
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")

@@ -19,6 +19,9 @@ from typing import Any, Literal
 
 from pumpfleet.errors import RegistryError
 from pumpfleet.features import FeatureSpec
+from pumpfleet.health import HealthSpec
+from pumpfleet.runtime import Runner, onnx_runner
+from pumpfleet.scoring import HealthModel
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,16 @@ class LoadedModel:
         import torch
 
         return dict(torch.load(io.BytesIO(self.weights), weights_only=True))
+
+    def runner(self) -> Runner:
+        """The registered ONNX in a CPU session, for :mod:`pumpfleet.scoring`."""
+        return onnx_runner(self.onnx)
+
+    def health_model(self) -> HealthModel:
+        """An anomaly model as the scoring path takes it: its ONNX, feature spec and the
+        health spec it was calibrated with (``model_config["health"]``)."""
+        health = HealthSpec.model_validate(self.model_config["health"])
+        return HealthModel(self.version, self.spec, health, self.runner())
 
     def torch_model(self) -> Any:
         """Rebuild the (RUL) torch model from its config and weights."""

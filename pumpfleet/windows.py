@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, Field, model_validator
 
+from pumpfleet.features import max_span_ms
 from pumpfleet.schema import CHANNEL_NAMES
 
 MS_PER_HOUR = 3_600_000
@@ -99,7 +100,8 @@ def make_windows(
     time from its last reading to the next failure, capped; where no failure follows
     within the record, the window is labelled with the cap if the record runs on for at
     least the cap, and dropped otherwise (its RUL is unknown). Windows that span a gap of
-    more than half a window's worth of missing readings are dropped. A window holds
+    more than half a window's worth of missing readings are dropped
+    (:func:`pumpfleet.features.max_span_ms`, the rule the device cuts by too). A window holds
     ``channels`` in that order, flattened time-major. Windows of train and val pumps
     ending after ``cutoff_ms`` are split "future".
     """
@@ -115,8 +117,7 @@ def make_windows(
     values = df[list(channels)].to_numpy(dtype=np.float32, na_value=np.nan)
     ends = np.arange(w - 1, len(df), cfg.stride)
     span = ts[ends] - ts[ends - (w - 1)]
-    interval_ms = (cfg.interval_seconds or 3600.0) * 1000.0
-    ok = span <= (w - 1) * interval_ms * 1.5
+    ok = span <= max_span_ms(w, cfg.interval_seconds or 3600.0)
     end_ts = ts[ends]
     fail = np.sort(np.asarray(failures.get(pump_id, ()), dtype=np.int64))
     nxt = np.searchsorted(fail, end_ts, side="left")

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pumpfleet import onnx_io
 from pumpfleet.abreport import SHADOW, arm_reports
 from pumpfleet.faults import DriftSpec
-from pumpfleet.features import decode_outputs, window_features
 from pumpfleet.registry import CHAMPION, Registry, model_name
+from pumpfleet.scoring import score_rul
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
@@ -51,13 +50,12 @@ def drift_harm(settings: Settings, cls: str, channel: str, factor: float) -> flo
     with tempfile.TemporaryDirectory(prefix="pumpfleet-harm-") as tmp:
         model = registry.load(model_name(cls), CHAMPION, Path(tmp))
     raw, cols = snap.load(cls, "holdout", model.spec)
-    sess = onnx_io.session(model.onnx)
+    run = model.runner()
     out = []
     for f in (1.0, factor):
         x = raw.copy()
         x[:, :, model.spec.channels.index(channel)] *= f
-        rul, _ = decode_outputs(onnx_io.run(sess, window_features(x, model.spec)), model.spec)
-        out.append(rmse(np.asarray(rul, float), cols["rul_hours"]))
+        out.append(rmse(score_rul(x, model.spec, run).rul_hours, cols["rul_hours"]))
     return out[1] / out[0] if out[0] > 0 else 1.0
 
 
@@ -88,9 +86,7 @@ def post_drift_ab(
             parts = [snap.load(cls, s, model.spec) for s in ("val", "holdout", "future")]
             raw = np.concatenate([p[0] for p in parts])
             cols = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
-            x = window_features(raw, model.spec)
-            rul, _ = decode_outputs(onnx_io.run(onnx_io.session(model.onnx), x), model.spec)
-            preds[v] = (np.asarray(rul, float), cols)
+            preds[v] = (score_rul(raw, model.spec, model.runner()).rul_hours, cols)
     rul_champ, cols = preds[champion]
     ts = pd.Series(pd.to_datetime(cols["end_time"], utc=True)).dt.as_unit("ns")
     logged = pd.DataFrame(

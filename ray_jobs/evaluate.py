@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from pumpfleet import lifecycle, onnx_io
+from pumpfleet import lifecycle, runtime
 from pumpfleet.entry import run_main
 from pumpfleet.errors import DataError, InputError, RegistryError
-from pumpfleet.features import decode_outputs, window_features
 from pumpfleet.metrics import Metrics, score, slice_labels, slice_metrics
 from pumpfleet.promotion import Decision, ModelReport, PromotionPolicy, decide_promotion
 from pumpfleet.registry import CHALLENGER, CHAMPION, LoadedModel, Registry, model_name
+from pumpfleet.scoring import RulScores, score_rul
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 
@@ -64,11 +64,11 @@ def p50_latency_ms(sess: Any, window: np.ndarray, runs: int = LATENCY_RUNS) -> f
     """Median onnxruntime latency of scoring one window, as the edge and Serve do."""
     x = np.ascontiguousarray(window[None], dtype=np.float32)
     for _ in range(LATENCY_WARMUP):
-        onnx_io.run(sess, x)
+        runtime.run(sess, x)
     times = np.empty(runs)
     for i in range(runs):
         t0 = time.perf_counter_ns()
-        onnx_io.run(sess, x)
+        runtime.run(sess, x)
         times[i] = time.perf_counter_ns() - t0
     return float(np.median(times)) / 1e6
 
@@ -83,12 +83,10 @@ def recorded_parity(registry: Registry, model: LoadedModel) -> float | None:
         return None
 
 
-def _predict(model: LoadedModel, raw: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
-    """Score raw windows of the model's inputs: (session, features, RUL hours, prob)."""
-    x = window_features(raw, model.spec)
-    sess = onnx_io.session(model.onnx)
-    rul, prob = decode_outputs(onnx_io.run(sess, x), model.spec)
-    return sess, x, rul, prob
+def _predict(model: LoadedModel, raw: np.ndarray) -> tuple[Any, RulScores]:
+    """Score raw windows of the model's inputs by the one scoring path: (session, scores)."""
+    sess = runtime.session(model.onnx)
+    return sess, score_rul(raw, model.spec, runtime.runner(sess))
 
 
 def model_report(
@@ -97,7 +95,8 @@ def model_report(
     """A registered model on a class's holdout, through onnxruntime: overall and per
     slice, with its single-window latency, ONNX size and recorded parity."""
     raw, _ = snap.load(hold.pump_class, "holdout", model.spec)
-    sess, x, rul, prob = _predict(model, raw)
+    sess, scored = _predict(model, raw)
+    rul, prob, x = scored.rul_hours, scored.failure_probability, scored.features
     if len(rul) != len(hold.rul):
         raise DataError(f"{hold.pump_class}: v{model.version} scored {len(rul)} windows")
     th = model.spec.alert_threshold
@@ -117,9 +116,13 @@ def split_metrics(model: LoadedModel, snap: Snapshot, cls: str, split: str) -> M
     raw, cols = snap.load(cls, split, model.spec)
     if len(raw) == 0:
         return None
-    _, _, rul, prob = _predict(model, raw)
+    s = _predict(model, raw)[1]
     return score(
-        rul, cols["rul_hours"], prob, cols["failure_within_horizon"], model.spec.alert_threshold
+        s.rul_hours,
+        cols["rul_hours"],
+        s.failure_probability,
+        cols["failure_within_horizon"],
+        model.spec.alert_threshold,
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pumpfleet import onnx_io
 from pumpfleet.abreport import _truth
 from pumpfleet.drift import (
     ANOMALY,
@@ -30,10 +29,11 @@ from pumpfleet.drift import (
     shuffled_reference,
 )
 from pumpfleet.errors import PumpfleetError
-from pumpfleet.explain import flagged_drivers, onnx_scorer
-from pumpfleet.features import decode_outputs, window_features, window_summary
+from pumpfleet.explain import flagged_drivers, rul_scorer
+from pumpfleet.features import window_summary
 from pumpfleet.health import HealthSpec
 from pumpfleet.registry import CHAMPION, LoadedModel, Registry, anomaly_model_name, model_name
+from pumpfleet.scoring import score_health, score_rul
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from pumpfleet.windows import SPLITS
@@ -123,8 +123,9 @@ def _champion_reference(
     spec = model.spec
     drift, _, _ = _summaries(snap, cls, SPLITS, spec)
     perf, raw, cols = _summaries(snap, cls, VALIDATED_ON, spec)
-    session = onnx_io.session(model.onnx)
-    rul, prob = decode_outputs(onnx_io.run(session, window_features(raw, spec)), spec)
+    run = model.runner()
+    scored = score_rul(raw, spec, run)
+    rul, prob = scored.rul_hours, scored.failure_probability
     order = np.random.default_rng(0).permutation(len(raw))  # as shuffled_reference did
     perf[Y_PROB] = np.asarray(prob, float)[order]
     perf[Y_PRED] = (perf[Y_PROB] >= spec.alert_threshold).astype(int)
@@ -132,7 +133,7 @@ def _champion_reference(
     perf[RUL_PRED] = np.asarray(rul, float)[order]
     perf[RUL_TRUE] = np.asarray(cols["rul_hours"], float)[order]
     explained = flagged_drivers(
-        onnx_scorer(session, spec), raw, prob, spec, spec.alert_threshold, EXPLAINED
+        rul_scorer(run, spec), raw, prob, spec, spec.alert_threshold, EXPLAINED
     )
     drivers = {
         **explained.as_dict(),
@@ -167,9 +168,9 @@ def health_reference(
     parts = [snap.load(cls, s, model.spec) for s in VALIDATED_ON]
     raw = np.concatenate([p[0] for p in parts])
     ends = np.concatenate([p[1]["end_time"] for p in parts])
-    errors = onnx_io.run(onnx_io.session(model.onnx), window_features(raw, model.spec))
-    scores = pd.DataFrame({HEALTH: spec.score(errors), "timestamp": pd.to_datetime(ends, utc=True)})
-    rate = float(spec.flag(errors).mean()) if len(errors) else 0.0
+    health = score_health(raw, model.health_model())
+    scores = pd.DataFrame({HEALTH: health.scores, "timestamp": pd.to_datetime(ends, utc=True)})
+    rate = float(health.flags.mean()) if len(raw) else 0.0
     ref = HealthReference(model.version, shuffled_reference(scores), spec.target_far, rate)
     return ref, snap.id
 

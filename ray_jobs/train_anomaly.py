@@ -42,7 +42,6 @@ from pumpfleet.features import window_features
 from pumpfleet.health import (
     HEALTH_FILE,
     AnomalyGate,
-    HealthSpec,
     calibrate,
     detection_report,
     gate_anomaly,
@@ -50,8 +49,9 @@ from pumpfleet.health import (
 from pumpfleet.lifecycle import current_user, utc_now
 from pumpfleet.lineage import code_tags
 from pumpfleet.models import MAX_BYTES
-from pumpfleet.onnx_io import check_parity, run, session, to_onnx
+from pumpfleet.onnx_io import check_parity, to_onnx
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, anomaly_model_name
+from pumpfleet.scoring import score_health
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import Snapshot, open_snapshot
 from ray_jobs._ray import cluster_cpus, init_ray
@@ -335,9 +335,8 @@ def champion_detection(
     raw = d["val_labelled_raw"]
     if raw.ndim != 3 or raw.shape[1:] != (old.spec.window, len(old.spec.inputs)):
         return version, None
-    health = HealthSpec.model_validate(old.model_config["health"])
-    errors = run(session(old.onnx), window_features(raw, old.spec))
-    return version, detection_report(health.flag(errors), d["val_fault"])
+    flags = score_health(raw, old.health_model()).flags
+    return version, detection_report(flags, d["val_fault"])
 
 
 def anomaly_verdict(
@@ -391,8 +390,7 @@ def promote_anomaly(
 def _flags(registry: Registry, cls: str, version: str, d: dict[str, np.ndarray]) -> np.ndarray:
     """A registered version's flags on ``d``'s labelled windows (from its ONNX, as served)."""
     m = registry.load_version(anomaly_model_name(cls), version)
-    health = HealthSpec.model_validate(m.model_config["health"])
-    return health.flag(run(session(m.onnx), window_features(d["val_labelled_raw"], m.spec)))
+    return score_health(d["val_labelled_raw"], m.health_model()).flags
 
 
 def _pca_baseline(

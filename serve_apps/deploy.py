@@ -22,11 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pumpfleet import onnx_io
 from pumpfleet.errors import InputError, PumpfleetError, RegistryError
-from pumpfleet.features import decode_outputs, window_features
 from pumpfleet.lifecycle import AuditRecord, check_class, current_user, utc_now, write_record
 from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING, LoadedModel, Registry
+from pumpfleet.scoring import score_rul
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
 from serve_apps.run import STAGING_PREFIX
@@ -135,10 +134,8 @@ def run_suite(
         if out["errors"] or any(x is None for x in results):
             reasons.append(f"{len(out['errors'])} of {n} holdout windows were refused")
         else:
-            sess = onnx_io.session(model.onnx)
-            rul, prob = decode_outputs(
-                onnx_io.run(sess, window_features(raw[:n], model.spec)), model.spec
-            )
+            offline = score_rul(raw[:n], model.spec, model.runner())
+            rul, prob = offline.rul_hours, offline.failure_probability
             got_rul = np.array([x["rul_hours"] for x in results])
             got_prob = np.array([x["failure_probability"] for x in results])
             parity = float(max(np.abs(got_rul - rul).max(), np.abs(got_prob - prob).max()))

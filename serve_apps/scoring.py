@@ -33,17 +33,14 @@ from ray import serve
 from ray.serve import Application
 from ray.util import metrics
 
-from pumpfleet import explain, onnx_io
+from pumpfleet import explain, records, runtime
 from pumpfleet.edge_ingest import EdgeUpload, handle_upload
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import (
     FeatureSpec,
-    decode_outputs,
     readings_to_window,
-    window_features,
     window_summary,
 )
-from pumpfleet.health import HealthSpec
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.registry import (
     CHALLENGER,
@@ -54,6 +51,7 @@ from pumpfleet.registry import (
     model_name,
 )
 from pumpfleet.routing import SHADOW_TAG, WEIGHT_TAG, Arm, assign_arm
+from pumpfleet.scoring import HealthModel, Scores, score_windows
 from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
 log = logging.getLogger(__name__)
@@ -183,29 +181,7 @@ class _Model:
     def __init__(self, version: str, onnx: bytes, spec: FeatureSpec) -> None:
         self.version = version
         self.spec = spec
-        self.session = onnx_io.session(onnx)
-
-
-class _Health:
-    """A class's health (anomaly) model: its ONNX gives each window's error."""
-
-    def __init__(self, version: str, onnx: bytes, spec: FeatureSpec, health: HealthSpec) -> None:
-        self.version = version
-        self.spec = spec
-        self.health = health
-        self.session = onnx_io.session(onnx)
-
-    def scores(
-        self, raw: np.ndarray, spec: FeatureSpec, features: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """Health scores and flags of windows ``raw`` that an arm with ``spec`` turned into
-        ``features`` (reused where this model standardises the same way); None where this
-        model reads other inputs or another window."""
-        if list(spec.inputs) != list(self.spec.inputs) or raw.shape[1] != self.spec.window:
-            return None
-        x = features if spec == self.spec else window_features(raw, self.spec)
-        errors = onnx_io.run(self.session, x)
-        return self.health.score(errors), self.health.flag(errors)
+        self.run = runtime.onnx_runner(onnx)
 
 
 @dataclass
@@ -216,19 +192,20 @@ class _Class:
     weight: float
     shadow: bool = False
     versions: dict[str, str] = field(default_factory=dict)
-    health: _Health | None = None
+    health: HealthModel | None = None
 
 
-def _health_columns(
-    health: _Health | None, scored: tuple[np.ndarray, np.ndarray] | None, k: int
-) -> dict[str, list[Any]]:
+def _health_columns(health: HealthModel | None, scores: Scores, k: int) -> dict[str, list[Any]]:
     """The health score, flag and model version of ``k`` windows (None: not scored)."""
+    scored = scores.health
     if health is None or scored is None:
         return {"health_score": [None] * k, "anomaly": [None] * k, "anomaly_version": [None] * k}
     return {
-        "health_score": [float(x) for x in scored[0]],
-        "anomaly": [bool(x) for x in scored[1]],
-        "anomaly_version": [health.version] * k,
+        "health_score": [
+            float(x) if ok else None for x, ok in zip(scored.scores, scored.ok, strict=True)
+        ],
+        "anomaly": [bool(x) if ok else None for x, ok in zip(scored.flags, scored.ok, strict=True)],
+        "anomaly_version": [health.version if ok else None for ok in scored.ok],
     }
 
 
@@ -407,7 +384,9 @@ class PumpScorer:
         # Written by the flush thread every flush_seconds, not on the request path; a
         # request writes only when 20,000 rows wait (a stalled disk, a flood of batches).
         self.log = PredictionLog(self.config.predictions_dir, max_rows=20_000)
-        self.feedback_log = PredictionLog(f"{self.config.predictions_dir.rstrip('/')}-feedback")
+        self.feedback_log = PredictionLog(
+            f"{self.config.predictions_dir.rstrip('/')}-feedback", to_table=records.feedback_table
+        )
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, daemon=True)
@@ -450,7 +429,7 @@ class PumpScorer:
             self.classes = loaded
             return self._versions()
 
-    def _load_health(self, cls: str, old: _Class | None) -> _Health | None:
+    def _load_health(self, cls: str, old: _Class | None) -> HealthModel | None:
         """The class's health model at ``champion`` (the loaded one if unchanged; the old
         one if the new one cannot be loaded)."""
         name = anomaly_model_name(cls)
@@ -462,7 +441,7 @@ class PumpScorer:
             return before
         try:
             m = self._registry.load_version(name, version)
-            return _Health(m.version, m.onnx, m.spec, HealthSpec(**m.model_config["health"]))
+            return m.health_model()
         except (RegistryError, OSError, ValueError, KeyError) as e:
             log.error("%s v%s could not be loaded: %s", name, version, e)
             return before
@@ -563,13 +542,10 @@ class PumpScorer:
             raise InputError(f"readings.{unknown[0]}: not a channel or setting of {req.pump_class}")
         return readings_to_window(req.readings, model.spec)
 
-    def _score_many(
-        self, model: _Model, raw: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """RUL, failure probability and the features they came from (for the health model)."""
-        x = window_features(raw, model.spec)
-        rul, prob = decode_outputs(onnx_io.run(model.session, x), model.spec)
-        return rul, prob, x
+    @staticmethod
+    def _score_many(model: _Model, raw: np.ndarray, health: HealthModel | None = None) -> Scores:
+        """Windows of one arm through the one scoring path, with the class's health model."""
+        return score_windows(raw, model.spec, model.run, health)
 
     def _respond(
         self,
@@ -578,21 +554,17 @@ class PumpScorer:
         arm: Arm,
         model: _Model,
         raw: np.ndarray,  # the windows [N, W, C + S]
-        rul: np.ndarray,
-        prob: np.ndarray,
-        features: np.ndarray,
+        scores: Scores,
         started: float,
     ) -> list[dict[str, Any]]:
         """The responses to windows scored together by one model, and their log rows
         (the challenger's shadow scores are added off the response path)."""
         latency = (time.perf_counter() - started) * 1000.0
         cls = reqs[0].pump_class
-        threshold = model.spec.alert_threshold
         now = np.datetime64(time.time_ns(), "ns")
         summary = {f"in_{c}": v for c, v in window_summary(raw, model.spec).items()}
-        h = served.health
-        scored = h.scores(raw, model.spec, features) if h else None
-        health = _health_columns(h, scored, len(reqs))
+        health = _health_columns(served.health, scores, len(reqs))
+        rul, prob, alert = scores.rul.rul_hours, scores.rul.failure_probability, scores.rul.alert
         responses, rows = [], []
         for j, req in enumerate(reqs):
             r, p = float(rul[j]), float(prob[j])
@@ -605,7 +577,7 @@ class PumpScorer:
                     "model_version": model.version,
                     "rul_hours": r,
                     "failure_probability": p,
-                    "alert": p >= threshold,
+                    "alert": bool(alert[j]),
                     **own,
                 }
             )
@@ -652,12 +624,12 @@ class PumpScorer:
                 windows = raw
             else:  # its own inputs: from each request's readings
                 windows = np.stack([readings_to_window(r.readings, challenger.spec) for r in reqs])
-            rul, prob, _ = self._score_many(challenger, windows)
+            shadow = self._score_many(challenger, windows).rul
             for j, row in enumerate(rows):
                 row |= {
                     "shadow_version": challenger.version,
-                    "shadow_rul_hours": float(rul[j]),
-                    "shadow_failure_probability": float(prob[j]),
+                    "shadow_rul_hours": float(shadow.rul_hours[j]),
+                    "shadow_failure_probability": float(shadow.failure_probability[j]),
                 }
         except Exception as e:  # the responses are sent; the log says what went wrong
             log.warning("shadow scoring of %d windows failed: %s", len(rows), e)
@@ -675,10 +647,10 @@ class PumpScorer:
             field_, _, msg = str(e).partition(": ")
             _REQUESTS.inc(tags={"pump_class": "?", "arm": "?", "outcome": "rejected"})
             raise _unprocessable(field_, msg) from None
-        rul, prob, x = self._score_many(model, raw[None])
-        (out,) = self._respond([req], served, arm, model, raw[None], rul, prob, x, started)
+        scores = self._score_many(model, raw[None], served.health)
+        (out,) = self._respond([req], served, arm, model, raw[None], scores, started)
         if req.explain:  # occlusion with the served model: what the edge would say too
-            score = explain.onnx_scorer(model.session, model.spec)
+            score = explain.rul_scorer(model.run, model.spec)
             out["explanation"] = explain.occlusion(score, raw, model.spec).as_dict()
         return ScoreResponse.model_construct(**out)
 
@@ -737,9 +709,9 @@ class PumpScorer:
             served = self.classes[cls]
             model = served.arms[arm]
             stacked = np.stack([w for _, _, w in members])
-            rul, prob, x = self._score_many(model, stacked)
+            scores = self._score_many(model, stacked, served.health)
             reqs = [req for _, req, _ in members]
-            out = self._respond(reqs, served, arm, model, stacked, rul, prob, x, started)
+            out = self._respond(reqs, served, arm, model, stacked, scores, started)
             for (i, _, _), r in zip(members, out, strict=True):
                 results[i] = r
         if len(results) == 0 or all(r is None for r in results):
@@ -848,15 +820,13 @@ class PumpScorer:
                 if len(idx) == 0:
                     continue
                 windows = flat[starts[idx][:, None] + np.arange(w * f)].reshape(-1, w, f)
-                r, p, x = self._score_many(model, windows)
+                scores = self._score_many(model, windows, served.health)
+                r, p = scores.rul.rul_hours, scores.rul.failure_probability
                 arm_of[idx], version[idx], rul[idx], prob[idx] = str(arm), model.version, r, p
-                alert[idx] = list(p >= model.spec.alert_threshold)
-                h = served.health
-                health = _health_columns(
-                    h, h.scores(windows, model.spec, x) if h else None, len(idx)
-                )
-                if health["anomaly_version"][0] is not None:
-                    health_score[idx] = health["health_score"]
+                alert[idx] = list(scores.rul.alert)
+                health = _health_columns(served.health, scores, len(idx))
+                if scores.health is not None:
+                    health_score[idx] = [np.nan if v is None else v for v in health["health_score"]]
                     anomaly[idx] = health["anomaly"]
                     anomaly_version[idx] = health["anomaly_version"]
                 ids_ = [str(ids[i]) for i in idx]
@@ -948,7 +918,7 @@ class PumpScorer:
             "anomaly_version": pa.array(health["anomaly_version"], pa.string()),
             **{f"in_{c}": pa.array(v, pa.float64()) for c, v in summary.items()},
         }
-        self.log.extend_table(pa.table(cols))
+        self.log.extend_table(records.to_table(cols, k))
         tags = {"pump_class": cls, "arm": str(arm)}
         _REQUESTS.inc(k, tags={**tags, "outcome": "ok"})
         _LATENCY.observe(latency, tags=tags)

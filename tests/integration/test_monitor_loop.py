@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pumpfleet import onnx_io
+from pumpfleet import onnx_io, runtime
 from pumpfleet.features import decode_outputs, window_features, window_summary
 from pumpfleet.predlog import PredictionLog
+from pumpfleet.records import feedback_table
 from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
@@ -62,10 +63,10 @@ def _register_health_model(s: Settings, cls: str) -> tuple[str, HealthColumns]:
     registry.end_run(run_id)
     version = registry.register(uri, anomaly_model_name(cls), {"feature_snapshot": snap.id})
     registry.set_alias(anomaly_model_name(cls), CHAMPION, version)
-    session = onnx_io.session(onnx)
+    session = runtime.session(onnx)
 
     def columns(raw: np.ndarray) -> dict[str, np.ndarray]:
-        errors = onnx_io.run(session, window_features(raw, spec))
+        errors = runtime.run(session, window_features(raw, spec))
         return {"health_score": health.score(errors), "anomaly": health.flag(errors)}
 
     return version, columns
@@ -91,7 +92,7 @@ def _log_predictions(
         if c == cls:  # the second half reads 15 % high
             raw[PER_PHASE:, :, model.spec.channels.index("motor_temp")] *= 1.15
         rul, prob = decode_outputs(
-            onnx_io.run(onnx_io.session(model.onnx), window_features(raw, model.spec)),
+            runtime.run(runtime.session(model.onnx), window_features(raw, model.spec)),
             model.spec,
         )
         summary = window_summary(raw, model.spec)
@@ -120,7 +121,7 @@ def _log_predictions(
     log = PredictionLog(str(s.predictions_dir))
     log.extend(rows)
     log.flush()
-    fb = PredictionLog(f"{s.predictions_dir}-feedback")
+    fb = PredictionLog(f"{s.predictions_dir}-feedback", to_table=feedback_table)
     fb.extend(feedback)
     fb.flush()
 

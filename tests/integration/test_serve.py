@@ -142,7 +142,7 @@ def test_scores_a_window(service: dict[str, Any]) -> None:
 
 
 def test_the_same_window_scores_the_same_as_onnxruntime_offline(service: dict[str, Any]) -> None:
-    from pumpfleet import onnx_io
+    from pumpfleet import runtime
     from pumpfleet.features import decode_outputs, window_features
 
     snap, client = service["snapshot"], service["client"]
@@ -156,7 +156,7 @@ def test_the_same_window_scores_the_same_as_onnxruntime_offline(service: dict[st
     model = Registry(service["settings"].tracking_uri).load(model_name(cls), CHAMPION)
     raw = np.array([req["readings"][c] for c in model.spec.inputs]).T
     rul, prob = decode_outputs(
-        onnx_io.run(onnx_io.session(model.onnx), window_features(raw[None], model.spec)), model.spec
+        runtime.run(runtime.session(model.onnx), window_features(raw[None], model.spec)), model.spec
     )
     assert served["model_version"] == model.version
     assert math.isclose(served["rul_hours"], float(rul[0]), abs_tol=1e-4)
@@ -520,8 +520,9 @@ def test_torch_http_and_edge_score_a_window_alike(service: dict[str, Any], tmp_p
             )
         installed = open_bundle(Path(exported["bundles"][cls]["bundle"]), exported["public_key"])
         assert str(installed.version) == model.version
-        e_rul, e_prob, finite, _ = Scorer(installed).predict(raw)
-        assert finite.all()
+        edge, _ = Scorer(installed).predict(raw)
+        e_rul, e_prob = edge.rul_hours, edge.failure_probability
+        assert edge.ok.all()
         for i in range(len(raw)):
             out = client.post("/v1/score", json=body(snap, cls, i)).json()
             assert out["model_version"] == model.version
@@ -696,8 +697,8 @@ def test_health_scores_come_with_every_window_of_a_class_with_a_health_model(
 
     from pumpfleet.features import window_features
     from pumpfleet.health import HealthSpec
-    from pumpfleet.onnx_io import run, session
     from pumpfleet.registry import anomaly_model_name
+    from pumpfleet.runtime import run, session
 
     s, snap, client = service["settings"], service["snapshot"], service["client"]
     cls = service["health"]["pump_class"]

@@ -12,8 +12,8 @@ import pytest
 
 from pumpfleet import lifecycle
 from pumpfleet.health import AnomalyGate, HealthSpec
-from pumpfleet.onnx_io import run, session
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, anomaly_model_name
+from pumpfleet.runtime import run, session
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.windows import WindowConfig

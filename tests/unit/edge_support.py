@@ -10,7 +10,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,10 @@ SPEC = FeatureSpec(
     mean=[70.0, 100.0, 1.0],
     std=[5.0, 10.0, 0.5],
 )
+
+
+if TYPE_CHECKING:
+    from pumpfleet.manifest import BundleManifest
 
 
 def raw_windows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -409,7 +413,11 @@ def bundle_with(
     src = bundle.read_bundle(ws.bundles["2"], ws.public_key)
     key_path = tmp / "stranger.pem" if other_key else signing_key_path(ws.settings)
     key = bundle.load_or_create_key(key_path)
-    manifest = {k: v for k, v in src.manifest.items() if k not in ("members", "format", "created")}
+    manifest = {
+        k: v
+        for k, v in src.manifest.to_json_object().items()
+        if k not in ("members", "format", "created")
+    }
     manifest |= {"model_version": version, **(meta or {})}
     stem = name or f"v{version}-{'stranger' if other_key else 'ours'}-{len(members or {})}"
     out = tmp / "offers" / f"{stem}.pfbundle"
@@ -436,7 +444,7 @@ def health_update(
     np.savez(
         buf, raw=g["raw"], expected=g["expected"], anomaly_errors=g["anomaly_errors"] * golden_scale
     )
-    anomaly_meta = src.manifest["anomaly"] | {
+    anomaly_meta = src.manifest.to_json_object()["anomaly"] | {
         "version": anomaly,
         "margin": margin,
         "threshold": health.threshold,
@@ -459,7 +467,8 @@ def tampered(ws: EdgeWorkspace, tmp: Path) -> Path:
     path = bundle_with(ws, tmp, version="3")
     with tarfile.open(path) as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
-    files["thresholds.json"] = b'{"failure_probability_alert": 0.99, "horizon_hours": 48}'
+    spec = json.loads(files["feature_spec.json"])
+    files["feature_spec.json"] = json.dumps({**spec, "alert_threshold": 0.99}).encode()
     out = tmp / "offers" / "tampered.pfbundle"
     with tarfile.open(out, "w") as tar:
         for name, data in files.items():
@@ -516,7 +525,7 @@ def nan_on_low_flow(ws: EdgeWorkspace, tmp: Path, version: str) -> Path:
     )
     del g.value_info[:]
     onnx.checker.check_model(model)
-    only_fp32 = {"fp32": b.manifest["variants"]["fp32"]}
+    only_fp32 = {"fp32": b.manifest.to_json_object()["variants"]["fp32"]}
     _ = TensorProto
     return bundle_with(
         ws,
@@ -525,3 +534,17 @@ def nan_on_low_flow(ws: EdgeWorkspace, tmp: Path, version: str) -> Path:
         members={"model.onnx": model.SerializeToString()},
         meta={"variants": only_fp32},
     )
+
+
+def manifest(model_version: int | str, anomaly: int | None = None, **fields: Any) -> BundleManifest:
+    """A bundle manifest for decision tests: class esp, the given RUL and health model
+    versions and other ``fields``, member hashes made up."""
+    from pumpfleet.manifest import ANOMALY_FEATURE_SPEC, HEALTH_SPEC, BundleManifest
+
+    names = ["model.onnx", "feature_spec.json"]
+    found: dict[str, Any] = {}
+    if anomaly is not None:
+        found["anomaly"] = {"version": str(anomaly), "variants": {"fp32": {"file": "anomaly.onnx"}}}
+        names += ["anomaly.onnx", HEALTH_SPEC, ANOMALY_FEATURE_SPEC]
+    data = {"pump_class": "esp", "model_version": str(model_version), **found, **fields}
+    return BundleManifest.parse({**data, "members": {n: "0" * 64 for n in names}})

@@ -24,7 +24,8 @@ from pumpfleet.health import (
     detection_report,
     gate_anomaly,
 )
-from pumpfleet.onnx_io import run, session, to_onnx
+from pumpfleet.onnx_io import to_onnx
+from pumpfleet.runtime import run, session
 
 W, C = 16, 4
 

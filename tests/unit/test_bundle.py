@@ -10,6 +10,7 @@ import pytest
 
 from pumpfleet import bundle
 from pumpfleet.errors import BundleError
+from pumpfleet.manifest import BundleManifest
 
 MEMBERS = {"model.onnx": b"\x08\x01onnx", "feature_spec.json": b'{"window": 24}'}
 
@@ -25,7 +26,7 @@ def test_round_trip_verifies(tmp_path: Path) -> None:
     path, pub = make(tmp_path)
     b = bundle.read_bundle(path, pub)
     assert b.members == MEMBERS
-    assert b.manifest["pump_class"] == "esp" and set(b.manifest["members"]) == set(MEMBERS)
+    assert b.manifest.pump_class == "esp" and set(b.manifest.members) == set(MEMBERS)
     assert (tmp_path / "keys" / "k.pem").stat().st_mode & 0o077 == 0  # private key is private
     assert (tmp_path / "keys" / "k.pub").read_text().strip() == pub
     # The same key is loaded again, not replaced.
@@ -92,7 +93,7 @@ def test_a_changed_anomaly_model_or_health_spec_is_rejected(
     original = bundle.read_bundle(path, ws.public_key)
     why = f"{re.escape(member)} does not match its sha256"
     if member == bundle.MANIFEST:
-        manifest = dict(original.manifest)
+        manifest = original.manifest.to_json_object()
         manifest["anomaly"] = {**manifest["anomaly"], "threshold": 1e9}  # never alarm
         change = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
         why = "signature does not verify"
@@ -108,14 +109,29 @@ def test_a_changed_anomaly_model_or_health_spec_is_rejected(
         bundle.read_bundle(path, ws.public_key)
 
 
+def manifest(**fields: object) -> BundleManifest:
+    return BundleManifest.parse(
+        {"pump_class": "esp", "members": {"model.onnx": "0" * 64}, **fields}
+    )
+
+
 def test_bundle_id_from_the_manifest_and_back() -> None:
-    rul_only = bundle.BundleId.of({"model_version": "12"})
-    with_health = bundle.BundleId.of({"model_version": "12", "anomaly": {"version": "3"}})
+    rul_only = bundle.BundleId.of(manifest(model_version="12"))
+    health = {"version": "3", "variants": {"fp32": {"file": "model.onnx"}}}
+    with_health = bundle.BundleId.of(
+        manifest(
+            model_version="12",
+            anomaly=health,
+            members={
+                n: "0" * 64 for n in ("model.onnx", "health_spec.json", "anomaly_feature_spec.json")
+            },
+        )
+    )
     assert (str(rul_only), str(with_health)) == ("v12", "v12-anomaly-v3")
     assert bundle.BundleId.parse("v12-anomaly-v3") == with_health == bundle.BundleId(12, 3)
     assert bundle.BundleId.parse("v12") == rul_only
     for bad in ("12", "v12-anomaly", "v1/../v2", ""):
         with pytest.raises(BundleError, match="not a bundle id"):
             bundle.BundleId.parse(bad)
-    with pytest.raises(BundleError, match="not numbers"):
-        bundle.BundleId.of({"model_version": "12", "anomaly": {"version": "latest"}})
+    with pytest.raises(BundleError, match=r"anomaly\.version: .*'latest' is not a model version"):
+        manifest(model_version="12", anomaly={**health, "version": "latest"})

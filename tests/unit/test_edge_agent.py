@@ -4,6 +4,7 @@ and rollback, profiling, and the ``pumpfleet-edge`` command. Plus its pure decis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -23,11 +24,13 @@ from edge_agent.cli import main as edge_main
 from edge_agent.config import load_config
 from edge_agent.store import Store, thinning
 from edge_agent.uploader import backoff
+from pumpfleet.manifest import BundleManifest
 from tests.unit.edge_support import (
     Cloud,
     EdgeWorkspace,
     HealthWorkspace,
     agent_config,
+    manifest,
     shared_health_workspace,
     shared_workspace,
     write_readings,
@@ -117,14 +120,17 @@ def test_backoff_doubles_to_its_cap_with_jitter() -> None:
 
 
 def test_refuse_reason_and_probation() -> None:
-    cur = {"pump_class": "esp", "model_version": "2"}
+    def m(**kw: str) -> BundleManifest:
+        return BundleManifest.parse({"members": {"model.onnx": "0" * 64}, **kw})
+
+    cur = m(pump_class="esp", model_version="2")
     ok = {"pump_class": "esp", "model_version": "3", "min_agent_version": "0.1.0"}
-    assert updates.refuse_reason(ok, cur, []) is None
-    assert "not newer" in str(updates.refuse_reason({**ok, "model_version": "2"}, cur, []))
-    assert "class rod" in str(updates.refuse_reason({**ok, "pump_class": "rod"}, cur, []))
-    assert "failed on this device" in str(updates.refuse_reason(ok, cur, ["v3"]))
+    assert updates.refuse_reason(m(**ok), cur, []) is None
+    assert "not newer" in str(updates.refuse_reason(m(**{**ok, "model_version": "2"}), cur, []))
+    assert "class rod" in str(updates.refuse_reason(m(**{**ok, "pump_class": "rod"}), cur, []))
+    assert "failed on this device" in str(updates.refuse_reason(m(**ok), cur, ["v3"]))
     assert "needs agent 9.0" in str(
-        updates.refuse_reason({**ok, "min_agent_version": "9.0"}, cur, [])
+        updates.refuse_reason(m(**{**ok, "min_agent_version": "9.0"}), cur, [])
     )
     policy = updates.Policy(probation_windows=100, error_rate=0.1, min_windows=20)
     p, why = updates.judge(updates.Probation("v3"), 10, 5, policy)
@@ -136,11 +142,9 @@ def test_refuse_reason_and_probation() -> None:
 
 
 def test_a_bundle_is_newer_by_its_rul_model_or_by_its_health_model() -> None:
-    def m(rul: int, anomaly: int | None = None) -> dict[str, Any]:
-        found = {"anomaly": {"version": str(anomaly)}} if anomaly is not None else {}
-        return {"pump_class": "esp", "model_version": str(rul), **found}
+    m = manifest
 
-    def why(rul: int, anomaly: int | None, cur: dict[str, Any], bad: list[str]) -> str | None:
+    def why(rul: int, anomaly: int | None, cur: BundleManifest, bad: list[str]) -> str | None:
         return updates.refuse_reason(m(rul, anomaly), cur, bad)
 
     cur = m(2, 1)
@@ -165,9 +169,8 @@ def test_a_bundle_is_newer_by_its_rul_model_or_by_its_health_model() -> None:
 
 
 def test_an_older_bundle_is_taken_only_as_a_rollback_made_in_the_registry() -> None:
-    def m(version: int, health: int | None = None, **back: list[int]) -> dict[str, Any]:
-        found = {"anomaly": {"version": str(health)}} if health is not None else {}
-        return {"pump_class": "esp", "model_version": str(version), "rolled_back": back, **found}
+    def m(version: int, health: int | None = None, **back: list[int]) -> BundleManifest:
+        return manifest(version, health, rolled_back=back)
 
     assert "not newer" in str(updates.refuse_reason(m(1), m(2), []))
     assert updates.refuse_reason(m(1, rul=[2]), m(2), []) is None
@@ -177,7 +180,7 @@ def test_an_older_bundle_is_taken_only_as_a_rollback_made_in_the_registry() -> N
     assert updates.rolls_back(m(2, 1, anomaly=[2]), updates.BundleId(2, 2)) == "v2-anomaly-v2"
     # A list that does not name what is installed changes nothing.
     assert "not newer" in str(updates.refuse_reason(m(1, rul=[3]), m(2), []))
-    assert updates.rolls_back({"model_version": "1"}, updates.BundleId(2, None)) is None
+    assert updates.rolls_back(manifest(1), updates.BundleId(2, None)) is None
 
 
 def test_a_registry_rollback_reaches_the_device_and_is_not_undone(tmp_path: Path) -> None:
@@ -219,8 +222,7 @@ def test_install_state_written_before_health_model_updates_is_read(tmp_path: Pat
     assert (s.current, s.previous, s.bad, s.probation) == ("v5", "v4", ["v3", "v12"], "v5")
     assert bundles.path(s.current).read_bytes() == b"old"
     # Every bundle of a RUL version that failed under the old agent stays refused.
-    offer = {"pump_class": "esp", "model_version": "12", "anomaly": {"version": "1"}}
-    assert "version 12 failed" in str(updates.refuse_reason(offer, None, s.bad))
+    assert "version 12 failed" in str(updates.refuse_reason(manifest(12, 1), None, s.bad))
     # The next switch writes ids, keeps the old folder as the previous bundle.
     bundles.stage(root / "v5" / "bundle.pfbundle", "v5-anomaly-v2")
     bundles.switch("v5-anomaly-v2")
@@ -264,8 +266,9 @@ def edge_row(i: int, **kw: Any) -> dict[str, Any]:
 
 def test_store_upload_stores_a_batch_once_even_when_replicas_race(tmp_path: Path) -> None:
     from pumpfleet.edge_ingest import store_upload
+    from pumpfleet.records import validate
 
-    records = [edge_row(i) for i in range(5)]
+    records = validate([edge_row(i) for i in range(5)])
     assert store_upload(tmp_path, "rig-7", "b1", records) == {"stored": 5, "duplicate": False}
     assert store_upload(tmp_path, "rig-7", "b1", records) == {"stored": 0, "duplicate": True}
     results: list[dict[str, Any]] = []
@@ -303,7 +306,7 @@ def test_edge_rows_read_with_the_services_prediction_log(tmp_path: Path) -> None
     assert json.loads((tmp_path / "edge" / "rig-7" / "health.json").read_text()) == {"ok": 1}
     with pytest.raises(InputError, match="batch_key"):
         handle_upload(tmp_path, {**body, "batch_key": "../../etc"})
-    with pytest.raises(InputError, match=r"records\.0\.timestamp: required"):
+    with pytest.raises(InputError, match=r"records\.0\.timestamp: Field required"):
         handle_upload(tmp_path, {**body, "batch_key": "k2", "records": [{"request_id": "x"}]})
 
 
@@ -336,7 +339,7 @@ def test_spool_files_are_scored_stored_and_delivered_once(
     assert c["scored"] == c["uploaded"] == len(keys) and c["bad_files"] == 1
     assert agent.store.buffered()["rows"] == 0
     health = json.loads((cloud.root / "edge" / "rig-7" / "health.json").read_text())
-    assert health["model_version"] == 1 and health["agent_version"] == "0.1.0"
+    assert health["model_version"] == 1 and health["agent_version"] == "0.2.0"
     # Windows run across files: the pumps' rolling state survives a restart.
     agent.store.close()
     again = Agent(cfg)
@@ -608,7 +611,7 @@ def test_gpu_benchmark_script_passes_shellcheck() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_windows_roll_across_batches_skip_replays_and_restart_after_a_gap() -> None:
+def test_windows_roll_across_batches_skip_replays_and_skip_windows_over_a_gap() -> None:
     from edge_agent.source import Reading
     from edge_agent.windows import roll
     from tests.unit.edge_support import SPEC
@@ -627,9 +630,11 @@ def test_windows_roll_across_batches_skip_replays_and_restart_after_a_gap() -> N
     assert [e // hour for e in second.ends] == [11, 13, 15]
     assert [row[0] for row in second.windows[0]] == [float(h) for h in range(12)]
     assert len(second.states["p1"]["rows"]) == W - 1
-    # The pump was off for a day: the next window needs 12 new readings.
+    # The pump was off for a day: windows spanning the gap are not formed (training's
+    # rule: at most 1.5 x 11 hours from first to last reading), so the next one is the
+    # first of 12 new readings; the five candidates before it span the gap.
     third = roll(second.states, readings(range(40, 52)), spec)
-    assert third.gaps == 1 and [e // hour for e in third.ends] == [51]
+    assert third.gaps == 5 and [e // hour for e in third.ends] == [51]
     # A model with other inputs starts every pump's window afresh; replays stay replays.
     other = spec.model_copy(update={"channels": ["flow", "motor_temp", "vibration"]})
     fourth = roll(third.states, readings(range(50, 64)), other)
@@ -814,7 +819,8 @@ def test_a_failing_anomaly_model_leaves_health_null_and_is_counted(
     def broken(*args: object) -> object:
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
 
-    monkeypatch.setattr(agent.active.health.session, "run", broken)
+    health = agent.active.health
+    monkeypatch.setattr(health, "model", dataclasses.replace(health.model, run=broken))
     write_readings(cfg.spool, "r000", ["p1"], 0, 14)
     agent.step()
     c = agent.store.counters()
@@ -877,7 +883,7 @@ def test_the_health_model_runs_int8_only_beside_int8_and_where_export_allowed_it
 
     b = open_bundle(hws.bundles["2"], hws.public_key)
     assert b.anomaly is not None
-    fit = b.anomaly["variants"]["int8"]["within_accuracy"]
+    fit = b.anomaly.variants["int8"].within_accuracy
     for variant, expect in [
         ("fp32", "fp32"),
         ("fp16", "fp32"),
@@ -986,7 +992,8 @@ def test_a_health_model_that_fails_leaves_the_installed_bundle_serving(
     def broken(*args: object) -> object:
         raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION")
 
-    monkeypatch.setattr(agent.active.health.session, "run", broken)
+    health = agent.active.health
+    monkeypatch.setattr(health, "model", dataclasses.replace(health.model, run=broken))
     write_readings(cfg.spool, "r001", ["p1"], 14, 30)
     agent.step()
     assert agent.active.health is not None and agent.active.health.version == "1"
@@ -1085,7 +1092,7 @@ def test_profile_times_the_health_model_beside_each_variant(
     )
     b = Agent(cfg).active
     assert b is not None and b.bundle.anomaly is not None
-    int8 = "int8" if b.bundle.anomaly["variants"]["int8"]["within_accuracy"] else "fp32"
+    int8 = "int8" if b.bundle.anomaly.variants["int8"].within_accuracy else "fp32"
     beside = {"fp32": "fp32", "fp32_b1": "fp32", "fp16": "fp32", "int8": int8}
     assert {n: r["health"]["variant"] for n, r in report["variants"].items()} == beside
     for r in report["variants"].values():

@@ -18,7 +18,8 @@ from edge_export.cli import read_public_key
 from pumpfleet import bundle
 from pumpfleet.errors import BundleError, InputError, ParityError
 from pumpfleet.features import window_features
-from pumpfleet.onnx_io import run, session
+from pumpfleet.manifest import BundleManifest
+from pumpfleet.runtime import run, session
 from pumpfleet_cli.main import main
 from tests.unit.edge_support import (
     ANOMALY_SPEC,
@@ -38,14 +39,13 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> EdgeWorkspace:
 
 def test_bundle_holds_every_variant_measured_on_the_holdout(ws: EdgeWorkspace) -> None:
     b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
-    m = b.manifest
-    assert (m["pump_class"], m["model_version"], m["min_agent_version"]) == ("esp", "2", "0.1.0")
+    m = b.manifest.to_json_object()
+    assert (m["pump_class"], m["model_version"], m["min_agent_version"]) == ("esp", "2", "0.2.0")
     assert m["mlflow_run_id"] and m["created"].endswith("Z")
     assert set(m["variants"]) == set(variants.VARIANTS)
     assert set(b.members) == {
         *variants.FILES.values(),
         "feature_spec.json",
-        "thresholds.json",
         "golden.npz",
         "build_profile.json",
     }
@@ -81,7 +81,7 @@ def test_batch_1_variant_is_static_and_fp32_io_is_kept(ws: EdgeWorkspace) -> Non
         "opt": [1, 12, 3],
         "max": [trt.MAX_BATCH, 12, 3],
     }
-    assert all(c["ok"] for c in b.manifest["tensorrt"].values())
+    assert all(c["ok"] for c in b.manifest.to_json_object()["tensorrt"].values())
 
 
 def test_golden_windows_reproduce_the_fp32_outputs(ws: EdgeWorkspace) -> None:
@@ -93,7 +93,7 @@ def test_golden_windows_reproduce_the_fp32_outputs(ws: EdgeWorkspace) -> None:
 
 
 def test_bundle_is_an_artifact_of_its_model_version_run(ws: EdgeWorkspace) -> None:
-    m = bundle.read_bundle(ws.bundles["2"], ws.public_key).manifest
+    m = bundle.read_bundle(ws.bundles["2"], ws.public_key).manifest.to_json_object()
     assert ws.registry.artifacts(m["mlflow_run_id"], "edge_bundle") == [
         "edge_bundle/pumpfleet-esp-v2.pfbundle"
     ]
@@ -141,7 +141,7 @@ def test_trt_builds_and_caches_an_engine(ws: EdgeWorkspace, tmp_path: Path) -> N
     b = bundle.read_bundle(ws.bundles["2"], ws.public_key)
     profiles = json.loads(b.members["build_profile.json"])
     for name in ("fp32_b1", "fp16", "int8"):
-        v = b.manifest["variants"][name]
+        v = b.manifest.to_json_object()["variants"][name]
         path = trt.build_engine(b.members[v["file"]], v["precision"], profiles[name], tmp_path)
         again = trt.build_engine(b.members[v["file"]], v["precision"], profiles[name], tmp_path)
         assert path == again and path.stat().st_size > 0
@@ -266,7 +266,7 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
     assert hws.bundles["2"].name == "pumpfleet-esp-v2-anomaly-v1.pfbundle"
     assert (hws.exports["1"]["bundle_id"], hws.exports["2"]["bundle_id"]) == ("v1", "v2-anomaly-v1")
     b = bundle.read_bundle(hws.bundles["2"], hws.public_key)
-    a = b.manifest["anomaly"]
+    a = b.manifest.to_json_object()["anomaly"]
     assert (a["kind"], a["model_name"], a["version"]) == ("anomaly", "pumpfleet-esp-anomaly", "1")
     assert a["threshold"] == pytest.approx(hws.health.threshold)
     assert a["target_far"] == 0.05 and a["model_kind"] == "conv_ae"
@@ -274,7 +274,7 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
     assert HealthSpec.from_json(b.members["health_spec.json"]) == hws.health
     assert FeatureSpec.from_json(b.members[a["feature_spec_file"]]) == ANOMALY_SPEC
     # The RUL part is what it was.
-    assert set(b.manifest["variants"]) == set(variants.VARIANTS)
+    assert set(b.manifest.to_json_object()["variants"]) == set(variants.VARIANTS)
     # The FP32 ONNX gives the torch model's window errors.
     x = window_features(raw_windows(50, 7)[0], ANOMALY_SPEC)
     got = run(session(b.members["anomaly.onnx"]), x)[:, 0]
@@ -315,7 +315,7 @@ def test_verify_names_the_health_model_and_its_variants(
 ) -> None:
     from edge_export.cli import health_model
 
-    m = bundle.read_bundle(hws.bundles["2"], hws.public_key).manifest
+    m = bundle.read_bundle(hws.bundles["2"], hws.public_key).manifest.to_json_object()
     off = "" if m["anomaly"]["variants"]["int8"]["within_accuracy"] else " (int8 off its limits"
     code, out, _ = cli(
         capsys, "edge", "verify", str(hws.bundles["2"]), "--public-key", hws.public_key
@@ -326,8 +326,14 @@ def test_verify_names_the_health_model_and_its_variants(
         capsys, "edge", "verify", str(hws.bundles["1"]), "--public-key", hws.public_key
     )
     assert code == 0 and out.rstrip().endswith("int8; no health model")
-    variants_ = {"fp32": {"within_accuracy": True}, "int8": {"within_accuracy": False}}
-    assert health_model({"anomaly": {"version": "3", "variants": variants_}}) == (
+    from tests.unit.edge_support import manifest
+
+    off_limits = manifest(2, 3).to_json_object()
+    off_limits["anomaly"]["variants"] = {
+        "fp32": {"file": "anomaly.onnx", "within_accuracy": True},
+        "int8": {"file": "anomaly.onnx", "within_accuracy": False},
+    }
+    assert health_model(BundleManifest.parse(off_limits)) == (
         "health model v3, variants fp32,int8 (int8 off its limits: fp32 runs)"
     )
 
@@ -335,6 +341,7 @@ def test_verify_names_the_health_model_and_its_variants(
 def test_an_int8_anomaly_variant_off_its_limits_is_left_to_fp32(hws: HealthWorkspace) -> None:
     from edge_agent.health import anomaly_variant
     from edge_export import anomaly
+    from pumpfleet.manifest import AnomalyEntry
     from pumpfleet.onnx_io import to_onnx
 
     fp32 = to_onnx(hws.anomaly, 12, 3)
@@ -346,10 +353,10 @@ def test_an_int8_anomaly_variant_off_its_limits_is_left_to_fp32(hws: HealthWorks
     assert m["int8"]["max_health_diff_near"] > anomaly.MAX_HEALTH_DIFF
     assert m["int8"]["within_accuracy"] is False and m["fp32"]["within_accuracy"] is True
     # The device runs FP32 beside any RUL variant then; INT8 only where it was fit.
-    assert anomaly_variant({"variants": m}, "int8") == "fp32"
-    fit = {**m, "int8": {**m["int8"], "within_accuracy": True}}
-    assert anomaly_variant({"variants": fit}, "int8") == "int8"
-    assert anomaly_variant({"variants": fit}, "fp16") == "fp32"
+    assert anomaly_variant(AnomalyEntry(version="1", variants=m), "int8") == "fp32"
+    fit = AnomalyEntry(version="1", variants={**m, "int8": {**m["int8"], "within_accuracy": True}})
+    assert anomaly_variant(fit, "int8") == "int8"
+    assert anomaly_variant(fit, "fp16") == "fp32"
     assert anomaly_variant(None, "int8") == "fp32"
 
 

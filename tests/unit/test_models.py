@@ -14,7 +14,8 @@ from pumpfleet.models import (
     build_model,
     model_size_bytes,
 )
-from pumpfleet.onnx_io import check_parity, run, session, to_onnx
+from pumpfleet.onnx_io import check_parity, to_onnx
+from pumpfleet.runtime import run, session
 
 W, C = 30, 14
 

@@ -30,7 +30,10 @@ def fake_snapshot(settings: Settings, classes: list[str]) -> None:
 
 
 def write_log(settings: Settings, rows: list[dict[str, Any]]) -> None:
-    log = PredictionLog(str(settings.predictions_dir))
+    """Rows as they are, outside the record contract: logs of older versions, or broken."""
+    import pyarrow as pa
+
+    log = PredictionLog(str(settings.predictions_dir), to_table=pa.Table.from_pylist)
     log.extend(rows)
     log.flush()
 

@@ -13,8 +13,9 @@ from pumpfleet.drift import DriftMonitor
 from pumpfleet.errors import DataError, RegistryError
 from pumpfleet.features import FeatureSpec
 from pumpfleet.models import ModelConfig, build_model
-from pumpfleet.onnx_io import run, session, to_onnx
+from pumpfleet.onnx_io import to_onnx
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+from pumpfleet.runtime import run, session
 
 SPEC = FeatureSpec(
     pump_class="rod",

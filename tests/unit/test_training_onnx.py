@@ -10,7 +10,8 @@ from torch import nn
 from pumpfleet.errors import ParityError, PumpfleetError
 from pumpfleet.features import FeatureSpec
 from pumpfleet.models import KINDS, ModelConfig, build_model, model_size_bytes
-from pumpfleet.onnx_io import check_parity, run, session, to_onnx
+from pumpfleet.onnx_io import check_parity, to_onnx
+from pumpfleet.runtime import run, session
 from pumpfleet.training import Arrays, TrainConfig, TrainingDiverged, evaluate, fit
 
 W, C = 12, 3
