@@ -301,10 +301,10 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.scheduling import run_schedule
     from ray_jobs._ray import init_ray
     from ray_jobs.monitor import run_monitor
     from ray_jobs.retrain import retrain_with
-    from ray_jobs.schedule import run_schedule
 
     scheduled = RetrainOptions(reason="scheduled", promote=args.promote)
 

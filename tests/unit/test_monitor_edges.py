@@ -170,7 +170,7 @@ def test_schedule_runs_what_is_due_and_survives_a_failure(settings: Settings) ->
     from datetime import timedelta
 
     from pumpfleet.errors import DataError
-    from ray_jobs.schedule import due_tasks, run_schedule
+    from pumpfleet.scheduling import due_tasks, run_schedule
 
     assert due_tasks({"retrain": None}, {"retrain": 24, "monitor": 1}, NOW) == [
         "monitor",
