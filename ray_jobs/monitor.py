@@ -29,11 +29,12 @@ from pumpfleet.predlog import read_log
 from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.snapshot import open_snapshot
+from pumpfleet.triggers import jobs_address, rows_since, start_retrains
 from ray_jobs._ray import init_ray
 from ray_jobs.monitor_args import add_monitor_args
 from ray_jobs.monitor_reference import Reference, analysis_frame, class_reference
 from ray_jobs.monitor_report import drift_map_png, report_html
-from ray_jobs.triggers import jobs_address, rows_since, start_retrains
+from ray_jobs.triggers import job_server
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +216,12 @@ def run_monitor(
                 wanted.setdefault(cls, f"new data: {since[ref]} rows since snapshot {ref}")
     if trigger:
         address = jobs_address(address)
-        fired = start_retrains(settings, wanted, policy, now, address, server)
+        server = server or job_server(address, settings)
+        fired = start_retrains(settings, wanted, policy, now, server)
         summary["triggers"] = fired["triggers"]
         if fired["message"]:
             summary["notes"].append(fired["message"])
-        if wanted and address is None and server is None:
+        if wanted and server is None:
             summary["notes"].append(
                 f"retraining wanted for {', '.join(sorted(wanted))} but not submitted: no Ray "
                 f"job server ({JOBS_ADDRESS_OPTION} or PUMPFLEET_JOBS_ADDRESS)"

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from typing import Any
 
 from pumpfleet.entry import run_main
 from pumpfleet.errors import RegistryError
 from pumpfleet.job_options import RetrainOptions, add_retrain_args
-from pumpfleet.job_options import submit_retrain as submit_with_options
 from pumpfleet.lifecycle import current_user
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.windows import WindowConfig
@@ -154,19 +152,6 @@ def retrain_with(settings: Settings, options: RetrainOptions) -> dict[str, Any]:
         shadow=options.shadow,
     )
     return result | {"options": options.model_dump()}
-
-
-def submit_retrain(
-    address: str,
-    classes: list[str] | None,
-    reason: str,
-    epochs: int | None = None,
-    runtime_env: dict[str, Any] | None = None,
-) -> str:
-    """Submit a retrain of ``classes`` (the monitor's and the scheduler's call); every
-    other option at its default. ``pumpfleet.job_options.submit_retrain`` takes them all."""
-    options = RetrainOptions(classes=classes, reason=reason, epochs=epochs)
-    return submit_with_options(address, options, os.environ.get("RAY_AUTH_TOKEN"), runtime_env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,9 @@ import pytest
 from pumpfleet.alerts import AlertPolicy
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.settings import Settings
+from pumpfleet.triggers import load_state, retrain_classes, start_retrains
 from ray_jobs.monitor import run_monitor
-from ray_jobs.triggers import JobServer, load_state, retrain_classes, start_retrains
+from ray_jobs.triggers import JobServer
 from tests.conftest import free_port
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
@@ -100,31 +101,32 @@ def test_one_job_per_class_and_cooldown_survive_restarts(settings: Settings) -> 
     wanted = {"esp": "drift on esp: motor_temp", "rod": "drift on rod: flow"}
     p = AlertPolicy(cooldown_hours=24)
     busy = FakeServer(running={"rod"})
-    out = start_retrains(settings, wanted, p, NOW, None, busy)
+    out = start_retrains(settings, wanted, p, NOW, busy)
     assert busy.submitted == [["esp"]]
     assert [t["start"] for t in out["triggers"]] == [True, False]
     assert set(load_state(settings).last_retrain) == {"esp"}  # durable: in the workspace
     again = FakeServer()
-    start_retrains(settings, wanted, p, NOW, None, again)
+    start_retrains(settings, wanted, p, NOW, again)
     assert again.submitted == [["rod"]]  # esp cools down; rod no longer runs
 
 
 def test_a_job_for_every_class_blocks_all(settings: Settings) -> None:
     server = FakeServer(running={"*"})
-    start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, None, server)
+    start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, server)
     assert server.submitted == []
 
 
 def test_unreachable_job_server_is_one_message_and_no_retrain(settings: Settings) -> None:
     address = f"http://127.0.0.1:{free_port()}"
-    out = start_retrains(settings, {"esp": "drift", "rod": "drift"}, AlertPolicy(), NOW, address)
+    server = JobServer(address)
+    out = start_retrains(settings, {"esp": "drift", "rod": "drift"}, AlertPolicy(), NOW, server)
     assert out["message"].startswith(f"job server at {address} unreachable")
     assert not any(t["start"] for t in out["triggers"])
     assert load_state(settings).last_retrain == {}
     down = FakeServer(running=ConnectionError("Failed to connect"))
     assert (
         "unreachable (Failed to connect)"
-        in start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, None, down)["message"]
+        in start_retrains(settings, {"esp": "drift"}, AlertPolicy(), NOW, down)["message"]
     )
 
 
