@@ -22,7 +22,7 @@ from pumpfleet.windows import WindowConfig
 
 
 def _arm(root: Path, data: Path, regimes: bool, epochs: int, seed: int) -> dict[str, Any]:
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
     from ray_jobs.ingest import run_ingest
     from ray_jobs.train import SearchSpace, run_train
 

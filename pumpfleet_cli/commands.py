@@ -124,7 +124,7 @@ def _train_anomaly(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> None:
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
 
     _print(run_evaluate(settings, args.snapshot))
 
@@ -135,7 +135,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
     if args.kind == "anomaly":
         _promote_anomaly(args, settings)
         return
-    from ray_jobs.evaluate import promote_version
+    from pumpfleet.evaluation_run import promote_version
 
     r = promote_version(
         settings,

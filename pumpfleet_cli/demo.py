@@ -21,6 +21,7 @@ import numpy as np
 import ray
 
 from pumpfleet.errors import DataError
+from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.predlog import read_log
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
@@ -29,7 +30,6 @@ from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
 from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs._ray import init_ray
-from ray_jobs.evaluate import run_evaluate
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
 from ray_jobs.train import SearchSpace, run_train

@@ -126,7 +126,7 @@ def closed_loop(
 ) -> dict[str, Any]:
     """New data → retrain ``cls`` (challenger only) → A/B on post-drift data →
     evaluation with the gates, which promote it if it wins."""
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
     from ray_jobs.retrain import run_retrain
     from ray_jobs.train import SearchSpace
     from ray_jobs.train_anomaly import AnomalySearchSpace

@@ -45,7 +45,7 @@ def run_retrain(
     """Ingest → train ``classes`` (every class if None) → gates → promote if asked; with
     ``ab_weight`` and/or ``shadow``, start an online test of each new challenger that
     was not promoted (the split the scoring service reads from the registry)."""
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
     from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import run_train
 

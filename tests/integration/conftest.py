@@ -75,7 +75,7 @@ def inject_faults(dataset: Path) -> int:
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dict[str, Any]:
     """Simulated, fault-injected, ingested and trained once; shared by the tests here."""
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
     from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import SearchSpace, run_train
 

@@ -135,7 +135,7 @@ def test_first_models_face_the_baseline_gate(workspace: dict[str, Any]) -> None:
 
 
 def test_a_second_challenger_faces_the_champion(workspace: dict[str, Any]) -> None:
-    from ray_jobs.evaluate import run_evaluate
+    from pumpfleet.evaluation_run import run_evaluate
     from ray_jobs.train import SearchSpace, run_train
 
     s = workspace["settings"]

@@ -317,8 +317,8 @@ def test_train_register_promote_through_an_mlflow_server(
     from mlflow import MlflowClient
     from mlflow.server.auth.client import AuthServiceClient
 
+    from pumpfleet.evaluation_run import promote_version, run_evaluate
     from pumpfleet.windows import WindowConfig
-    from ray_jobs.evaluate import promote_version, run_evaluate
     from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import SearchSpace, run_train
 

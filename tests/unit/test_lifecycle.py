@@ -17,12 +17,12 @@ import pytest
 
 from pumpfleet import lifecycle
 from pumpfleet.errors import RegistryError
+from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.features import FeatureSpec, Regimes
 from pumpfleet.onnx_io import to_onnx
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet_cli.main import main
-from ray_jobs.evaluate import run_evaluate
 
 NAME = model_name("esp")
 CAP = 100.0
