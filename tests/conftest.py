@@ -1,14 +1,51 @@
-"""Shared test setup: telemetry off, small fleets, a free loopback port."""
+"""Shared test setup: telemetry off, small fleets, a free loopback port, and packages
+made unimportable on request (``PUMPFLEET_TEST_BLOCK_IMPORTS=ray,torch``) so a run can
+prove the code it tests does without them."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import os
 import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from pumpfleet.settings import TELEMETRY_OFF, Settings
+BLOCK_IMPORTS = "PUMPFLEET_TEST_BLOCK_IMPORTS"
+
+
+class BlockImports(importlib.abc.MetaPathFinder):
+    """Makes the named top-level packages (and their submodules) import as if they were
+    not installed."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{name} is blocked by {BLOCK_IMPORTS}", name=name)
+        return None
+
+
+def block_imports(names: set[str]) -> None:
+    """Install the blocker first on ``sys.meta_path``; a package already imported
+    cannot be blocked any more, so that is an error."""
+    loaded = sorted(m for m in sys.modules if m.partition(".")[0] in names)
+    if loaded:
+        raise RuntimeError(f"{BLOCK_IMPORTS}: already imported before the tests: {loaded}")
+    sys.meta_path.insert(0, BlockImports(names))
+
+
+_blocked = {n.strip() for n in os.environ.get(BLOCK_IMPORTS, "").split(",") if n.strip()}
+if _blocked:
+    block_imports(_blocked)
+
+from pumpfleet.settings import TELEMETRY_OFF, Settings  # noqa: E402
 
 for _k, _v in TELEMETRY_OFF.items():
     os.environ.setdefault(_k, _v)
