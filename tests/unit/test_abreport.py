@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pumpfleet.abreport import SHADOW, arm_reports, format_report
 
@@ -69,8 +70,20 @@ def test_the_better_challenger_is_called_better_with_an_interval() -> None:
         assert r.pumps == 20
     (d,) = diffs
     assert d.test == "A/B" and d.ci[1] < 0 and d.verdict == "better"
-    text = format_report(reports, diffs)
-    assert "better" in text and "challenger" in text
+    # The bootstrap's median difference is the difference of the arms' RMSEs.
+    rmse_gap = by_arm["challenger"].rmse - by_arm["champion"].rmse
+    assert d.rmse_diff == pytest.approx(rmse_gap, abs=0.5)
+    assert d.ci[0] <= d.rmse_diff <= d.ci[1]
+    # The report's last row is the difference with its interval and verdict.
+    last = format_report(reports, diffs).splitlines()[-1].split()
+    assert last == [
+        "esp",
+        "A/B",
+        f"{d.rmse_diff:.1f}",
+        f"[{d.ci[0]:.1f},",
+        f"{d.ci[1]:.1f}]",
+        "better",
+    ]
 
 
 def test_shadow_scores_are_compared_paired() -> None:
@@ -79,10 +92,15 @@ def test_shadow_scores_are_compared_paired() -> None:
     log["shadow_version"] = "2"
     log["shadow_rul_hours"] = log["rul_hours"] + 30.0  # the challenger is 30 h late
     reports, diffs = arm_reports(log, fb)
-    assert {r.arm for r in reports} == {"champion", SHADOW}
+    by_arm = {r.arm: r for r in reports}
+    assert set(by_arm) == {"champion", SHADOW}
+    assert (by_arm[SHADOW].versions, by_arm[SHADOW].labelled) == ("v2", 400)
+    assert by_arm[SHADOW].bias == pytest.approx(by_arm["champion"].bias + 30.0)
     (d,) = diffs
     assert d.test == "shadow (paired)" and d.ci[0] > 0 and d.rmse_diff > 20
-    assert "worse" in format_report(reports, diffs)
+    # Paired: the point difference is the two RMSEs over the same requests.
+    assert d.rmse_diff == pytest.approx(by_arm[SHADOW].rmse - by_arm["champion"].rmse)
+    assert d.verdict == "worse"
 
 
 def test_nothing_logged_says_so() -> None:
