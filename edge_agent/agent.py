@@ -31,6 +31,7 @@ from edge_agent.uploader import Uploader, UploadError, backoff
 from pumpfleet.bundle import BundleId
 from pumpfleet.errors import BundleError, InputError, one_line
 from pumpfleet.features import window_summary
+from pumpfleet.readings import window_problems
 from pumpfleet.records import PredictionRecord
 from pumpfleet.scoring import RulScores
 
@@ -42,6 +43,7 @@ BAD_BUNDLE = (BundleError, ValueError, KeyError)
 PROFILE_FILE = "profile.json"
 MAX_BATCHES_PER_STEP = 20
 DONE_KEEP = 1000
+SHOW_SET_ASIDE = 20  # lines set aside that are logged one by one, per file or batch
 
 
 class Agent:
@@ -209,16 +211,45 @@ class Agent:
 
     # --- scoring ------------------------------------------------------------------------
 
-    def score(self, readings: list[source.Reading], file_key: str | None = None) -> dict[str, int]:
+    def accept(self, parsed: source.Parsed, file_key: str | None = None) -> dict[str, int]:
+        """Score what a spool file or stdin held; what was set aside is counted with the
+        rest, in the same transaction."""
+        for s in parsed.set_aside[:SHOW_SET_ASIDE]:
+            log.warning("line %d set aside: %s", s.line, s.reason)
+        if len(parsed.set_aside) > SHOW_SET_ASIDE:
+            log.warning("... and %d more lines set aside", len(parsed.set_aside) - SHOW_SET_ASIDE)
+        if parsed.unknown_columns:
+            log.warning("columns the model does not read: %s", sorted(parsed.unknown_columns))
+        return self.score(
+            parsed.readings,
+            file_key,
+            {
+                "rows_set_aside": len(parsed.set_aside),
+                "unknown_columns": len(parsed.unknown_columns),
+                "missing_columns": len(parsed.missing_columns),
+            },
+        )
+
+    def score(
+        self,
+        readings: list[source.Reading],
+        file_key: str | None = None,
+        counted: dict[str, int] | None = None,
+    ) -> dict[str, int]:
         """Score readings into the store in one transaction with the pumps' state (and
-        the source file's done mark)."""
+        the source file's done mark, and the ``counted`` counters)."""
         assert self.active is not None
         cut = windows.roll(
             self.store.pump_states(sorted({r.pump_id for r in readings})),
             readings,
             self.active.spec,
         )
-        records, failed = self._records(cut.windows, cut.ends, cut.pumps)
+        keep = self._scorable(cut)
+        records, failed = self._records(
+            [cut.windows[i] for i in keep],
+            [cut.ends[i] for i in keep],
+            [cut.pumps[i] for i in keep],
+        )
         thinned = self.store.commit(
             records,
             cut.states,
@@ -230,11 +261,26 @@ class Agent:
                 "window_resets": cut.resets,
                 "scoring_errors": failed["rul"],
                 "records_refused": failed["refused"],
+                "windows_set_aside": len(cut.windows) - len(keep),
                 "anomaly_errors": failed["anomaly"],
+                **(counted or {}),
             },
         )
         self._judge(len(cut.windows), failed["windows"])
         return {"windows": len(cut.windows), "errors": failed["rul"], "thinned": thinned}
+
+    def _scorable(self, cut: windows.Cut) -> list[int]:
+        """The windows the doors' rules let be scored (pumpfleet.readings): enough of
+        their channel readings present; the others are counted, not scored."""
+        assert self.active is not None
+        if not cut.windows:
+            return []
+        raw = _raw(cut.windows)
+        problems = window_problems(raw, self.active.spec)
+        for i, why in enumerate(problems):
+            if why is not None:
+                log.warning("window of %s ending %d not scored: %s", cut.pumps[i], cut.ends[i], why)
+        return [i for i, why in enumerate(problems) if why is None]
 
     def _records(
         self, cut_windows: list[list[windows.Row]], ends: list[int], pumps: list[str]
@@ -245,10 +291,7 @@ class Agent:
         assert self.active is not None
         if not cut_windows:
             return [], {"rul": 0, "anomaly": 0, "windows": 0, "refused": 0}
-        raw = np.array(
-            [[[np.nan if v is None else v for v in row] for row in w] for w in cut_windows],
-            dtype=np.float64,
-        )
+        raw = _raw(cut_windows)
         scorer = self.active
         threshold = self.cfg.alert_threshold or scorer.bundle.alert_threshold
         scored, ms = _predict(scorer, raw, threshold)
@@ -349,14 +392,18 @@ class Agent:
         n = 0
         for path in source.pending(self.cfg.spool)[:max_files]:
             try:
-                key, readings = source.read_file(path, self.active.spec.inputs)
-            except InputError as e:
+                key, parsed = source.read_file(
+                    path, self.active.spec, self.cfg.spool_max_file_bytes
+                )
+            except (InputError, OSError) as e:
                 self.store.count({"bad_files": 1})
                 source.move(path, source.BAD, str(e))
                 log.warning("%s moved to bad/: %s", path.name, e)
                 continue
             if not self.store.file_done(key):
-                self.score(readings, key)
+                if parsed.set_aside:
+                    source.write_set_aside(path, parsed.set_aside)
+                self.accept(parsed, key)
             source.move(path, source.DONE)
             n += 1
         if n:
@@ -441,12 +488,33 @@ class Agent:
         return spool_empty and sent_all and not any(self.cfg.updates.glob("*.pfbundle"))
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> None:
+        """Step until ``stop``; a step that fails (a full disk, a bug) is logged with its
+        traceback and counted, and the loop goes on after a pause."""
         while not stop.is_set():
-            busy = self.step()
+            try:
+                busy = self.step()
+            except Exception:  # any one failure must not stop the device: say it, go on
+                log.exception("agent step failed; retrying in %.1f s", self.cfg.poll_seconds)
+                self._count_quietly({"step_errors": 1})
+                busy = False
             if exit_when_idle and self.idle():
                 return
             if not busy:
                 stop.wait(self.cfg.poll_seconds)
+
+    def _count_quietly(self, counters: dict[str, int]) -> None:
+        try:
+            self.store.count(counters)
+        except Exception as e:  # the store may be what failed
+            log.error("could not count %s: %s", counters, e)
+
+
+def _raw(cut_windows: list[list[windows.Row]]) -> np.ndarray:
+    """Windows of rows as ``[N, W, C + S]`` float64, a missing reading as NaN."""
+    return np.array(
+        [[[np.nan if v is None else v for v in row] for row in w] for w in cut_windows],
+        dtype=np.float64,
+    )
 
 
 def _finite(x: float) -> float | None:

@@ -42,7 +42,7 @@ def _stdin_reader(q: queue.Queue[str | None]) -> None:
 
 def _drain_stdin(agent: Any, q: queue.Queue[str | None]) -> bool:
     """Score what has arrived on stdin; False at end of input."""
-    from edge_agent.source import parse_reading
+    from edge_agent.source import Parsed, parse_line
 
     lines: list[str] = []
     open_ = True
@@ -57,16 +57,10 @@ def _drain_stdin(agent: Any, q: queue.Queue[str | None]) -> bool:
         if item.strip():
             lines.append(item)
     if lines and agent.active is not None:
-        readings = []
-        for line in lines:
-            try:
-                readings.append(parse_reading(json.loads(line), agent.active.spec.inputs))
-            except (ValueError, InputError) as e:
-                log.warning(
-                    "stdin line skipped: %s", e if isinstance(e, InputError) else "not JSON"
-                )
-                agent.store.count({"bad_files": 1})
-        agent.score(readings)
+        parsed = Parsed()
+        for i, line in enumerate(lines, 1):
+            parse_line(line, i, agent.active.spec, parsed)
+        agent.accept(parsed)
     return open_
 
 

@@ -43,6 +43,8 @@ class AgentConfig(BaseModel):
     # Bytes of buffered records above which routine predictions are thinned.
     quota_mb: float = Field(default=64.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # A spool file larger than this goes to bad/ unread (a runaway writer, not readings).
+    spool_max_file_mb: float = Field(default=16.0, gt=0)
     # Rollback: after a switch, the new model is on probation for this many windows; a
     # scoring error rate above the threshold in that time rolls it back.
     probation_windows: int = Field(default=200, ge=1)
@@ -72,6 +74,10 @@ class AgentConfig(BaseModel):
     @property
     def updates(self) -> Path:
         return self.updates_dir or self.state_dir / "updates"
+
+    @property
+    def spool_max_file_bytes(self) -> int:
+        return int(self.spool_max_file_mb * 2**20)
 
     @property
     def quota_bytes(self) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from pumpfleet.errors import InputError
-from pumpfleet.schema import CHANNEL_NAMES
+from pumpfleet.schema import CHANNEL_NAMES, CHANNELS
 
 # Normalised inputs are clipped so that one wild sensor cannot swamp the model.
 CLIP = 10.0
@@ -103,6 +103,10 @@ class FeatureSpec(BaseModel):
     # The dataset's operating settings: a request may carry them whether or not this
     # class has regimes (its other arm, or the next model, may need them).
     setting_names: list[str] = Field(default_factory=list)
+    # Each channel's physical range [min, max] from the fleet schema, outside which a
+    # reading is a sensor fault (ingest quarantines it; the scoring doors refuse it).
+    # Specs written before it had none: the pump fleet's own ranges apply there.
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
     version: int = 1
 
     @model_validator(mode="after")
@@ -131,6 +135,13 @@ class FeatureSpec(BaseModel):
     def accepted(self) -> set[str]:
         """Names a request's readings may carry."""
         return {*self.channels, *self.settings, *self.setting_names}
+
+    def physical_range(self, channel: str) -> tuple[float, float] | None:
+        """The channel's physical range: the spec's, else the pump fleet's (None: none)."""
+        if channel in self.ranges:
+            return self.ranges[channel]
+        found = CHANNELS.get(channel)
+        return (found[1], found[2]) if found else None
 
     @property
     def inputs(self) -> list[str]:

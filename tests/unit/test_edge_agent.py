@@ -328,15 +328,17 @@ def test_spool_files_are_scored_stored_and_delivered_once(
     assert sorted(keys) == sorted(expected_keys(readings)) and len(set(keys)) == len(keys)
     assert set(rows.column("model_version").to_pylist()) == {"1"}
     assert set(rows.column("device_id").to_pylist()) == {"rig-7"}
-    assert sorted(p.name for p in (cfg.spool / "done").iterdir()) == ["r000.csv", "r001.jsonl"]
-    assert (
-        (cfg.spool / "bad" / "r002.csv.reason")
-        .read_text()
-        .startswith("line 2: timestamp: not a time: 'yesterday'")
-    )
+    # A bad line is set aside with its reason; the file's other lines (none here) count.
+    done = sorted(p.name for p in (cfg.spool / "done").iterdir())
+    assert done == ["r000.csv", "r001.jsonl", "r002.csv"]
+    rejected = (cfg.spool / "bad" / "r002.csv.rejected.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in rejected] == [
+        {"line": 2, "reason": "timestamp: not a time: 'yesterday'", "text": "p1,yesterday,70"}
+    ]
     assert (cfg.spool / ".r003.csv.tmp").exists()
     c = agent.store.counters()
-    assert c["scored"] == c["uploaded"] == len(keys) and c["bad_files"] == 1
+    assert c["scored"] == c["uploaded"] == len(keys) and c["bad_files"] == 0
+    assert c["rows_set_aside"] == 1
     assert agent.store.buffered()["rows"] == 0
     health = json.loads((cloud.root / "edge" / "rig-7" / "health.json").read_text())
     assert health["model_version"] == 1 and health["agent_version"] == "0.2.0"
@@ -563,7 +565,19 @@ def test_readings_on_stdin_are_scored(ws: EdgeWorkspace, tmp_path: Path) -> None
             }
         )
         for h in range(16)
-    ] + ["not json"]
+    ]
+    # Lines no door takes (issue 16): each is set aside with its reason, none stops the
+    # agent, and the pump's good readings around them are scored.
+    hostile = [
+        "not json",
+        "[1]",
+        json.dumps({"pump_id": "p9", "timestamp": "2026-05-01T20:00:00Z", "motor_temp": 9999}),
+        json.dumps({"pump_id": "x" * 1_000_000, "timestamp": 0, "motor_temp": 70}),
+        json.dumps({"pump_id": "p9", "timestamp": -1e30, "motor_temp": 70}),
+        json.dumps({"pump_id": "p9", "timestamp": "2026-05-01T21:00:00Z", "motor_temp": "12.5"}),
+        json.dumps({"pump_id": "p9", "timestamp": "2026-05-01T22:00:00Z", "flow": True}),
+    ]
+    lines = lines[:8] + hostile + lines[8:]
     done = subprocess.run(
         [
             sys.executable,
@@ -583,7 +597,18 @@ def test_readings_on_stdin_are_scored(ws: EdgeWorkspace, tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     store = Store(cfg.state_dir / "store.db")
-    assert store.counters()["scored"] == 16 - W + 1 and store.counters()["bad_files"] == 1
+    c = store.counters()
+    assert c["scored"] == 16 - W + 1 and c["rows_set_aside"] == len(hostile)
+    for why in (
+        "not JSON",
+        "not an object: list",
+        "motor_temp: 9999 is outside its physical range -40 to 250",
+        "pump_id: 1 to 128 printable characters",
+        "timestamp: not a time: -1e+30",
+        "motor_temp: a number or null, not '12.5'",
+        "flow: a number or null, not 'True'",
+    ):
+        assert why in done.stderr, why
 
 
 def test_agent_dockerfile_passes_hadolint() -> None:
