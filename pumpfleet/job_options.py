@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pumpfleet.alerts import AlertPolicy
 from pumpfleet.errors import InputError, one_line
 from pumpfleet.windows import WindowConfig
 
@@ -115,6 +116,60 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="finish the last experiment")
     how.add_argument("--reproduce", metavar="RUN_ID", help="retrain a recorded trial, compare")
+
+
+# --- monitor --------------------------------------------------------------------------
+
+# The cluster manifests pass it, and the monitor's summary names it when it is missing.
+JOBS_ADDRESS_OPTION = "--jobs-address"
+
+
+def add_monitor_args(p: argparse.ArgumentParser) -> None:
+    """``pumpfleet monitor`` and ``python -m ray_jobs.monitor``."""
+    p.add_argument("--snapshot", default="latest")
+    p.add_argument("--chunk-size", type=int, default=50)
+    p.add_argument(
+        "--std-multiplier",
+        type=float,
+        default=None,
+        help="drift alerts above the reference chunks' mean + this many sd",
+    )
+    p.add_argument(
+        "--min-alert-chunks",
+        "--consecutive",
+        dest="consecutive",
+        type=int,
+        default=2,
+        help="drifted chunks in a row that raise an alert (clean ones clear it)",
+    )
+    p.add_argument(
+        "--cooldown-hours",
+        type=float,
+        default=24.0,
+        help="least time between two retrains of one class",
+    )
+    p.add_argument(
+        "--new-data-rows",
+        type=int,
+        default=None,
+        help="retrain every class once this many rows arrived since the snapshot",
+    )
+    p.add_argument(
+        JOBS_ADDRESS_OPTION,
+        default=None,
+        help="Ray job server to submit retraining to (default: PUMPFLEET_JOBS_ADDRESS)",
+    )
+    p.add_argument("--no-trigger", action="store_true", help="report only; never retrain")
+
+
+def alert_policy(args: argparse.Namespace) -> AlertPolicy:
+    """The AlertPolicy the monitor options describe."""
+    return AlertPolicy(
+        consecutive=args.consecutive,
+        clear_after=args.consecutive,
+        cooldown_hours=args.cooldown_hours,
+        new_data_rows=args.new_data_rows,
+    )
 
 
 # --- retrain --------------------------------------------------------------------------

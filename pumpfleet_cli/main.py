@@ -18,13 +18,13 @@ from edge_export.cli import add_commands as add_edge_commands
 from pumpfleet.errors import PumpfleetError, one_line
 from pumpfleet.job_options import (
     add_ingest_args,
+    add_monitor_args,
     add_retrain_args,
     add_train_args,
     positive,
 )
 from pumpfleet.settings import get_settings, quiet_telemetry
 from pumpfleet_cli import commands
-from ray_jobs.monitor_args import add_monitor_args
 
 log = logging.getLogger("pumpfleet")
 

@@ -237,9 +237,9 @@ DRIVERS = {
 
 def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
     from pumpfleet.drift import AnalysisConfig, analyse_class, shuffled_reference
-    from ray_jobs.monitor import _class_summary, class_meta
-    from ray_jobs.monitor_reference import Reference, analysis_frame
-    from ray_jobs.monitor_report import report_html
+    from pumpfleet.monitoring.reference import Reference, analysis_frame
+    from pumpfleet.monitoring.report import report_html
+    from pumpfleet.monitoring.summary import class_meta, class_summary
 
     rng, n = np.random.default_rng(0), 2000
     ts = pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC")
@@ -258,7 +258,7 @@ def test_what_drives_the_alerts_reaches_the_summary_and_the_report() -> None:
     analysis = analysis_frame(rows, pd.DataFrame(), ref)
     cfg = AnalysisConfig(chunk_size=100, multivariate=False)
     r = analyse_class("esp", ref.drift, analysis, ref.features, cfg)
-    s = _class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
+    s = class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
     assert s["alert_drivers"]["top"] == ["motor_temp"] and s["champion"] == "1"
     summary = {
         "created": "now", "snapshot_id": "snap1", "predictions": 300, "chunk_size": 100,
@@ -300,7 +300,7 @@ def served_rows(n: int, hot_from: int | None, versions: tuple[str, ...] = ("3",)
 
 def reference(health: bool) -> Any:
     from pumpfleet.drift import HealthReference, shuffled_reference
-    from ray_jobs.monitor_reference import Reference
+    from pumpfleet.monitoring.reference import Reference
 
     rng, n = np.random.default_rng(0), 2000  # 20 reference chunks: thresholds that hold
     ts = pd.date_range("2025-01-01", periods=n, freq="h", tz="UTC")
@@ -315,9 +315,9 @@ def reference(health: bool) -> Any:
 
 def test_health_reaches_the_summary_and_the_report() -> None:
     from pumpfleet.drift import AnalysisConfig, analyse_class
-    from ray_jobs.monitor import _class_summary, class_meta
-    from ray_jobs.monitor_reference import analysis_frame
-    from ray_jobs.monitor_report import report_html
+    from pumpfleet.monitoring.reference import analysis_frame
+    from pumpfleet.monitoring.report import report_html
+    from pumpfleet.monitoring.summary import class_meta, class_summary
 
     ref = reference(health=True)
     rows = served_rows(600, hot_from=300, versions=("3", "3", "2"))  # a third from v2
@@ -328,7 +328,7 @@ def test_health_reaches_the_summary_and_the_report() -> None:
     r = analyse_class("esp", ref.drift, analysis, ref.features, cfg, None, ref.health)
     meta = class_meta("esp", ref, rows, analysis)
     assert "esp: 200 health scores from anomaly versions other than the champion" in ref.notes[0]
-    s = _class_summary(r, AlertPolicy(), meta)
+    s = class_summary(r, AlertPolicy(), meta)
     h = s["health"]
     assert (h["anomaly_champion"], h["scored_rows"], h["expected_alarm_rate"]) == ("3", 400, 0.012)
     assert h["alert_active"] and h["detected_at_chunk"] == 4 and h["alarm_rate_chunks"] == 3
@@ -344,8 +344,8 @@ def test_health_reaches_the_summary_and_the_report() -> None:
 
 def test_a_log_without_health_columns_is_monitored_as_before() -> None:
     from pumpfleet.drift import AnalysisConfig, analyse_class
-    from ray_jobs.monitor import _class_summary, class_meta
-    from ray_jobs.monitor_reference import analysis_frame
+    from pumpfleet.monitoring.reference import analysis_frame
+    from pumpfleet.monitoring.summary import class_meta, class_summary
 
     cfg = AnalysisConfig(chunk_size=100, multivariate=False)
     for health in (False, True):  # no anomaly model; one, but the log predates its columns
@@ -356,7 +356,7 @@ def test_a_log_without_health_columns_is_monitored_as_before() -> None:
         r = analyse_class("esp", ref.drift, analysis, ref.features, cfg, None, ref.health)
         plain = analyse_class("esp", ref.drift, analysis, ref.features, cfg)
         pd.testing.assert_frame_equal(r.chunks, plain.chunks)
-        s = _class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
+        s = class_summary(r, AlertPolicy(), class_meta("esp", ref, rows, analysis))
         assert r.health_flags() == [] and not s["drifted"]
         if health:
             assert s["health"]["scored_rows"] == 0 and not s["health"]["alert_active"]
@@ -378,7 +378,7 @@ def test_the_monitor_rayjob_submits_retrains_to_its_own_cluster() -> None:
     from urllib.parse import urlsplit
 
     from cluster import validate as v
-    from ray_jobs.monitor_args import add_monitor_args
+    from pumpfleet.job_options import add_monitor_args
 
     (job,) = [d for w, d in v.manifests() if w.startswith("k8s/jobs/rayjob-monitor.yaml#")]
     argv = shlex.split(job["spec"]["entrypoint"])  # one command (the validator checks that)
