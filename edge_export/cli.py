@@ -11,10 +11,10 @@ PumpfleetError, which the command turns into one line and a non-zero exit.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from pumpfleet import jsontext
 from pumpfleet.errors import BundleError, InputError
 from pumpfleet.manifest import BundleManifest
 from pumpfleet.settings import Settings
@@ -49,7 +49,7 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_bundle(args: argparse.Namespace, settings: Settings) -> None:
     from edge_export.export import run_export
 
-    print(json.dumps(run_export(settings, args.out, args.pump_class), indent=2, default=str))
+    print(jsontext.dumps(run_export(settings, args.out, args.pump_class), indent=2))
 
 
 def verify(path: Path, public_key: str) -> BundleManifest:

@@ -3,7 +3,6 @@ error on bad input, and the JSON summary on stdout."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from pumpfleet import jsontext
 from pumpfleet.errors import PumpfleetError, one_line
 
 
@@ -24,7 +24,7 @@ def run_main(job: Callable[[], Any]) -> int:
     except ValidationError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, default=str))
+    print(jsontext.dumps(result, indent=2))
     return exit_code(result)
 
 

@@ -7,6 +7,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pumpfleet import jsontext
+
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
@@ -74,7 +76,7 @@ def read_json(uri: str | Path) -> Any:
 
 
 def write_json(uri: str | Path, obj: Any) -> None:
-    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True).encode())
+    write_bytes(uri, jsontext.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 # What a fleet dataset folder holds (see pumpfleet.schema).

@@ -6,13 +6,13 @@ use it (inside the function), so ``pumpfleet --help`` and the edge commands star
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from pumpfleet import jsontext
 from pumpfleet.adapters import shared_data_dir
 from pumpfleet.errors import InputError, one_line
 from pumpfleet.job_options import RetrainOptions, submit_retrain, window_config
@@ -31,7 +31,7 @@ def _existing(path: str, what: str) -> str:
 
 def _print(result: Any) -> int:
     """Print a job's JSON summary; its exit code (PARTIAL if it says so)."""
-    print(json.dumps(result, indent=2, default=str))
+    print(jsontext.dumps(result, indent=2))
     partial = isinstance(result, dict) and result.get("status") == "partial"
     return PARTIAL if partial else 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import ray
 
@@ -39,8 +40,22 @@ def init_ray(settings: Settings) -> bool:
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
         )
+    protect_token()
     ray.data.DataContext.get_current().enable_progress_bars = True
     return True
+
+
+def protect_token(path: Path | None = None) -> bool:
+    """Ray writes its auth token (``~/.ray/auth_token``) readable by every user on the
+    machine; make it its owner's alone (0600). Whether the mode was changed."""
+    path = path or Path.home() / ".ray" / "auth_token"
+    try:
+        if path.is_file() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+            return True
+    except OSError as e:  # another user's file, a read-only home: say so, go on
+        log.warning("could not make %s private: %s", path, e)
+    return False
 
 
 def cluster_cpus() -> int:
