@@ -7,7 +7,7 @@ The convention (docs/development.md, "Commands in the docs"):
   ```json; no other fence language (a ```sh block would escape the test);
 - HTML comments right above a block (the site does not show them) steer it:
   ``<!-- skip: KIND: why -->`` skips it with that reason (KIND: cluster, gpu, device, long,
-  server), after checking what can be checked without running it: its ``pumpfleet`` and
+  benchmark, server), after checking what can be checked without running it: its ``pumpfleet`` and
   ``pumpfleet-edge`` commands parse, its ``python -m`` modules and ``make`` targets exist,
   and the repository files it names are there; ``<!-- realdata -->`` marks a block that
   needs ../shared/data; ``<!-- expect: TEXT -->`` requires TEXT in its output;
@@ -59,6 +59,7 @@ SKIP_KINDS = {
     "gpu": "needs an NVIDIA GPU",
     "device": "needs an edge device",
     "long": "takes minutes or more",
+    "benchmark": "a benchmark: minutes of both cores, or gigabytes",
     "server": "runs until stopped",
 }
 # Not mirrored into a page's working folder: git's own, caches, built output, and the
