@@ -161,7 +161,11 @@ def read_bundle(path: Path, public_key_hex_: str) -> Bundle:
                 assert f is not None
                 files[m.name] = f.read()
     except (tarfile.TarError, OSError) as e:
-        raise BundleError(f"{path}: not a readable bundle ({e})") from e
+        # tarfile's message lists every compression it tried, one per line: one line here
+        why = str(e).splitlines()[0].rstrip(": ") if str(e) else type(e).__name__
+        if isinstance(e, tarfile.ReadError):
+            why = "not a tar archive"
+        raise BundleError(f"{path.name}: not a readable bundle ({why})") from None
     if MANIFEST not in files or SIGNATURE not in files:
         raise BundleError(f"{path.name}: manifest or signature missing")
     for name in files:

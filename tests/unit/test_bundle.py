@@ -68,11 +68,13 @@ def test_changed_manifest_is_rejected(tmp_path: Path) -> None:
         bundle.read_bundle(path, pub)
 
 
-def test_garbage_file_is_rejected(tmp_path: Path) -> None:
+def test_garbage_file_is_rejected_in_one_line(tmp_path: Path) -> None:
     path = tmp_path / "x.pfbundle"
-    path.write_bytes(b"not a tar")
-    with pytest.raises(BundleError, match="not a readable bundle"):
+    path.write_bytes(b"not a tar" * 400)
+    with pytest.raises(BundleError) as e:
         bundle.read_bundle(path, "00" * 32)
+    # tarfile's own message is five lines, one per compression it tried
+    assert str(e.value) == "x.pfbundle: not a readable bundle (not a tar archive)"
 
 
 @pytest.mark.parametrize(
