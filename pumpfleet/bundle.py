@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pumpfleet.errors import BundleError
-from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, BundleManifest, plain_name
+from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, BundleManifest
+from pumpfleet.names import plain_name
 
 SUFFIX = ".pfbundle"
 

@@ -13,52 +13,77 @@ The HTTP route (in the Serve app) passes the request body to :func:`handle_uploa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from pumpfleet.errors import InputError, one_line
+from pumpfleet.errors import ConflictError, InputError, one_line
+from pumpfleet.names import PlainName, plain_name
 from pumpfleet.records import PredictionRecord, rows_to_table
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_RECORDS = 10_000
 
 
 class EdgeUpload(BaseModel):
     """The body of ``POST /v1/edge/upload``: a batch of the device's prediction records."""
 
-    device_id: str = Field(pattern=_NAME.pattern)
-    batch_key: str = Field(pattern=_NAME.pattern)
+    device_id: PlainName
+    batch_key: PlainName
     records: list[PredictionRecord] = Field(max_length=MAX_RECORDS)
     health: dict[str, Any] | None = None
 
 
+DIGEST_KEY = b"pumpfleet.batch_sha256"
+
+
+def batch_digest(records: list[PredictionRecord]) -> str:
+    """What a batch holds, as a sha256 of its records' canonical JSON."""
+    body = json.dumps([r.model_dump(mode="json") for r in records], sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def _table(records: list[PredictionRecord], device_id: str) -> Any:
-    """The batch as the prediction log's table, every row marked with its device."""
+    """The batch as the prediction log's table, every row marked with its device and
+    the batch's digest in the file's metadata."""
     rows = [{**r.model_dump(), "device_id": device_id} for r in records]
-    return rows_to_table(rows)
+    table = rows_to_table(rows)
+    return table.replace_schema_metadata({DIGEST_KEY: batch_digest(records).encode()})
+
+
+def _again(dest: Path, batch_key: str, records: list[PredictionRecord]) -> dict[str, Any]:
+    """A batch key seen before: a duplicate if it carries the same records (a retry after
+    a lost acknowledgement), a ConflictError if other records (a replay or a bug)."""
+    import pyarrow.parquet as pq
+
+    stored = (pq.read_schema(dest).metadata or {}).get(DIGEST_KEY)
+    if stored is not None and stored.decode() != batch_digest(records):
+        raise ConflictError(f"batch_key {batch_key} was stored before with other records")
+    return {"stored": 0, "duplicate": True}
 
 
 def store_upload(
     root: Path, device_id: str, batch_key: str, records: list[PredictionRecord]
 ) -> dict[str, Any]:
     """Store a batch of edge records once per ``(device_id, batch_key)``; returns
-    ``{"stored": n, "duplicate": bool}`` (a duplicate stores nothing)."""
+    ``{"stored": n, "duplicate": bool}`` (a duplicate stores nothing; the same key with
+    other records is a ConflictError)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for what, name in (("device_id", device_id), ("batch_key", batch_key)):
-        if not _NAME.match(name):
-            raise InputError(f"{what}: must be 1-128 of A-Z a-z 0-9 . _ -, got {name!r}")
+        try:
+            plain_name(name)
+        except ValueError as e:
+            raise InputError(f"{what}: {e}") from None
     folder = Path(root) / "edge" / device_id
     dest = folder / f"{batch_key}.parquet"
     if dest.exists():
-        return {"stored": 0, "duplicate": True}
+        return _again(dest, batch_key, records)
     if not records:
         return {"stored": 0, "duplicate": False}
     table = _table(records, device_id)
@@ -74,7 +99,7 @@ def store_upload(
         try:
             os.link(tmp, dest)  # atomic, and fails if another writer got there first
         except FileExistsError:
-            return {"stored": 0, "duplicate": True}
+            return _again(dest, batch_key, records)
     finally:
         tmp.unlink(missing_ok=True)
     return {"stored": len(records), "duplicate": False}

@@ -28,6 +28,10 @@ class BundleError(PumpfleetError):
     """An edge bundle is malformed, tampered with or signed by the wrong key."""
 
 
+class ConflictError(PumpfleetError):
+    """A request contradicts what was stored before under the same key (HTTP 409)."""
+
+
 class ParityError(PumpfleetError):
     """An exported model does not score like the model it was exported from."""
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pumpfleet.errors import BundleError
+from pumpfleet.names import PlainName
 
 # The archive format (a tar of the manifest, its signature and the members).
 FORMAT = 1
@@ -27,16 +28,7 @@ ANOMALY_FEATURE_SPEC = "anomaly_feature_spec.json"
 HEALTH_SPEC = "health_spec.json"
 GOLDEN_ANOMALY_KEY = "anomaly_errors"  # the FP32 anomaly errors of the golden windows
 
-_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _NUMBER = re.compile(r"[0-9]{1,18}")
-
-
-def plain_name(name: str) -> str:
-    """``name`` if it is a plain file name (letters, digits, ``._-``, not starting with a
-    dot, no separator); else a ValueError."""
-    if not _PLAIN.fullmatch(name):
-        raise ValueError(f"{name!r} is not a plain file name")
-    return name
 
 
 def _number(text: str) -> str:
@@ -45,7 +37,6 @@ def _number(text: str) -> str:
     return text
 
 
-PlainName = Annotated[str, AfterValidator(plain_name)]
 VersionNumber = Annotated[str, AfterValidator(_number)]
 Precision = Literal["fp32", "fp16", "int8"]
 

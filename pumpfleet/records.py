@@ -25,6 +25,9 @@ from pumpfleet.errors import InputError
 INPUT_PREFIX = "in_"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _INPUT = re.compile(r"^in_[a-z][a-z0-9_]{0,63}$")
+# No pump reads beyond these: a value past them is a fault or an attack, not a reading.
+MAX_RUL_HOURS = 1e6
+MAX_INPUT = 1e9
 # 1970 to 2100, in nanoseconds: a time outside it is a mistake (and overflows datetime64).
 MAX_TIMESTAMP_NS = 4_102_444_800 * 10**9
 
@@ -44,12 +47,12 @@ class PredictionRecord(BaseModel):
     pump_class: str = Field(pattern=NAME)
     arm: Arm = "edge"  # what a device uploads, where it says nothing
     model_version: str = Field(pattern=r"^[0-9]{1,18}$")
-    rul_hours: Finite = Field(ge=0)
+    rul_hours: Finite = Field(ge=0, le=MAX_RUL_HOURS)
     failure_probability: Finite = Field(ge=0, le=1)
     latency_ms: Finite = Field(default=0.0, ge=0)
     alert: bool | None = None
     shadow_version: str | None = Field(default=None, pattern=r"^[0-9]{1,18}$")
-    shadow_rul_hours: Finite | None = Field(default=None, ge=0)
+    shadow_rul_hours: Finite | None = Field(default=None, ge=0, le=MAX_RUL_HOURS)
     shadow_failure_probability: Finite | None = Field(default=None, ge=0, le=1)
     health_score: Finite | None = None
     anomaly: bool | None = None
@@ -72,8 +75,10 @@ class PredictionRecord(BaseModel):
                     isinstance(value, bool)
                     or not isinstance(value, int | float)
                     or not math.isfinite(value)
+                    or abs(value) > MAX_INPUT
                 ):
-                    raise ValueError(f"{key}: a finite number or null, not {value!r}")
+                    shown = repr(value)[:40]
+                    raise ValueError(f"{key}: a finite number (|x| <= 1e9) or null, not {shown}")
         return data
 
     @field_validator("timestamp", mode="before")
