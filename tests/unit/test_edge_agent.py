@@ -364,8 +364,10 @@ def test_offline_with_the_quota_hit_alerts_survive_and_the_rest_is_delivered(
         routine += write_readings(cfg.spool, f"d{day:02d}a", ["p1", "p2"], day * 12, 12)
         hot += write_readings(cfg.spool, f"d{day:02d}b", ["hot1"], day * 12, 12, failing=True)
         agent.step()
-    assert cloud.posts > 0 and agent.store.buffered()["rows"] > 0
     c = agent.store.counters()
+    # Offline: it tried, nothing was delivered, and every row not thinned is buffered.
+    assert cloud.posts > 0 and c["uploaded"] == 0
+    assert agent.store.buffered()["rows"] == c["scored"] - c["thinned"]
     # Which windows alert is the model's call (it was trained in this run): nearly all of
     # the hot pump's, none of the healthy pumps'. What must hold is that none is lost.
     n_alerts = c["alerts"]
@@ -819,7 +821,11 @@ def test_anomalies_are_kept_through_the_quota_like_alerts(tmp_path: Path) -> Non
         for i in range(100)
     ]
     thinned = store.commit(records, {}, quota_bytes=3000)
-    assert thinned > 0
+    # 101 rows (the old one of 2 bytes, 100 of 105), 15 of them alerts or anomalies, are
+    # thinned to 90 % of the quota (2,700 bytes) by dropping every other routine row,
+    # oldest first: 43, then 21, then 11 more; 26 rows of 2,627 bytes are left.
+    assert thinned == store.counters()["thinned"] == 43 + 21 + 11
+    assert store.buffered()["rows"] == 101 - thinned and store.buffered()["bytes"] == 2627
     kept = {r[0] for r in store.db.execute("SELECT key FROM outbox")}
     assert {f"k{i}" for i in range(100) if i % 10 == 5 or i % 20 == 0} <= kept
     assert store.buffered()["anomalies"] == 10 and store.buffered()["alerts"] == 5
@@ -907,7 +913,7 @@ def test_the_health_model_runs_int8_only_beside_int8_and_where_export_allowed_it
     from edge_agent.model import Scorer, open_bundle
 
     b = open_bundle(hws.bundles["2"], hws.public_key)
-    assert b.anomaly is not None
+    assert b.anomaly is not None and sorted(b.anomaly.variants) == ["fp32", "int8"]
     fit = b.anomaly.variants["int8"].within_accuracy
     for variant, expect in [
         ("fp32", "fp32"),
