@@ -3,6 +3,8 @@
     pumpfleet edge keygen --out PATH
     pumpfleet edge bundle [--class C] [--out DIR]
     pumpfleet edge verify BUNDLE --public-key HEX|FILE
+    pumpfleet edge device issue|revoke --device ID
+    pumpfleet edge device list
 
 Added to the ``pumpfleet`` command by :func:`add_commands`; errors are raised as
 PumpfleetError, which the command turns into one line and a non-zero exit.
@@ -83,9 +85,27 @@ def health_model(manifest: BundleManifest) -> str:
     return said + (f" ({','.join(off)} off its limits: fp32 runs)" if off else "")
 
 
+def cmd_device(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet import devices
+
+    where = str(settings.home / devices.FILE)
+    if args.action != "list" and not args.device:
+        raise InputError(f"--device: required to {args.action} a credential")
+    if args.action == "issue":
+        token = devices.issue(where, args.device)
+        # The token is shown this once; the service keeps its digest only.
+        print(f"token for {args.device} (put it in the device's api_key or api_key_file):")
+        print(token)
+    elif args.action == "revoke":
+        entry = devices.revoke(where, args.device)
+        print(f"{args.device}: revoked at {entry.revoked}; its uploads are refused from now on")
+    else:
+        print(jsontext.dumps(devices.listing(where), indent=2))
+
+
 def add_commands(sub: Any) -> None:
-    """Add ``edge keygen|bundle|verify`` to the ``pumpfleet`` subcommands ``sub``."""
-    edge = sub.add_parser("edge", help="edge bundles: signing keys, build, verify")
+    """Add ``edge keygen|bundle|verify|device`` to the ``pumpfleet`` subcommands ``sub``."""
+    edge = sub.add_parser("edge", help="edge bundles and devices: keys, build, verify, credentials")
     cmds = edge.add_subparsers(dest="edge_command", required=True)
 
     s = cmds.add_parser("keygen", help="a new ed25519 signing key (private file is 0600)")
@@ -101,3 +121,8 @@ def add_commands(sub: Any) -> None:
     s.add_argument("bundle", help="the .pfbundle file")
     s.add_argument("--public-key", required=True, help="hex, or the .pub file keygen wrote")
     s.set_defaults(func=cmd_verify)
+
+    s = cmds.add_parser("device", help="edge devices' upload credentials: issue, revoke, list")
+    s.add_argument("action", choices=["issue", "revoke", "list"])
+    s.add_argument("--device", help="the device id (issue, revoke)")
+    s.set_defaults(func=cmd_device)
