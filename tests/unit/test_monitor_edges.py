@@ -42,9 +42,13 @@ def write_log(settings: Settings, rows: list[dict[str, Any]]) -> None:
 def test_empty_log_is_one_message(settings: Settings) -> None:
     out = run_monitor(settings)
     assert out["status"] == "empty"
-    assert "no predictions logged" in out["message"]
+    assert out["message"] == (
+        f"no predictions logged under {settings.predictions_dir}; nothing to monitor"
+    )
     assert out["report"] is None and out["triggers"] == []
-    assert (settings.reports_dir / "drift-latest.json").exists()
+    # The summary is written as it is returned, less the paths of reports not made.
+    written = json.loads((settings.reports_dir / "drift-latest.json").read_text())
+    assert written == {k: v for k, v in out.items() if k not in ("report", "drift_map")}
 
 
 def test_old_schema_log_is_left_out_with_a_note(settings: Settings) -> None:
@@ -57,7 +61,10 @@ def test_old_schema_log_is_left_out_with_a_note(settings: Settings) -> None:
     ])  # fmt: skip
     out = run_monitor(settings, chunk_size=50)
     assert out["status"] == "ok" and out["classes"] == {}
-    assert any("80 logged predictions carry no input summaries" in n for n in out["notes"])
+    assert out["notes"] == [
+        "80 logged predictions carry no input summaries (in_* columns; an older version's"
+        " log): left out of the analysis"
+    ]
     assert out["triggers"] == []
 
 
@@ -65,7 +72,10 @@ def test_log_without_class_column(settings: Settings) -> None:
     fake_snapshot(settings, ["esp"])
     write_log(settings, [{"pump_id": "p", "rul_hours": 1.0, "in_flow": 2.0}] * 60)
     out = run_monitor(settings)
-    assert "no pump_class, timestamp column" in out["notes"][0]
+    assert out["notes"] == [
+        "the prediction log has no pump_class, timestamp column: written by an older"
+        " version; nothing analysed"
+    ]
 
 
 def test_class_without_reference_is_skipped(settings: Settings) -> None:
@@ -76,8 +86,10 @@ def test_class_without_reference_is_skipped(settings: Settings) -> None:
         *[{"pump_id": "esp-1", "pump_class": "esp", "timestamp": ts, "in_flow": 1.0}] * 10,
     ])  # fmt: skip
     out = run_monitor(settings, chunk_size=50)
-    assert out["skipped"]["submarine"] == "no reference data for this class"
-    assert "fewer than a chunk" in out["skipped"]["esp"]
+    assert out["skipped"] == {
+        "submarine": "no reference data for this class",
+        "esp": "10 predictions, fewer than a chunk (50)",
+    }
 
 
 class FakeServer:
@@ -103,8 +115,22 @@ def test_one_job_per_class_and_cooldown_survive_restarts(settings: Settings) -> 
     busy = FakeServer(running={"rod"})
     out = start_retrains(settings, wanted, p, NOW, busy)
     assert busy.submitted == [["esp"]]
-    assert [t["start"] for t in out["triggers"]] == [True, False]
-    assert set(load_state(settings).last_retrain) == {"esp"}  # durable: in the workspace
+    assert out["triggers"] == [
+        {
+            "pump_class": "esp",
+            "start": True,
+            "reason": "drift on esp: motor_temp",
+            "job_id": "pumpfleet-retrain-1",
+        },
+        {
+            "pump_class": "rod",
+            "start": False,
+            "reason": "drift on rod: flow; a retrain job is already running",
+            "job_id": None,
+        },
+    ]
+    state = load_state(settings)  # durable: in the workspace
+    assert (state.last_retrain, state.last_job) == ({"esp": NOW}, {"esp": "pumpfleet-retrain-1"})
     again = FakeServer()
     start_retrains(settings, wanted, p, NOW, again)
     assert again.submitted == [["rod"]]  # esp cools down; rod no longer runs
@@ -121,7 +147,10 @@ def test_unreachable_job_server_is_one_message_and_no_retrain(settings: Settings
     server = JobServer(address)
     out = start_retrains(settings, {"esp": "drift", "rod": "drift"}, AlertPolicy(), NOW, server)
     assert out["message"].startswith(f"job server at {address} unreachable")
-    assert not any(t["start"] for t in out["triggers"])
+    assert [(t["pump_class"], t["start"]) for t in out["triggers"]] == [
+        ("esp", False),
+        ("rod", False),
+    ]
     assert load_state(settings).last_retrain == {}
     down = FakeServer(running=ConnectionError("Failed to connect"))
     assert (
@@ -132,7 +161,16 @@ def test_unreachable_job_server_is_one_message_and_no_retrain(settings: Settings
 
 def test_no_job_server_configured() -> None:
     out = start_retrains(Settings(), {"esp": "drift"}, AlertPolicy(), NOW, None)
-    assert "no job server" in out["triggers"][0]["reason"]
+    assert out == {
+        "triggers": [
+            {
+                "pump_class": "esp",
+                "start": False,
+                "reason": "drift; no job server (--jobs-address) to submit to",
+            }
+        ],
+        "message": None,
+    }
 
 
 @pytest.mark.parametrize(
