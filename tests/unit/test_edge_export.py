@@ -263,7 +263,13 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
 
     # v1 was exported before the class had an anomaly model: RUL only, as before.
     old = bundle.read_bundle(hws.bundles["1"], hws.public_key)
-    assert "anomaly" not in old.manifest and "health_spec.json" not in old.members
+    rul_members = [
+        *variants.FILES.values(),
+        "build_profile.json",
+        "feature_spec.json",
+        "golden.npz",
+    ]
+    assert old.manifest.anomaly is None and sorted(old.members) == sorted(rul_members)
     assert hws.exports["1"]["anomaly"] == {"skipped": "no pumpfleet-esp-anomaly@champion"}
     assert hws.bundles["2"].name == "pumpfleet-esp-v2-anomaly-v1.pfbundle"
     assert (hws.exports["1"]["bundle_id"], hws.exports["2"]["bundle_id"]) == ("v1", "v2-anomaly-v1")
@@ -272,7 +278,8 @@ def test_bundle_carries_the_anomaly_champion_in_fp32_and_int8_with_its_health_sp
     assert (a["kind"], a["model_name"], a["version"]) == ("anomaly", "pumpfleet-esp-anomaly", "1")
     assert a["threshold"] == pytest.approx(hws.health.threshold)
     assert a["target_far"] == 0.05 and a["model_kind"] == "conv_ae"
-    assert {"anomaly.onnx", "anomaly_int8.onnx", "health_spec.json"} <= set(b.members)
+    anomaly_members = ["anomaly.onnx", "anomaly_int8.onnx", "health_spec.json"]
+    assert sorted(b.members) == sorted([*rul_members, *anomaly_members, a["feature_spec_file"]])
     assert HealthSpec.from_json(b.members["health_spec.json"]) == hws.health
     assert FeatureSpec.from_json(b.members[a["feature_spec_file"]]) == ANOMALY_SPEC
     # The RUL part is what it was.
