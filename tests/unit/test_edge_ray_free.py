@@ -18,6 +18,7 @@ from tests.conftest import BLOCK_IMPORTS, BlockImports
 ROOT = Path(__file__).resolve().parents[2]
 EDGE_TESTS = [
     "tests/unit/test_edge_agent.py",
+    "tests/unit/test_edge_doors.py",
     "tests/unit/test_manifest.py",
     "tests/unit/test_window_rule.py",
     "tests/unit/test_scoring.py",
