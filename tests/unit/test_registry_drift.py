@@ -6,11 +6,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from pumpfleet.drift import DriftMonitor
-from pumpfleet.errors import DataError, RegistryError
+from pumpfleet.errors import RegistryError
 from pumpfleet.features import FeatureSpec
 from pumpfleet.models import ModelConfig, build_model
 from pumpfleet.onnx_io import to_onnx
@@ -115,32 +113,3 @@ def test_a_version_whose_alias_cannot_be_set_is_not_left_behind(
         reg.register_as(uri, name, CHALLENGER)
     assert list(reg.versions(name)) == ["1"]  # version 2 was removed again
     assert reg.aliases(name) == {CHALLENGER: "1"}
-
-
-def frame(n: int, shift: float, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "a": rng.normal(0, 1, n) + shift,
-            "b": rng.normal(5, 2, n),
-            "timestamp": pd.date_range("2026-01-01", periods=n, freq="h", tz="UTC"),
-        }
-    )
-
-
-def test_drift_flags_the_shifted_feature_only() -> None:
-    monitor = DriftMonitor(["a", "b"], chunk_size=100, min_alert_chunks=2)
-    ref = frame(2000, 0.0, 0)
-    shifted = monitor.run("esp", ref, frame(400, 0.8, 1), with_plot=False)
-    assert shifted.drifted_features == ["a"]
-    assert shifted.features["a"].alerts == 4 and shifted.features["b"].alerts <= 1
-    calm = monitor.run("esp", ref, frame(400, 0.0, 2), with_plot=False)
-    assert not calm.drifted
-
-
-def test_drift_refuses_too_little_data() -> None:
-    monitor = DriftMonitor(["a", "b"], chunk_size=100)
-    with pytest.raises(DataError, match="reference has 150 rows, need at least 200"):
-        monitor.run("esp", frame(150, 0, 0), frame(100, 0, 1), with_plot=False)
-    with pytest.raises(DataError, match="nothing to analyse"):
-        monitor.run("esp", frame(300, 0, 0), frame(0, 0, 1), with_plot=False)
