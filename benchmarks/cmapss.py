@@ -179,7 +179,7 @@ def _score_val(
 
 
 def _search_space(args: argparse.Namespace) -> Any:
-    from ray_jobs.train import SearchSpace
+    from pumpfleet.search_space import SearchSpace
 
     space = {**SEARCH}
     for key in ("kind", "hidden", "lr", "dropout", "batch_size"):

@@ -207,10 +207,12 @@ def _staged_pids(lc: LocalCluster, experiment: str) -> dict[str, int]:
 def training(quick: bool) -> dict[str, Any]:
     """Tune two trials per class on two workers; kill the node of a trial once it has
     checkpointed two epochs."""
+    from pumpfleet.search_space import Asha, SearchSpace
     from pumpfleet.simulator import SimulationConfig
+    from pumpfleet.training_run import LATEST
     from pumpfleet.windows import WindowConfig
     from ray_jobs.ingest import run_ingest
-    from ray_jobs.train import LATEST, Asha, SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     epochs = 10
     # No early stopping (grace = all epochs): which trials ASHA stops depends on the

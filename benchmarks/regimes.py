@@ -23,8 +23,9 @@ from pumpfleet.windows import WindowConfig
 
 def _arm(root: Path, data: Path, regimes: bool, epochs: int, seed: int) -> dict[str, Any]:
     from pumpfleet.evaluation_run import run_evaluate
+    from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import run_ingest
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     settings = Settings(home=root)
     snap = run_ingest(str(data), str(settings.features_dir), WindowConfig(regimes=regimes))

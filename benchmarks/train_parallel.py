@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
+    from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import run_ingest
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     root = Settings().home / "benchmarks" / f"train-parallel-{int(time.time())}"
     settings = Settings(home=root)

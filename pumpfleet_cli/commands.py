@@ -86,8 +86,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.reproduction import reproduce
+    from pumpfleet.search_space import space_from_args
     from ray_jobs._ray import init_ray
-    from ray_jobs.train import reproduce, resume_train, run_train, space_from_args
+    from ray_jobs.train import resume_train, run_train
 
     if args.kind == "anomaly":
         _train_anomaly(args, settings)
@@ -105,8 +107,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _train_anomaly(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.search_space import AnomalySearchSpace
     from ray_jobs._ray import init_ray
-    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
+    from ray_jobs.train_anomaly import run_train_anomaly
 
     for flag, given in (("--config", args.config), ("--resume", args.resume)):
         if given:

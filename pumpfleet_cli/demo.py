@@ -23,6 +23,7 @@ import ray
 from pumpfleet.errors import DataError
 from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.predlog import read_log
+from pumpfleet.search_space import SearchSpace
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
@@ -32,7 +33,7 @@ from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs._ray import init_ray
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
-from ray_jobs.train import SearchSpace, run_train
+from ray_jobs.train import run_train
 from serve_apps.security import API_KEY_HEADER, Secrets, digest, new_key
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> i
 
 def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from edge_export.export import run_export
-    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
+    from pumpfleet.search_space import AnomalySearchSpace
+    from ray_jobs.train_anomaly import run_train_anomaly
     from serve_apps import run as serve_run
 
     t0 = time.monotonic()

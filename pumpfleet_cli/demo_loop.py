@@ -127,9 +127,8 @@ def closed_loop(
     """New data → retrain ``cls`` (challenger only) → A/B on post-drift data →
     evaluation with the gates, which promote it if it wins."""
     from pumpfleet.evaluation_run import run_evaluate
+    from pumpfleet.search_space import AnomalySearchSpace, SearchSpace
     from ray_jobs.retrain import run_retrain
-    from ray_jobs.train import SearchSpace
-    from ray_jobs.train_anomaly import AnomalySearchSpace
 
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     champion = registry.version_by_alias(model_name(cls), CHAMPION)

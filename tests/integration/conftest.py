@@ -76,8 +76,9 @@ def inject_faults(dataset: Path) -> int:
 def workspace(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dict[str, Any]:
     """Simulated, fault-injected, ingested and trained once; shared by the tests here."""
     from pumpfleet.evaluation_run import run_evaluate
+    from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import ingest_and_log
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     home = tmp_path_factory.mktemp("ws")
     settings = Settings(home=home)

@@ -48,8 +48,8 @@ def _register_health_model(s: Settings, cls: str) -> tuple[str, HealthColumns]:
     windows, calibrated on normal validation ones: ray_jobs.train_anomaly's steps without
     the Tune search), and what Serve logs with it for raw windows."""
     from pumpfleet.anomaly import AnomalyConfig, fit_autoencoder, window_errors
+    from pumpfleet.anomaly_training import class_data
     from pumpfleet.health import calibrate
-    from ray_jobs.train_anomaly import class_data
 
     snap = open_snapshot(str(s.features_dir))
     d, spec = class_data(snap, cls), snap.spec(cls)

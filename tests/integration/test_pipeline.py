@@ -136,7 +136,8 @@ def test_first_models_face_the_baseline_gate(workspace: dict[str, Any]) -> None:
 
 def test_a_second_challenger_faces_the_champion(workspace: dict[str, Any]) -> None:
     from pumpfleet.evaluation_run import run_evaluate
-    from ray_jobs.train import SearchSpace, run_train
+    from pumpfleet.search_space import SearchSpace
+    from ray_jobs.train import run_train
 
     s = workspace["settings"]
     run_train(s, "latest", SearchSpace(lr=[3e-3], epochs=2, seed=1))

@@ -318,9 +318,10 @@ def test_train_register_promote_through_an_mlflow_server(
     from mlflow.server.auth.client import AuthServiceClient
 
     from pumpfleet.evaluation_run import promote_version, run_evaluate
+    from pumpfleet.search_space import SearchSpace
     from pumpfleet.windows import WindowConfig
     from ray_jobs.ingest import ingest_and_log
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     url = mlflow_server["url"]
     query = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"

@@ -71,7 +71,8 @@ def service(workspace: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def train_health_model(settings: Any, cls: str) -> dict[str, Any]:
     from pumpfleet.health import AnomalyGate
-    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
+    from pumpfleet.search_space import AnomalySearchSpace
+    from ray_jobs.train_anomaly import run_train_anomaly
 
     space = AnomalySearchSpace(
         lr=[1e-2], epochs=2, target_far=0.05, gate=AnomalyGate(min_precision=0, min_recall=0)

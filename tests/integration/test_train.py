@@ -40,7 +40,8 @@ def small(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> Setting
 
 
 def test_two_tiny_trials_per_class_with_lineage(small: Settings, tmp_path: Path) -> None:
-    from ray_jobs.train import Asha, SearchSpace, run_train
+    from pumpfleet.search_space import Asha, SearchSpace
+    from ray_jobs.train import run_train
 
     space = SearchSpace(lr=[1e-2, 3e-3], epochs=2, asha=Asha(grace_period=1))
     out = run_train(small, "latest", space)
@@ -85,7 +86,8 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(small: Settings) -> None
     dies the way a diverged one does."""
     from ray import tune
 
-    from ray_jobs.train import Asha, MlflowTracking, PerClassAsha
+    from pumpfleet.search_space import Asha
+    from ray_jobs.train import MlflowTracking, PerClassAsha
 
     def trainable(config: dict[str, Any]) -> None:
         for epoch in (1, 2):
@@ -126,7 +128,8 @@ def _trial_epochs(experiment: Path) -> dict[str, list[int]]:
 def test_an_interrupted_experiment_resumes_from_its_checkpoints(
     small: Settings, tmp_path: Path, ray_session: Any
 ) -> None:
-    from ray_jobs.train import LATEST, resume_train
+    from pumpfleet.training_run import LATEST
+    from ray_jobs.train import resume_train
 
     config = tmp_path / "space.yaml"
     space = {"lr": [1e-2, 3e-3], "epochs": 200, "hidden": [16], "batch_size": [8]}
@@ -179,7 +182,9 @@ def test_an_interrupted_experiment_resumes_from_its_checkpoints(
 
 
 def test_a_recorded_trial_reproduces_exactly(small: Settings) -> None:
-    from ray_jobs.train import SearchSpace, reproduce, run_train
+    from pumpfleet.reproduction import reproduce
+    from pumpfleet.search_space import SearchSpace
+    from ray_jobs.train import run_train
 
     out = run_train(small, "latest", SearchSpace(lr=[1e-2], epochs=2), classes=["rod"])
     again = reproduce(small, out["classes"]["rod"]["run_id"])
@@ -202,8 +207,9 @@ def test_a_fleet_too_small_to_split_is_refused(tmp_path: Path, ray_session: Any)
 def test_a_single_class_snapshot_trains_that_class_alone(tmp_path: Path, ray_session: Any) -> None:
     import shutil
 
+    from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import run_ingest
-    from ray_jobs.train import SearchSpace, run_train
+    from ray_jobs.train import run_train
 
     settings = Settings(home=tmp_path)
     simulate(SimulationConfig(pumps=16, days=30, seed=4), str(settings.data_dir))

@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.ray]
 def test_anomaly_model_trained_and_registered(
     tmp_path_factory: pytest.TempPathFactory, ray_session: Any
 ) -> None:
+    from pumpfleet.search_space import AnomalySearchSpace
     from ray_jobs.ingest import run_ingest
-    from ray_jobs.train_anomaly import AnomalySearchSpace, run_train_anomaly
+    from ray_jobs.train_anomaly import run_train_anomaly
 
     settings = Settings(home=tmp_path_factory.mktemp("anomaly"))
     simulate(SimulationConfig(pumps=16, days=30, seed=3), str(settings.data_dir))

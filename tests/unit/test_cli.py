@@ -88,7 +88,7 @@ def test_serve_without_a_champion_refuses_to_start(
 def test_search_space_values_are_checked() -> None:
     from pydantic import ValidationError
 
-    from ray_jobs.train import SearchSpace
+    from pumpfleet.search_space import SearchSpace
 
     with pytest.raises(ValidationError, match="greater than 0"):
         SearchSpace(lr=[0.01, -1.0])

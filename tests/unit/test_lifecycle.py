@@ -387,7 +387,7 @@ def test_anomaly_models_have_their_own_champion_rollback_and_trail(
 
 
 def test_an_anomaly_model_replaces_the_champion_only_if_no_worse() -> None:
-    from ray_jobs.train_anomaly import anomaly_verdict
+    from pumpfleet.anomaly_training import anomaly_verdict
 
     def det(f1: float, far: float) -> dict[str, float | None]:
         return {"f1": f1, "far": far, "positives": 10.0}
@@ -405,8 +405,8 @@ def test_an_anomaly_model_replaces_the_champion_only_if_no_worse() -> None:
 def test_a_retrain_starts_an_online_test_of_challengers_it_did_not_promote(
     ws: tuple[Settings, Registry], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from pumpfleet.retraining import start_tests
     from pumpfleet.routing import SHADOW_TAG, WEIGHT_TAG
-    from ray_jobs.retrain import start_tests
 
     settings, reg = ws
     v1, v2 = register(reg, HOLDOUT_RUL), register(reg, 50.0)

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.registry import Registry
+from pumpfleet.search_space import Asha, SearchSpace, config_hash, trial_seed
 from pumpfleet_cli.main import main as cli_main
-from ray_jobs.train import Asha, SearchSpace, config_hash, trial_seed
 from tests.conftest import free_port
 
 
