@@ -10,7 +10,8 @@ from ray import serve
 from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings
-from serve_apps.scoring import ScoringConfig, build_app
+from serve_apps.schemas import ScoringConfig
+from serve_apps.scoring import build_app
 from serve_apps.security import Secrets, load_secrets
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,9 @@ import pytest
 
 from pumpfleet.predlog import read_log
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
-from pumpfleet.routing import assign_arm
+from pumpfleet.routing import SHADOW_TAG, WEIGHT_TAG, assign_arm
 from pumpfleet.schema import PUMP_CLASSES
 from pumpfleet.snapshot import open_snapshot
-from serve_apps.scoring import SHADOW_TAG, WEIGHT_TAG
 from serve_apps.security import Secrets, digest
 from tests.conftest import free_port
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING
 from pumpfleet.routing import Arm
-from serve_apps.scoring import ScoringConfig
+from serve_apps.schemas import ScoringConfig
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_apps" / "serve_config.yaml"
 
@@ -31,6 +31,17 @@ def test_the_serve_config_is_a_valid_deploy_config_for_both_apps() -> None:
         assert app.import_path == "serve_apps.scoring:build_app"
         ScoringConfig(**app.args)
     assert ScoringConfig(**apps["pumpfleet-staging"].args).stage == "staging"
+
+
+def test_the_import_path_builds_the_app_from_its_typed_argument() -> None:
+    """`serve run serve_apps.scoring:build_app key=value ...` validates its arguments
+    into ScoringConfig by the builder's annotation."""
+    import inspect
+
+    from serve_apps.scoring import build_app
+
+    (arg,) = inspect.signature(build_app).parameters.values()
+    assert arg.annotation is ScoringConfig
 
 
 def test_production_serves_champion_and_challenger_staging_its_own_alias() -> None:

@@ -1,0 +1,136 @@
+"""What crosses the scoring service's boundary: the app's typed argument (``build_app``)
+and the bodies of its routes. pydantic only: no Ray, no HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pumpfleet.errors import InputError
+from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING
+from pumpfleet.routing import Arm
+
+MAX_WINDOW = 10_000
+MAX_BATCH = 10_000
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+Reading = Annotated[float | None, Field(allow_inf_nan=False)]
+# 1970 to 2100: a time outside it is a client's mistake (and would overflow datetime64)
+UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
+
+
+class ScoringConfig(BaseModel):
+    """What the app serves, where it logs and who may call it; the typed argument of
+    ``build_app``. Unknown fields are refused: a misspelt key in a Serve config would
+    otherwise be dropped without a word."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str
+    predictions_dir: str
+    challenger_weight: float = Field(default=0.2, ge=0.0, le=1.0)
+    salt: str = "pumpfleet-ab-1"
+    flush_seconds: float = Field(default=1.0, gt=0)
+    num_cpus: float = Field(default=0.5, gt=0)
+    num_replicas: int = Field(default=1, ge=1, le=256)
+    # sha256 digests of the scoring keys and admin tokens (never the keys themselves)
+    api_key_sha256: list[str] = Field(default_factory=list)
+    admin_token_sha256: list[str] = Field(default_factory=list)
+    insecure_dev: bool = False  # no keys needed: local development only
+    max_body_bytes: int = Field(default=32 * 2**20, gt=0)
+    # production serves champion and challenger; staging serves the ``staging`` alias only
+    stage: Literal["production", "staging"] = "production"
+    # how often each replica re-reads aliases and the split from the registry
+    refresh_seconds: float = Field(default=5.0, gt=0)
+    # the Ray job server (dashboard URL) that /v1/admin/retrain submits to; None: off
+    jobs_address: str | None = None
+
+    def aliases(self) -> dict[Arm, str]:
+        """The registry alias each arm serves."""
+        if self.stage == "staging":
+            return {Arm.CHAMPION: STAGING}
+        return {Arm.CHAMPION: CHAMPION, Arm.CHALLENGER: CHALLENGER}
+
+    def check(self) -> None:
+        """Refuse to serve with no keys, unless for local development."""
+        if not self.insecure_dev and not self.api_key_sha256:
+            raise InputError(
+                "no API keys: set PUMPFLEET_API_KEYS (or _FILE), or pass --insecure-dev"
+            )
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pump_id: str = Field(min_length=1, max_length=128)
+    pump_class: str
+    readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = (
+        Field(description="raw readings per channel over the window, oldest first; null = missing")
+    )
+    explain: bool = Field(
+        default=False, description="also return per-channel and per-time-block attributions"
+    )
+
+
+class ScoreResponse(BaseModel):
+    pump_id: str
+    pump_class: str
+    arm: str
+    model_version: str
+    rul_hours: float
+    failure_probability: float
+    alert: bool
+    health_score: float | None = Field(
+        default=None, description="0 typical, 1 at the alarm threshold; null: no health model"
+    )
+    anomaly: bool | None = Field(default=None, description="health score above 1")
+    anomaly_version: str | None = None
+    explanation: dict[str, Any] | None = None
+
+
+# The columns of a batch's answer (and of its Arrow stream): a single score's, less the
+# explanation, which only /v1/score gives.
+ANSWER_FIELDS = tuple(k for k in ScoreResponse.model_fields if k != "explanation")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[dict[str, Any]] = Field(
+        min_length=1, max_length=MAX_BATCH, description="score requests, as for /v1/score"
+    )
+
+
+class BatchResponse(BaseModel):
+    results: list[ScoreResponse | None]
+    errors: list[dict[str, Any]]
+
+
+class SplitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pump_class: str | None = Field(default=None, description="one class; all when absent")
+    challenger_weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    shadow: bool | None = None
+
+
+class RetrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=1, description="classes to retrain; every served class if absent"
+    )
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded with the job")
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pump_id: str = Field(min_length=1, max_length=128)
+    pump_class: str = Field(min_length=1, max_length=64)
+    observed_at: UnixTime | None = Field(
+        default=None, description="when the outcome was seen (unix seconds); now if absent"
+    )
+    failed_at: UnixTime | None = Field(default=None, description="failure time (unix seconds)")
+    rul_hours: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
