@@ -247,7 +247,8 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
 
     ingest = submit(ray_head, "ingest", "python", "-m", "ray_jobs.ingest")
     assert ingest["status"] == "success" and ingest["rows_quarantined"] == 0
-    assert ingest["rows_valid"] == ingest["rows_in"] > 0 and ingest["snapshot_id"]
+    readings = FLEET.pumps * FLEET.days * 24 * 60 // FLEET.interval_minutes  # every one
+    assert ingest["rows_valid"] == ingest["rows_in"] == readings and ingest["snapshot_id"]
     # The job wrote into the workspace the head was given (PUMPFLEET_HOME).
     assert (ray_head["home"] / "features" / ingest["snapshot_id"]).is_dir()
 
