@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     # The Ray job server (dashboard URL) that retraining is submitted to, by the monitor's
     # triggers and the Serve admin route.
     jobs_address: str | None = None
+    # The scoring service's credentials (serve_apps/security.py): scoring keys,
+    # comma-separated, and the admin token, or files holding them (one key per line),
+    # e.g. mounted secrets. Only their digests reach Serve.
+    api_keys: str | None = Field(default=None, repr=False)
+    api_keys_file: Path | None = None
+    admin_token: str | None = Field(default=None, repr=False)
+    admin_token_file: Path | None = None
     # Who acts, in audit records (a CI job, a service account); the OS user if unset.
     user: str | None = None
     # MLflow's HTTP client against a tracking server that is down retries each request 7
@@ -84,7 +91,16 @@ class Settings(BaseSettings):
     signing_key: Path | None = None
     telemetry: bool = False
 
-    @field_validator("jobs_address", "user", "ray_auth_token", mode="before")
+    @field_validator(
+        "jobs_address",
+        "user",
+        "ray_auth_token",
+        "api_keys",
+        "api_keys_file",
+        "admin_token",
+        "admin_token_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -14,7 +14,6 @@ Promotion to champion stays with the gates (``pumpfleet evaluate`` / ``promote``
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from pumpfleet.scoring import score_rul
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
 from serve_apps.run import STAGING_PREFIX
-from serve_apps.security import API_KEY_HEADER, keys_from
+from serve_apps.security import API_KEY_HEADER, credentials
 
 Stage = Literal["staging", "production"]
 TAG = "deploy.{stage}.{key}"
@@ -57,12 +56,12 @@ class Credentials:
     admin_token: str
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Credentials:
-        """The first scoring key and the admin token, from the same variables (or
-        secret files) the service reads."""
-        env = dict(os.environ) if env is None else env
-        keys = keys_from(env, "PUMPFLEET_API_KEYS", True)
-        tokens = keys_from(env, "PUMPFLEET_ADMIN_TOKEN", False)
+    def load(
+        cls, env: dict[str, str] | None = None, settings: Settings | None = None
+    ) -> Credentials:
+        """The first scoring key and the admin token, from the same settings (or secret
+        files) the service reads; ``env``: a mapping of those variables (tests)."""
+        keys, tokens = credentials(env, settings)
         if not keys or not tokens:
             raise InputError(
                 "deploy needs PUMPFLEET_API_KEYS and PUMPFLEET_ADMIN_TOKEN (or their _FILE)"
@@ -208,7 +207,7 @@ def deploy(
 ) -> dict[str, Any]:
     """Stage ``version`` of ``cls`` (see the module's docstring); returns the outcome,
     raises DeployError (after recording it) if the version did not pass."""
-    creds = creds or Credentials.from_env()
+    creds = creds or Credentials.load(settings=settings)
     suite = suite or Suite()
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     name = check_class(registry, cls)

@@ -52,11 +52,11 @@ def start(
     num_replicas: int = 1,
 ) -> str:
     """Deploy the scoring app; returns its base URL. Binds to loopback by default. The
-    keys come from ``secrets``, else from the environment (``serve_apps/security.py``);
+    keys come from ``secrets``, else from ``settings`` (``serve_apps/security.py``);
     without any, it refuses to start unless ``insecure_dev``. With ``staging``, a second
     application at ``/staging`` serves each class's ``staging`` alias, where
     ``pumpfleet deploy --stage staging`` tests a new version before production sees it."""
-    secrets = secrets or load_secrets()
+    secrets = secrets or load_secrets(settings=settings)
     cfg = ScoringConfig(
         tracking_uri=settings.tracking_uri,
         predictions_dir=str(settings.predictions_dir),

@@ -1,17 +1,19 @@
 """API keys for scoring and the admin token: where they come from, and how a request's
 credential is checked.
 
-Keys come from the environment (``PUMPFLEET_API_KEYS``, comma-separated;
-``PUMPFLEET_ADMIN_TOKEN``) or from secret files (``PUMPFLEET_API_KEYS_FILE``, one key per
-line; ``PUMPFLEET_ADMIN_TOKEN_FILE``), e.g. mounted Kubernetes secrets. Only their
+Keys come from the settings (:class:`pumpfleet.settings.Settings`), that is from the
+environment (``PUMPFLEET_API_KEYS``, comma-separated; ``PUMPFLEET_ADMIN_TOKEN``) or from
+secret files (``PUMPFLEET_API_KEYS_FILE``, one key per line;
+``PUMPFLEET_ADMIN_TOKEN_FILE``), e.g. mounted Kubernetes secrets. Only their
 sha256 digests reach the Serve application's config, so no key appears in Serve's config,
 its dashboard or a log; a presented key is hashed and compared with every digest in
 constant time.
 """
 
+from __future__ import annotations
+
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,8 +21,11 @@ from enum import Enum
 from pathlib import Path
 
 from pumpfleet.errors import InputError
+from pumpfleet.settings import Settings, get_settings
 
 API_KEY_HEADER = "x-api-key"
+API_KEYS = "PUMPFLEET_API_KEYS"
+ADMIN_TOKEN = "PUMPFLEET_ADMIN_TOKEN"
 MIN_KEY_LENGTH = 16
 
 
@@ -28,12 +33,15 @@ def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def keys_from(env: Mapping[str, str], name: str, split_commas: bool) -> list[str]:
+def keys_from(
+    value: str | None, path: str | Path | None, name: str, split_commas: bool
+) -> list[str]:
+    """The keys in ``value`` and in the file at ``path`` (the variable ``name`` and its
+    ``_FILE``, named in errors); several per value (comma-separated) and per file (one a
+    line) with ``split_commas``."""
     values: list[str] = []
-    if env.get(name):
-        raw = env[name]
-        values += raw.split(",") if split_commas else [raw]
-    path = env.get(f"{name}_FILE")
+    if value:
+        values += value.split(",") if split_commas else [value]
     if path:
         try:
             text = Path(path).read_text()
@@ -47,6 +55,24 @@ def keys_from(env: Mapping[str, str], name: str, split_commas: bool) -> list[str
     return keys
 
 
+def credentials(
+    env: Mapping[str, str] | None = None, settings: Settings | None = None
+) -> tuple[list[str], list[str]]:
+    """The scoring keys and the admin tokens themselves: from ``settings``
+    (:func:`get_settings` by default), or from ``env``, a mapping of the same variables
+    (tests)."""
+    if env is not None:
+        return (
+            keys_from(env.get(API_KEYS), env.get(f"{API_KEYS}_FILE"), API_KEYS, True),
+            keys_from(env.get(ADMIN_TOKEN), env.get(f"{ADMIN_TOKEN}_FILE"), ADMIN_TOKEN, False),
+        )
+    s = settings or get_settings()
+    return (
+        keys_from(s.api_keys, s.api_keys_file, API_KEYS, True),
+        keys_from(s.admin_token, s.admin_token_file, ADMIN_TOKEN, False),
+    )
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Digests of the scoring keys and of the admin tokens."""
@@ -55,11 +81,11 @@ class Secrets:
     admin_tokens: tuple[str, ...]
 
 
-def load_secrets(env: Mapping[str, str] | None = None) -> Secrets:
-    env = os.environ if env is None else env
+def load_secrets(env: Mapping[str, str] | None = None, settings: Settings | None = None) -> Secrets:
+    """The digests of the keys :func:`credentials` finds."""
+    keys, tokens = credentials(env, settings)
     return Secrets(
-        api_keys=tuple(digest(k) for k in keys_from(env, "PUMPFLEET_API_KEYS", True)),
-        admin_tokens=tuple(digest(k) for k in keys_from(env, "PUMPFLEET_ADMIN_TOKEN", False)),
+        api_keys=tuple(digest(k) for k in keys), admin_tokens=tuple(digest(k) for k in tokens)
     )
 
 

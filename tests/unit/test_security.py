@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from pumpfleet.errors import InputError
-from serve_apps.security import Access, check_admin, check_scoring, digest, load_secrets
+from serve_apps.security import (
+    Access,
+    Secrets,
+    check_admin,
+    check_scoring,
+    digest,
+    load_secrets,
+)
 
 KEY = "scoring-key-0123456789"
 TOKEN = "admin-token-0123456789"
@@ -27,6 +34,31 @@ def test_keys_come_from_the_environment_or_files_as_digests(tmp_path: Path) -> N
     env = load_secrets({"PUMPFLEET_API_KEYS": f"{KEY}, other-key-0123456789"})
     assert env.api_keys == (digest(KEY), digest("other-key-0123456789")) and env.admin_tokens == ()
     assert load_secrets({}).api_keys == ()
+
+
+def test_by_default_keys_come_from_the_settings_under_the_documented_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pumpfleet.settings import Settings, get_settings
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    monkeypatch.setenv("PUMPFLEET_API_KEYS", f"{KEY},other-key-0123456789")
+    monkeypatch.setenv("PUMPFLEET_API_KEYS_FILE", "")  # empty: unset
+    monkeypatch.setenv("PUMPFLEET_ADMIN_TOKEN_FILE", str(token))
+    settings = Settings()
+    assert KEY not in repr(settings)
+    want = Secrets(
+        api_keys=(digest(KEY), digest("other-key-0123456789")), admin_tokens=(digest(TOKEN),)
+    )
+    assert load_secrets(settings=settings) == want
+    get_settings.cache_clear()
+    try:
+        assert load_secrets() == want  # get_settings()
+    finally:
+        get_settings.cache_clear()
+    # a mapping (tests) is read by the same variable names, the settings ignored
+    assert load_secrets({"PUMPFLEET_API_KEYS": KEY}) == Secrets((digest(KEY),), ())
 
 
 def test_short_keys_and_missing_files_are_refused(tmp_path: Path) -> None:
