@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pumpfleet.feature_specs import fit_class_regimes, specs_from_statistics
 from pumpfleet.features import nearest_regime
+from pumpfleet.ingest_parts import settings_sample
 from pumpfleet.regimes import regime_statistics
 from pumpfleet.schema import EventType, read_fleet_schema
 from pumpfleet.validation import REASON, validate_pump
 from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, make_windows, time_cutoff
-from ray_jobs.ingest_parts import fit_class_regimes, settings_sample, specs_from_statistics
 
 
 def _failures(source: Path) -> dict[str, list[int]]:

@@ -11,11 +11,12 @@ import pytest
 
 from pumpfleet.adapters.cmapss import import_cmapss
 from pumpfleet.errors import InputError
+from pumpfleet.feature_specs import class_regime_statistics
 from pumpfleet.features import FeatureSpec, Regimes, readings_to_window, window_features
+from pumpfleet.ingest_parts import pump_regime_statistics
 from pumpfleet.regimes import class_regimes, fit_regimes, merge_statistics, regime_statistics
 from pumpfleet.schema import CHANNEL_NAMES, read_fleet_schema
 from pumpfleet.windows import WindowConfig, make_windows, time_cutoff
-from ray_jobs.ingest_parts import class_regime_statistics, pump_regime_statistics
 from tests.conftest import SHARED_DATA
 
 SPEEDS = (48.0, 54.0, 60.0)
