@@ -10,7 +10,10 @@ export ORT_DISABLE_TELEMETRY ?= 1
 export NML_DISABLE_USAGE_LOGGING ?= 1
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test test-unit lint format bench docs clean
+# Debian packages the tests start (each on 127.0.0.1, stopped by its PID): append yours.
+SYSTEM_DEPS := mosquitto
+
+.PHONY: install system-deps demo test test-unit lint format bench docs clean
 
 install: $(STAMP)
 
@@ -19,6 +22,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[cloud,edge,dev]'
 	touch $(STAMP)
+
+# Installs what is missing of SYSTEM_DEPS (sudo where not root); quiet, and does nothing
+# when all are there.
+system-deps:
+	@missing=""; for p in $(SYSTEM_DEPS); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  echo "installing$$missing"; \
+	  $$sudo apt-get update -qq >/dev/null && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/pumpfleet demo

@@ -82,6 +82,12 @@ class Agent:
         self.next_heartbeat = 0.0
         self.last_error: str | None = None
         self.models.start()
+        if cfg.mqtt is not None:
+            from edge_agent.mqtt import MqttBridge
+
+            bridge = MqttBridge(cfg, self.wake)
+            self.inputs.append(bridge)
+            self.listeners.append(bridge.on_batch)
 
     # --- the models (edge_agent.installer) ----------------------------------------------
 
@@ -126,9 +132,14 @@ class Agent:
 
     # --- scoring ------------------------------------------------------------------------
 
-    def accept(self, parsed: source.Parsed, file_key: str | None = None) -> dict[str, int]:
-        """Score what a spool file or stdin held; what was set aside is counted with the
-        rest, in the same transaction."""
+    def accept(
+        self,
+        parsed: source.Parsed,
+        file_key: str | None = None,
+        counted: dict[str, int] | None = None,
+    ) -> dict[str, int]:
+        """Score what a spool file, stdin or a batch of MQTT messages held; what was set
+        aside is counted with the rest (and ``counted``), in the same transaction."""
         for s in parsed.set_aside[:SHOW_SET_ASIDE]:
             log.warning("line %d set aside: %s", s.line, s.reason)
         if len(parsed.set_aside) > SHOW_SET_ASIDE:
@@ -142,6 +153,7 @@ class Agent:
                 "rows_set_aside": len(parsed.set_aside),
                 "unknown_columns": len(parsed.unknown_columns),
                 "missing_columns": len(parsed.missing_columns),
+                **(counted or {}),
             },
         )
 
@@ -294,18 +306,41 @@ class Agent:
     # --- the loop -----------------------------------------------------------------------
 
     def step(self) -> bool:
-        """One round: updates, spool, upload. Whether anything was done."""
+        """One round: updates, spool, the other inputs, upload. Whether anything was
+        done."""
         installed = self.check_updates()
         scored = self.process_spool()
+        received = sum(i.drain(self) for i in self.inputs)
         sent = self.upload()
-        return bool(installed or scored or sent)
+        return bool(installed or scored or received or sent)
 
     def idle(self) -> bool:
-        """Nothing left to do: no spool file (or no model to score it) and nothing
-        buffered (or nowhere to send it)."""
-        spool_empty = self.active is None or not source.pending(self.cfg.spool)
+        """Nothing left to do: no spool file or message waiting (or no model to score
+        them) and nothing buffered (or nowhere to send it)."""
+        waiting = source.pending(self.cfg.spool) or any(i.due_in() is not None for i in self.inputs)
         sent_all = self.uploader is None or self.store.buffered()["rows"] == 0
-        return spool_empty and sent_all and not any(self.cfg.updates.glob("*.pfbundle"))
+        updates_left = any(self.cfg.updates.glob("*.pfbundle"))
+        return (self.active is None or not waiting) and sent_all and not updates_left
+
+    def _pause(self, stop: threading.Event) -> None:
+        """Wait for the next poll, or less where an input wants draining sooner."""
+        if not self.inputs:
+            stop.wait(self.cfg.poll_seconds)
+            return
+        wait = self.cfg.poll_seconds
+        if self.active is not None:
+            for i in self.inputs:
+                due = i.due_in()
+                wait = wait if due is None else min(wait, due)
+        if wait > 0 and not stop.is_set():
+            self.wake.wait(wait)
+        self.wake.clear()
+
+    def close(self) -> None:
+        """Close the inputs (MQTT says offline) and the store."""
+        for i in self.inputs:
+            i.close()
+        self.store.close()
 
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> None:
         """Step until ``stop``; a step that fails (a full disk, a bug) is logged with its
@@ -320,7 +355,7 @@ class Agent:
             if exit_when_idle and self.idle():
                 return
             if not busy:
-                stop.wait(self.cfg.poll_seconds)
+                self._pause(stop)
 
     def _count_quietly(self, counters: dict[str, int]) -> None:
         try:

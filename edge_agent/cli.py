@@ -69,24 +69,31 @@ def cmd_run(cfg: AgentConfig, args: argparse.Namespace) -> None:
 
     agent = Agent(cfg)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def _stop(*_: Any) -> None:
+        stop.set()
+        agent.wake.set()
+
+    signal.signal(signal.SIGTERM, _stop)
     log.info(
-        "agent %s on %s: model %s; spool %s",
+        "agent %s on %s: model %s; spool %s%s",
         __version__,
         cfg.device_id,
         f"v{agent.active.version} ({agent.active.variant})" if agent.active else "none",
         cfg.spool,
+        f"; mqtt {cfg.mqtt.host}:{cfg.mqtt.port} {cfg.mqtt.topics}" if cfg.mqtt else "",
     )
-    if not args.stdin:
+    try:
+        if args.stdin:
+            q: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
+            threading.Thread(target=_stdin_reader, args=(q,), daemon=True).start()
+            open_ = True
+            while not stop.is_set() and open_:
+                open_ = _drain_stdin(agent, q)
+                agent.step()
         agent.run(stop, exit_when_idle=args.exit_when_idle)
-        return
-    q: queue.Queue[str | None] = queue.Queue(maxsize=10_000)
-    threading.Thread(target=_stdin_reader, args=(q,), daemon=True).start()
-    open_ = True
-    while not stop.is_set() and open_:
-        open_ = _drain_stdin(agent, q)
-        agent.step()
-    agent.run(stop, exit_when_idle=args.exit_when_idle)
+    finally:
+        agent.close()
 
 
 def cmd_profile(cfg: AgentConfig, args: argparse.Namespace) -> None:

@@ -4,11 +4,60 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pumpfleet.errors import InputError, one_line
+
+
+class PayloadMap(BaseModel):
+    """Where a reading's fields are in a message's JSON. A path is keys joined by dots
+    into the payload (``data.temp``); ``topic:N`` is level N of the message's topic
+    (from 0: ``site4/pumps/P-17/readings`` has the pump id at ``topic:2``). A payload
+    is one reading, or a JSON array of them, each mapped alike."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pump_id: str = "pump_id"
+    timestamp: str = "timestamp"
+    # The object holding channel and setting values by their own names (None: the
+    # payload itself), e.g. ``values`` for {"pump_id": .., "values": {"flow": ..}}.
+    values: str | None = None
+    # Channels or settings whose value is elsewhere or named otherwise: name → path.
+    fields: dict[str, str] = Field(default_factory=dict)
+
+
+class MqttConfig(BaseModel):
+    """The site's broker: readings in on ``topics``, alarms, pump state and the agent's
+    health out under ``prefix`` (retained)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    # The broker keeps this client's session (its subscriptions and the QoS 1 messages
+    # not yet acknowledged) across disconnects and restarts: it must be stable.
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    username: str | None = None
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    topics: list[str] = Field(default_factory=lambda: ["pumps/+/readings"], min_length=1)
+    qos: Literal[0, 1] = 1
+    payload: PayloadMap = Field(default_factory=PayloadMap)
+    # Topics published under; None: pumpfleet/<device_id>.
+    prefix: str | None = None
+    # A pump's retained state is published when its alarm changes, else at most this often.
+    state_interval_seconds: float = Field(default=30.0, ge=0)
+    # Readings are scored in batches: when none has come for quiet_seconds, when the
+    # oldest waited batch_seconds, or at batch_max messages.
+    batch_seconds: float = Field(default=0.25, gt=0)
+    quiet_seconds: float = Field(default=0.02, gt=0)
+    batch_max: int = Field(default=2000, ge=1)
+    # A message larger than this is set aside unread.
+    max_payload_bytes: int = Field(default=65536, ge=64)
+    keepalive_seconds: int = Field(default=30, ge=5)
 
 
 class AgentConfig(BaseModel):
@@ -59,6 +108,8 @@ class AgentConfig(BaseModel):
     # onnxruntime providers; "auto": TensorRT (engines cached under state_dir/engines),
     # then CUDA, then CPU, as installed.
     providers: str = Field(default="auto", pattern="^(auto|cpu)$")
+    # Readings over MQTT from the site's broker (beside the spool and stdin); none: off.
+    mqtt: MqttConfig | None = None
 
     @field_validator("endpoint")
     @classmethod
@@ -87,6 +138,12 @@ class AgentConfig(BaseModel):
         """The public key as hex (read from its file where one is named)."""
         path = Path(self.public_key)
         return path.read_text().strip() if path.is_file() else self.public_key.strip()
+
+    @property
+    def mqtt_prefix(self) -> str:
+        """The topic prefix alarms, pump state and health are published under."""
+        found = self.mqtt.prefix if self.mqtt else None
+        return (found or f"pumpfleet/{self.device_id}").rstrip("/")
 
     def upload_key(self) -> str | None:
         if self.api_key_file is not None:

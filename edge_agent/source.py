@@ -144,11 +144,17 @@ def parse_line(line: str, number: int, spec: FeatureSpec, out: Parsed) -> None:
     except ValueError:
         out.set_aside.append(SetAside(number, "not JSON", line[:SHOWN]))
         return
+    parse_object(obj, number, line, spec, out)
+
+
+def parse_object(obj: Any, number: int, shown: str, spec: FeatureSpec, out: Parsed) -> None:
+    """One decoded JSON reading into ``out`` (a JSON line, an MQTT message): a reading,
+    or ``shown`` set aside with its reason."""
     try:
         out.readings.append(parse_reading(obj, spec))
         _columns(out, obj, spec)
     except InputError as e:
-        out.set_aside.append(SetAside(number, str(e), line[:SHOWN]))
+        out.set_aside.append(SetAside(number, str(e), shown[:SHOWN]))
 
 
 def parse_text(text: str, suffix: str, spec: FeatureSpec) -> Parsed:

@@ -48,6 +48,9 @@ COUNTERS = (
     "bundles_installed",
     "bundles_rejected",
     "rollbacks",
+    "mqtt_messages",
+    "mqtt_set_aside",
+    "mqtt_redelivered",
 )
 # Thinning frees down to this share of the quota, so that it does not run on every file.
 THIN_TO = 0.9
