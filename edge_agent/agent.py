@@ -26,6 +26,7 @@ from edge_agent.installer import PROFILE_FILE, Installer
 from edge_agent.model import Installed, Scorer
 from edge_agent.predict import Batch, raw_windows, score_batch
 from edge_agent.store import Store
+from edge_agent.trust import TrustStore
 from edge_agent.uploader import Uploader, UploadError, backoff
 from pumpfleet.errors import InputError
 from pumpfleet.readings import window_problems
@@ -63,11 +64,11 @@ class Agent:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.public_key = cfg.key()
         for d in (cfg.state_dir, cfg.spool, cfg.updates):
             d.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "store.db")
-        self.models = Installer(cfg, self.store, self.public_key)
+        self.trust = TrustStore(cfg.state_dir, cfg.trust_anchor())
+        self.models = Installer(cfg, self.store, self.trust)
         self.uploader = uploader or (
             Uploader(cfg.endpoint, cfg.upload_key(), cfg.device_id, cfg.upload_timeout_seconds)
             if cfg.endpoint
@@ -124,6 +125,7 @@ class Agent:
         """Install every bundle waiting in the updates folder, oldest name first; each is
         moved to applied/ or rejected/."""
         done = []
+        self.trust.take_root_files(self.cfg.updates)
         for path in sorted(self.cfg.updates.glob("*.pfbundle")):
             result = self.install(path)
             source.move(path, "applied" if result["accepted"] else "rejected", None)
@@ -264,6 +266,8 @@ class Agent:
             "counters": self.store.counters(),
             "buffered": self.store.buffered(),
             "last_update": self.last_update,
+            "self_test": self.models.self_test,
+            "trust": self.trust.status(),
             "last_upload_error": self.last_error,
             "time": time.time(),
         }

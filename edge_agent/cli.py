@@ -127,6 +127,7 @@ def cmd_profile(cfg: AgentConfig, args: argparse.Namespace) -> None:
 
 def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
     from edge_agent.store import Store
+    from edge_agent.trust import TrustStore
     from edge_agent.updates import BundleDir
     from pumpfleet.bundle import BundleId
 
@@ -135,6 +136,7 @@ def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
         raise InputError(f"no agent state under {cfg.state_dir}: run the agent first")
     store = Store(db, readonly=True)
     state = BundleDir(cfg.state_dir / "bundles").state()
+    trusted = TrustStore(cfg.state_dir, cfg.trust_anchor()).status()
     print(
         json.dumps(
             {
@@ -149,6 +151,7 @@ def cmd_status(cfg: AgentConfig, args: argparse.Namespace) -> None:
                 "on_probation": state.probation is not None,
                 "buffered": store.buffered(),
                 "counters": store.counters(),
+                "trust": trusted,
             },
             indent=2,
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pumpfleet.errors import InputError, one_line
+from pumpfleet.trust import Root, implicit_root, parse_root, verify
 
 
 class PayloadMap(BaseModel):
@@ -70,8 +72,12 @@ class AgentConfig(BaseModel):
     # Everything the agent writes: store.db, bundles/, profile.json; spool/ and
     # updates/ by default.
     state_dir: Path
-    # The ed25519 public key bundles must be signed with: hex, or a file holding it.
+    # The ed25519 public key bundles must be signed with: hex, or a file holding it. It is
+    # the trust anchor (pumpfleet.trust's implicit root v0) unless root_file is given.
     public_key: str
+    # A signed root (root.json) flashed as the trust anchor instead: its roles' keys and
+    # thresholds. Newer roots, signed by the old, reach the device later by themselves.
+    root_file: Path | None = None
     # Folder the pump controller writes reading files into (CSV or JSON lines, written
     # under a dot-name and renamed when complete); done/ and bad/ are made inside it.
     spool_dir: Path | None = None
@@ -144,6 +150,27 @@ class AgentConfig(BaseModel):
         """The topic prefix alarms, pump state and health are published under."""
         found = self.mqtt.prefix if self.mqtt else None
         return (found or f"pumpfleet/{self.device_id}").rstrip("/")
+
+    def trust_anchor(self) -> Root:
+        """The root this device trusts before any other reaches it: ``root_file``'s
+        (it must carry a threshold of its own root keys' signatures), else the
+        implicit root of ``public_key``."""
+        if self.root_file is None:
+            key = self.key()
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+                raise InputError(
+                    "public_key: an ed25519 public key is 64 hex digits, or a file of them"
+                )
+            return implicit_root(key)
+        try:
+            envelope = json.loads(self.root_file.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"root_file {self.root_file}: not readable JSON ({e})") from None
+        root = parse_root(envelope.get("signed") if isinstance(envelope, dict) else None)
+        verify(
+            envelope, root.role_keys("root"), root.threshold("root"), f"root_file v{root.version}"
+        )
+        return root
 
     def upload_key(self) -> str | None:
         if self.api_key_file is not None:

@@ -17,6 +17,7 @@ from edge_agent import updates
 from edge_agent.config import AgentConfig
 from edge_agent.model import FP32, Installed, Scorer, open_bundle
 from edge_agent.store import Store
+from edge_agent.trust import TrustStore
 from pumpfleet.bundle import BundleId
 from pumpfleet.errors import BundleError
 
@@ -31,10 +32,10 @@ PROFILE_FILE = "profile.json"
 class Installer:
     """The active model (and its fallback on probation) of one device."""
 
-    def __init__(self, cfg: AgentConfig, store: Store, public_key: str) -> None:
+    def __init__(self, cfg: AgentConfig, store: Store, trust: TrustStore) -> None:
         self.cfg = cfg
         self.store = store
-        self.public_key = public_key
+        self.trust = trust
         self.bundles = updates.BundleDir(cfg.state_dir / "bundles")
         self.policy = updates.Policy(
             cfg.probation_windows, cfg.rollback_error_rate, cfg.rollback_min_windows
@@ -73,13 +74,16 @@ class Installer:
         )
 
     def open(self, path: Path) -> Installed:
-        """A bundle verified against the device's trusted key."""
-        return open_bundle(path, self.public_key)
+        """A bundle signed as the trusted root's targets role says (its keys, its
+        threshold) and otherwise verified."""
+        keys, threshold = self.trust.bundle_keys()
+        return open_bundle(path, keys, threshold)
 
     def _load(self, bundle: str) -> Scorer:
-        """The installed bundle, verified again (a file changed on disk is caught) and
-        self-tested."""
-        scorer = self.scorer(self.open(self.bundles.path(bundle)))
+        """The installed bundle, verified again against every key it may have been taken
+        under (a file changed on disk is caught; a key rotated out since is not a
+        reason to stop scoring) and self-tested."""
+        scorer = self.scorer(open_bundle(self.bundles.path(bundle), self.trust.targets_ever))
         ok, why = scorer.self_test()
         if not ok:
             raise BundleError(f"{bundle} self-test: {why}")
@@ -113,7 +117,8 @@ class Installer:
     def refuse(self, candidate: Installed) -> str | None:
         """Why a verified bundle may not replace the current one (None: it may)."""
         current = self.active.bundle.manifest if self.active else None
-        return updates.refuse_reason(candidate.manifest, current, self.bundles.state().bad)
+        why = updates.refuse_reason(candidate.manifest, current, self.bundles.state().bad)
+        return why or self.trust.bundle_problem(candidate.manifest)
 
     def install(self, path: Path) -> dict[str, Any]:
         """Try a bundle: verify, decide, stage, self-test, switch. The current model keeps
@@ -126,6 +131,7 @@ class Installer:
                 return {"bundle": path.name, "accepted": True, "version": candidate.version}
             why = self.refuse(candidate)
             if why:
+                self.trust.refuse(f"bundle {path.name}", why)
                 raise BundleError(why)
             bundle_id = str(candidate.bundle_id)
             staged = self.bundles.stage(path, bundle_id)
@@ -147,6 +153,7 @@ class Installer:
             log.warning("bundle %s rejected: %s", path.name, e)
             return self.last_update
         self.bundles.switch(bundle_id)
+        self.trust.took_bundle(candidate.manifest)
         # A rollback made in the registry: the bundle rolled back is not taken again.
         back = updates.rolls_back(candidate.manifest, BundleId.of(current)) if current else None
         if back is not None:

@@ -103,9 +103,10 @@ class Installed:
             return np.asarray(g[info.golden_key], dtype=np.float64)
 
 
-def open_bundle(path: Path, public_key: str) -> Installed:
-    """Read and verify a bundle (signature, the manifest's contract, every member's sha256)."""
-    b = read_bundle(path, public_key)
+def open_bundle(path: Path, public_key: str | list[str], threshold: int = 1) -> Installed:
+    """Read and verify a bundle (signed by ``threshold`` of the keys, the manifest's
+    contract, every member's sha256)."""
+    b = read_bundle(path, public_key, threshold)
     if FEATURE_SPEC not in b.members:
         raise BundleError(f"{path.name}: the bundle has no {FEATURE_SPEC}")
     return Installed(manifest=b.manifest, members=b.members, path=path)

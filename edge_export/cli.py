@@ -5,6 +5,8 @@
     pumpfleet edge verify BUNDLE --public-key HEX|FILE
     pumpfleet edge device issue|revoke --device ID
     pumpfleet edge device list
+    pumpfleet edge trust show|rotate ...        (edge_export/fleet_cli.py)
+    pumpfleet edge rollout start|status|halt|resume ...
 
 Added to the ``pumpfleet`` command by :func:`add_commands`; errors are raised as
 PumpfleetError, which the command turns into one line and a non-zero exit.
@@ -16,6 +18,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edge_export.fleet_cli import add_fleet_commands
 from pumpfleet import jsontext
 from pumpfleet.errors import BundleError, InputError
 from pumpfleet.manifest import BundleManifest
@@ -126,3 +129,5 @@ def add_commands(sub: Any) -> None:
     s.add_argument("action", choices=["issue", "revoke", "list"])
     s.add_argument("--device", help="the device id (issue, revoke)")
     s.set_defaults(func=cmd_device)
+
+    add_fleet_commands(cmds)

@@ -14,6 +14,7 @@ import argparse
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ GOLDEN_FILE = GOLDEN
 # 0.2: the alert threshold is read from the feature spec alone (no thresholds.json).
 MIN_AGENT_VERSION = "0.2.0"
 ARTIFACT_PATH = "edge_bundle"
+# No device installs a bundle past this many days after its export (a freeze: a mirror
+# or an attacker holding devices on an old bundle); export again to roll one out later.
+EXPIRES_DAYS = 90.0
+
+
+def release_meta(now: float, expires_days: float) -> dict[str, Any]:
+    """A bundle's freshness fields (pumpfleet.trust): its release, the export time in
+    milliseconds (it grows with every export), and when it expires."""
+    return {
+        "release": int(now * 1000),
+        "expires": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + expires_days * 86400)),
+    }
 
 
 def signing_key_path(settings: Settings) -> Path:
@@ -79,7 +92,12 @@ def rolled_back_above(registry: Registry, name: str, version: int | None) -> lis
 
 
 def export_class(
-    registry: Registry, settings: Settings, cls: str, out_dir: Path, key: Any
+    registry: Registry,
+    settings: Settings,
+    cls: str,
+    out_dir: Path,
+    key: Any,
+    expires_days: float = EXPIRES_DAYS,
 ) -> dict[str, Any]:
     name = model_name(cls)
     model = registry.load(name, CHAMPION)
@@ -149,6 +167,7 @@ def export_class(
                 "rul": rolled_back_above(registry, name, bundle_id.rul),
                 "anomaly": rolled_back_above(registry, anomaly_model_name(cls), bundle_id.anomaly),
             },
+            **release_meta(time.time(), expires_days),
             **extra,
         },
         key,
@@ -165,6 +184,8 @@ def export_class(
         "bundle_id": str(bundle_id),
         "bundle": str(path),
         "bytes": path.stat().st_size,
+        "release": manifest.release,
+        "expires": manifest.expires,
         "onnx_parity_max_abs": parity,
         "members": sorted(manifest.members),
         "variants": {
@@ -188,7 +209,10 @@ def _anomaly_summary(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_export(
-    settings: Settings, out: str | None = None, pump_class: str | None = None
+    settings: Settings,
+    out: str | None = None,
+    pump_class: str | None = None,
+    expires_days: float = EXPIRES_DAYS,
 ) -> dict[str, Any]:
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     out_dir = Path(out) if out else settings.bundles_dir
@@ -202,7 +226,7 @@ def run_export(
         if registry.version_by_alias(model_name(cls), CHAMPION) is None:
             log.warning("%s: no champion; nothing to export", cls)
             continue
-        results[cls] = export_class(registry, settings, cls, out_dir, key)
+        results[cls] = export_class(registry, settings, cls, out_dir, key, expires_days)
     if not results:
         raise RegistryError("no champion to export; run `pumpfleet evaluate` first")
     return {

@@ -18,12 +18,13 @@ import os
 import re
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pumpfleet.errors import BundleError
-from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, BundleManifest
+from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, SIGNATURES, BundleManifest
 from pumpfleet.names import plain_name
 
 SUFFIX = ".pfbundle"
@@ -114,11 +115,16 @@ def _canonical(manifest: dict[str, Any]) -> bytes:
 
 
 def write_bundle(
-    path: Path, members: dict[str, bytes], meta: dict[str, Any], private_key: Any
+    path: Path,
+    members: dict[str, bytes],
+    meta: dict[str, Any],
+    private_key: Any,
+    more_keys: Sequence[Any] = (),
 ) -> BundleManifest:
     """Write a signed bundle of ``members`` whose manifest has the fields ``meta``; returns
-    the manifest. A manifest that breaks the contract is never written."""
-    for reserved in (MANIFEST, SIGNATURE):
+    the manifest. A manifest that breaks the contract is never written. ``more_keys``
+    sign it too (``manifest.sigs``), for a targets role with a threshold above one."""
+    for reserved in (MANIFEST, SIGNATURE, SIGNATURES):
         if reserved in members:
             raise BundleError(f"{reserved} is reserved in a bundle")
     unknown = sorted(set(meta) - set(BundleManifest.model_fields))
@@ -134,10 +140,16 @@ def write_bundle(
     )
     body = _canonical(manifest.to_json_object())
     signature = private_key.sign(body)
+    signed = [(MANIFEST, body), (SIGNATURE, signature)]
+    if more_keys:
+        from pumpfleet.trust import key_id, public_hex
+
+        extra = [{"keyid": key_id(public_hex(k)), "sig": k.sign(body).hex()} for k in more_keys]
+        signed.append((SIGNATURES, json.dumps(extra).encode()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tarfile.open(tmp, "w") as tar:
-        for name, data in [(MANIFEST, body), (SIGNATURE, signature), *sorted(members.items())]:
+        for name, data in [*signed, *sorted(members.items())]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mtime = 0
@@ -146,12 +158,13 @@ def write_bundle(
     return manifest
 
 
-def read_bundle(path: Path, public_key_hex_: str) -> Bundle:
-    """Read and verify a bundle: the signature against the given public key, then every
-    member's sha256 against the manifest. Raises BundleError on any mismatch."""
-    ed25519 = _crypto()
-    from cryptography.exceptions import InvalidSignature
+def read_bundle(path: Path, public_key_hex_: str | Sequence[str], threshold: int = 1) -> Bundle:
+    """Read and verify a bundle: signed by ``threshold`` of the given public keys (one
+    key, or a role's keys: :mod:`pumpfleet.trust`), then every member's sha256 against
+    the manifest. Raises BundleError on any mismatch."""
+    from pumpfleet.trust import count_valid
 
+    _crypto()
     try:
         with tarfile.open(path, "r") as tar:
             files = {}
@@ -174,17 +187,26 @@ def read_bundle(path: Path, public_key_hex_: str) -> Bundle:
             plain_name(name)
         except ValueError as e:
             raise BundleError(f"{path.name}: member {e}") from None
-    try:
-        key = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex_.strip()))
-        key.verify(files[SIGNATURE], files[MANIFEST])
-    except (InvalidSignature, ValueError) as e:
-        raise BundleError(f"{path.name}: signature does not verify") from e
+    keys = [public_key_hex_] if isinstance(public_key_hex_, str) else list(public_key_hex_)
+    signatures: list[tuple[str | None, bytes]] = [(None, files[SIGNATURE])]
+    if SIGNATURES in files:
+        try:
+            signatures += [
+                (str(s["keyid"]), bytes.fromhex(s["sig"])) for s in json.loads(files[SIGNATURES])
+            ]
+        except (ValueError, KeyError, TypeError):
+            raise BundleError(f"{path.name}: {SIGNATURES} is not a list of signatures") from None
+    valid = count_valid(files[MANIFEST], signatures, [k.strip() for k in keys])
+    if valid < threshold:
+        if threshold == 1:
+            raise BundleError(f"{path.name}: signature does not verify")
+        raise BundleError(f"{path.name}: signed by {valid} trusted key(s), {threshold} needed")
     try:
         data = json.loads(files[MANIFEST])
     except ValueError as e:
         raise BundleError(f"{path.name}: the manifest is not JSON ({e})") from None
     manifest = BundleManifest.parse(data, f"{path.name}: manifest")
-    members = {k: v for k, v in files.items() if k not in (MANIFEST, SIGNATURE)}
+    members = {k: v for k, v in files.items() if k not in (MANIFEST, SIGNATURE, SIGNATURES)}
     if set(members) != set(manifest.members):
         raise BundleError(f"{path.name}: members differ from the manifest")
     for name, digest in manifest.members.items():

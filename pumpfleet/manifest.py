@@ -9,6 +9,7 @@ and every member a manifest names must be in the bundle.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,6 +21,9 @@ from pumpfleet.names import PlainName
 FORMAT = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
+# Signatures beyond the first, where the targets role needs a threshold of keys:
+# JSON [{"keyid", "sig"}] (absent from a bundle signed by one key).
+SIGNATURES = "manifest.sigs"
 # Member names, written by the exporter and read by the device.
 FEATURE_SPEC = "feature_spec.json"
 GOLDEN = "golden.npz"
@@ -38,6 +42,16 @@ def _number(text: str) -> str:
 
 
 VersionNumber = Annotated[str, AfterValidator(_number)]
+
+
+def _iso_time(text: str) -> str:
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    return text
+
+
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -146,6 +160,11 @@ class BundleManifest(_Part):
     tensorrt: dict[str, Any] = Field(default_factory=dict)
     rolled_back: RolledBack = Field(default_factory=RolledBack)
     anomaly: AnomalyEntry | None = None
+    # Freeze and replay protection (pumpfleet.trust): a number that grows with every
+    # export of the class (milliseconds since the epoch at export) and the time after
+    # which no device installs the bundle. A bundle exported before them has neither.
+    release: int | None = Field(default=None, ge=1)
+    expires: Annotated[str, AfterValidator(_iso_time)] | None = None
     # sha256 of every member, by its plain file name
     members: dict[PlainName, Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]]
 
