@@ -127,6 +127,8 @@ def specs_from_statistics(
             std=std,
             regimes=class_regimes(fits.get(cls), fleet.settings, per_regime, mean, std),
             setting_names=list(fleet.settings),
+            # what ingest quarantines outside of, the scoring doors refuse outside of
+            ranges={c: (fleet.channels[c].min, fleet.channels[c].max) for c in chans},
         )
         specs[cls] = spec.model_dump()
     return specs

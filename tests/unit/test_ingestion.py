@@ -25,6 +25,7 @@ from pumpfleet.ingestion import (
     split_pumps,
     window_counts,
 )
+from pumpfleet.schema import CHANNELS
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import SPLITS, WindowConfig
@@ -83,6 +84,10 @@ def test_an_ingest_in_one_process_makes_a_snapshot_training_can_read(tmp_path: P
     cls = snap.classes[0]
     raw, cols = snap.load(cls, "train")
     assert raw.shape[1:] == (cfg.window, len(snap.spec(cls).inputs))
+    # Each channel's physical range from the fleet schema: what the scoring doors apply.
+    assert snap.spec(cls).ranges == {
+        c: (CHANNELS[c][1], CHANNELS[c][2]) for c in snap.spec(cls).channels
+    }
     assert len(raw) == summary["windows"][cls]["train"] and np.isfinite(cols["rul_hours"]).all()
     again = plan_ingest(source, root, cfg)
     assert again.up_to_date is not None and again.up_to_date["up_to_date"]
