@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from edge_agent import __version__ as AGENT_VERSION
 from edge_agent import source, updates, windows
+from edge_agent.assignments import Puller
 from edge_agent.config import AgentConfig
 from edge_agent.installer import PROFILE_FILE, Installer
 from edge_agent.model import Installed, Scorer
@@ -83,6 +84,11 @@ class Agent:
         self.next_heartbeat = 0.0
         self.last_error: str | None = None
         self.models.start()
+        self.puller = (
+            Puller(cfg, self.trust, self.models, clock)
+            if cfg.assignments and cfg.endpoint
+            else None
+        )
         if cfg.mqtt is not None:
             from edge_agent.mqtt import MqttBridge
 
@@ -252,7 +258,8 @@ class Agent:
         return {
             "agent_version": AGENT_VERSION,
             "device_id": self.cfg.device_id,
-            "pump_class": self.active.bundle.pump_class if self.active else None,
+            "site": self.cfg.site,
+            "pump_class": self.active.bundle.pump_class if self.active else self.cfg.pump_class,
             "model_version": self.active.version if self.active else None,
             "variant": self.active.variant if self.active else None,
             "provider": self.active.provider if self.active else None,
@@ -269,6 +276,7 @@ class Agent:
             "self_test": self.models.self_test,
             "trust": self.trust.status(),
             "last_upload_error": self.last_error,
+            "last_pull_error": self.puller.last_error if self.puller else None,
             "time": time.time(),
         }
 
@@ -312,11 +320,14 @@ class Agent:
     def step(self) -> bool:
         """One round: updates, spool, the other inputs, upload. Whether anything was
         done."""
+        pulled = self.puller.step() if self.puller is not None else False
         installed = self.check_updates()
+        if pulled or installed:
+            self.next_heartbeat = 0.0  # the cloud hears of a new bundle at once
         scored = self.process_spool()
         received = sum(i.drain(self) for i in self.inputs)
         sent = self.upload()
-        return bool(installed or scored or received or sent)
+        return bool(pulled or installed or scored or received or sent)
 
     def idle(self) -> bool:
         """Nothing left to do: no spool file or message waiting (or no model to score

@@ -69,6 +69,10 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    # Where the device is and which class it scores, for the fleet's view and rollouts
+    # (the class of its bundle once it has one).
+    site: str | None = Field(default=None, max_length=128)
+    pump_class: str | None = Field(default=None, max_length=64)
     # Everything the agent writes: store.db, bundles/, profile.json; spool/ and
     # updates/ by default.
     state_dir: Path
@@ -95,6 +99,11 @@ class AgentConfig(BaseModel):
     backoff_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
     heartbeat_seconds: float = Field(default=60.0, gt=0)
+    # Pull a signed assignment (which bundle to run) from <endpoint>/v1/edge/assignment
+    # this often, and run what it says (staged rollouts); off: bundles come only through
+    # updates_dir.
+    assignments: bool = False
+    assignment_poll_seconds: float = Field(default=300.0, gt=0)
     # Bytes of buffered records above which routine predictions are thinned.
     quota_mb: float = Field(default=64.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)

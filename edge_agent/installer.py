@@ -184,6 +184,21 @@ class Installer:
         self.store.count({"rollbacks": 1})
         self.last_update = {"rolled_back": failed, "why": why}
 
+    def revert(self, why: str) -> bool:
+        """Go back to the previous bundle (kept installed) by order of the fleet (a
+        halted rollout), loading it first where its probation is over; whether it did."""
+        previous = self.bundles.state().previous
+        if previous is None:
+            return False
+        if self.fallback is None:
+            try:
+                self.fallback = self._load(previous)
+            except BAD_BUNDLE as e:
+                log.error("cannot go back to %s: %s", previous, e)
+                return False
+        self.roll_back(why)
+        return True
+
     def judge(self, windows: int, errors: int) -> None:
         """Count a scored batch against the probation of a new model; roll it back or end
         its probation as :func:`edge_agent.updates.judge` says."""
