@@ -3,7 +3,9 @@
 A prediction made at ``t`` for a pump learns its true RUL from the first feedback on that
 pump after ``t``: a failure at ``failed_at`` gives ``(failed_at - t)`` hours, a RUL seen in
 hindsight at ``observed_at`` gives ``rul_hours + (observed_at - t)`` hours. Predictions
-with no later feedback are not scored (yet).
+with no later feedback are not scored (yet). The true RUL is capped at the model's
+``rul_cap_hours`` as its labels were in training: a model can only say "at least the
+cap", so a pump that fails 900 h later is not 700 h of error on a 168 h prediction.
 
 Confidence intervals come from a bootstrap over pumps, not over predictions: one pump's
 predictions are strongly correlated, and resampling them one by one would give intervals
@@ -13,6 +15,7 @@ between them is paired (resampled together).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +58,17 @@ class Difference:
         return "better" if hi < 0 else "worse" if lo > 0 else "no clear difference"
 
 
+def capped(truth: pd.Series, classes: pd.Series, caps: Mapping[str, float] | None) -> pd.Series:
+    """The true RUL capped at each row's class's ``rul_cap_hours`` (uncapped where the
+    class has none in ``caps``)."""
+    if not caps:
+        return truth
+    cap = classes.map(dict(caps)).to_numpy(dtype=float, na_value=np.nan)
+    return pd.Series(np.fmin(truth.to_numpy(float), cap), index=truth.index)
+
+
 def _truth(preds: pd.DataFrame, feedback: pd.DataFrame) -> pd.Series:
-    """Each prediction's true RUL in hours (NaN where no feedback follows it)."""
+    """Each prediction's true RUL in hours (NaN where no feedback follows it), uncapped."""
     fb = feedback.copy()
     nothing = pd.Series(pd.NaT, index=fb.index)
     failed = pd.to_datetime(fb.get("failed_at", nothing), utc=True)
@@ -103,15 +115,20 @@ def _bootstrap(
 
 
 def arm_reports(
-    log: pd.DataFrame, feedback: pd.DataFrame, seed: int = 0
+    log: pd.DataFrame,
+    feedback: pd.DataFrame,
+    seed: int = 0,
+    rul_cap_hours: Mapping[str, float] | None = None,
 ) -> tuple[list[ArmReport], list[Difference]]:
     """Per class and arm (and the shadow challenger) the realised metrics, and per class
-    the challenger's RMSE minus the champion's with its interval."""
+    the challenger's RMSE minus the champion's with its interval; the true RUL capped at
+    each class's ``rul_cap_hours`` (its champion's), as the predictions are."""
     if log.empty:
         return [], []
     rng = np.random.default_rng(seed)
     log = log.reset_index(drop=True)
     truth = _truth(log, feedback) if not feedback.empty else pd.Series(np.nan, index=log.index)
+    truth = capped(truth, log["pump_class"], rul_cap_hours)
     reports: list[ArmReport] = []
     diffs: list[Difference] = []
     for cls, g in log.groupby("pump_class", sort=True):

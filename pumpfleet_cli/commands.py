@@ -221,6 +221,19 @@ def cmd_deploy(args: argparse.Namespace, settings: Settings) -> None:
     _print(deploy(settings, args.url, args.pump_class, args.version, args.stage, suite=suite))
 
 
+def _rul_caps(settings: Settings, log: Any) -> dict[str, float]:
+    """Each logged class's RUL cap, from its champion's feature spec (none for a class
+    without a champion): the A/B report caps the true RUL as the predictions are."""
+    from pumpfleet.registry import CHAMPION, Registry, model_name
+
+    registry = Registry(settings.tracking_uri)
+    caps: dict[str, float] = {}
+    for cls in [] if log.empty else sorted(log["pump_class"].dropna().unique()):
+        if registry.version_by_alias(model_name(cls), CHAMPION) is not None:
+            caps[cls] = registry.load(model_name(cls), CHAMPION).spec.rul_cap_hours
+    return caps
+
+
 def cmd_ab_report(args: argparse.Namespace, settings: Settings) -> None:
     import pandas as pd
 
@@ -237,7 +250,7 @@ def cmd_ab_report(args: argparse.Namespace, settings: Settings) -> None:
         except ValueError:
             raise InputError(f"--since: not a date or time: {args.since!r}") from None
         log = log[pd.to_datetime(log["timestamp"], utc=True) >= since]
-    reports, diffs = arm_reports(log, feedback)
+    reports, diffs = arm_reports(log, feedback, rul_cap_hours=_rul_caps(settings, log))
     if args.json:
         _print({"arms": [r.__dict__ for r in reports], "differences": [d.__dict__ for d in diffs]})
     else:

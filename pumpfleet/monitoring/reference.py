@@ -66,6 +66,8 @@ class Reference:
     drivers: dict[str, Any] | None = None  # what drives the champion's flags (explain)
     health: HealthReference | None = None  # the anomaly champion's reference scores
     health_snapshot: str | None = None
+    # the champion's RUL cap: the true RUL from feedback is capped as its labels were
+    rul_cap_hours: float | None = None
 
 
 def _summaries(
@@ -149,6 +151,7 @@ def _champion_reference(
         spec.horizon_hours,
         notes,
         drivers,
+        rul_cap_hours=spec.rul_cap_hours,
     )
 
 
@@ -197,6 +200,8 @@ def analysis_frame(rows: pd.DataFrame, feedback: pd.DataFrame, ref: Reference) -
         if col in fb:
             fb[col] = pd.to_datetime(fb[col], utc=True).dt.as_unit("ns")
     truth = _truth(a, fb) if not fb.empty else pd.Series(np.nan, index=a.index)
+    if ref.rul_cap_hours is not None:  # compared with capped predictions: cap it too
+        truth = truth.clip(upper=ref.rul_cap_hours)
     a[RUL_TRUE] = truth.to_numpy(float)
     failed = (a[RUL_TRUE] <= ref.horizon_hours).astype(float)
     a[Y_TRUE] = failed.where(a[RUL_TRUE].notna())

@@ -106,3 +106,37 @@ def test_shadow_scores_are_compared_paired() -> None:
 def test_nothing_logged_says_so() -> None:
     assert arm_reports(pd.DataFrame(), pd.DataFrame()) == ([], [])
     assert format_report([], []) == "no predictions logged yet"
+
+
+def test_true_rul_is_capped_as_the_models_predictions_are() -> None:
+    # found: a pump failing 900 h after a prediction counted 732 h of error against a
+    # model that can say at most 168 h (its cap), inflating the realised RMSE
+    log, _ = _log(n_pumps=1, per_pump=1)
+    log["rul_hours"] = 168.0  # "at least the cap"
+    fb = pd.DataFrame([{"pump_id": "p000", "pump_class": "esp",
+                        "failed_at": T0 + pd.Timedelta(hours=900), "observed_at": None,
+                        "rul_hours": None}])  # fmt: skip
+    (r,), _ = arm_reports(log, fb, rul_cap_hours={"esp": 168.0})
+    assert (r.rmse, r.bias, r.labelled) == (0.0, 0.0, 1)
+    (uncapped,), _ = arm_reports(log, fb)  # a class with no cap given stays as it was
+    assert uncapped.rmse == 732.0
+    # below the cap nothing changes
+    log["rul_hours"] = 100.0
+    fb["failed_at"] = T0 + pd.Timedelta(hours=90)
+    (r,), _ = arm_reports(log, fb, rul_cap_hours={"esp": 168.0})
+    assert r.rmse == 10.0
+
+
+def test_the_monitor_caps_the_true_rul_at_the_champions_cap() -> None:
+    from pumpfleet.drift import RUL_TRUE, Y_TRUE
+    from pumpfleet.monitoring.reference import Reference, analysis_frame
+
+    ts = [T0, T0 + pd.Timedelta(hours=800)]
+    rows = pd.DataFrame({"pump_id": "p1", "pump_class": "esp", "timestamp": ts,
+                         "model_version": "1", "rul_hours": 168.0,
+                         "failure_probability": 0.0})  # fmt: skip
+    fb = pd.DataFrame([{"pump_id": "p1", "failed_at": T0 + pd.Timedelta(hours=830),
+                        "observed_at": T0 + pd.Timedelta(hours=830)}])  # fmt: skip
+    ref = Reference(pd.DataFrame(), None, [], "snap1", "1", rul_cap_hours=168.0)
+    a = analysis_frame(rows, fb, ref)
+    assert a[RUL_TRUE].tolist() == [168.0, 30.0] and a[Y_TRUE].tolist() == [0.0, 1.0]
