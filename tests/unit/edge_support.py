@@ -265,18 +265,32 @@ def shared_workspace(base: Path, versions: int = 2) -> EdgeWorkspace:
 # --- the agent's world: a cloud that stores uploads, and a pump controller --------------
 
 
-class Cloud:
-    """A real HTTP server on loopback whose upload route calls the real storage
-    function (``pumpfleet.edge_ingest.handle_upload``); it can be switched off (503) to
-    play a lost connection, and counts what it was sent."""
+# The device token of the agents here, as `pumpfleet edge device issue --device rig-7`
+# would give one (pfd.<device>.<secret>): a device uploads with its own token.
+DEVICE = "rig-7"
+DEVICE_TOKEN = f"pfd.{DEVICE}.edge-test-secret-0123456789"
 
-    def __init__(self, root: Path, api_key: str = "edge-key") -> None:
+
+class Cloud:
+    """A real HTTP server on loopback whose upload route does what the service's does:
+    the device token checked against a device book (:mod:`pumpfleet.devices`; the
+    device may upload only as itself), then the real storage function
+    (``pumpfleet.edge_ingest.handle_upload``; a replayed batch key with other records is
+    a 409). It can be switched off (503) to play a lost connection, and counts what it
+    was sent."""
+
+    def __init__(self, root: Path, token: str = DEVICE_TOKEN) -> None:
+        import hashlib
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        from pumpfleet.devices import DeviceBook, DeviceEntry, Verifier
         from pumpfleet.edge_ingest import handle_upload
-        from pumpfleet.errors import InputError
+        from pumpfleet.errors import ConflictError, InputError
 
+        device = token.split(".")[1]
+        entry = DeviceEntry(sha256=hashlib.sha256(token.encode()).hexdigest(), issued="now")
+        verifier = Verifier(DeviceBook(devices={device: entry}))
         self.root = root
         self.online = True
         self.posts = 0
@@ -293,12 +307,18 @@ class Cloud:
                     return self._answer(503, {"detail": "offline"})
                 if self.path != "/v1/edge/upload":
                     return self._answer(404, {"detail": "no route"})
-                if self.headers.get("X-API-Key") != api_key:
+                who = verifier.device_of(self.headers.get("X-API-Key"))
+                if who is None:
                     return self._answer(401, {"detail": "bad key"})
+                upload = json.loads(body)
+                if upload.get("device_id") != who:
+                    return self._answer(403, {"detail": f"this token is device {who}'s"})
                 try:
-                    return self._answer(200, handle_upload(cloud.root, json.loads(body)))
+                    return self._answer(200, handle_upload(cloud.root, upload))
                 except InputError as e:
                     return self._answer(422, {"detail": str(e)})
+                except ConflictError as e:
+                    return self._answer(409, {"detail": str(e)})
 
             def _answer(self, code: int, obj: dict[str, Any]) -> None:
                 data = json.dumps(obj).encode()
@@ -378,12 +398,12 @@ def agent_config(ws: EdgeWorkspace, state: Path, endpoint: str | None, **kw: Any
     from edge_agent.config import AgentConfig
 
     settings: dict[str, Any] = {
-        "device_id": "rig-7",
+        "device_id": DEVICE,
         "state_dir": state,
         "public_key": ws.public_key,
         "initial_bundle": ws.bundles["1"],
         "endpoint": endpoint,
-        "api_key": "edge-key",
+        "api_key": DEVICE_TOKEN,  # its own device token
         "upload_batch": 25,
         "poll_seconds": 0.05,
         "backoff_seconds": 0.05,
