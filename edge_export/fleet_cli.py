@@ -18,6 +18,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from pumpfleet import jsontext
 from pumpfleet.errors import InputError
 from pumpfleet.settings import Settings
@@ -81,7 +83,7 @@ def _floats(text: str) -> list[float]:
 def cmd_rollout(args: argparse.Namespace, settings: Settings) -> None:
     import time
 
-    from pumpfleet import fleet_devices, rollout, trust_repo
+    from pumpfleet import fleet_devices, trust_repo
 
     home, log_root, now = settings.home, settings.predictions_dir, time.time()
     _, public = _signing(settings)
@@ -114,7 +116,24 @@ def cmd_rollout(args: argparse.Namespace, settings: Settings) -> None:
         if args.previous
         else _previous(settings, args.pump_class, keys)
     )
-    plan = rollout.Plan(
+    try:
+        plan = _plan(args, target, previous, now)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        why = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(f"rollout plan: {where + ': ' if where else ''}{why}") from None
+    entry = fleet_devices.start(home, log_root, plan, now)
+    print(
+        f"{args.pump_class}: rollout {plan.rollout_id} of {target.bundle} started; "
+        f"canaries {', '.join(sorted(entry.state.members))}"
+    )
+
+
+def _plan(args: argparse.Namespace, target: Any, previous: Any, now: float) -> Any:
+    from pumpfleet import rollout
+
+    return rollout.Plan(
         rollout_id=args.id or f"{args.pump_class}-{target.bundle}-{int(now)}",
         pump_class=args.pump_class,
         target=target,
@@ -130,11 +149,6 @@ def cmd_rollout(args: argparse.Namespace, settings: Settings) -> None:
             alarm_rate_jump=args.alarm_rate_jump,
             max_upload_error_rate=args.max_upload_error_rate,
         ),
-    )
-    entry = fleet_devices.start(home, log_root, plan, now)
-    print(
-        f"{args.pump_class}: rollout {plan.rollout_id} of {target.bundle} started; "
-        f"canaries {', '.join(sorted(entry.state.members))}"
     )
 
 

@@ -335,3 +335,53 @@ def test_an_assigned_bundle_failing_its_self_test_is_reported(
         "esp r1: halted in wave 0: self-test failed on 1 of 1 devices reached "
         f"(rig-7: {health['self_test']['detail']})"
     ]
+
+
+def test_the_rollout_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pumpfleet.settings import get_settings
+    from pumpfleet_cli.main import main
+
+    home = tmp_path / "ws"
+    monkeypatch.setenv("PUMPFLEET_HOME", str(home))
+    monkeypatch.delenv("PUMPFLEET_SIGNING_KEY", raising=False)
+    get_settings.cache_clear()
+    try:
+        key = bundle.load_or_create_key(home / "keys" / "bundle-signing.pem")
+        made = tmp_path / "b.pfbundle"
+        meta = {"pump_class": "esp", "model_version": "4", "release": 7}
+        bundle.write_bundle(made, {"model.onnx": b"m"}, meta, key)
+        for i in range(3):
+            folder = home / "predictions" / "edge" / f"esp-{i}"
+            folder.mkdir(parents=True)
+            (folder / "health.json").write_text(json.dumps({"pump_class": "esp", "bundle": "v3"}))
+        argv = ["edge", "rollout", "start", "--class", "esp", "--bundle", str(made)]
+        assert main([*argv, "--id", "r9", "--canary", "esp-2"]) == 0
+        assert capsys.readouterr().out == "esp: rollout r9 of v4 started; canaries esp-2\n"
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            "pumpfleet edge: error: esp: rollout r9 is running; halt it first\n"
+        )
+        assert main(["edge", "rollout", "halt", "--class", "esp", "--reason", "storm"]) == 0
+        assert capsys.readouterr().out == "esp: rollout r9 halted\n"
+        assert main(["edge", "rollout", "resume", "--class", "esp"]) == 0
+        assert capsys.readouterr().out == "esp: rollout r9 running\n"
+        assert main(["edge", "rollout", "status"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        state = shown["rollouts"]["esp"]["state"]
+        assert state["members"] == {"esp-2": 0} and state["status"] == "running"
+        assert shown["rollouts"]["esp"]["plan"]["target"]["release"] == 7
+        assert [(d["device_id"], d["rollout"]["device"]) for d in shown["devices"]] == [
+            ("esp-0", "not yet"),
+            ("esp-1", "not yet"),
+            ("esp-2", "waiting"),
+        ]
+        bad = ["edge", "rollout", "start", "--class", "esp", "--bundle", str(made), "--waves", "50"]
+        assert main(bad) == 2
+        assert capsys.readouterr().err == (
+            "pumpfleet edge: error: rollout plan: the last wave must reach 100 "
+            "(percent of the class)\n"
+        )
+    finally:
+        get_settings.cache_clear()
