@@ -23,6 +23,7 @@ from edge_agent import __version__ as AGENT_VERSION
 from edge_agent import source, updates, windows
 from edge_agent.assignments import Puller
 from edge_agent.config import AgentConfig
+from edge_agent.explaining import Explainer
 from edge_agent.installer import PROFILE_FILE, Installer
 from edge_agent.model import Installed, Scorer
 from edge_agent.predict import Batch, raw_windows, score_batch
@@ -74,6 +75,9 @@ class Agent:
             Uploader(cfg.endpoint, cfg.upload_key(), cfg.device_id, cfg.upload_timeout_seconds)
             if cfg.endpoint
             else None
+        )
+        self.explainer = (
+            Explainer(cfg.explain_budget_ms, cfg.explain_every_seconds) if cfg.explain else None
         )
         self.inputs: list[Input] = []
         self.listeners: list[Listener] = []
@@ -191,6 +195,7 @@ class Agent:
             [cut.pumps[i] for i in keep],
         )
         failed = batch.counts
+        explained = self.explainer.explain(batch) if self.explainer else {}
         thinned = self.store.commit(
             batch.records,
             cut.states,
@@ -204,6 +209,7 @@ class Agent:
                 "records_refused": failed["refused"],
                 "windows_set_aside": len(cut.windows) - len(keep),
                 "anomaly_errors": failed["anomaly"],
+                **explained,
                 **(counted or {}),
             },
         )

@@ -123,6 +123,12 @@ class AgentConfig(BaseModel):
     # onnxruntime providers; "auto": TensorRT (engines cached under state_dir/engines),
     # then CUDA, then CPU, as installed.
     providers: str = Field(default="auto", pattern="^(auto|cpu)$")
+    # Explanations of alerts on the device (pumpfleet.explain): at most this many
+    # milliseconds of them per scored batch; a pump's alert again after this many seconds
+    # (a newly raised alarm is explained first).
+    explain: bool = True
+    explain_budget_ms: float = Field(default=100.0, ge=0)
+    explain_every_seconds: float = Field(default=60.0, ge=0)
     # Readings over MQTT from the site's broker (beside the spool and stdin); none: off.
     mqtt: MqttConfig | None = None
 

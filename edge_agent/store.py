@@ -51,6 +51,8 @@ COUNTERS = (
     "mqtt_messages",
     "mqtt_set_aside",
     "mqtt_redelivered",
+    "explained",
+    "alerts_unexplained",
 )
 # Thinning frees down to this share of the quota, so that it does not run on every file.
 THIN_TO = 0.9

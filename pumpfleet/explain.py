@@ -100,6 +100,36 @@ def occlusion(score: Scorer, raw: np.ndarray, spec: FeatureSpec, blocks: int = 4
     )
 
 
+def summary(a: Attribution, window: int, n: int = 3) -> dict[str, Any]:
+    """An alert's drivers in brief, as the device sends them with the alert
+    (:class:`pumpfleet.records.Explanation` less its time): the top channels, the
+    attributions per channel, and the ``n`` blocks of time steps of a channel that
+    raised the risk most (``start``, ``end`` exclusive; 0 the oldest step)."""
+    by_time = a.risk_by_time
+    order = np.argsort(-by_time, axis=None, kind="stable")[:n]
+    blocks = []
+    for flat in order:
+        b, j = divmod(int(flat), by_time.shape[1])
+        if by_time[b, j] <= 0:
+            break
+        start = b * a.block
+        blocks.append(
+            {
+                "channel": a.channels[j],
+                "start": start,
+                "end": min(start + a.block, window),
+                "risk": float(by_time[b, j]),
+            }
+        )
+    return {
+        "top": a.top(n),
+        "risk_by_channel": dict(zip(a.channels, a.risk_by_channel.tolist(), strict=True)),
+        "rul_hours_by_channel": dict(zip(a.channels, a.rul_by_channel.tolist(), strict=True)),
+        "top_blocks": blocks,
+        "block_steps": a.block,
+    }
+
+
 def fleet_drivers(attributions: Sequence[Attribution]) -> dict[str, float]:
     """Which channels drive a class's alerts across the fleet: the mean risk attribution
     of each channel over the flagged windows, largest first."""

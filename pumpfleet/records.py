@@ -13,6 +13,7 @@ imports it.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +34,34 @@ MAX_TIMESTAMP_NS = 4_102_444_800 * 10**9
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Arm = Literal["champion", "challenger", "edge"]
+Channel = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class TimeBlock(BaseModel):
+    """A block of a window's time steps (``start`` inclusive, ``end`` exclusive, 0 the
+    oldest) of one channel, and how much it raised the failure risk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: Channel
+    start: int = Field(ge=0)
+    end: int = Field(ge=1)
+    risk: Finite
+
+
+class Explanation(BaseModel):
+    """What drives an alert: occlusion attributions (:mod:`pumpfleet.explain`) of the
+    window's failure risk and RUL per channel, its top channels and time blocks, and the
+    milliseconds it took."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top: list[Channel] = Field(max_length=16)
+    risk_by_channel: dict[Channel, Finite]
+    rul_hours_by_channel: dict[Channel, Finite]
+    top_blocks: list[TimeBlock] = Field(max_length=16)
+    block_steps: int = Field(ge=1)
+    ms: Finite = Field(ge=0)
 
 
 class PredictionRecord(BaseModel):
@@ -60,6 +89,8 @@ class PredictionRecord(BaseModel):
     # the edge: which compiled variant scored it, and (set by the cloud) which device
     variant: str | None = Field(default=None, pattern=NAME)
     device_id: str | None = Field(default=None, pattern=NAME)
+    # an edge alert's drivers, where the device explained it (pumpfleet.explain)
+    explanation: Explanation | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -94,8 +125,9 @@ class PredictionRecord(BaseModel):
 
 
 # Parquet column types of the fixed fields, in order; in_<channel> columns are float64.
-def arrow_schema(inputs: Iterable[str] = ()) -> Any:
-    """The prediction log's Arrow schema, with float64 columns ``inputs`` (``in_*``)."""
+def arrow_schema(inputs: Iterable[str] = (), explanation: bool = False) -> Any:
+    """The prediction log's Arrow schema, with float64 columns ``inputs`` (``in_*``)
+    and, where ``explanation``, the records' explanations as JSON text."""
     import pyarrow as pa
 
     fixed = [
@@ -118,10 +150,27 @@ def arrow_schema(inputs: Iterable[str] = ()) -> Any:
         ("variant", pa.string()),
         ("device_id", pa.string()),
     ]
+    if explanation:
+        fixed.append(("explanation", pa.string()))
     return pa.schema([*fixed, *((c, pa.float64()) for c in sorted(inputs))])
 
 
 FIELDS = tuple(PredictionRecord.model_fields)
+
+
+def _explanation_text(values: Any) -> list[str | None] | None:
+    """The explanation column as JSON text (None: no row has one)."""
+    if hasattr(values, "to_pylist"):  # an Arrow array
+        values = values.to_pylist()
+    if values is None or isinstance(values, str) or not hasattr(values, "__iter__"):
+        return None
+    out = [
+        v
+        if v is None or isinstance(v, str)
+        else json.dumps(v.model_dump() if isinstance(v, BaseModel) else v, sort_keys=True)
+        for v in values
+    ]
+    return out if any(v is not None for v in out) else None
 
 
 def to_table(columns: Mapping[str, Any], rows: int) -> Any:
@@ -133,10 +182,11 @@ def to_table(columns: Mapping[str, Any], rows: int) -> Any:
     unknown = [c for c in columns if c not in FIELDS and not _INPUT.match(c)]
     if unknown:
         raise InputError(f"{unknown[0]}: not a column of the prediction log")
-    schema = arrow_schema(c for c in columns if c not in FIELDS)
+    explained = _explanation_text(columns.get("explanation"))
+    schema = arrow_schema((c for c in columns if c not in FIELDS), explained is not None)
     arrays = []
     for field in schema:
-        values = columns.get(field.name)
+        values = explained if field.name == "explanation" else columns.get(field.name)
         if values is None:
             arrays.append(pa.nulls(rows, field.type))
             continue

@@ -252,6 +252,11 @@ def test_readings_over_mqtt_are_scored_alarmed_and_buffered_with_the_cloud_away(
     alarms.close()
     events = [(t, b["event"], b["timestamp"]) for t, b in alarms.messages]
     assert events == [(f"{PREFIX}/pumps/hot/alarm", *e) for e in changes]
+    # A raised alarm says what drives it: the stored record's explanation.
+    explained = {r["timestamp"]: r["explanation"] for r in hot if r["explanation"]}
+    raised = [b for _, b in alarms.messages if b["event"] == "raised"]
+    assert [b["explanation"] for b in raised] == [explained[b["timestamp"]] for b in raised]
+    assert all(b["explanation"]["top_blocks"] for b in raised)
     # Retained: each pump's state (its last window) and the hot pump's last alarm.
     last = (T0 + 3600 * (hours - 1)) * 10**9
     assert seen[f"{PREFIX}/pumps/p1/state"]["timestamp"] == last
