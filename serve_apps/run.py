@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from ray import serve
 
 from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings
+from serve_apps import front_door
 from serve_apps.schemas import ScoringConfig
 from serve_apps.scoring import build_app
 from serve_apps.security import Secrets, load_secrets
@@ -20,23 +22,34 @@ APP_NAME = "pumpfleet"
 STAGING_APP = "pumpfleet-staging"
 STAGING_PREFIX = "/staging"
 # Serve's throughput-optimised mode: the ingress replica answers HTTP itself, 7.5 times the
-# requests of the default proxy on 2 cores (../shared/STACK.md, benchmarks/serve_load.py).
-# Ray's processes read it from their environment when they start (the driver's own
-# ray.serve constants included), so it is exported before ray.init by the entry points
-# that start Serve (use_serve_env), never by library code or at import.
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+# requests of the default proxy on 2 cores (../shared/STACK.md, benchmarks/serve_load.py);
+# and HAProxy as the front door on --port, in front of the replicas' own ports
+# (serve_apps/front_door.py). Ray's processes read these from their environment when they
+# start (the driver's own ray.serve constants included), so they are exported before
+# ray.init by the entry points that start Serve (use_serve_env), never by library code or
+# at import.
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
 # In that mode a stopping replica keeps answering for at least 30 s so that a load
-# balancer in front can drain it. Nothing sits in front of a local run (the demo, the
-# tests, a workstation): there it is 30 s of waiting at every shutdown.
+# balancer in front can drain it. A local run's front door (the demo, the tests, a
+# workstation) hears of a stopping replica from Serve at once and sends a refused
+# request to another replica: there 30 s would only be waiting at every shutdown.
 LOCAL_SERVE_ENV = {**SERVE_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"}
 
 
-def use_serve_env(local: bool = False) -> None:
-    """Set SERVE_ENV (``local``: LOCAL_SERVE_ENV) where the operator has not set those
-    variables themselves. For entry points only (the CLI's ``serve``, the demo, the
-    benchmarks), before Ray starts."""
+def use_serve_env(local: bool = False, home: Path | None = None) -> None:
+    """Set SERVE_ENV (``local``: LOCAL_SERVE_ENV) and the front door's settings, its files
+    under ``home`` (a workspace; else a private temp folder), where the operator has not
+    set those variables themselves. For entry points only (the CLI's ``serve``, the demo,
+    the benchmarks), before Ray starts."""
     for k, v in (LOCAL_SERVE_ENV if local else SERVE_ENV).items():
         os.environ.setdefault(k, v)
+    if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
+        for k, v in front_door.prepare(home).items():
+            # the script that runs HAProxy wraps the operator's binary, if they named one
+            if k in front_door.OWN_VARS:
+                os.environ[k] = v
+            else:
+                os.environ.setdefault(k, v)
 
 
 def start(
@@ -59,7 +72,7 @@ def start(
     secrets = secrets or load_secrets(settings=settings)
     cfg = ScoringConfig(
         tracking_uri=settings.tracking_uri,
-        predictions_dir=str(settings.predictions_dir),
+        predictions_dir=settings.predictions_uri,
         challenger_weight=challenger_weight,
         api_key_sha256=list(secrets.api_keys),
         admin_token_sha256=list(secrets.admin_tokens),
@@ -77,6 +90,7 @@ def start(
         raise RegistryError(
             f"no champion model in {settings.tracking_uri}; run `pumpfleet evaluate` first"
         )
+    front_door.configure(cfg.max_body_bytes)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
     if staging:
@@ -84,7 +98,7 @@ def start(
             update={
                 "stage": "staging",
                 "num_replicas": 1,
-                "predictions_dir": str(settings.predictions_dir.parent / "staging-predictions"),
+                "predictions_dir": f"{settings.workspace_uri}/staging-predictions",
             }
         )
         serve.run(build_app(staged), name=STAGING_APP, route_prefix=STAGING_PREFIX, blocking=False)

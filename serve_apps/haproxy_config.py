@@ -1,0 +1,110 @@
+"""What Serve's HAProxy front door must do that Ray 2.60 cannot be told, added to the
+configuration Ray writes.
+
+Serve renders HAProxy's configuration itself (``ray.serve._private.haproxy``) and takes
+some settings from ``RAY_SERVE_HAPROXY_*`` variables (``serve_apps/front_door.py`` sets
+those), but not these:
+
+- ``timeout http-request``: the request's head must arrive within it, and then its body
+  up to one buffer (16 kB: a single window's request whole) within as long again
+  (``wait-for-body``), else 408. ``timeout client`` alone bounds only the silence
+  between two packets, so a client that sends a byte every few seconds (slowloris) would
+  keep its connection for ever.
+- A declared body over the service's limit gets 413 at the door, before it is read.
+- ``x-pumpfleet-request-id``: a fresh id per request, set here (a client's own value is
+  replaced). A request that HAProxy retries on another replica after its first replica
+  died keeps it, so the prediction log can tell the two attempts' rows apart from two
+  requests (:func:`pumpfleet.predlog.read_log` keeps one).
+- The stats page and the Prometheus exporter bind every interface (``*:PORT``,
+  ``:PORT``); here they bind loopback.
+
+``RAY_SERVE_HAPROXY_BINARY_PATH`` names a script that runs this file with the real
+binary and the options file: :func:`main` amends the file named after ``-f`` and then
+becomes HAProxy. Standard library only: it runs as a script, outside the package, each
+time Serve starts or reloads HAProxy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sys
+
+MARKER = "# pumpfleet front door (serve_apps/haproxy_config.py)"
+REQUEST_ID_HEADER = "x-pumpfleet-request-id"
+
+
+class TemplateChanged(ValueError):
+    """Ray's configuration no longer has what :func:`amend` adds to."""
+
+
+def amend(text: str, request_timeout_s: int, max_body_bytes: int) -> str:
+    """Ray's HAProxy configuration with the front door's additions (unchanged if it has
+    them already). TemplateChanged if a section it adds to is missing."""
+    if MARKER in text:
+        return text
+    lines = text.split("\n")
+    out: list[str] = []
+    section = ""
+    seen = set()
+    for line in lines:
+        stripped = line.strip()
+        if line and not line[0].isspace():
+            section = stripped
+        bind = re.fullmatch(r"(\s*)bind (\*)?:(\d+)", line)
+        if bind and section in ("frontend prometheus", "listen stats"):
+            line = f"{bind.group(1)}bind 127.0.0.1:{bind.group(3)}"
+            seen.add(section)
+        out.append(line)
+        if stripped == "defaults":
+            out += [f"    {MARKER}", f"    timeout http-request {request_timeout_s}s"]
+            seen.add("defaults")
+        elif section == "frontend http_frontend" and stripped.startswith("bind "):
+            out += [
+                f"    {MARKER}",
+                # hdr_val does not read lengths of 13 digits and more: count the digits too
+                "    http-request deny deny_status 413 if "
+                f"{{ req.hdr_val(content-length) gt {max_body_bytes} }} || "
+                f"{{ req.hdr(content-length) -m len gt {len(str(max_body_bytes))} }}",
+                # after the size check (option http-buffer-request would wait first)
+                f"    http-request wait-for-body time {request_timeout_s}s",
+                f"    http-request set-header {REQUEST_ID_HEADER} %[uuid]",
+            ]
+            seen.add("frontend http_frontend")
+    missing = {"defaults", "frontend http_frontend", "frontend prometheus", "listen stats"}
+    missing -= seen
+    if missing:
+        raise TemplateChanged(f"Ray's HAProxy configuration has no {sorted(missing)[0]!r}")
+    return "\n".join(out)
+
+
+def config_path(args: list[str]) -> str | None:
+    """The configuration file HAProxy is started with (``-f FILE``)."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "-f":
+            return value
+    return None
+
+
+def main(argv: list[str]) -> None:
+    """``haproxy_config.py REAL_BINARY OPTIONS_JSON HAPROXY_ARGS...``: amend the file
+    after ``-f`` by the options, then exec the real binary with the same arguments."""
+    binary, options_file, args = argv[0], argv[1], argv[2:]
+    path = config_path(args)
+    if path is not None:
+        with open(options_file) as f:
+            opts = json.load(f)
+        with open(path) as f:
+            text = f.read()
+        amended = amend(text, int(opts["request_timeout_s"]), int(opts["max_body_bytes"]))
+        if amended != text:
+            with open(f"{path}.pumpfleet", "w") as f:
+                f.write(amended)
+            os.replace(f"{path}.pumpfleet", path)
+    os.execv(binary, [binary, *args])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
