@@ -81,7 +81,9 @@ class PredictionLog:
 
 
 def read_log(root: str) -> pd.DataFrame:
-    """Every logged prediction under ``root`` (empty frame if none)."""
+    """Every logged prediction under ``root`` (empty frame if none), each request once: a
+    request the front door retried after its replica died may have been logged by both
+    replicas under the same ``request_id`` (``serve_apps/front_door.py``)."""
     import pyarrow.parquet as pq
 
     files = storage.list_files(root, ".parquet")
@@ -89,4 +91,8 @@ def read_log(root: str) -> pd.DataFrame:
         return pd.DataFrame()
     fs, _ = storage.resolve(root)
     frames = [pq.read_table(f, filesystem=fs).to_pandas() for f in files]
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    if "request_id" in out:
+        again = out["request_id"].notna() & out.duplicated("request_id")
+        out = out[~again].reset_index(drop=True)
+    return out

@@ -23,6 +23,7 @@ from serve_apps.errors import (
     Unauthorized,
     Unavailable,
 )
+from serve_apps.front_door import RequestIds
 from serve_apps.schemas import ScoringConfig
 from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
@@ -136,6 +137,8 @@ class _BodyLimit:
 
 
 app.add_middleware(_BodyLimit)
+# the front door's id of each request, for its rows in the prediction log
+app.add_middleware(RequestIds)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

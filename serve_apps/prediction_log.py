@@ -6,6 +6,11 @@ A big group goes to the log as one table (:func:`pumpfleet.records.to_table`); a
 one as record rows, which the log's flush thread turns into a table by the same
 function: one record's table costs far more than scoring its window does, and single
 windows are the hot path.
+
+A row's ``request_id`` is the id the front door gave the request
+(``x-pumpfleet-request-id``, :class:`serve_apps.front_door.RequestIds`), so that a request the door
+retried on another replica after its first one died is logged under one id, however
+many replicas logged it; without one (a replica's own port), a fresh one.
 """
 
 from __future__ import annotations
@@ -14,21 +19,29 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from pumpfleet import records
 from pumpfleet.features import window_summary
-from pumpfleet.predlog import PredictionLog
 from pumpfleet.scoring import Scores, score_windows
 from serve_apps.batch import Group, Items
+from serve_apps.front_door import REQUEST_ID
 from serve_apps.model_set import ServedModel
 
 log = logging.getLogger(__name__)
 
 # Groups of at least this many rows are logged as one table on the request path.
 TABLE_ROWS = 64
+
+
+class Log(Protocol):
+    """Where rows go: :class:`serve_apps.durable_log.DurableLog` (or
+    :class:`pumpfleet.predlog.PredictionLog`)."""
+
+    def extend(self, rows: list[dict[str, Any]]) -> None: ...
+    def extend_table(self, table: Any) -> None: ...
 
 
 def log_columns(
@@ -43,7 +56,8 @@ def log_columns(
     who, which model, what it said, how long it took, and each input channel's mean over
     the window (``in_<channel>``, what the drift monitor compares)."""
     k = len(g.rows)
-    batch = uuid.uuid4().hex  # a group's rows share it: a uuid per row costs more
+    # a group's rows share it: a uuid per row costs more
+    batch = f"{REQUEST_ID.get() or uuid.uuid4().hex}-{g.pump_class}-{g.arm}"
     now = time.time_ns() if now_ns is None else now_ns
     summary = window_summary(g.windows, g.model.spec)
     return {
@@ -79,7 +93,7 @@ def shadow_columns(challenger: ServedModel, g: Group, items: Items) -> dict[str,
     }
 
 
-def write(log_: PredictionLog, columns: Mapping[str, Any], k: int) -> None:
+def write(log_: Log, columns: Mapping[str, Any], k: int) -> None:
     """``k`` records (:func:`log_columns`) into the log."""
     if k >= TABLE_ROWS:
         log_.extend_table(records.to_table(columns, k))
@@ -88,7 +102,7 @@ def write(log_: PredictionLog, columns: Mapping[str, Any], k: int) -> None:
 
 
 def write_with_shadow(
-    log_: PredictionLog, columns: dict[str, Any], challenger: ServedModel, g: Group, items: Items
+    log_: Log, columns: dict[str, Any], challenger: ServedModel, g: Group, items: Items
 ) -> None:
     """Shadow mode, off the response path: the challenger's scores beside the champion's,
     then into the log (without them if the challenger fails: the answers are sent)."""

@@ -34,10 +34,10 @@ from ray.serve import Application
 
 from pumpfleet import explain, records
 from pumpfleet.edge_ingest import EdgeUpload, handle_upload
-from pumpfleet.predlog import PredictionLog
 from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
 from serve_apps import batch, metrics, prediction_log
+from serve_apps.durable_log import DurableLog
 from serve_apps.errors import InvalidFields, Unavailable
 from serve_apps.http_app import ADMIN, SCORING, app, read_body
 from serve_apps.model_set import ModelSet
@@ -59,6 +59,10 @@ log = logging.getLogger(__name__)
 @serve.deployment(
     name="PumpScorer",
     max_ongoing_requests=64,
+    # A bounded queue per replica: past 64 requests in progress and 32 waiting, a request
+    # is answered 503 with Retry-After at once rather than left waiting (front_door.py).
+    max_queued_requests=32,
+    backpressure_config={"status_code": 503, "retry_after_s": 1},
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
@@ -70,10 +74,11 @@ class PumpScorer:
         app.state.config = c
         self.models = ModelSet(Registry(c.tracking_uri), c.aliases(), c.challenger_weight, c.salt)
         self._refresh()
-        # Written by the flush thread every flush_seconds, not on the request path; a
-        # request writes only when 20,000 rows wait (a stalled disk, a flood of batches).
-        self.log = PredictionLog(c.predictions_dir, max_rows=20_000)
-        self.feedback_log = PredictionLog(
+        # Written ahead (one write call) before each answer, so a replica's death loses
+        # no answered row; to Parquet by the flush thread every flush_seconds, on the
+        # request path only when 20,000 rows wait (a stalled disk, a flood of batches).
+        self.log = DurableLog(c.predictions_dir, max_rows=20_000)
+        self.feedback_log = DurableLog(
             f"{c.predictions_dir.rstrip('/')}-feedback", to_table=records.feedback_table
         )
         self._shadow = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
