@@ -147,7 +147,11 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     with tempfile.TemporaryDirectory(prefix="pumpfleet-int8-") as tmp:
         src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         src.write_bytes(onnx_bytes)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+        # onnxruntime's symbolic shape inference knows no ai.onnx.ml operator (the trees
+        # of a gbm model); ONNX's own inference covers those graphs.
+        opsets = onnx.load_from_string(onnx_bytes).opset_import
+        trees = any(o.domain == "ai.onnx.ml" for o in opsets)
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=trees)
         quantize_static(
             str(pre),
             str(out),

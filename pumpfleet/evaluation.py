@@ -22,6 +22,7 @@ from pumpfleet.scoring import RulScores, score_rul
 from pumpfleet.snapshot import Snapshot
 
 PARITY_TAG = "onnx_parity_max_abs"
+PARITY_ATOL_TAG = "onnx_parity_atol"
 LATENCY_RUNS = 300
 LATENCY_WARMUP = 20
 
@@ -62,10 +63,11 @@ def p50_latency_ms(sess: Any, window: np.ndarray, runs: int = LATENCY_RUNS) -> f
     return float(np.median(times)) / 1e6
 
 
-def recorded_parity(registry: Registry, model: LoadedModel) -> float | None:
-    """The torch / ONNX max abs difference measured when the version was registered: a
-    version tag, or (older versions) a tag of its training run."""
-    value = model.tags.get(PARITY_TAG) or registry.run_tags(model.run_id).get(PARITY_TAG)
+def recorded_parity(registry: Registry, model: LoadedModel, tag: str = PARITY_TAG) -> float | None:
+    """The torch / ONNX max abs difference measured when the version was registered (or,
+    with ``tag=PARITY_ATOL_TAG``, its kind's limit): a version tag, or (older versions) a
+    tag of its training run."""
+    value = model.tags.get(tag) or registry.run_tags(model.run_id).get(tag)
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -97,6 +99,7 @@ def model_report(
         latency_p50_ms=p50_latency_ms(sess, x[0]),
         size_bytes=len(model.onnx),
         onnx_parity_max_abs=recorded_parity(registry, model),
+        onnx_parity_atol=recorded_parity(registry, model, PARITY_ATOL_TAG),
     )
 
 

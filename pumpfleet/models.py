@@ -8,25 +8,37 @@ life as a fraction of the cap, and the probability of failure within the horizon
 - ``tcn``: a temporal convolutional network, dilated causal convolutions in residual
   blocks (Bai, Kolter & Koltun 2018), read at the window's last step.
 - ``gru``: a stacked GRU, read at the window's last step.
+- ``transformer``: a small transformer encoder (pre-norm self-attention blocks over the
+  window's steps with learned positions), read at the last step and the mean.
+- ``gbm``: gradient-boosted trees (LightGBM) on engineered window features
+  (:mod:`pumpfleet.window_stats`), computed inside the model, so that it reads the same
+  standardised windows as every other kind (:mod:`pumpfleet.boosting`).
 
 ``members > 1`` makes any kind an ensemble: that many independently initialised copies,
 each trained on its own loss, whose outputs are averaged (less variance from one
-initialisation; the size grows by the same factor).
+initialisation; the size grows by the same factor). A ``gbm`` ensemble is that many
+boosters with their own seeds for bagging and feature sampling.
 
-All export to ONNX (opset 17, legacy exporter) with a dynamic batch dimension.
+All export to ONNX (opset 17) with a dynamic batch dimension: the torch kinds with torch's
+legacy exporter, ``gbm`` with onnxmltools (:func:`pumpfleet.onnx_io.to_onnx`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-KINDS = ("cnn", "tcn", "gru")
-# Blocks (tcn) or stacked recurrent layers (gru) where the config leaves ``layers`` unset.
-DEFAULT_LAYERS = {"cnn": 2, "tcn": 3, "gru": 1}
+KINDS = ("cnn", "tcn", "gru", "transformer", "gbm")
+NEURAL_KINDS = tuple(k for k in KINDS if k != "gbm")  # trained by the torch loop
+# Blocks (tcn, transformer) or stacked recurrent layers (gru) where the config leaves
+# ``layers`` unset; gbm has no layers.
+DEFAULT_LAYERS = {"cnn": 2, "tcn": 3, "gru": 1, "transformer": 2, "gbm": 1}
+# Longest window a transformer's learned positions cover.
+MAX_STEPS = 512
 # What "well under 1 MB of weights" means for an edge device.
 MAX_BYTES = 1_000_000
 
@@ -41,6 +53,19 @@ class ModelConfig(BaseModel):
     layers: int | None = Field(default=None, ge=1, le=8)
     # Copies averaged into one model (see the module's docstring); 1: a single model.
     members: int = Field(default=1, ge=1, le=16)
+    # transformer: attention heads (``hidden`` must divide by it).
+    heads: int = Field(default=4, ge=1, le=16)
+    # gbm: leaves per tree, the most boosting rounds (early stopping on the validation
+    # windows picks fewer) and the fewest training windows in a leaf.
+    leaves: int = Field(default=15, ge=2, le=255)
+    trees: int = Field(default=1500, ge=1, le=20_000)
+    min_leaf: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.kind == "transformer" and self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        return self
 
     @property
     def n_layers(self) -> int:
@@ -158,6 +183,57 @@ class GRUNet(_TwoOutputs):
         return self.head(self.dropout(out[:, -1]))
 
 
+class _AttentionBlock(nn.Module):
+    """Pre-norm multi-head self-attention and a feed-forward layer, each residual. Written
+    out (not ``nn.TransformerEncoderLayer``) so that training, export and the ONNX graph
+    run the same plain operations."""
+
+    def __init__(self, h: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(h)
+        self.qkv = nn.Linear(h, 3 * h)
+        self.proj = nn.Linear(h, h)
+        self.norm2 = nn.LayerNorm(h)
+        self.ff = nn.Sequential(nn.Linear(h, 2 * h), nn.GELU(), nn.Linear(2 * h, h))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, w, h = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        split = (b, w, self.heads, h // self.heads)
+        q, k, v = (t.reshape(split).transpose(1, 2) for t in (q, k, v))  # [B, H, W, d]
+        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(h // self.heads), dim=-1)
+        y = (self.dropout(att) @ v).transpose(1, 2).reshape(b, w, h)
+        x = x + self.dropout(self.proj(y))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
+class TransformerNet(_TwoOutputs):
+    """A linear embedding of each step plus a learned position, ``layers`` attention
+    blocks, and a head on the last step and the mean over the window."""
+
+    def __init__(self, n_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.embed = nn.Linear(n_channels, h)
+        self.position = nn.Parameter(torch.zeros(1, MAX_STEPS, h))
+        nn.init.normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(
+            *(_AttentionBlock(h, cfg.heads, cfg.dropout) for _ in range(cfg.n_layers))
+        )
+        self.norm = nn.LayerNorm(h)
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.ReLU(), nn.Linear(h, 2))
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[1]
+        # Positions count back from the window's last step, so the newest reading always
+        # has the same embedding whatever the window.
+        z = self.embed(x) + self.position[:, MAX_STEPS - w :]
+        z = self.norm(self.blocks(z))
+        return self.head(torch.cat([z[:, -1], z.mean(dim=1)], dim=1))
+
+
 class Ensemble(_TwoOutputs):
     """Members of one kind, each with its own pre-activations (``member_raw``, which the
     training loss works on member by member); the outputs are the members' mean."""
@@ -179,7 +255,12 @@ class Ensemble(_TwoOutputs):
 
 
 def build_model(n_channels: int, cfg: ModelConfig) -> nn.Module:
-    """The model of ``cfg.kind`` for windows of ``n_channels`` channels."""
+    """The model of ``cfg.kind`` for windows of ``n_channels`` channels (a ``gbm`` is
+    untrained until :func:`pumpfleet.boosting.fit_boosted` or its state fills it)."""
+    if cfg.kind == "gbm":
+        from pumpfleet.boosting import BoostedTrees
+
+        return BoostedTrees(n_channels, cfg)
     if cfg.members > 1:
         single = cfg.model_copy(update={"members": 1})
         return Ensemble([build_model(n_channels, single) for _ in range(cfg.members)])
@@ -187,16 +268,25 @@ def build_model(n_channels: int, cfg: ModelConfig) -> nn.Module:
         return TCN(n_channels, cfg)
     if cfg.kind == "gru":
         return GRUNet(n_channels, cfg)
+    if cfg.kind == "transformer":
+        return TransformerNet(n_channels, cfg)
     return TemporalCNN(n_channels, cfg)
 
 
 def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of the weights (a booster's: of its trees, :meth:`BoostedTrees.size_bytes`)."""
+    own = getattr(model, "size_bytes", None)
+    if callable(own):
+        return int(own())
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def describe(model: nn.Module) -> dict[str, Any]:
+    counted = getattr(model, "parameter_count", None)
     return {
         "class": type(model).__name__,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": int(counted())
+        if callable(counted)
+        else sum(p.numel() for p in model.parameters()),
         "bytes": model_size_bytes(model),
     }

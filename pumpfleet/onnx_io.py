@@ -19,13 +19,24 @@ from pumpfleet.runtime import INPUT, OUTPUT, run, session
 log = logging.getLogger(__name__)
 
 OPSET = 17  # accepted by current Jetson TensorRT releases
+PARITY_ATOL = 1e-5
+
+
+def parity_atol(model: Any) -> float:
+    """The largest ONNX-vs-framework difference a model is allowed: 1e-5, or the model's
+    own ``parity_atol`` (float32 trees, :mod:`pumpfleet.boosting`)."""
+    return float(getattr(model, "parity_atol", PARITY_ATOL))
 
 
 def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
-    """Export a windows → scores model to ONNX with a dynamic batch dimension."""
+    """Export a windows → scores model to ONNX with a dynamic batch dimension (a model
+    with its own ``export_onnx``, the boosted trees, builds its graph itself)."""
     import torch
 
     model.eval()
+    own = getattr(model, "export_onnx", None)
+    if callable(own):
+        return bytes(own(window))
     example = torch.zeros(1, window, n_channels)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -45,11 +56,12 @@ def to_onnx(model: Any, window: int, n_channels: int) -> bytes:
     return buf.getvalue()
 
 
-def check_parity(model: Any, onnx_bytes: bytes, x: np.ndarray, atol: float = 1e-5) -> float:
+def check_parity(model: Any, onnx_bytes: bytes, x: np.ndarray, atol: float | None = None) -> float:
     """Max abs difference between torch and onnxruntime on windows ``x``; raises
-    ParityError above ``atol``."""
+    ParityError above ``atol`` (None: the model's own ``parity_atol``, else 1e-5)."""
     import torch
 
+    atol = parity_atol(model) if atol is None else atol
     model.eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).numpy()

@@ -17,7 +17,7 @@ import torch
 
 from pumpfleet.features import FeatureSpec, decode_outputs
 from pumpfleet.models import ModelConfig, build_model, describe
-from pumpfleet.onnx_io import check_parity, to_onnx
+from pumpfleet.onnx_io import check_parity, parity_atol, to_onnx
 from pumpfleet.registry import CHALLENGER, Registry, model_name
 from pumpfleet.search_space import config_hash
 from pumpfleet.snapshot import Snapshot
@@ -64,8 +64,10 @@ def register_winner(
     model.load_state_dict(winner.state)
     onnx_bytes = to_onnx(model, spec.window, spec.n_channels)
     parity = check_parity(model, onnx_bytes, val.x[:1000])
+    atol = parity_atol(model)
     run_id = winner.run_id
-    registry.set_tags(run_id, {"onnx_parity_max_abs": f"{parity:.2e}", **describe(model)})
+    parity_tags = {"onnx_parity_max_abs": f"{parity:.2e}", "onnx_parity_atol": f"{atol:.0e}"}
+    registry.set_tags(run_id, {**parity_tags, **describe(model)})
     registry.log_snapshot_input(run_id, snap, cls)
     log_plots(registry, run_id, model, val, spec)
     uri = registry.log_model(run_id, onnx_bytes, spec, winner.state, winner.model_config)
@@ -80,6 +82,7 @@ def register_winner(
             "run_id": run_id,
             "config_hash": config_hash(winner.config),
             "onnx_parity_max_abs": f"{parity:.2e}",
+            "onnx_parity_atol": f"{atol:.0e}",
         },
     )
     log.info(

@@ -50,6 +50,14 @@ class SearchSpace(BaseModel):
     hidden: list[Annotated[int, Field(ge=4, le=512)]] = Field(default=[32], min_length=1)
     dropout: list[Annotated[float, Field(ge=0, lt=1)]] = Field(default=[0.1], min_length=1)
     batch_size: list[Annotated[int, Field(ge=1)]] = Field(default=[128], min_length=1)
+    # Seed ensembles: each value a model of that many independently seeded members whose
+    # outputs are averaged (1: a single model).
+    members: list[Annotated[int, Field(ge=1, le=16)]] = Field(default=[1], min_length=1)
+    # Early stopping on the validation windows: stop a trial after this many epochs (a
+    # booster: rounds) without a better validation RMSE (None: run every epoch; boosters
+    # then stop after 100 rounds), and keep its best epoch's weights.
+    patience: int | None = Field(default=None, ge=1)
+    restore_best: bool = False
     # Further ModelConfig fields to search, e.g. {"kernel": [3, 5]}.
     architecture: dict[str, list[Any]] = Field(default_factory=dict)
     samples: int = Field(default=1, ge=1)
@@ -74,6 +82,7 @@ class SearchSpace(BaseModel):
             "kind": self.kind,
             "hidden": self.hidden,
             "dropout": self.dropout,
+            "members": self.members,
             **self.architecture,
         }
         unknown = set(grid) - MODEL_KEYS
@@ -97,10 +106,16 @@ class SearchSpace(BaseModel):
             "kind": self.kind,
             "hidden": self.hidden,
             "dropout": self.dropout,
+            "members": self.members,
             **self.architecture,
         }
         space: dict[str, Any] = {k: grid_search(v) for k, v in grid.items()}
-        return {**space, "epochs": self.epochs, "seed": self.seed, "metric": self.metric}
+        fixed = {"epochs": self.epochs, "seed": self.seed, "metric": self.metric}
+        if self.patience is not None:
+            fixed["patience"] = self.patience
+        if self.restore_best:
+            fixed["restore_best"] = True
+        return {**space, **fixed}
 
     @classmethod
     def from_file(cls, path: str, **overrides: Any) -> SearchSpace:
@@ -141,6 +156,8 @@ def train_config(config: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
         epochs=config["epochs"],
         batch_size=config.get("batch_size", TrainConfig().batch_size),
         seed=trial_seed(config),
+        patience=config.get("patience"),
+        restore_best=bool(config.get("restore_best", False)),
     )
     return model_cfg, cfg
 

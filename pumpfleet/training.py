@@ -121,6 +121,10 @@ def fit(
     """
     if len(train) == 0:
         raise TrainingDiverged("no training windows")
+    if cfg.model.kind == "gbm":  # boosted trees train by LightGBM's own loop
+        from pumpfleet.boosting import fit_boosted
+
+        return fit_boosted(train, val, spec, cfg, on_epoch, resume)
     # The caller's random state is left as it was: training draws from its own.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -6,8 +6,8 @@ import torch
 from pydantic import ValidationError
 
 from pumpfleet.models import (
-    KINDS,
     MAX_BYTES,
+    NEURAL_KINDS,
     TCN,
     Ensemble,
     ModelConfig,
@@ -24,7 +24,7 @@ def windows(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, W, C)).astype(np.float32)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", NEURAL_KINDS)
 def test_every_kind_maps_windows_to_rul_fraction_and_probability(kind: str) -> None:
     model = build_model(C, ModelConfig(kind=kind, hidden=16)).eval()
     x = torch.from_numpy(windows(5))
@@ -43,8 +43,10 @@ def test_every_kind_maps_windows_to_rul_fraction_and_probability(kind: str) -> N
         ModelConfig(kind="gru", hidden=16),
         ModelConfig(kind="gru", hidden=16, layers=2, dropout=0.2),
         ModelConfig(kind="tcn", hidden=8, members=3),
+        ModelConfig(kind="transformer", hidden=16, heads=2),
+        ModelConfig(kind="transformer", hidden=8, heads=4, layers=1, members=2),
     ],
-    ids=["cnn", "tcn", "gru", "gru-2-layers", "tcn-ensemble"],
+    ids=["cnn", "tcn", "gru", "gru-2-layers", "tcn-ensemble", "transformer", "transformer-x2"],
 )
 def test_every_kind_exports_to_onnx_with_a_dynamic_batch(cfg: ModelConfig) -> None:
     torch.manual_seed(0)
@@ -65,6 +67,7 @@ def test_every_kind_exports_to_onnx_with_a_dynamic_batch(cfg: ModelConfig) -> No
         ModelConfig(kind="tcn", hidden=96, layers=2, kernel=3),
         ModelConfig(kind="gru", hidden=128, layers=2),
         ModelConfig(kind="tcn", hidden=32, members=5),
+        ModelConfig(kind="transformer", hidden=64, heads=4, layers=2),
     ],
     ids=str,
 )
@@ -122,3 +125,16 @@ def test_an_ensemble_averages_its_members() -> None:
         torch.testing.assert_close(torch.sigmoid(model.raw(x)), model(x))
         assert model.member_raw(x).shape == (3, 4, 2)
     assert not torch.equal(each[0], each[1])  # initialised independently
+
+
+def test_transformer_heads_must_divide_its_width() -> None:
+    with pytest.raises(ValidationError, match="multiple of heads"):
+        ModelConfig(kind="transformer", hidden=30, heads=4)
+
+
+def test_the_transformer_reads_positions_back_from_the_last_step() -> None:
+    """The same last readings in a shorter window meet the same position embeddings."""
+    model = build_model(C, ModelConfig(kind="transformer", hidden=8, heads=2)).eval()
+    assert model.position.shape[1] >= 300  # type: ignore[union-attr]
+    with torch.no_grad():
+        assert model(torch.from_numpy(windows(2))[:, -7:]).shape == (2, 2)

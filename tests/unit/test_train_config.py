@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.registry import Registry
-from pumpfleet.search_space import Asha, SearchSpace, config_hash, trial_seed
+from pumpfleet.search_space import Asha, SearchSpace, config_hash, train_config, trial_seed
 from pumpfleet_cli.main import main as cli_main
 from tests.conftest import free_port
 
@@ -27,13 +27,35 @@ def test_the_grid_is_the_product_of_its_lists() -> None:
     assert trial_seed({"seed": 3, "sample": 1}) == 1003
 
 
+def test_seed_ensembles_and_early_stopping_are_options_of_the_space() -> None:
+    space = SearchSpace(kind=["tcn", "gbm"], members=[1, 3], patience=4, restore_best=True)
+    assert space.trials_per_class == 2 * 2 * 2  # kinds x members x the two default lrs
+    grid = space.param_space(["esp"])
+    assert grid["members"] == {"grid_search": [1, 3]}
+    model, cfg = train_config(
+        {k: v["grid_search"][-1] if isinstance(v, dict) else v for k, v in grid.items()}
+    )
+    assert (model.kind, model.members) == ("gbm", 3)
+    assert (cfg.patience, cfg.restore_best, cfg.lr) == (4, True, 1e-2)
+    plain = SearchSpace().param_space(["esp"])
+    assert (
+        "patience" not in plain
+        and train_config(
+            {k: v["grid_search"][0] if isinstance(v, dict) else v for k, v in plain.items()}
+        )[1].patience
+        is None
+    )
+
+
 def test_bad_search_spaces_are_refused_naming_the_value() -> None:
     with pytest.raises(ValidationError, match="greater than 0"):
         SearchSpace(lr=[0.01, -1.0])
     with pytest.raises(ValidationError, match="at least 1 item"):
         SearchSpace(hidden=[])
-    with pytest.raises(ValidationError, match=r"model \{.*'kind': 'transformer'"):
-        SearchSpace(kind=["transformer"])
+    with pytest.raises(ValidationError, match=r"model \{.*'kind': 'lstm'"):
+        SearchSpace(kind=["lstm"])
+    with pytest.raises(ValidationError, match="not a multiple of heads"):
+        SearchSpace(kind=["transformer"], hidden=[30])
     with pytest.raises(ValidationError, match="unknown model field 'layers_x'"):
         SearchSpace(architecture={"layers_x": [1]})
     with pytest.raises(ValidationError, match="metric must be rmse, mae or phm08"):

@@ -9,7 +9,7 @@ from torch import nn
 
 from pumpfleet.errors import ParityError
 from pumpfleet.features import FeatureSpec
-from pumpfleet.models import KINDS, ModelConfig, build_model, model_size_bytes
+from pumpfleet.models import NEURAL_KINDS, ModelConfig, build_model, model_size_bytes
 from pumpfleet.onnx_io import check_parity, to_onnx
 from pumpfleet.runtime import run, session
 from pumpfleet.training import Arrays, TrainConfig, TrainingDiverged, evaluate, fit
@@ -89,8 +89,11 @@ def test_parity_failure_is_reported() -> None:
 
 @pytest.mark.parametrize(
     "model",
-    [*(ModelConfig(kind=k, hidden=8) for k in KINDS), ModelConfig(kind="gru", hidden=8, members=2)],
-    ids=[*KINDS, "gru-ensemble"],
+    [
+        *(ModelConfig(kind=k, hidden=8, heads=2) for k in NEURAL_KINDS),
+        ModelConfig(kind="gru", hidden=8, members=2),
+    ],
+    ids=[*NEURAL_KINDS, "gru-ensemble"],
 )
 def test_every_kind_trains_deterministically_and_exports(model: ModelConfig) -> None:
     torch.set_num_threads(1)
@@ -110,6 +113,21 @@ def test_every_kind_trains_deterministically_and_exports(model: ModelConfig) -> 
     for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert na == nb and torch.equal(pa, pb), na
     assert check_parity(a, to_onnx(a, W, C), val.x) <= 1e-5
+
+
+def test_boosted_trees_train_deterministically_and_export() -> None:
+    """Same data, config and seed: the same trees (byte for byte), and their ONNX within
+    the float32 trees' tolerance of LightGBM's own prediction."""
+    torch.set_num_threads(1)
+    train, val = tiny_task(300, 0), tiny_task(60, 1)
+    cfg = TrainConfig(model=ModelConfig(kind="gbm", trees=60, min_leaf=5), lr=0.1, epochs=3)
+    epochs: list[int] = []
+    a, ra = fit(train, val, SPEC, cfg, on_epoch=lambda e, r, m, s: epochs.append(e))
+    b, rb = fit(train, val, SPEC, cfg)
+    assert epochs == [3] and ra == rb
+    assert a.get_extra_state() == b.get_extra_state()  # type: ignore[operator]
+    assert ra["rmse"] is not None and ra["rmse"] < 15.0  # the mean predicts ~29
+    assert check_parity(a, to_onnx(a, W, C), val.x) <= 1e-4
 
 
 def test_a_different_seed_gives_different_weights() -> None:

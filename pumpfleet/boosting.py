@@ -1,0 +1,199 @@
+"""The gradient-boosted model kind (``gbm``): LightGBM on engineered window features.
+
+:class:`BoostedTrees` is a torch module like every other kind, so the trainable, the
+checkpoints, the registry's weights file and the parity check take it unchanged: its
+``forward`` maps standardised windows ``[N, W, C]`` to ``[N, 2]`` (RUL as a fraction of
+the cap, failure probability) by computing :class:`pumpfleet.window_stats.WindowStats` and
+asking the boosters; its state dict carries the boosters as LightGBM's model text (extra
+state). Exported, the same statistics run as ONNX operators in front of the trees
+(converted by onnxmltools), so Serve and the device score raw windows exactly as for the
+networks.
+
+Parity with ONNX is not exact in float32: onnxruntime's tree operators store thresholds as
+float32 where LightGBM compares in float64, and sum the leaves in float32, so a feature
+within one float32 step of a threshold can take the other branch. :data:`PARITY_ATOL` is
+set above what that gave on the benchmark data (see ``docs/training.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pumpfleet.window_stats import WindowStats
+
+if TYPE_CHECKING:
+    from pumpfleet.features import FeatureSpec
+    from pumpfleet.models import ModelConfig
+    from pumpfleet.training import Arrays, EpochCallback, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Largest |torch - onnxruntime| accepted on outputs in [0, 1] (a RUL of 125 cycles: 0.01
+# cycles). Float32 leaf sums differ by ~1e-7; a branch flip moves one tree's leaf.
+PARITY_ATOL = 1e-4
+EARLY_STOP_ROUNDS = 100  # rounds without a better validation RMSE before stopping
+OPSET = 17
+
+
+class BoostedTrees(nn.Module):
+    """``members`` RUL boosters and as many failure boosters, averaged."""
+
+    parity_atol = PARITY_ATOL
+
+    def __init__(self, n_channels: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_channels = n_channels
+        self.cfg = cfg
+        self.rul_models: list[str] = []
+        self.failure_models: list[str] = []
+        self._boosters: tuple[list[Any], list[Any]] | None = None
+
+    # --- state: the boosters' text, so torch.save / load_state_dict carry them --------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"rul": list(self.rul_models), "failure": list(self.failure_models)}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.rul_models = list(state["rul"])
+        self.failure_models = list(state["failure"])
+        self._boosters = None
+
+    def boosters(self) -> tuple[list[Any], list[Any]]:
+        import lightgbm as lgb
+
+        if self._boosters is None:
+            if not self.rul_models:
+                raise ValueError("the gbm model has no trees: train it or load its state")
+            self._boosters = (
+                [lgb.Booster(model_str=s) for s in self.rul_models],
+                [lgb.Booster(model_str=s) for s in self.failure_models],
+            )
+        return self._boosters
+
+    # --- scoring ------------------------------------------------------------------------
+
+    def features(self, x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return WindowStats(int(x.shape[1]))(x.float()).numpy()
+
+    def predict_features(self, f: np.ndarray) -> np.ndarray:
+        """Outputs ``[N, 2]`` of window features ``f`` (float32, as the ONNX graph sees)."""
+        rul_b, fail_b = self.boosters()
+        f64 = np.asarray(f, dtype=np.float32).astype(np.float64)
+        rul = np.mean([b.predict(f64) for b in rul_b], axis=0)
+        fail = np.mean([b.predict(f64) for b in fail_b], axis=0)
+        return np.stack([np.clip(rul, 0.0, 1.0), fail], axis=1).astype(np.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.predict_features(self.features(x)))
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self(x), eps=1e-7)
+
+    def size_bytes(self) -> int:
+        """Bytes of the boosters' model text (the ONNX is of the same order)."""
+        return sum(len(s) for s in (*self.rul_models, *self.failure_models))
+
+    def parameter_count(self) -> int:
+        """Split thresholds and leaf values over all trees."""
+        return sum(
+            sum(t["num_leaves"] * 2 - 1 for t in b.dump_model()["tree_info"])
+            for group in self.boosters()
+            for b in group
+        )
+
+    def export_onnx(self, window: int) -> bytes:
+        """The ONNX graph: window statistics, the trees, the members' mean."""
+        from pumpfleet.boosting_onnx import boosted_onnx
+
+        rul_b, fail_b = self.boosters()
+        return boosted_onnx(window, self.n_channels, rul_b, fail_b, OPSET)
+
+
+def _window_features(x: np.ndarray, batch: int = 8192) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros((0, 0), dtype=np.float32)
+    stats = WindowStats(x.shape[1])
+    with torch.no_grad():
+        return np.concatenate(
+            [stats(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        )
+
+
+def fit_boosted(
+    train: Arrays,
+    val: Arrays,
+    spec: FeatureSpec,
+    cfg: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+    resume: dict[str, Any] | None = None,
+) -> tuple[BoostedTrees, dict[str, float | None]]:
+    """Train ``cfg.model.members`` boosters for the RUL fraction (L2, early stopping on
+    the validation windows' RMSE) and as many for the failure label; reported once, as
+    epoch ``cfg.epochs``, with the same figures as the networks' epochs."""
+    import lightgbm as lgb
+
+    from pumpfleet.training import evaluate
+
+    model = BoostedTrees(spec.n_channels, cfg.model)
+    if resume is not None:  # a finished booster's checkpoint: nothing is left to train
+        model.load_state_dict(resume["model"])
+        return model, evaluate(model, val, spec)
+    threads = max(1, torch.get_num_threads())
+    f_train, f_val = _window_features(train.x), _window_features(val.x)
+    y_train = (train.rul / spec.rul_cap_hours).astype(np.float64)
+    y_val = (val.rul / spec.rul_cap_hours).astype(np.float64)
+    patience = cfg.patience or EARLY_STOP_ROUNDS
+    rounds: list[int] = []
+    for m in range(cfg.model.members):
+        params = {
+            "learning_rate": cfg.lr,
+            "num_leaves": cfg.model.leaves,
+            "min_data_in_leaf": cfg.model.min_leaf,
+            "feature_fraction": 0.5,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "num_threads": threads,
+            "seed": cfg.seed + 7919 * m,
+            "deterministic": True,
+            "verbose": -1,
+        }
+        d_train = lgb.Dataset(f_train, y_train, free_raw_data=False)
+        d_val = lgb.Dataset(f_val, y_val, reference=d_train)
+        rul = lgb.train(
+            {**params, "objective": "l2", "metric": "l2"},
+            d_train,
+            cfg.model.trees,
+            valid_sets=[d_val],
+            callbacks=[lgb.early_stopping(patience, verbose=False)],
+        )
+        best = rul.best_iteration or cfg.model.trees
+        rounds.append(best)
+        model.rul_models.append(rul.model_to_string(num_iteration=best))
+        fail = lgb.train(
+            {**params, "objective": "binary"},
+            lgb.Dataset(f_train, train.failure.astype(np.float64)),
+            max(1, min(best, cfg.model.trees)),
+        )
+        model.failure_models.append(fail.model_to_string())
+    model.set_extra_state(model.get_extra_state())
+    report = evaluate(model, val, spec)
+    report["train_loss"] = float(
+        np.mean((model.predict_features(f_train)[:, 0] - y_train) ** 2)
+        if len(f_train)
+        else math.nan
+    )
+    report["best_epoch"] = float(cfg.epochs)
+    report["trees"] = float(np.mean(rounds))
+    log.info("gbm: %s rounds per member, val RMSE %s", rounds, report.get("rmse"))
+    if on_epoch is not None:
+        state = {"epoch": cfg.epochs, "model": model.state_dict()}
+        on_epoch(cfg.epochs, report, model, state)
+    return model, report

@@ -1,0 +1,112 @@
+"""The gradient-boosted kind: trained on window statistics, exported with its statistics
+inside the ONNX graph, scored through the one scoring path, carried by its state dict."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from pumpfleet.boosting import PARITY_ATOL, BoostedTrees
+from pumpfleet.features import FeatureSpec
+from pumpfleet.models import ModelConfig, build_model, describe
+from pumpfleet.onnx_io import check_parity, parity_atol, to_onnx
+from pumpfleet.runtime import onnx_runner
+from pumpfleet.scoring import score_rul
+from pumpfleet.training import Arrays, TrainConfig, fit
+from pumpfleet.window_stats import STATS, WindowStats, feature_names
+
+W, C = 20, 3
+
+
+def spec() -> FeatureSpec:
+    return FeatureSpec(
+        pump_class="t",
+        channels=[f"c{i}" for i in range(C)],
+        window=W,
+        stride=1,
+        interval_seconds=3600,
+        rul_cap_hours=100.0,
+        horizon_hours=30.0,
+        mean=[1.0] * C,
+        std=[2.0] * C,
+    )
+
+
+def data(n: int, seed: int) -> Arrays:
+    """RUL falls with channel 0's recent level: what the tail statistics see."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, W, C)).astype(np.float32)
+    rul = np.clip(50.0 - 40.0 * x[:, -5:, 0].mean(axis=1), 0.0, 100.0).astype(np.float32)
+    return Arrays(x, rul, (rul <= 30.0).astype(np.int8))
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, dict[str, float | None]]:
+    cfg = TrainConfig(
+        model=ModelConfig(kind="gbm", members=2, trees=200, leaves=7, min_leaf=10),
+        lr=0.1,
+        epochs=2,
+    )
+    return fit(data(1500, 0), data(400, 1), spec(), cfg)
+
+
+def test_window_stats_are_the_documented_summaries() -> None:
+    x = np.zeros((1, 4, 2), dtype=np.float32)
+    x[0, :, 0] = [1.0, 2.0, 3.0, 4.0]  # a ramp: slope 1 per step
+    f = WindowStats(4)(torch.from_numpy(x)).numpy()[0]
+    named = dict(zip(feature_names(["a", "b"]), f, strict=True))
+    assert len(f) == len(STATS) * 2
+    assert named["mean:a"] == pytest.approx(2.5)
+    assert named["std:a"] == pytest.approx(np.std([1, 2, 3, 4]))
+    assert named["slope:a"] == pytest.approx(1.0)
+    assert (named["min:a"], named["max:a"]) == (1.0, 4.0)
+    assert named["tail_mean:a"] == pytest.approx(2.5)  # the last 5 steps: all 4
+    assert named["recent_slope:a"] == pytest.approx(1.0)
+    assert named["std:b"] == 0.0 and named["slope:b"] == 0.0
+
+
+def test_boosters_learn_the_rul_and_report_like_an_epoch(trained) -> None:  # type: ignore[no-untyped-def]
+    model, report = trained
+    assert isinstance(model, BoostedTrees)
+    assert len(model.rul_models) == len(model.failure_models) == 2
+    # The training-mean baseline is about 27 h here; the trees read the tail mean.
+    assert report["rmse"] is not None and report["rmse"] < 8.0
+    assert report["auc"] is not None and report["auc"] > 0.95
+    assert report["best_epoch"] == 2.0
+
+
+def test_onnx_holds_the_statistics_and_trees_within_the_float32_tolerance(trained) -> None:  # type: ignore[no-untyped-def]
+    model, _ = trained
+    onnx_bytes = to_onnx(model, W, C)
+    x = data(500, 2).x
+    err = check_parity(model, onnx_bytes, x)
+    assert parity_atol(model) == PARITY_ATOL == 1e-4
+    assert err <= PARITY_ATOL
+    # Raw windows score through the one scoring path exactly as for the networks.
+    raw = x.astype(np.float64) * 2.0 + 1.0
+    scored = score_rul(raw, spec(), onnx_runner(onnx_bytes))
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy().astype(np.float64)
+    np.testing.assert_allclose(scored.rul_hours, np.clip(want[:, 0], 0, 1) * 100.0, atol=1e-2)
+    np.testing.assert_allclose(scored.failure_probability, want[:, 1], atol=PARITY_ATOL)
+
+
+def test_its_state_dict_carries_the_trees(trained) -> None:  # type: ignore[no-untyped-def]
+    model, _ = trained
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    again = build_model(C, ModelConfig(kind="gbm", members=2))
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.from_numpy(data(50, 3).x)
+    torch.testing.assert_close(again(x), model(x))
+    info = describe(again)
+    assert info["class"] == "BoostedTrees" and info["parameters"] > 0 and info["bytes"] > 0
+
+
+def test_an_untrained_booster_says_so() -> None:
+    with pytest.raises(ValueError, match="no trees"):
+        build_model(C, ModelConfig(kind="gbm"))(torch.zeros(1, W, C))
