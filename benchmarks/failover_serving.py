@@ -78,6 +78,8 @@ async def _status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ra
     lines = head.lower().split(b"\r\n")
     length = next((int(x[15:]) for x in lines if x.startswith(b"content-length:")), 0)
     body = await reader.readexactly(length)
+    if b"connection: close" in lines:  # the front door reloaded: a new connection next
+        writer.close()
     status = head[9:12].decode()
     return status if status == "200" else f"{status} {body[:200].decode(errors='replace')}"
 
@@ -99,7 +101,7 @@ def load(port: int, raws: list[bytes], clients: int, stop: threading.Event) -> l
                 if attempt:
                     await asyncio.sleep(RETRY_AFTER_S)
                 try:
-                    if conn is None:
+                    if conn is None or conn[1].is_closing():
                         conn = await asyncio.open_connection("127.0.0.1", port)
                     outcome = await asyncio.wait_for(_status(*conn, raws[i % len(raws)]), 30)
                 except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
