@@ -6,6 +6,7 @@ use it (inside the function), so ``pumpfleet --help`` and the edge commands star
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -269,17 +270,26 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if not 0.0 <= args.challenger_weight <= 1.0:
         raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
-    serve_run.use_serve_env()
+    serve_run.use_serve_env(home=settings.home)
     init_ray(settings)
     url = serve_run.start(
         settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
     )
     print(f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True)
+    # SIGTERM (kill, docker stop, systemd) stops it as Ctrl-C does: Serve shut down, the
+    # replicas' logs flushed, its HAProxy stopped
+    before = signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve_run.stop()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
