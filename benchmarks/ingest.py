@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from pumpfleet.settings import Settings, quiet_telemetry
 from pumpfleet.simulator import SimulationConfig, simulate
+from pumpfleet.snapshot import open_snapshot
 from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
 
@@ -258,9 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         single["seconds"] = sum(single["stages"].values())
         load["ray"] = os.getloadavg()[0]
         ray_run = _run_ray(source, work / "features", WindowConfig(), args.cpus)
-        check = compare(
-            work / "features" / ray_run["snapshot_id"] / "windows", work / "single" / "windows"
-        )
+        published = open_snapshot(str(work / "features"), ray_run["snapshot_id"])
+        check = compare(Path(published.data) / "windows", work / "single" / "windows")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -91,7 +91,7 @@ def health_model(manifest: BundleManifest) -> str:
 def cmd_device(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet import devices
 
-    where = str(settings.home / devices.FILE)
+    where = f"{settings.workspace_uri}/{devices.FILE}"
     if args.action != "list" and not args.device:
         raise InputError(f"--device: required to {args.action} a credential")
     if args.action == "issue":

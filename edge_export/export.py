@@ -14,6 +14,8 @@ import argparse
 import io
 import json
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_export import anomaly, trt, variants
-from pumpfleet import bundle, lifecycle
+from pumpfleet import bundle, lifecycle, storage
 from pumpfleet.entry import run_main
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
@@ -95,14 +97,14 @@ def export_class(
     registry: Registry,
     settings: Settings,
     cls: str,
-    out_dir: Path,
+    out_dir: str,
     key: Any,
     expires_days: float = EXPIRES_DAYS,
 ) -> dict[str, Any]:
     name = model_name(cls)
     model = registry.load(name, CHAMPION)
     snapshot = model.tags.get("feature_snapshot", "latest")
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     raw, cols = snap.load(cls, "holdout", model.spec)
     keep = _spread(len(raw), HOLDOUT_WINDOWS)
     raw, rul = raw[keep], np.asarray(cols["rul_hours"], dtype=np.float64)[keep]
@@ -144,7 +146,10 @@ def export_class(
     bundle_id = bundle.BundleId(
         int(model.version), int(part.meta["version"]) if part is not None else None
     )
-    path = out_dir / cls / f"{name}-{bundle_id}{bundle.SUFFIX}"
+    dest = storage.join(out_dir, cls, f"{name}-{bundle_id}{bundle.SUFFIX}")
+    # A bundle bound for object storage is made and checked here, then uploaded whole.
+    staged = tempfile.mkdtemp(prefix="pumpfleet-bundle-") if storage.is_remote(dest) else None
+    path = Path(staged, dest.rsplit("/", 1)[1]) if staged else Path(dest)
     manifest = bundle.write_bundle(
         path,
         members,
@@ -176,14 +181,18 @@ def export_class(
     registry.log_artifact(model.run_id, path, ARTIFACT_PATH)
     if part is not None:
         registry.log_artifact(part.meta["mlflow_run_id"], path, ARTIFACT_PATH)
-    log.info("%s: bundle %s (parity %.1e over %d windows)", cls, path, parity, len(x))
+    size = path.stat().st_size
+    if staged:
+        storage.write_bytes(dest, path.read_bytes())
+        shutil.rmtree(staged)
+    log.info("%s: bundle %s (parity %.1e over %d windows)", cls, dest, parity, len(x))
     if reason := trt.unavailable():
         log.info("%s", reason)
     return {
         "version": model.version,
         "bundle_id": str(bundle_id),
-        "bundle": str(path),
-        "bytes": path.stat().st_size,
+        "bundle": dest,
+        "bytes": size,
         "release": manifest.release,
         "expires": manifest.expires,
         "onnx_parity_max_abs": parity,
@@ -215,11 +224,11 @@ def run_export(
     expires_days: float = EXPIRES_DAYS,
 ) -> dict[str, Any]:
     registry = Registry(settings.tracking_uri, settings.artifact_root)
-    out_dir = Path(out) if out else settings.bundles_dir
+    out_dir = out or settings.bundles_uri
     key_path = signing_key_path(settings)
     key = bundle.load_or_create_key(key_path)
     results: dict[str, Any] = {}
-    snap = open_snapshot(str(settings.features_dir))
+    snap = open_snapshot(settings.features_uri)
     if pump_class is not None and pump_class not in snap.classes:
         raise InputError(f"--class {pump_class}: not a class of the snapshot {snap.classes}")
     for cls in [pump_class] if pump_class else snap.classes:

@@ -1,12 +1,13 @@
 """The cloud side of edge uploads: a batch of edge predictions stored once per
 idempotency key, where monitoring reads the prediction log.
 
-``store_upload`` writes ``<root>/edge/<device_id>/<batch_key>.parquet`` through a
-temporary file and ``os.link``, which fails if the name exists: of two replicas racing
-with the same batch, one stores it and the other answers "duplicate". ``root`` is the
-prediction log's folder, so :func:`pumpfleet.predlog.read_log` reads edge rows beside the
-service's. Each record is a :class:`pumpfleet.records.PredictionRecord` (``arm`` is
-``edge``), stored with the prediction log's Arrow schema and its ``device_id``.
+``store_upload`` writes ``<root>/edge/<device_id>/<batch_key>.parquet`` once
+(:func:`pumpfleet.storage.write_once`: a hard link locally, a conditional PUT on S3),
+which fails if the name exists: of two replicas racing with the same batch, one stores it
+and the other answers "duplicate". ``root`` is the prediction log's folder or URI, so
+:func:`pumpfleet.predlog.read_log` reads edge rows beside the service's. Each record is a
+:class:`pumpfleet.records.PredictionRecord` (``arm`` is ``edge``), stored with the
+prediction log's Arrow schema and its ``device_id``.
 
 The HTTP route (in the Serve app) passes the request body to :func:`handle_upload`.
 """
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from pumpfleet import storage
 from pumpfleet.errors import ConflictError, InputError, one_line
 from pumpfleet.names import PlainName, plain_name
 from pumpfleet.records import PredictionRecord, rows_to_table
@@ -55,19 +55,20 @@ def _table(records: list[PredictionRecord], device_id: str) -> Any:
     return table.replace_schema_metadata({DIGEST_KEY: batch_digest(records).encode()})
 
 
-def _again(dest: Path, batch_key: str, records: list[PredictionRecord]) -> dict[str, Any]:
+def _again(dest: str, batch_key: str, records: list[PredictionRecord]) -> dict[str, Any]:
     """A batch key seen before: a duplicate if it carries the same records (a retry after
     a lost acknowledgement), a ConflictError if other records (a replay or a bug)."""
     import pyarrow.parquet as pq
 
-    stored = (pq.read_schema(dest).metadata or {}).get(DIGEST_KEY)
+    fs, path = storage.resolve(dest)
+    stored = (pq.read_schema(path, filesystem=fs).metadata or {}).get(DIGEST_KEY)
     if stored is not None and stored.decode() != batch_digest(records):
         raise ConflictError(f"batch_key {batch_key} was stored before with other records")
     return {"stored": 0, "duplicate": True}
 
 
 def store_upload(
-    root: Path, device_id: str, batch_key: str, records: list[PredictionRecord]
+    root: str | Path, device_id: str, batch_key: str, records: list[PredictionRecord]
 ) -> dict[str, Any]:
     """Store a batch of edge records once per ``(device_id, batch_key)``; returns
     ``{"stored": n, "duplicate": bool}`` (a duplicate stores nothing; the same key with
@@ -80,41 +81,29 @@ def store_upload(
             plain_name(name)
         except ValueError as e:
             raise InputError(f"{what}: {e}") from None
-    folder = Path(root) / "edge" / device_id
-    dest = folder / f"{batch_key}.parquet"
-    if dest.exists():
+    dest = storage.join(str(root), "edge", device_id, f"{batch_key}.parquet")
+    if storage.exists(dest):
         return _again(dest, batch_key, records)
     if not records:
         return {"stored": 0, "duplicate": False}
     table = _table(records, device_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{batch_key}.{uuid.uuid4().hex}.tmp"
+    sink = pa.BufferOutputStream()
     try:
-        try:
-            pq.write_table(table, tmp)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            raise InputError(f"records: not storable as Parquet ({e})") from None
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, dest)  # atomic, and fails if another writer got there first
-        except FileExistsError:
-            return _again(dest, batch_key, records)
-    finally:
-        tmp.unlink(missing_ok=True)
+        pq.write_table(table, sink)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"records: not storable as Parquet ({e})") from None
+    if not storage.write_once(dest, sink.getvalue().to_pybytes()):
+        return _again(dest, batch_key, records)
     return {"stored": len(records), "duplicate": False}
 
 
-def store_health(root: Path, device_id: str, health: dict[str, Any]) -> None:
+def store_health(root: str | Path, device_id: str, health: dict[str, Any]) -> None:
     """The device's latest health report, ``<root>/edge/<device_id>/health.json``."""
-    folder = Path(root) / "edge" / device_id
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".health.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(json.dumps(health, indent=2, default=str))
-    os.replace(tmp, folder / "health.json")
+    uri = storage.join(str(root), "edge", device_id, "health.json")
+    storage.write_bytes(uri, json.dumps(health, indent=2, default=str).encode())
 
 
-def handle_upload(root: Path, body: dict[str, Any]) -> dict[str, Any]:
+def handle_upload(root: str | Path, body: dict[str, Any]) -> dict[str, Any]:
     """Validate an upload body, store its batch once and its health report; the answer
     for HTTP 200. InputError (→ 4xx) on a bad body."""
     try:

@@ -167,7 +167,7 @@ def run_evaluate(
 ) -> dict[str, Any]:
     policy = policy or PromotionPolicy()
     who = who or lifecycle.current_user()
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     run_id = registry.start_run(
         EXPERIMENT,
@@ -233,7 +233,7 @@ def promote_version(
         lifecycle.promote(registry, cls, version, who=who, why=why, now=now, forced=True)
         return result | {"promoted": True, "forced": True, "reasons": [], "reason": reason}
     policy = policy or PromotionPolicy()
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     with tempfile.TemporaryDirectory(prefix="pumpfleet-promote-") as tmp:
         candidate = registry.load_version(name, version, Path(tmp))
         champion = registry.load(name, CHAMPION, Path(tmp)) if before else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,10 +23,11 @@ from pumpfleet import storage
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.feature_specs import class_statistics, specs_from_statistics
 from pumpfleet.inputs import RejectedFile, scan
+from pumpfleet.lineage import feature_code_hash
 from pumpfleet.regimes import RegimeFit
 from pumpfleet.schema import EventType, FleetSchema, read_fleet_schema
 from pumpfleet.settings import Settings
-from pumpfleet.snapshot import LATEST, MANIFEST, snapshot_id
+from pumpfleet.snapshot import LATEST, MANIFEST, new_run, publish, snapshot_id
 from pumpfleet.windows import SPLITS, WindowConfig, assign_splits, time_cutoff
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class Stages:
 @dataclass(frozen=True)
 class IngestPlan:
     """What an ingest reads (the readable files, their filesystem and base folder), the
-    window config completed from the fleet schema, and the snapshot it writes."""
+    window config completed from the fleet schema, and the snapshot it writes: its id
+    from ``inputs`` (each input file's path in the dataset and its content digest), the
+    config and ``feature_code`` (the hash of the code that shapes the windows)."""
 
     source: str
     features_root: str
@@ -62,9 +64,10 @@ class IngestPlan:
     rejected: list[RejectedFile]
     fs: Any
     base_dir: str
-    inputs: list[tuple[str, int]]
+    inputs: dict[str, str]
     cfg: WindowConfig
     snapshot_id: str
+    feature_code: str
     up_to_date: dict[str, Any] | None = None  # the summary, when the snapshot exists
 
     @property
@@ -77,13 +80,15 @@ class IngestPlan:
         return [*self.fleet.channel_names, *self.fleet.settings]
 
     def staging(self) -> str:
-        """A new folder to write the snapshot into before it is published."""
-        return storage.join(self.features_root, f".tmp-{self.snapshot_id}-{uuid.uuid4().hex[:8]}")
+        """A new prefix of this run's own to write the snapshot's data into, which its
+        manifest, written last, publishes (:func:`pumpfleet.snapshot.publish`)."""
+        return new_run(self.final)
 
 
 def plan_ingest(source: str, features_root: str, cfg: WindowConfig) -> IngestPlan:
     """The files of a fleet dataset to ingest (unreadable ones rejected, with reasons) and
     the snapshot they make; ``up_to_date`` is set when that snapshot exists already."""
+    source, features_root = storage.absolute(source), storage.absolute(features_root)
     readings_uri = storage.join(source, "readings")
     fleet = read_fleet_schema(source)
     files, rows_in, rejected = scan(readings_uri, fleet)
@@ -97,13 +102,13 @@ def plan_ingest(source: str, features_root: str, cfg: WindowConfig) -> IngestPla
     for r in rejected:
         log.warning("file rejected: %s: %s", r.path, r.reason)
     fs, path = storage.resolve(readings_uri)
-    inputs = [(f, int(fs.get_file_info(f).size or 0)) for f in files]
-    inputs += [(f"rejected:{r.path}", 0) for r in rejected]
+    inputs = input_digests(source)
     if cfg.interval_seconds is None:
         cfg = cfg.model_copy(update={"interval_seconds": fleet.interval_seconds})
-    sid = snapshot_id(inputs, {**cfg.model_dump(), "fleet": fleet.model_dump()})
+    code = feature_code_hash()
+    sid = snapshot_id(inputs, {**cfg.model_dump(), "fleet": fleet.model_dump()}, code)
     plan = IngestPlan(
-        source, features_root, fleet, files, rows_in, rejected, fs, path, inputs, cfg, sid
+        source, features_root, fleet, files, rows_in, rejected, fs, path, inputs, cfg, sid, code
     )
     if storage.exists(storage.join(plan.final, MANIFEST)):
         log.info("snapshot %s is up to date with %s; nothing to do", sid, source)
@@ -111,6 +116,17 @@ def plan_ingest(source: str, features_root: str, cfg: WindowConfig) -> IngestPla
         done = {**manifest["summary"], "snapshot_id": sid, "up_to_date": True}
         return replace(plan, up_to_date=done)
     return plan
+
+
+def input_digests(source: str) -> dict[str, str]:
+    """Every file of a fleet dataset that ingest reads (readings, rejected ones too, and
+    events), by its path in the dataset, with its content digest (an object's ETag on
+    S3, else sha256): what the snapshot id is made of."""
+    return {
+        f"{part}/{rel}": digest
+        for part in ("readings", "events")
+        for rel, digest in storage.digests(storage.join(source, part)).items()
+    }
 
 
 def failures(source: str) -> dict[str, list[int]]:
@@ -194,8 +210,9 @@ def publish_snapshot(
     windows: pd.Series,
     started: float,
 ) -> dict[str, Any]:
-    """The summary and manifest of the snapshot written under ``staging``, which is then
-    moved into place and made the latest; returns the summary."""
+    """The summary and manifest of the snapshot whose data was written under
+    ``staging`` (:meth:`IngestPlan.staging`), published by its manifest and made the
+    latest; returns the summary."""
     counts, good_rows = pumps.counts, pumps.good_rows
     per_file = counts.assign(quarantined=counts["rows"].where(~good_rows, 0))
     per_file = per_file.groupby("path")[["rows", "quarantined"]].sum()
@@ -232,6 +249,7 @@ def publish_snapshot(
         "id": plan.snapshot_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "inputs": plan.inputs,
+        "feature_code": plan.feature_code,
         "config": plan.cfg.model_dump(),
         "fleet": plan.fleet.model_dump(),
         "channels": plan.layout,
@@ -239,20 +257,9 @@ def publish_snapshot(
         "splits": pumps.splits,
         "summary": summary,
     }
-    storage.write_json(storage.join(staging, MANIFEST), manifest)
-    _publish(staging, plan.final)
+    publish(staging, manifest)
     storage.write_bytes(storage.join(plan.features_root, LATEST), plan.snapshot_id.encode())
     return summary
-
-
-def _publish(tmp: str, final: str) -> None:
-    """Move the finished snapshot into place in one rename (local), so a reader never
-    sees half of one."""
-    fs, tpath = storage.resolve(tmp)
-    _, fpath = storage.resolve(final)
-    if storage.exists(final):  # an earlier run died after its rename: replace it
-        fs.delete_dir(fpath)
-    fs.move(tpath, fpath)
 
 
 def _metric_name(text: str) -> str:

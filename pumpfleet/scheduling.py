@@ -24,7 +24,7 @@ Task = Callable[[], Any]
 
 
 def state_uri(settings: Settings) -> str:
-    return storage.join(str(settings.home), "monitor", "schedule.json")
+    return storage.join(settings.workspace_uri, "monitor", "schedule.json")
 
 
 def due_tasks(

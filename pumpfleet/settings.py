@@ -1,8 +1,11 @@
 """Settings, validated once at the boundary and read through a cached getter.
 
-Everything the system writes goes under one workspace folder (``PUMPFLEET_HOME``,
-default ``./.pumpfleet``). A cluster deployment overrides ``RAY_ADDRESS``,
-``MLFLOW_TRACKING_URI`` and the data paths (which may be ``s3://`` URIs).
+By default everything the system writes goes under one workspace folder
+(``PUMPFLEET_HOME``, default ``./.pumpfleet``). A cluster deployment overrides
+``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI`` and the data locations, which may be ``s3://``
+URIs (``PUMPFLEET_STORAGE_URI`` for all of them, or one each), with object storage
+configured as AWS tools are (``AWS_ENDPOINT_URL``, keys, region). The workspace itself
+stays a local folder: the SQLite MLflow db, Tune's experiments and the signing key.
 
 Every environment variable the project reads is a field here, read when
 :func:`get_settings` is first called, never at import. The environment is written only
@@ -17,7 +20,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Telemetry of every engine we drive is off unless the user turned it on explicitly.
@@ -90,8 +93,49 @@ class Settings(BaseSettings):
     # Path of the ed25519 key that signs edge bundles; a development key is made if unset.
     signing_key: Path | None = None
     telemetry: bool = False
+    # Where the data lives. Each location is a local folder or a URI (s3://bucket/prefix):
+    # its own setting (PUMPFLEET_DATA_URI, ...), else under PUMPFLEET_STORAGE_URI, else
+    # under the workspace. Filled in by _locations; the *_dir properties below are the
+    # workspace's own folders, which stay local (the SQLite MLflow db, Tune, keys).
+    storage_uri: str | None = None
+    data_uri: str = ""  # the fleet dataset ingest reads by default
+    features_uri: str = ""  # feature snapshots
+    predictions_uri: str = ""  # the prediction log (and, beside it, edge uploads)
+    reports_uri: str = ""  # the monitor's reports
+    bundles_uri: str = ""  # signed edge bundles
+    # MLflow's artifact store when MLflow runs embedded (SQLite): e.g. s3://bucket/mlflow.
+    artifact_uri: str | None = None
+    # Object storage, configured as AWS tools are, by the same variables: an S3-compatible
+    # endpoint other than AWS's, the keys (else pyarrow's and boto3's own chain: ~/.aws,
+    # instance and pod roles) and the region.
+    aws_endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ENDPOINT_URL")
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"), repr=False
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"), repr=False
+    )
+    aws_session_token: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"), repr=False
+    )
+    aws_default_region: str | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_DEFAULT_REGION", "AWS_REGION")
+    )
+    # The git commit of the code that runs, where no checkout says it (a Ray job's
+    # working dir, an image): set by whoever submits the job, and in the image.
+    git_commit: str | None = None
 
     @field_validator(
+        "storage_uri",
+        "artifact_uri",
+        "aws_endpoint_url",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "aws_default_region",
+        "git_commit",
         "jobs_address",
         "user",
         "ray_auth_token",
@@ -109,6 +153,26 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_home(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _locations(self) -> Settings:
+        """Each unset location under the storage URI, else in the workspace."""
+        base = (self.storage_uri or str(self.home)).rstrip("/")
+        for name in ("data", "features", "predictions", "reports", "bundles"):
+            field = f"{name}_uri"
+            value = getattr(self, field)
+            if not value:
+                value = f"{base}/{name}"
+            elif "://" not in value:  # a local folder: absolute, as home is
+                value = str(Path(value).expanduser().resolve())
+            setattr(self, field, value.rstrip("/"))
+        return self
+
+    @property
+    def workspace_uri(self) -> str:
+        """Where state shared by every node goes (the monitor's triggers, the device
+        book): the storage URI, else the workspace."""
+        return (self.storage_uri or str(self.home)).rstrip("/")
 
     @property
     def data_dir(self) -> Path:
@@ -151,6 +215,10 @@ class Settings(BaseSettings):
         tracking server, whose own artifact store (e.g. S3) then holds them."""
         if self.tracking_uri.startswith(("http://", "https://")):
             return None
+        if self.artifact_uri:
+            return self.artifact_uri.rstrip("/")
+        if self.storage_uri:
+            return f"{self.storage_uri.rstrip('/')}/mlartifacts"
         return (self.home / "mlartifacts").as_uri()
 
 
@@ -162,13 +230,16 @@ def get_settings() -> Settings:
 
 def engine_env(settings: Settings) -> dict[str, str]:
     """The environment variables the engines read for what ``settings`` say: MLflow's HTTP
-    retries and timeout, and their telemetry off (unless ``settings.telemetry``)."""
+    retries and timeout and S3 endpoint, and their telemetry off (unless
+    ``settings.telemetry``)."""
     env = {} if settings.telemetry else dict(TELEMETRY_OFF)
     env |= {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_max_retries),
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(settings.mlflow_http_backoff_factor),
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_http_timeout_s),
     }
+    if settings.aws_endpoint_url:  # MLflow's S3 artifact store reads its endpoint here
+        env["MLFLOW_S3_ENDPOINT_URL"] = settings.aws_endpoint_url
     return env
 
 

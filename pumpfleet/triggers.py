@@ -33,7 +33,7 @@ def jobs_address(explicit: str | None = None, settings: Settings | None = None) 
 
 
 def state_uri(settings: Settings) -> str:
-    return storage.join(str(settings.home), "monitor", "triggers.json")
+    return storage.join(settings.workspace_uri, "monitor", "triggers.json")
 
 
 def load_state(settings: Settings) -> TriggerState:
@@ -140,6 +140,8 @@ def readings_rows(source: str) -> int:
     return total
 
 
-def rows_since(snapshot: Snapshot, source: str) -> int:
-    """Rows in ``source`` beyond those the snapshot was ingested from."""
-    return readings_rows(source) - int(snapshot.manifest.get("summary", {}).get("rows_in", 0))
+def rows_since(snapshot: Snapshot, default_source: str) -> int:
+    """Rows in the fleet the snapshot was ingested from (as its manifest records it;
+    ``default_source`` for a snapshot that records none) beyond those it was made of."""
+    summary = snapshot.manifest.get("summary", {})
+    return readings_rows(summary.get("source") or default_source) - int(summary.get("rows_in", 0))

@@ -56,7 +56,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> None:
         faults=injection.faults,
         drifts=injection.drifts,
     )
-    _print(simulate(cfg, args.out or str(settings.data_dir), overwrite=args.overwrite))
+    _print(simulate(cfg, args.out or settings.data_uri, overwrite=args.overwrite))
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
@@ -78,10 +78,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
     from ray_jobs._ray import init_ray
     from ray_jobs.ingest import ingest_and_log
 
-    source = _existing(args.source or str(settings.data_dir), "--source")
+    source = _existing(args.source or settings.data_uri, "--source")
     cfg = window_config(args)
     init_ray(settings)
-    code = _print(ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg))
+    code = _print(ingest_and_log(settings, source, args.out or settings.features_uri, cfg))
     if code:
         raise SystemExit(code)
 
@@ -241,8 +241,8 @@ def cmd_ab_report(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet.abreport import arm_reports, format_report
     from pumpfleet.predlog import read_log
 
-    log = read_log(str(settings.predictions_dir))
-    feedback = read_log(f"{str(settings.predictions_dir).rstrip('/')}-feedback")
+    log = read_log(settings.predictions_uri)
+    feedback = read_log(f"{settings.predictions_uri}-feedback")
     if args.pump_class and not log.empty:
         log = log[log["pump_class"] == args.pump_class]
     if args.since and not log.empty:

@@ -79,7 +79,7 @@ def _requests(
 ) -> list[dict[str, Any]]:
     """Scoring requests from the fleet's own windows (every pump is in service), for the
     classes that have a champion; ``drifted``'s motor temperature reads high."""
-    snap = open_snapshot(str(settings.features_dir))
+    snap = open_snapshot(settings.features_uri)
     rng = np.random.default_rng(seed)
     out = []
     for cls in [c for c in snap.classes if c in served]:
@@ -155,7 +155,7 @@ def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> i
     deadline = time.monotonic() + timeout
     n = 0
     while time.monotonic() < deadline:
-        n = len(read_log(str(settings.predictions_dir)))
+        n = len(read_log(settings.predictions_uri))
         if n >= expected:
             return n
         time.sleep(0.5)
@@ -178,14 +178,14 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     step(1, f"simulating {cfg.pumps} pumps over {cfg.days} days")
     sim = simulate(
         SimulationConfig(pumps=cfg.pumps, days=cfg.days, seed=cfg.seed),
-        str(settings.data_dir),
+        settings.data_uri,
         overwrite=True,
     )
     step(2, "ingesting on Ray Data")
     serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
     init_ray(settings)
     ingest = ingest_and_log(
-        settings, str(settings.data_dir), str(settings.features_dir), WindowConfig()
+        settings, settings.data_uri, settings.features_uri, WindowConfig()
     )
     step(3, "training one model per class on Ray Tune")
     train = run_train(
@@ -213,7 +213,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         calm = _requests(settings, cfg.requests_per_class, cfg.seed, served, None)
         # twice as many after: enough chunks for the alert's 2 in a row to show
         later = _requests(settings, 2 * cfg.requests_per_class, cfg.seed + 1, served, drifted)
-        before = len(read_log(str(settings.predictions_dir)))  # an earlier demo's rows
+        before = len(read_log(settings.predictions_uri))  # an earlier demo's rows
         first = _send(url, calm + BAD_REQUESTS, api_key)
         n = _wait_for_log(settings, before + sum(first.arms.values()))
         second = _send(url, later, api_key)

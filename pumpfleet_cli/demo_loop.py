@@ -46,7 +46,7 @@ def drift_harm(settings: Settings, cls: str, channel: str, factor: float) -> flo
     from pumpfleet.metrics import rmse
 
     registry = Registry(settings.tracking_uri, settings.artifact_root)
-    snap = open_snapshot(str(settings.features_dir))
+    snap = open_snapshot(settings.features_uri)
     with tempfile.TemporaryDirectory(prefix="pumpfleet-harm-") as tmp:
         model = registry.load(model_name(cls), CHAMPION, Path(tmp))
     raw, cols = snap.load(cls, "holdout", model.spec)
@@ -67,7 +67,7 @@ def new_data(
     latest window of history, so the data source now holds these days."""
     drift = DriftSpec(kind="offset", classes=(cls,), channel=channel, scale=factor)
     cfg = SimulationConfig(pumps=pumps, days=days, seed=seed + 1, drifts=[drift])
-    return simulate(cfg, str(settings.data_dir), overwrite=True)
+    return simulate(cfg, settings.data_uri, overwrite=True)
 
 
 def post_drift_ab(
@@ -77,7 +77,7 @@ def post_drift_ab(
     holdout pumps, and every pump's windows after the time cutoff), compared as a shadow
     test is: the difference in RMSE with a 95 % interval from a bootstrap over pumps
     (pumpfleet.abreport). Every window of the new snapshot is post-drift."""
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     preds = {}
     with tempfile.TemporaryDirectory(prefix="pumpfleet-ab-") as tmp:

@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> dict[str, Any]:
         settings = get_settings()
-        source = args.source or str(settings.data_dir)
+        source = args.source or settings.data_uri
         cfg = window_config(args)
         init_ray(settings)
-        return ingest_and_log(settings, source, args.out or str(settings.features_dir), cfg)
+        return ingest_and_log(settings, source, args.out or settings.features_uri, cfg)
 
     return run_main(job)
 

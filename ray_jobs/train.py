@@ -209,7 +209,7 @@ def run_train(
     challenger."""
     started = time.monotonic()
     space = space or SearchSpace()
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     data = only_classes(load_data(snap), classes, snap)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     registry.ping()  # before any training: an unreachable server fails the job now
@@ -250,7 +250,7 @@ def resume_train(settings: Settings) -> dict[str, Any]:
     their last checkpoints, finished ones are kept, and the best per class is registered."""
     started = time.monotonic()
     experiment = unfinished_experiment(settings)
-    snap = open_snapshot(str(settings.features_dir), experiment.snapshot)
+    snap = open_snapshot(settings.features_uri, experiment.snapshot)
     data = {c: v for c, v in load_data(snap).items() if c in experiment.classes}
     tuner = tune.Tuner.restore(
         str(experiment.path), trainable=_trainable(data), resume_errored=False

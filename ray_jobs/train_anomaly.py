@@ -67,7 +67,7 @@ def run_train_anomaly(
     ``promote``, make it champion where ``promote_anomaly`` says it is no worse."""
     started = time.monotonic()
     space = space or AnomalySearchSpace()
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     data = load_data(snap, classes)
     names = sorted(data)
     registry = Registry(settings.tracking_uri, settings.artifact_root)

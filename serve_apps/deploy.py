@@ -219,7 +219,7 @@ def deploy(
         if stage == "staging":
             model = registry.load_version(name, version)
             snapshot = model.tags.get("feature_snapshot", "latest")
-            raw, cols = open_snapshot(str(settings.features_dir), snapshot).load(
+            raw, cols = open_snapshot(settings.features_uri, snapshot).load(
                 cls, "holdout", model.spec
             )
             if len(raw) == 0:

@@ -72,7 +72,7 @@ def start(
     secrets = secrets or load_secrets(settings=settings)
     cfg = ScoringConfig(
         tracking_uri=settings.tracking_uri,
-        predictions_dir=str(settings.predictions_dir),
+        predictions_dir=settings.predictions_uri,
         challenger_weight=challenger_weight,
         api_key_sha256=list(secrets.api_keys),
         admin_token_sha256=list(secrets.admin_tokens),
@@ -98,7 +98,7 @@ def start(
             update={
                 "stage": "staging",
                 "num_replicas": 1,
-                "predictions_dir": str(settings.predictions_dir.parent / "staging-predictions"),
+                "predictions_dir": f"{settings.workspace_uri}/staging-predictions",
             }
         )
         serve.run(build_app(staged), name=STAGING_APP, route_prefix=STAGING_PREFIX, blocking=False)

@@ -23,7 +23,6 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,10 +232,7 @@ class PumpScorer:
         """A device's predictions and alerts (store-and-forward from the edge agent),
         stored once per ``batch_key``: a batch sent again is acknowledged, not stored
         twice. They land beside the cloud's prediction log, for monitoring and retraining."""
-        root = self.config.predictions_dir
-        if "://" in root:
-            raise Unavailable("edge uploads need predictions_dir on a shared filesystem")
-        return handle_upload(Path(root), up.model_dump())
+        return handle_upload(self.config.predictions_dir, up.model_dump())
 
     # --- admin ---------------------------------------------------------------------
 

@@ -87,10 +87,10 @@ def _own_snapshot(
     """The snapshot a registered model was trained on, else ``default`` (with a note)."""
     snap_id = model.tags.get("feature_snapshot") or default
     try:
-        return open_snapshot(str(settings.features_dir), snap_id)
+        return open_snapshot(settings.features_uri, snap_id)
     except PumpfleetError:
         notes.append(f"{model.name}: its snapshot {snap_id} is gone; using {default}")
-        return open_snapshot(str(settings.features_dir), default)
+        return open_snapshot(settings.features_uri, default)
 
 
 def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Reference:
@@ -101,7 +101,7 @@ def class_reference(settings: Settings, default_snapshot: str, cls: str) -> Refe
     name = model_name(cls)
     notes: list[str] = []
     if registry.version_by_alias(name, CHAMPION) is None:
-        snap = open_snapshot(str(settings.features_dir), default_snapshot)
+        snap = open_snapshot(settings.features_uri, default_snapshot)
         drift, _, _ = _summaries(snap, cls, SPLITS)
         notes.append(f"{cls}: no champion; drift only, against snapshot {snap.id}")
         ref = Reference(drift, None, list(drift.columns.drop("timestamp")), snap.id, notes=notes)

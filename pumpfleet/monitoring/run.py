@@ -114,8 +114,8 @@ def run_monitor(
     cfg = AnalysisConfig(chunk_size=chunk_size)
     if std_multiplier is not None:
         cfg = AnalysisConfig(chunk_size=chunk_size, std_multiplier=std_multiplier)
-    logged = read_log(str(settings.predictions_dir))
-    feedback = read_log(f"{str(settings.predictions_dir).rstrip('/')}-feedback")
+    logged = read_log(settings.predictions_uri)
+    feedback = read_log(f"{settings.predictions_uri}-feedback")
     summary: dict[str, Any] = {
         "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "predictions": len(logged),
@@ -132,12 +132,12 @@ def run_monitor(
         "health_alerting_classes": [],
     }
     if logged.empty:
-        msg = f"no predictions logged under {settings.predictions_dir}; nothing to monitor"
+        msg = f"no predictions logged under {settings.predictions_uri}; nothing to monitor"
         log.warning(msg)
         return write_reports(settings, {**summary, "status": "empty", "snapshot_id": None}, {}, msg)
     usable, notes = _usable(logged)
     summary["notes"] += notes
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    snap = open_snapshot(settings.features_uri, snapshot)
     summary["snapshot_id"] = snap.id
     inputs: dict[str, ClassInput] = {}
     for cls, rows in usable.groupby("pump_class") if not usable.empty else []:
@@ -202,8 +202,8 @@ def run_monitor(
 
 def _rows_since(settings: Settings, snapshot: str) -> int:
     try:
-        snap = open_snapshot(str(settings.features_dir), snapshot)
-        return rows_since(snap, str(settings.data_dir))
+        snap = open_snapshot(settings.features_uri, snapshot)
+        return rows_since(snap, settings.data_uri)
     except (OSError, PumpfleetError) as e:
         log.warning("could not count the rows since snapshot %s: %s", snapshot, e)
         return 0
@@ -215,7 +215,7 @@ def write_reports(
     """The summary as JSON (and, with results, the HTML report, the drift map, the
     per-chunk signals and an MLflow run) under the workspace's reports."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    reports = str(settings.reports_dir)
+    reports = settings.reports_uri
     summary["message"] = msg
     for n in (f"drift-{stamp}.json", "drift-latest.json"):
         storage.write_json(storage.join(reports, n), summary)

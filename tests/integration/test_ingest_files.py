@@ -12,9 +12,15 @@ import pytest
 
 from pumpfleet.errors import DataError
 from pumpfleet.simulator import SimulationConfig, simulate
+from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import WindowConfig
 
 pytestmark = [pytest.mark.ray]
+
+
+def _quarantine(features: Path, snapshot: str) -> str:
+    """The quarantine folder of the run a snapshot's manifest publishes."""
+    return f"{open_snapshot(str(features), snapshot).data}/quarantine"
 
 
 def test_damaged_files_are_set_aside_and_the_rest_goes_on(tmp_path: Path, ray_session: Any) -> None:
@@ -70,7 +76,7 @@ def test_quarantined_rows_name_their_source_file(tmp_path: Path, ray_session: An
     out = run_ingest(str(data), str(tmp_path / "features"), WindowConfig())
     assert out["status"] == "success"
     assert out["quarantine_reasons"] == {"out_of_range:vibration": 4}
-    q = pd.read_parquet(tmp_path / "features" / out["snapshot_id"] / "quarantine")
+    q = pd.read_parquet(_quarantine(tmp_path / "features", out["snapshot_id"]))
     assert [Path(p).name for p in q["source_file"]] == ["late.parquet"] * 4
     late = [f for p, f in out["per_file"].items() if p.endswith("late.parquet")]
     assert late == [{"rows": 4, "quarantined": 4}]
@@ -138,6 +144,6 @@ def test_every_fault_kind_injected_reconciles(tmp_path: Path, ray_session: Any) 
     assert beyond["unit_error"] == rows["unit_error"]
     # Rows that arrived out of order are sorted back, not lost.
     assert rows["out_of_order"] > 0
-    q = pd.read_parquet(tmp_path / "features" / out["snapshot_id"] / "quarantine")
+    q = pd.read_parquet(_quarantine(tmp_path / "features", out["snapshot_id"]))
     assert len(q) == out["rows_quarantined"]
     assert q["quarantine_reason"].notna().all() and q["source_file"].notna().all()

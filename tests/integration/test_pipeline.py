@@ -14,6 +14,7 @@ from pumpfleet import bundle
 from pumpfleet.errors import BundleError, InputError
 from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
 from pumpfleet.schema import PUMP_CLASSES
+from pumpfleet.snapshot import open_snapshot
 from tests.integration.conftest import INJECTED
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -26,8 +27,8 @@ def test_ingest_counts_reconcile_and_quarantine_says_why(workspace: dict[str, An
     assert ing["rows_quarantined"] == n_bad
     assert ing["rows_valid"] + ing["rows_quarantined"] == ing["rows_in"]
     assert ing["quarantine_reasons"] == {k: v for k, v in INJECTED.items() if v}
-    root = workspace["settings"].features_dir / ing["snapshot_id"]
-    quarantine = pd.read_parquet(root / "quarantine")
+    snap = open_snapshot(workspace["settings"].features_uri, ing["snapshot_id"])
+    quarantine = pd.read_parquet(f"{snap.data}/quarantine")  # the run its manifest names
     assert len(quarantine) == n_bad
     assert quarantine["quarantine_reason"].notna().all()
     assert set(ing["windows"]) == set(PUMP_CLASSES)
@@ -60,7 +61,6 @@ def test_each_class_normalises_per_operating_regime(workspace: dict[str, Any]) -
     moves the normalised channels."""
     from pumpfleet.features import window_features
     from pumpfleet.physics import CLASS_PARAMS
-    from pumpfleet.snapshot import open_snapshot
 
     snap = open_snapshot(str(workspace["settings"].features_dir))
     assert snap.manifest["channels"][-2:] == ["speed_setpoint", "load_setpoint"]
