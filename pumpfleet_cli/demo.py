@@ -184,9 +184,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     step(2, "ingesting on Ray Data")
     serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
     init_ray(settings)
-    ingest = ingest_and_log(
-        settings, settings.data_uri, settings.features_uri, WindowConfig()
-    )
+    ingest = ingest_and_log(settings, settings.data_uri, settings.features_uri, WindowConfig())
     step(3, "training one model per class on Ray Tune")
     train = run_train(
         settings, ingest["snapshot_id"], SearchSpace(epochs=cfg.epochs, seed=cfg.seed)
