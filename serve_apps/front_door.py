@@ -115,6 +115,11 @@ def prepare(home: Path | None = None) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
         # a thread serves thousands of requests a second; more only contend on 2 cores
         "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+        # Serve's per-request HTTP metrics from HAProxy: a log line per request that an
+        # actor parses in Python, a tenth of what a request costs in all
+        # (docs/serving.md); the replicas' own metrics (pumpfleet_scoring_*) count and
+        # time every request anyway
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     }
 
 
