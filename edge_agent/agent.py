@@ -87,6 +87,7 @@ class Agent:
         self.next_upload = 0.0
         self.next_heartbeat = 0.0
         self.last_error: str | None = None
+        self._files_busy = False
         self.models.start()
         self.puller = (
             Puller(cfg, self.trust, self.models, clock)
@@ -331,9 +332,18 @@ class Agent:
         if pulled or installed:
             self.next_heartbeat = 0.0  # the cloud hears of a new bundle at once
         scored = self.process_spool()
-        received = sum(i.drain(self) for i in self.inputs)
+        self._files_busy = bool(pulled or installed or scored)
+        received = self._drain()
         sent = self.upload()
         return bool(pulled or installed or scored or received or sent)
+
+    def _drain(self) -> int:
+        return sum(i.drain(self) for i in self.inputs)
+
+    def _quick_step(self) -> bool:
+        """Between polls of the spool and updates folder: the inputs and the upload."""
+        received = self._drain()
+        return bool(received or self.upload())
 
     def idle(self) -> bool:
         """Nothing left to do: no spool file or message waiting (or no model to score
@@ -366,9 +376,17 @@ class Agent:
     def run(self, stop: threading.Event, exit_when_idle: bool = False) -> None:
         """Step until ``stop``; a step that fails (a full disk, a bug) is logged with its
         traceback and counted, and the loop goes on after a pause."""
+        next_poll = 0.0
         while not stop.is_set():
             try:
-                busy = self.step()
+                if self.inputs and self.clock() < next_poll:
+                    # Messages come far more often than files: the folders are looked
+                    # at every poll_seconds, not at every batch.
+                    busy = self._quick_step()
+                else:
+                    busy = self.step()
+                    if not self._files_busy:
+                        next_poll = self.clock() + self.cfg.poll_seconds
             except Exception:  # any one failure must not stop the device: say it, go on
                 log.exception("agent step failed; retrying in %.1f s", self.cfg.poll_seconds)
                 self._count_quietly({"step_errors": 1})

@@ -52,11 +52,12 @@ class MqttConfig(BaseModel):
     prefix: str | None = None
     # A pump's retained state is published when its alarm changes, else at most this often.
     state_interval_seconds: float = Field(default=30.0, ge=0)
-    # Readings are scored in batches: when none has come for quiet_seconds, when the
-    # oldest waited batch_seconds, or at batch_max messages.
+    # Readings are scored in batches: when the oldest waited batch_seconds, when none has
+    # come for quiet_seconds, or as soon as batch_max wait (the broker sends at most its
+    # max_inflight_messages, 20 by default, before they are acknowledged).
     batch_seconds: float = Field(default=0.25, gt=0)
-    quiet_seconds: float = Field(default=0.02, gt=0)
-    batch_max: int = Field(default=2000, ge=1)
+    quiet_seconds: float = Field(default=0.05, gt=0)
+    batch_max: int = Field(default=20, ge=1)
     # A message larger than this is set aside unread.
     max_payload_bytes: int = Field(default=65536, ge=64)
     keepalive_seconds: int = Field(default=30, ge=5)

@@ -25,6 +25,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REJECTED_MAX_BYTES = 1 << 20  # rejected.jsonl is rotated (one old file kept) past this
+LATENCIES_KEPT = 5000
+DRAIN_MAX = 5000  # messages scored in one transaction, at most
 STATE_FIELDS = (
     "pump_id",
     "pump_class",
@@ -135,8 +138,14 @@ class MqttBridge:
         self._last_at = 0.0
         self.generation = 0
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed the subscriptions
         self.known: dict[str, PumpAlarm] = {}
         self.next_health = 0.0
+        # Milliseconds from a message's arrival to its commit, and of scoring a batch
+        # (parse, score, explain, commit): the latest, for the health it publishes.
+        self.latency_ms: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        self.batch_ms: deque[float] = deque(maxlen=LATENCIES_KEPT)
+        self.batches = 0
         self.rejected = cfg.state_dir / "mqtt" / "rejected.jsonl"
         self.rejected.parent.mkdir(parents=True, exist_ok=True)
         client_id = self.m.client_id or f"pumpfleet-{cfg.device_id}"
@@ -159,6 +168,7 @@ class MqttBridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect_async(self.m.host, self.m.port, self.m.keepalive_seconds)
         self.client.loop_start()
 
@@ -171,9 +181,13 @@ class MqttBridge:
         with self._lock:
             self.generation += 1
         client.subscribe([(t, self.m.qos) for t in self.m.topics])
-        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
         self.connected.set()
         log.info("mqtt: connected to %s:%d, reading %s", self.m.host, self.m.port, self.m.topics)
+
+    def _on_subscribe(self, client: Any, *_: Any) -> None:
+        # Online: readings published from now on reach this agent.
+        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        self.subscribed.set()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
@@ -225,13 +239,18 @@ class MqttBridge:
         if agent.active is None or due is None or due > 0:
             return 0  # without a model, messages wait (the broker holds the rest)
         with self._lock:
-            taken, self._queue = self._queue[: self.m.batch_max], self._queue[self.m.batch_max :]
+            taken, self._queue = self._queue[:DRAIN_MAX], self._queue[DRAIN_MAX:]
+        started = time.perf_counter()
         try:
             self._score(agent, taken)
         except BaseException:
             with self._lock:  # not stored: they go again, first, at the next step
                 self._queue = taken + self._queue
             raise
+        done = self.clock()
+        self.batch_ms.append((time.perf_counter() - started) * 1000)
+        self.batches += 1
+        self.latency_ms.extend((done - r.at) * 1000 for r in taken)
         with self._lock:
             generation = self.generation
         for r in taken:
@@ -276,7 +295,25 @@ class MqttBridge:
         if self.clock() < self.next_health:
             return
         self.next_health = self.clock() + agent.cfg.heartbeat_seconds
-        self.publish("health", agent.health())
+        self.publish("health", agent.health() | {"mqtt": self.stats()})
+
+    def stats(self) -> dict[str, Any]:
+        """Percentiles of the latest latencies (milliseconds): a message's arrival to
+        its commit (batching included), and scoring one batch."""
+
+        def pct(values: deque[float]) -> dict[str, float | None]:
+            ordered = sorted(values)
+            if not ordered:
+                return {"p50": None, "p99": None}
+            at = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99)]
+            return {"p50": round(at[0], 2), "p99": round(at[1], 2)}
+
+        return {
+            "connected": self.connected.is_set(),
+            "reading_to_stored_ms": pct(self.latency_ms),
+            "batch_ms": pct(self.batch_ms),
+            "batches": self.batches,
+        }
 
     def publish(self, topic: str, body: dict[str, Any]) -> None:
         text = json.dumps(body, separators=(",", ":"), default=str)

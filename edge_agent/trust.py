@@ -99,6 +99,8 @@ class TrustStore:
     def take_root_files(self, folder: Path) -> list[int]:
         """Roots dropped in the updates folder (``*.root.json``), each moved away after."""
         found = sorted(folder.glob("*.root.json"))
+        if not found:
+            return []
         envs = []
         for p in found:
             try:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from edge_agent.store import Store
-from tests.unit.edge_broker import Broker, client
+from tests.unit.edge_broker import Broker, client, retained
 from tests.unit.edge_support import EdgeWorkspace, agent_config, shared_workspace
 from tests.unit.test_edge_mqtt import T0, reading
 
@@ -79,7 +79,14 @@ def test_sigkill_mid_stream_every_reading_is_stored_once(ws: EdgeWorkspace, tmp_
     proc: subprocess.Popen[bytes] | None = None
     try:
         proc = start(config)
-        time.sleep(2.0)  # its first start installs the bundle
+        # Its first start installs the bundle, then subscribes: readings sent before that
+        # would not be kept for it.
+        deadline = time.monotonic() + 60
+        while (
+            retained(broker.port, "pumpfleet/rig-7/status", 0.3).get("pumpfleet/rig-7/status")
+            != "online"
+        ):
+            assert time.monotonic() < deadline, "the agent never came online"
         feeder.start()
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.5, 1.5))

@@ -94,6 +94,8 @@ class Running:
 
     def _run(self, cfg: Any) -> None:
         self.agent = Agent(cfg)
+        bridge = self.agent.inputs[0]
+        assert isinstance(bridge, MqttBridge) and bridge.subscribed.wait(20)
         self.ready.set()
         try:
             self.agent.run(self.stop)
@@ -312,7 +314,7 @@ def test_messages_stored_but_not_acknowledged_are_redelivered_and_stored_once(
     cfg = mqtt_config(ws, tmp_path, broker)
     first = Agent(cfg)
     bridge = first.inputs[0]
-    assert isinstance(bridge, MqttBridge)
+    assert isinstance(bridge, MqttBridge) and bridge.subscribed.wait(20)
     acked: list[int] = []
     bridge.client.ack = lambda mid, qos: acked.append(mid)  # it dies before acking
     gateway = client(broker.port, "gateway")
