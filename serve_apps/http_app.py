@@ -1,5 +1,6 @@
 """The service's FastAPI app around the routes (``serve_apps/scoring.py``): the one place
-where errors become HTTP answers, the credentials each route needs, and the body limit.
+where errors become HTTP answers, and the doors (``serve_apps/doors.py``: credentials,
+content types and body limits, checked before a body is read) in front of every route.
 
 Errors: the core's ``InputError`` and the service's own (``serve_apps/errors.py``) are
 raised wherever they are found and answered here, as FastAPI answers its own validation
@@ -14,7 +15,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pumpfleet.errors import InputError
+from pumpfleet.errors import ConflictError, InputError
+from serve_apps.doors import CALLER, Caller, Doors, Who
 from serve_apps.errors import (
     BodyTooLarge,
     Forbidden,
@@ -24,8 +26,6 @@ from serve_apps.errors import (
     Unavailable,
 )
 from serve_apps.front_door import RequestIds
-from serve_apps.schemas import ScoringConfig
-from serve_apps.security import API_KEY_HEADER, Access, check_admin, check_scoring
 
 app = FastAPI(title="pumpfleet scoring", version="1")
 
@@ -63,6 +63,11 @@ async def _bad_input(request: Request, exc: InputError) -> JSONResponse:
     return _detail(422, [{"loc": ["body"], "msg": str(exc)}])
 
 
+@app.exception_handler(ConflictError)
+async def _conflict(request: Request, exc: ConflictError) -> JSONResponse:
+    return _detail(409, str(exc))
+
+
 @app.exception_handler(Unauthorized)
 async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
     return _detail(401, str(exc), headers={"WWW-Authenticate": "Bearer"})
@@ -78,74 +83,50 @@ async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
     return _detail(503, str(exc))
 
 
-# --- who may call ------------------------------------------------------------------
+# --- who may call, and how much it reads --------------------------------------------
 
-
-def _deny(access: Access) -> None:
-    if access is Access.MISSING:
-        raise Unauthorized("missing or invalid credentials")
-    if access is Access.FORBIDDEN:
-        raise Forbidden("this key may not use admin routes")
-
-
-async def require_key(request: Request) -> None:
-    """Scoring routes: a valid API key (``X-API-Key``). A dependency, so it runs before
-    the body is parsed: an unauthenticated caller learns nothing about the schema."""
-    c: ScoringConfig = request.app.state.config
-    _deny(check_scoring(request.headers.get(API_KEY_HEADER), c.api_key_sha256, c.insecure_dev))
-
-
-async def require_admin(request: Request) -> None:
-    """Admin routes: the admin bearer token; a scoring key gets 403."""
-    c: ScoringConfig = request.app.state.config
-    _deny(
-        check_admin(
-            request.headers.get("authorization"),
-            request.headers.get(API_KEY_HEADER),
-            c.admin_token_sha256,
-            c.api_key_sha256,
-            c.insecure_dev,
-        )
-    )
-
-
-SCORING = [Depends(require_key)]
-ADMIN = [Depends(require_admin)]
-
-
-# --- how much it reads ---------------------------------------------------------------
-
-
-class _BodyLimit:
-    """413 before a large body is read, from its declared length (:func:`read_body` also
-    checks what it actually read, for bodies sent without one). Plain ASGI: Starlette's
-    function middleware costs a task and a stream per request."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        limit = getattr(app.state, "max_body_bytes", None)
-        if scope["type"] == "http" and limit is not None:
-            for name, value in scope["headers"]:
-                if name == b"content-length":
-                    if value.isdigit() and int(value) > limit:
-                        await _detail(413, f"body over {limit} bytes")(scope, receive, send)
-                        return
-                    break
-        await self.inner(scope, receive, send)
-
-
-app.add_middleware(_BodyLimit)
+app.add_middleware(Doors)
 # the front door's id of each request, for its rows in the prediction log
 app.add_middleware(RequestIds)
 
 
+def _let_in(request: Request, who: Who) -> Caller:
+    """What the door decided for this request (``scope[CALLER]``); Unauthorized if it let
+    in no caller of this kind, so a route is never reached around its door."""
+    caller = request.scope.get(CALLER)
+    if not isinstance(caller, Caller) or caller.who is not who:
+        raise Unauthorized("missing or invalid credentials")
+    return caller
+
+
+async def require_key(request: Request) -> None:
+    """Scoring routes: a valid API key (``X-API-Key``), checked by the door."""
+    _let_in(request, Who.SCORING)
+
+
+async def require_admin(request: Request) -> None:
+    """Admin routes: the admin bearer token (a scoring key gets 403), checked by the door."""
+    _let_in(request, Who.ADMIN)
+
+
+async def require_device(request: Request) -> None:
+    """The edge upload route: a device's own token (``pumpfleet edge device issue``)."""
+    _let_in(request, Who.DEVICE)
+
+
+def device_of(request: Request) -> str | None:
+    """The device whose token the upload came with (None under ``insecure_dev``)."""
+    return _let_in(request, Who.DEVICE).device
+
+
+SCORING = [Depends(require_key)]
+ADMIN = [Depends(require_admin)]
+DEVICE = [Depends(require_device)]
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body; BodyTooLarge over ``limit`` bytes, declared or read."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body over {limit} bytes")
+    """The request's body (the door has read it within its limits already); BodyTooLarge
+    over ``limit`` bytes."""
     body = await request.body()
     if len(body) > limit:
         raise BodyTooLarge(f"body over {limit} bytes")

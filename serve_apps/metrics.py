@@ -22,6 +22,11 @@ _LATENCY = metrics.Histogram(
     boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000],
     tag_keys=("pump_class", "arm"),
 )
+_LOOP_ERRORS = metrics.Counter(
+    "pumpfleet_loop_errors",
+    description="errors in a replica's background work (flush, refresh, shadow), by loop",
+    tag_keys=("loop",),
+)
 _VERSION = metrics.Gauge(
     "pumpfleet_model_version",
     description="the model version serving each class and arm",
@@ -39,6 +44,11 @@ def scored(pump_class: str, arm: str, windows: int, latency_ms: float) -> None:
 def rejected() -> None:
     """A single window refused (unknown class, a window that does not fit)."""
     _REQUESTS.inc(tags={"pump_class": "?", "arm": "?", "outcome": "rejected"})
+
+
+def loop_failed(loop: str) -> None:
+    """One step of a background loop failed (it was logged, and the loop went on)."""
+    _LOOP_ERRORS.inc(tags={"loop": loop})
 
 
 def serving(classes: Mapping[str, ServedClass]) -> None:

@@ -64,6 +64,8 @@ class ServedClass:
     weight: float
     shadow: bool = False
     health: HealthModel | None = None
+    # the weight is saved on the registered model (it wins over the configured default)
+    weight_saved: bool = False
 
     def arm_for(self, pump_id: str, salt: str) -> Arm:
         """The arm that answers for ``pump_id``: sticky by pump (``assign_arm``); the
@@ -87,6 +89,17 @@ def split_from_tags(tags: Mapping[str, str], weight: float, shadow: bool) -> tup
     except ValueError:
         log.warning("ignoring the unreadable tag %s=%r", WEIGHT_TAG, tags[WEIGHT_TAG])
     return weight, tags.get(SHADOW_TAG, str(shadow)).lower() == "true"
+
+
+def _readable(weight: str | None) -> bool:
+    """Whether a weight tag is a number (split_from_tags ignores one that is not)."""
+    if weight is None:
+        return False
+    try:
+        float(weight)
+    except ValueError:
+        return False
+    return True
 
 
 class ModelSet:
@@ -120,7 +133,10 @@ class ModelSet:
                 health = self._health(cls, old) if cls in with_health else None
                 before = (self.weight, False) if old is None else (old.weight, old.shadow)
                 weight, shadow = split_from_tags(tags, *before)
-                loaded[cls] = ServedClass(arms, weight, shadow, health)
+                saved = _readable(tags.get(WEIGHT_TAG)) or (
+                    old is not None and old.weight_saved and WEIGHT_TAG in tags
+                )
+                loaded[cls] = ServedClass(arms, weight, shadow, health, saved)
             self.classes = loaded
             return self.versions()
 
@@ -175,7 +191,7 @@ class ModelSet:
                 self.source.set_model_tags(model_name(cls), tags)
                 c = self.classes[cls]
                 if weight is not None:
-                    c.weight = weight
+                    c.weight, c.weight_saved = weight, True
                 if shadow is not None:
                     c.shadow = shadow
         return {
@@ -196,6 +212,7 @@ class ModelSet:
                 **{str(a): m.version for a, m in c.arms.items()},
                 "challenger_weight": c.weight,
                 "shadow": c.shadow,
+                "weight_saved": c.weight_saved,
                 "anomaly": c.health.version if c.health else None,
             }
             for cls, c in self.classes.items()

@@ -5,18 +5,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pumpfleet.errors import InputError
+from pumpfleet.readings import check_pump_id
+from pumpfleet.records import MAX_RUL_HOURS, NAME
 from pumpfleet.registry import CHALLENGER, CHAMPION, STAGING
 from pumpfleet.routing import Arm
 
 MAX_WINDOW = 10_000
 MAX_BATCH = 10_000
+MAX_DECODED_BYTES = 64 * 2**20
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-Reading = Annotated[float | None, Field(allow_inf_nan=False)]
+JSON = "application/json"
+# strict: "12.5" and true are not readings (pydantic would take them as 12.5 and 1.0)
+Reading = Annotated[float | None, Field(allow_inf_nan=False, strict=True)]
 # 1970 to 2100: a time outside it is a client's mistake (and would overflow datetime64)
-UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]
+UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False, strict=True)]
+
+
+def _pump_id(value: str) -> str:
+    try:
+        return check_pump_id(value)
+    except InputError as e:  # pydantic turns a ValueError into a 422 naming the field
+        raise ValueError(str(e).removeprefix("pump_id: ")) from None
+
+
+# The one pump-id rule of every door (pumpfleet.readings.check_pump_id).
+PumpId = Annotated[str, Field(strict=True), AfterValidator(_pump_id)]
+# A class name: the prediction record's rule (it names folders: no dots first, no "/").
+ClassName = Annotated[str, Field(strict=True, pattern=NAME)]
 
 
 class ScoringConfig(BaseModel):
@@ -37,7 +55,16 @@ class ScoringConfig(BaseModel):
     api_key_sha256: list[str] = Field(default_factory=list)
     admin_token_sha256: list[str] = Field(default_factory=list)
     insecure_dev: bool = False  # no keys needed: local development only
+    # Limits before work (serve_apps/doors.py): bodies of batches and edge uploads, of
+    # every other route, an Arrow batch's decoded size, and the time to send a body.
     max_body_bytes: int = Field(default=32 * 2**20, gt=0)
+    max_small_body_bytes: int = Field(default=2**20, gt=0)
+    max_decoded_bytes: int = Field(default=MAX_DECODED_BYTES, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # The edge devices' credentials (pumpfleet.devices); None: devices.json in the
+    # workspace, the folder that holds predictions_dir (where `pumpfleet edge device
+    # issue` writes it).
+    devices_uri: str | None = None
     # production serves champion and challenger; staging serves the ``staging`` alias only
     stage: Literal["production", "staging"] = "production"
     # how often each replica re-reads aliases and the split from the registry
@@ -51,6 +78,14 @@ class ScoringConfig(BaseModel):
             return {Arm.CHAMPION: STAGING}
         return {Arm.CHAMPION: CHAMPION, Arm.CHALLENGER: CHALLENGER}
 
+    def devices(self) -> str:
+        """Where the device book is (:attr:`devices_uri`, or the workspace's)."""
+        if self.devices_uri:
+            return self.devices_uri
+        root = self.predictions_dir.rstrip("/")
+        parent = root.rsplit("/", 1)[0] if "/" in root else "."
+        return f"{parent}/devices.json"
+
     def check(self) -> None:
         """Refuse to serve with no keys, unless for local development."""
         if not self.insecure_dev and not self.api_key_sha256:
@@ -62,13 +97,15 @@ class ScoringConfig(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pump_id: str = Field(min_length=1, max_length=128)
-    pump_class: str
+    pump_id: PumpId
+    pump_class: ClassName
     readings: dict[str, Annotated[list[Reading], Field(min_length=1, max_length=MAX_WINDOW)]] = (
         Field(description="raw readings per channel over the window, oldest first; null = missing")
     )
     explain: bool = Field(
-        default=False, description="also return per-channel and per-time-block attributions"
+        default=False,
+        strict=True,
+        description="also return per-channel and per-time-block attributions",
     )
 
 
@@ -109,28 +146,30 @@ class BatchResponse(BaseModel):
 class SplitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pump_class: str | None = Field(default=None, description="one class; all when absent")
-    challenger_weight: float | None = Field(default=None, ge=0.0, le=1.0)
-    shadow: bool | None = None
+    pump_class: ClassName | None = Field(default=None, description="one class; all when absent")
+    challenger_weight: float | None = Field(default=None, ge=0.0, le=1.0, strict=True)
+    shadow: bool | None = Field(default=None, strict=True)  # "yes" is no boolean
 
 
 class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    classes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+    classes: list[ClassName] | None = Field(
         default=None, min_length=1, description="classes to retrain; every served class if absent"
     )
     reason: str = Field(min_length=1, max_length=500, description="why; recorded with the job")
-    epochs: int | None = Field(default=None, ge=1, le=1000)
+    epochs: int | None = Field(default=None, ge=1, le=1000, strict=True)
 
 
 class Feedback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pump_id: str = Field(min_length=1, max_length=128)
-    pump_class: str = Field(min_length=1, max_length=64)
+    pump_id: PumpId
+    pump_class: ClassName
     observed_at: UnixTime | None = Field(
         default=None, description="when the outcome was seen (unix seconds); now if absent"
     )
     failed_at: UnixTime | None = Field(default=None, description="failure time (unix seconds)")
-    rul_hours: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    rul_hours: (
+        Annotated[float, Field(ge=0, le=MAX_RUL_HOURS, allow_inf_nan=False, strict=True)] | None
+    ) = None

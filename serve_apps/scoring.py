@@ -22,7 +22,8 @@ decode → group by class and arm → score → encode), ``prediction_log`` and 
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,14 +32,15 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
-from pumpfleet import explain, records
+from pumpfleet import devices, explain, records
 from pumpfleet.edge_ingest import EdgeUpload, handle_upload
+from pumpfleet.errors import PumpfleetError
 from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
 from serve_apps import batch, metrics, prediction_log
 from serve_apps.durable_log import DurableLog
-from serve_apps.errors import InvalidFields, Unavailable
-from serve_apps.http_app import ADMIN, SCORING, app, read_body
+from serve_apps.errors import Forbidden, InvalidFields, Unavailable
+from serve_apps.http_app import ADMIN, DEVICE, SCORING, app, device_of, read_body
 from serve_apps.model_set import ModelSet
 from serve_apps.schemas import (
     ARROW_STREAM,
@@ -55,6 +57,26 @@ from serve_apps.schemas import (
 log = logging.getLogger(__name__)
 
 
+def guarded(loop: str, step: Callable[[], object]) -> bool:
+    """One step of a background loop (a flush, a refresh): whatever it raises is logged
+    with its traceback and counted (``pumpfleet_loop_errors``), and the loop goes on."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s failed; carrying on", loop)
+        metrics.loop_failed(loop)
+        return False
+    return True
+
+
+def _shadow_done(future: Future[Any]) -> None:
+    """A shadow write's outcome: an error is logged and counted, never lost in the pool."""
+    e = future.exception()
+    if e is not None:
+        log.error("shadow scoring failed; the rows were logged without it", exc_info=e)
+        metrics.loop_failed("shadow")
+
+
 @serve.deployment(
     name="PumpScorer",
     max_ongoing_requests=64,
@@ -69,10 +91,18 @@ class PumpScorer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = c = ScoringConfig(**config)
         c.check()
-        app.state.max_body_bytes = c.max_body_bytes
         app.state.config = c
         self.models = ModelSet(Registry(c.tracking_uri), c.aliases(), c.challenger_weight, c.salt)
         self._refresh()
+        for cls, served in self.models.classes.items():
+            if served.weight_saved and served.weight != c.challenger_weight:
+                log.warning(
+                    "%s: its saved split (challenger weight %.2f) is served, not the "
+                    "configured default %.2f; change it with /v1/admin/split",
+                    cls,
+                    served.weight,
+                    c.challenger_weight,
+                )
         # Written ahead (one write call) before each answer, so a replica's death loses
         # no answered row; to Parquet by the flush thread every flush_seconds, on the
         # request path only when 20,000 rows wait (a stalled disk, a flood of batches).
@@ -89,23 +119,38 @@ class PumpScorer:
         log.info("%s: serving classes %s", c.stage, sorted(self.models.classes))
 
     def _refresh(self) -> dict[str, dict[str, str]]:
+        self._load_devices()  # first: a registry that is down must not delay a revoke
         versions = self.models.refresh()
         metrics.serving(self.models.classes)
         return versions
 
+    def _load_devices(self) -> None:
+        """The edge devices' credentials, re-read at every refresh (a revoked device is
+        refused within ``refresh_seconds``). A book that cannot be read lets no device
+        in until it can."""
+        where = self.config.devices()
+        try:
+            book = devices.load(where)
+        except (OSError, ValueError, PumpfleetError):
+            log.exception("the device book %s cannot be read: no device may upload", where)
+            book = devices.DeviceBook()
+        app.state.devices = devices.Verifier(book)
+
+    def _flush_once(self) -> None:
+        guarded("prediction log flush", self.log.flush)
+        guarded("feedback log flush", self.feedback_log.flush)
+
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
-            self.log.flush()
-            self.feedback_log.flush()
+            self._flush_once()
 
     def _refresh_loop(self) -> None:
         """Follow the registry: promotions, rollbacks and split changes made elsewhere (an
-        admin call on another replica, ``pumpfleet promote``) reach this replica too."""
+        admin call on another replica, ``pumpfleet promote``) reach this replica too; and
+        the device book. A refresh that fails (the registry is down) leaves what is loaded
+        serving."""
         while not self._stop.wait(self.config.refresh_seconds):
-            try:
-                self._refresh()
-            except Exception as e:  # the registry is down: keep serving what is loaded
-                log.warning("registry refresh failed; serving what is loaded: %s", e)
+            guarded("refresh", self._refresh)
 
     def __del__(self) -> None:  # graceful shutdown: nothing logged is lost
         self._stop.set()
@@ -127,9 +172,11 @@ class PumpScorer:
 
     @app.get("/v1/models", dependencies=SCORING)
     def list_models(self, request: Request) -> dict[str, Any]:
+        """Per class what is served: versions, the split and where it comes from (a split
+        saved on the registered model wins over the configured default weight)."""
         return {
             "stage": self.config.stage,
-            "challenger_weight": self.config.challenger_weight,
+            "default_challenger_weight": self.config.challenger_weight,
             "classes": self.models.listing(),
         }
 
@@ -155,7 +202,7 @@ class PumpScorer:
             else:
                 self._shadow.submit(
                     prediction_log.write_with_shadow, self.log, columns, challenger, g, items
-                )
+                ).add_done_callback(_shadow_done)
         return answers, groups
 
     @app.post("/v1/score", dependencies=SCORING)
@@ -197,8 +244,11 @@ class PumpScorer:
         answer is an Arrow IPC stream too (one row per item, ``error`` set on bad ones)."""
         started = time.perf_counter()
         body = await read_body(request, self.config.max_body_bytes)
-        ctype = request.headers.get("content-type", "").split(";")[0].strip()
-        items = batch.decode_arrow(body) if ctype == ARROW_STREAM else batch.decode_json(body)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == ARROW_STREAM:  # the door let only this and JSON in
+            items = batch.decode_arrow(body, self.config.max_decoded_bytes)
+        else:
+            items = batch.decode_json(body)
         answers, _ = self._score(items, started)
         if ARROW_STREAM in request.headers.get("accept", ""):
             return Response(batch.encode_arrow(items, answers), media_type=ARROW_STREAM)
@@ -227,11 +277,16 @@ class PumpScorer:
 
     # --- edge uploads -----------------------------------------------------------------
 
-    @app.post("/v1/edge/upload", dependencies=SCORING)
+    @app.post("/v1/edge/upload", dependencies=DEVICE)
     def edge_upload(self, up: EdgeUpload, request: Request) -> dict[str, Any]:
         """A device's predictions and alerts (store-and-forward from the edge agent),
         stored once per ``batch_key``: a batch sent again is acknowledged, not stored
-        twice. They land beside the cloud's prediction log, for monitoring and retraining."""
+        twice (the same key with other records is a 409). They land beside the cloud's
+        prediction log, for monitoring and retraining. A device uploads with its own
+        token, and only as itself."""
+        device = device_of(request)
+        if device is not None and up.device_id != device:
+            raise Forbidden(f"this token is device {device}'s: it may not upload as another")
         return handle_upload(self.config.predictions_dir, up.model_dump())
 
     # --- admin ---------------------------------------------------------------------

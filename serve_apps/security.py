@@ -99,7 +99,8 @@ class Access(Enum):
     FORBIDDEN = 403  # a valid scoring key on an admin route
 
 
-def _matches(presented: str | None, digests: Iterable[str]) -> bool:
+def matches(presented: str | None, digests: Iterable[str]) -> bool:
+    """Whether ``presented`` is one of the keys whose sha256 ``digests`` are given."""
     if not presented:
         return False
     d = digest(presented)
@@ -112,7 +113,7 @@ def _matches(presented: str | None, digests: Iterable[str]) -> bool:
 def check_scoring(api_key: str | None, keys: Iterable[str], insecure: bool) -> Access:
     if insecure:
         return Access.OK
-    return Access.OK if _matches(api_key, keys) else Access.MISSING
+    return Access.OK if matches(api_key, keys) else Access.MISSING
 
 
 def check_admin(
@@ -125,8 +126,8 @@ def check_admin(
     if insecure:
         return Access.OK
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() == "bearer" and _matches(token.strip(), admin_tokens):
+    if scheme.lower() == "bearer" and matches(token.strip(), admin_tokens):
         return Access.OK
-    if _matches(api_key, api_keys) or _matches(token.strip(), api_keys):
+    if matches(api_key, api_keys) or matches(token.strip(), api_keys):
         return Access.FORBIDDEN
     return Access.MISSING

@@ -315,3 +315,26 @@ def test_the_scoring_path_and_the_model_set_need_no_ray_mlflow_or_http() -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_shortcut_for_plain_windows_agrees_with_the_one_validation() -> None:
+    """batch.plainly_fine lets the usual window skip window_problems: it may only say
+    "fine" where window_problems finds nothing, and says it for the usual window."""
+    from pumpfleet.readings import window_problems
+
+    s = spec()
+    rng = np.random.default_rng(0)
+    raw = rng.normal(80, 30, (4000, W, 2))
+    holes = rng.random(raw.shape)
+    raw[holes < 0.05] = np.nan
+    raw[holes > 0.995] = np.inf
+    raw[(holes > 0.98) & (holes <= 0.985)] = 9999.0
+    raw[:20] = 80.0  # plain windows
+    fine = [batch.plainly_fine(w[None], s) for w in raw]
+    problems = window_problems(raw, s)
+    assert all(p is None for p, f in zip(problems, fine, strict=True) if f)
+    assert (
+        all(fine[:20])
+        and not all(fine)
+        and any(p is None and not f for p, f in zip(problems, fine, strict=True))
+    )

@@ -10,7 +10,19 @@ from typing import Any
 
 import pytest
 
-from pumpfleet.errors import InputError, PumpfleetError
+from pumpfleet.devices import DeviceBook, Verifier
+from pumpfleet.errors import ConflictError, InputError, PumpfleetError
+from serve_apps.doors import (
+    CALLER,
+    Caller,
+    Refusal,
+    Who,
+    admit,
+    body_limit,
+    body_problem,
+    door_of,
+    read_within,
+)
 from serve_apps.errors import (
     BodyTooLarge,
     Forbidden,
@@ -19,8 +31,8 @@ from serve_apps.errors import (
     Unauthorized,
     Unavailable,
 )
-from serve_apps.http_app import app, read_body, require_admin, require_key
-from serve_apps.schemas import ScoringConfig
+from serve_apps.http_app import app, require_admin, require_key
+from serve_apps.schemas import ARROW_STREAM, ScoringConfig
 from serve_apps.security import digest
 
 KEY = "scoring-key-0123456789"
@@ -64,6 +76,9 @@ def answer(exc: Exception) -> tuple[int, Any, dict[str, str]]:
             [{"loc": ["body"], "msg": "records.0.request_id: Field required"}],
         ),
         (BodyTooLarge("body over 10 bytes"), 413, "body over 10 bytes"),
+        # a batch key replayed with other records (an edge upload)
+        (ConflictError("batch_key b1 was stored before with other records"), 409,
+         "batch_key b1 was stored before with other records"),
         (Forbidden("this key may not use admin routes"), 403, "this key may not use admin routes"),
         (Unavailable("no job server"), 503, "no job server"),
     ],
@@ -83,42 +98,88 @@ def test_an_error_the_service_did_not_mean_stays_a_500() -> None:
     assert Exception not in app.exception_handlers
 
 
-def request(headers: dict[str, str], body: bytes = b"", **config: Any) -> Any:
-    cfg = ScoringConfig(
+def config(**extra: Any) -> ScoringConfig:
+    return ScoringConfig(
         tracking_uri="sqlite:///x",
         predictions_dir="p",
         api_key_sha256=[digest(KEY)],
         admin_token_sha256=[digest(TOKEN)],
-        **config,
+        **extra,
     )
 
-    async def read() -> bytes:
-        return body
 
-    state = SimpleNamespace(config=cfg)
-    return SimpleNamespace(app=SimpleNamespace(state=state), headers=headers, body=read)
+NO_DEVICES = Verifier(DeviceBook())
+
+
+def let_in(path: str, headers: dict[str, str], **extra: Any) -> Any:
+    """What the door of ``path`` decides for these headers."""
+    return admit(
+        door_of(path),
+        headers.get("x-api-key"),
+        headers.get("authorization"),
+        config(**extra),
+        NO_DEVICES,
+    )
 
 
 def test_scoring_routes_need_a_key_and_admin_routes_the_token() -> None:
-    asyncio.run(require_key(request({"x-api-key": KEY})))
-    with pytest.raises(Unauthorized):
-        asyncio.run(require_key(request({})))
-    with pytest.raises(Unauthorized):
-        asyncio.run(require_key(request({"x-api-key": KEY + "x"})))
-    asyncio.run(require_key(request({}, insecure_dev=True)))
-    asyncio.run(require_admin(request({"authorization": f"Bearer {TOKEN}"})))
-    with pytest.raises(Forbidden):
-        asyncio.run(require_admin(request({"x-api-key": KEY})))
-    with pytest.raises(Unauthorized):
-        asyncio.run(require_admin(request({})))
+    assert let_in("/v1/score", {"x-api-key": KEY}) == Caller(Who.SCORING)
+    assert let_in("/v1/score", {}) == Refusal(401, "missing or invalid credentials")
+    assert let_in("/v1/score", {"x-api-key": KEY + "x"}).status == 401
+    assert let_in("/v1/score", {}, insecure_dev=True) == Caller(Who.SCORING)
+    admin = {"authorization": f"Bearer {TOKEN}"}
+    assert let_in("/v1/admin/reload", admin) == Caller(Who.ADMIN)
+    assert let_in("/v1/admin/reload", {"x-api-key": KEY}) == Refusal(
+        403, "this key may not use admin routes"
+    )
+    assert let_in("/v1/admin/reload", {}).status == 401
+    assert let_in("/healthz", {}) == Caller(Who.ANYONE)
 
 
-def test_a_body_over_the_limit_is_refused_declared_or_read() -> None:
-    assert asyncio.run(read_body(request({}, b"12345"), 5)) == b"12345"
-    with pytest.raises(BodyTooLarge, match="body over 5 bytes"):
-        asyncio.run(read_body(request({"content-length": "6"}, b""), 5))
-    with pytest.raises(BodyTooLarge, match="body over 5 bytes"):
-        asyncio.run(read_body(request({}, b"123456"), 5))
+def test_a_route_is_never_reached_around_its_door() -> None:
+    def request(caller: Any) -> Any:
+        return SimpleNamespace(scope={} if caller is None else {CALLER: caller})
+
+    asyncio.run(require_key(request(Caller(Who.SCORING))))
+    asyncio.run(require_admin(request(Caller(Who.ADMIN))))
+    for caller in (None, Caller(Who.ANYONE), Caller(Who.DEVICE, "d")):
+        with pytest.raises(Unauthorized):
+            asyncio.run(require_key(request(caller)))
+    with pytest.raises(Unauthorized):  # a scoring key's pass opens no admin route
+        asyncio.run(require_admin(request(Caller(Who.SCORING))))
+
+
+def test_a_body_is_checked_for_its_type_and_declared_size_before_it_is_read() -> None:
+    score, batch = door_of("/v1/score"), door_of("/v1/score/batch")
+    json_ = "application/json"
+    assert body_problem(score, json_, 5, True, 5) is None
+    assert body_problem(score, json_, 6, True, 5) == Refusal(413, "body over 5 bytes")
+    assert body_problem(score, "text/plain", 6, True, 5) == Refusal(
+        415, "content-type text/plain is not accepted here: send application/json"
+    )
+    assert body_problem(score, None, None, False, 5) is None  # no body: nothing to check
+    assert body_problem(batch, ARROW_STREAM + "; x=1", 5, True, 5) is None
+    assert body_limit(score, config()) == 2**20
+    assert body_limit(batch, config()) == 32 * 2**20
+    assert body_limit(score, config(max_body_bytes=1000)) == 1000
+
+
+def test_a_body_sent_in_chunks_is_refused_once_over_its_limit() -> None:
+    sent = [b"12", b"34", b"56", b"78"]
+
+    def receiver() -> Any:
+        async def receive() -> dict[str, Any]:
+            chunk = sent[len(taken)]
+            taken.append(chunk)
+            return {"type": "http.request", "body": chunk, "more_body": len(taken) < len(sent)}
+
+        return receive
+
+    taken: list[bytes] = []
+    assert asyncio.run(read_within(receiver(), 8, 1.0)) == b"12345678"
+    taken = []
+    assert asyncio.run(read_within(receiver(), 5, 1.0)) == Refusal(413, "body over 5 bytes")
+    assert taken == [b"12", b"34", b"56"]  # the rest is never read
 
 
 def test_retrain_submits_with_the_ray_token_from_the_settings(

@@ -105,7 +105,7 @@ def test_each_class_serves_the_versions_behind_its_aliases() -> None:
     listed = models.listing()
     assert listed["esp"] == {
         "champion": "3", "challenger": "4", "challenger_weight": 0.2, "shadow": False,
-        "anomaly": None,
+        "weight_saved": False, "anomaly": None,
     }  # fmt: skip
 
 
@@ -171,14 +171,16 @@ def test_split_tags_are_read_and_an_unreadable_weight_is_ignored(
     with caplog.at_level(logging.WARNING, logger="serve_apps.model_set"):
         models.refresh()
     esp, rod = models.classes["esp"], models.classes["rod"]
-    assert (esp.weight, esp.shadow) == (0.7, True)
-    assert (rod.weight, rod.shadow) == (0.2, False)  # the configured weight stands
+    assert (esp.weight, esp.shadow, esp.weight_saved) == (0.7, True, True)
+    # the configured weight stands, and /v1/models says it is not a saved one
+    assert (rod.weight, rod.shadow, rod.weight_saved) == (0.2, False, False)
     assert f"ignoring the unreadable tag {WEIGHT_TAG}='lots'" in caplog.text
     # a weight set live survives a refresh that finds an unreadable tag
     models.set_split("rod", 0.9, None)
     reg.tags[model_name("rod")][WEIGHT_TAG] = "lots"
     models.refresh()
-    assert models.classes["rod"].weight == 0.9
+    assert (models.classes["rod"].weight, models.classes["rod"].weight_saved) == (0.9, True)
+    assert models.listing()["rod"]["weight_saved"] is True
 
 
 def test_split_from_tags_clips_and_defaults() -> None:
