@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The images of pumpfleet, named as the manifests under cluster/ use them:
-#   docker build -t ghcr.io/pumpfleet/pumpfleet:0.1.0 .
-#       Ray head and CPU workers: Ray 2.60.0, Python 3.11, CPU-only torch.
+#   docker build --build-arg GIT_COMMIT="$(git rev-parse HEAD)" -t ghcr.io/pumpfleet/pumpfleet:0.1.0 .
+#       Ray head and CPU workers: Ray 2.60.0, Python 3.11, CPU-only torch. GIT_COMMIT
+#       becomes the image's revision label and the commit its jobs record.
 #   docker build --build-arg VARIANT=gpu --build-arg TORCH_INDEX=https://pypi.org/simple \
 #       -t ghcr.io/pumpfleet/pumpfleet:0.1.0-gpu .
 #       Ray GPU workers: the same on Ray's CUDA image, with PyPI's CUDA build of torch.
@@ -32,11 +33,17 @@ FROM rayproject/ray:2.60.0-py311-${VARIANT} AS pumpfleet
 # torch comes from this index: PyTorch's CPU wheels by default (an unpinned index would
 # bring the CUDA build, gigabytes the CPU nodes never use).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The commit the image is built from: its revision label, and what every run in it
+# records (Settings.git_commit); a job that ships its own working dir passes its own
+# PUMPFLEET_GIT_COMMIT in its runtime env, which wins.
+ARG GIT_COMMIT=""
 LABEL org.opencontainers.image.title="pumpfleet" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${GIT_COMMIT}" \
       io.pumpfleet.image="ghcr.io/pumpfleet/pumpfleet"
-ENV PIP_NO_CACHE_DIR=1 \
+ENV PUMPFLEET_GIT_COMMIT="${GIT_COMMIT}" \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     RAY_USAGE_STATS_ENABLED=0 \

@@ -256,9 +256,14 @@ def submit_retrain(
 ) -> str:
     """Submit a retrain with ``options`` to the Ray job server at ``address`` (its
     dashboard URL) through Ray's Job Submission API; returns the submission id. ``token``
-    is the cluster's Ray auth token where token authentication is on."""
+    is the cluster's Ray auth token where token authentication is on. The job's runtime
+    environment carries the submitter's git commit, which the job records."""
     from ray.job_submission import JobSubmissionClient
 
+    from pumpfleet.lineage import submission_env
+
+    env = {**submission_env(), **(runtime_env or {}).get("env_vars", {})}
+    runtime_env = {**(runtime_env or {}), "env_vars": env} if env else runtime_env
     headers = {"Authorization": f"Bearer {token}"} if token else None
     client = JobSubmissionClient(address, headers=headers)
     job_id = f"{RETRAIN_JOB_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"

@@ -1,22 +1,28 @@
 """Reproducing a recorded training trial: retrained from its snapshot, config and seed,
 and its per-epoch validation metrics compared with the recorded ones. No Ray: the trial
-runs here, on one thread as it did in Tune."""
+runs here, on one thread as it did in Tune. Where the code (git commit) or a library
+version differs from the run's, it says so: the numbers may then differ for that reason.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import torch
 
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.features import FeatureSpec
+from pumpfleet.lineage import code_tags, differences
 from pumpfleet.registry import Registry
 from pumpfleet.search_space import config_hash, train_config
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.training import fit
 from pumpfleet.training_run import load_data
+
+log = logging.getLogger(__name__)
 
 
 def reproduce(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -28,7 +34,10 @@ def reproduce(settings: Settings, run_id: str) -> dict[str, Any]:
     if not snapshot or "pump_class" not in params:
         raise InputError(f"run {run_id} is not a training trial (no snapshot or class recorded)")
     config = parse_params(params)
-    snap = open_snapshot(str(settings.features_dir), snapshot)
+    changed = differences(run_tags, code_tags(settings))
+    for line in changed:
+        log.warning("run %s was recorded with other code: %s", run_id, line)
+    snap = open_snapshot(settings.features_uri, snapshot)
     cls = config["pump_class"]
     data = load_data(snap)
     if cls not in data:
@@ -63,6 +72,7 @@ def reproduce(settings: Settings, run_id: str) -> dict[str, Any]:
         "reproduced": {k: got[k].get(max(history[k])) if history[k] else None for k in history},
         "max_abs_difference": diffs,
         "identical": all(d == 0.0 for d in diffs.values() if d is not None),
+        "code_differs": changed,
     }
 
 

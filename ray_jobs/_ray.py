@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray
 
+from pumpfleet.lineage import submission_env
 from pumpfleet.settings import Settings, apply_engine_env, engine_env
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,10 @@ def init_ray(settings: Settings) -> bool:
     # the workers too: Serve replicas and Tune trials talk to MLflow themselves.
     names = dict.fromkeys((*_PASS_ON, *engine_env(settings)))
     env_vars = {k: os.environ[k] for k in names if k in os.environ}
-    # Workers resolve the workspace as this driver did, whatever their working folder.
+    # Workers resolve the workspace as this driver did, whatever their working folder,
+    # and record the commit this driver runs (their working dir has no .git).
     env_vars["PUMPFLEET_HOME"] = str(settings.home)
+    env_vars |= submission_env(settings)
     runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining the Ray cluster at %s", settings.ray_address)
@@ -65,6 +68,7 @@ def cluster_cpus() -> int:
 # Settings the workers need to see as the driver does.
 _PASS_ON = (
     "MLFLOW_TRACKING_URI",
+    "AWS_DEFAULT_REGION",
     "RAY_USAGE_STATS_ENABLED",
     "MLFLOW_DISABLE_TELEMETRY",
     "ORT_DISABLE_TELEMETRY",
