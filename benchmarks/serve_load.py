@@ -1,15 +1,18 @@
 """The scoring service under load, against its baselines, in one run on the same model:
 
-- **serve**: the pumpfleet app on Ray Serve (A/B routing on, predictions logged),
-  throughput-optimised mode, ``--replicas`` replicas;
+- **serve**: the pumpfleet app on Ray Serve (A/B routing on, predictions logged ahead
+  of each answer), throughput-optimised mode, ``--replicas`` replicas, measured through
+  its front door (Serve's HAProxy ingress on the port ``pumpfleet serve`` prints: the
+  address a user and a load balancer call), straight to the replicas' own ports, and
+  through Serve's Python proxy (the front door's fallback);
 - **fastapi**: the same ONNX model and feature code behind one plain FastAPI app under
   uvicorn with 2 workers, no Ray (``benchmarks/plain_app.py``);
 - **in-process**: onnxruntime called from Python, one window at a time (the limit).
 
 Single-window requests at 16 and 64 concurrent clients for a fixed time (throughput,
 p50, p99, errors); batches of 1,000 windows as JSON and as Arrow IPC (windows/s); and
-chaos under load: promote the challenger, change the split and kill a replica while
-16 clients keep scoring (failed requests).
+chaos under load, through the front door: promote the challenger, change the split and
+kill a replica while 16 clients keep scoring (failed requests).
 
     python -m benchmarks.serve_load [--seconds 10] [--replicas 2]
 
@@ -109,6 +112,8 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
             await reader.readexactly(size + 2)
             if size == 0:
                 break
+    if b"connection: close" in lines:  # the front door reloaded: a new connection next
+        writer.close()
     return status
 
 
@@ -151,7 +156,7 @@ async def _load(
         while time.perf_counter() < end:
             t = time.perf_counter()
             try:
-                if conn is None:
+                if conn is None or conn[1].is_closing():
                     conn = await asyncio.open_connection(host, int(port))
                 status = await asyncio.wait_for(_request(*conn, raws[i % len(raws)]), TIMEOUT)
                 if status == 200:
@@ -303,14 +308,13 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+    from pumpfleet_cli.demo import free_port
     from ray_jobs._ray import init_ray
     from serve_apps import run as serve_run
-
-    serve_run.use_serve_env()  # as `pumpfleet serve` runs: before Ray starts
-    from pumpfleet_cli.demo import free_port
     from serve_apps.security import Secrets, digest
 
     home = Path(tempfile.mkdtemp(prefix="pumpfleet-serve-load-"))
+    serve_run.use_serve_env(home=home)  # as `pumpfleet serve` runs: before Ray starts
     key, admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     headers = {"x-api-key": key}
     plain: subprocess.Popen[bytes] | None = None
@@ -345,10 +349,9 @@ def main(argv: list[str] | None = None) -> None:
         plain.wait(30)
         plain = None
 
-        # (a) the pumpfleet app on Ray Serve: through Serve's HTTP proxy (the address
-        # `pumpfleet serve` prints) and straight to the replicas' own ports (direct
-        # ingress, what throughput-optimised mode is for; a load balancer fronts them on
-        # a cluster)
+        # (a) the pumpfleet app on Ray Serve: through the front door (HAProxy, the address
+        # `pumpfleet serve` prints), straight to the replicas' own ports (direct ingress)
+        # and through Serve's Python proxy (the door's fallback)
         init_ray(settings)
         secrets_ = Secrets(api_keys=(digest(key),), admin_tokens=(digest(admin),))
         port = free_port()
@@ -358,17 +361,17 @@ def main(argv: list[str] | None = None) -> None:
         _wait_http(url)
         httpx.post(f"{url}/v1/score", json=bodies[0], headers=headers).raise_for_status()
         direct = _direct_urls(args.replicas, headers)
+        proxy = f"http://127.0.0.1:{os.environ['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT']}"
         for n in args.concurrency:
+            rows[f"door@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
             rows[f"serve@{n}"] = asyncio.run(_load(direct or url, headers, bodies, n, args.seconds))
-            rows[f"proxy@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
-        fast = (direct or [url])[0]
+            rows[f"proxy@{n}"] = asyncio.run(_load(proxy, headers, bodies, n, args.seconds))
         rows["serve@batch"] = {
-            "json": _batch_rate(fast, headers, json_batch, "application/json", args.batches),
+            "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
             "arrow": _batch_rate(
-                fast, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
+                url, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
             ),
         }
-        rows["serve@batch"]["direct"] = len(direct)
 
         # chaos: promote, change the split, kill a replica, while 16 clients score
         reg = Registry(settings.tracking_uri, settings.artifact_root)
@@ -425,10 +428,10 @@ def _ratio(a: float, b: float) -> str:
 def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     base = rows[f"fastapi@{concurrency[0]}"]
     table = []
-    names = {"serve": "serve, direct ingress", "proxy": "serve, via its proxy",
-             "fastapi": "fastapi, 2 workers"}  # fmt: skip
+    names = {"door": "serve, front door (HAProxy)", "serve": "serve, replicas' own ports",
+             "proxy": "serve, Python proxy", "fastapi": "fastapi, 2 workers"}  # fmt: skip
     for n in concurrency:
-        for arm in ("serve", "proxy", "fastapi"):
+        for arm in ("door", "serve", "proxy", "fastapi"):
             r = rows[f"{arm}@{n}"]
             ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
             row = [names[arm], n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
@@ -439,7 +442,7 @@ def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
     print(format_table(head, table))
     fb, sb = rows["fastapi@batch"], rows["serve@batch"]
-    via = f"direct, {sb['direct']} replicas" if sb["direct"] else "proxy"
+    via = "front door"
     batches = [
         ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
         [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
@@ -455,10 +458,13 @@ def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     print(
         f"  {ch['rps']:,.0f} req/s, p99 {ch['p99']:.1f} ms, failed requests {ch['errors']} {kinds}"
     )
-    s16 = rows[f"serve@{concurrency[0]}"]
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
+    f64 = rows[f"fastapi@{concurrency[-1]}"]
     print(
-        f"serve_p99_ms={s16['p99']:.1f} ratio={s16['rps'] / base['rps']:.2f} "
-        f"arrow_wps={sb['arrow']:.0f} chaos_errors={ch['errors']}"
+        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / base['rps']:.2f} "
+        f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
+        f"chaos_errors={ch['errors']}"
     )
 
 

@@ -1,13 +1,14 @@
 """A soak of the scoring service through its front door, for a bounded time: valid load
 with no faults first (the baseline), then the same valid load while bad inputs, slow
-clients, a promotion, a split change and a replica kill come at it (issue 16).
+clients, a promotion, a split change and a replica kill come at it, then a short burst
+of more clients than the replicas take (issue 16).
 
 Prints requests by status per kind of traffic, the 5xx (must be 0), the requests left
 unanswered within 30 s (0), each replica's peak resident memory against ``--rss-bound-mb``,
 the answered requests against the rows in the prediction log (equal), and whether the
 service answers a valid request afterwards; last, one line of ``key=value``.
 
-    python -m benchmarks.soak [--seconds 60] [--clients 16]
+    python -m benchmarks.soak [--seconds 60] [--clients 16] [--overload 300]
 
 Loopback only, on a Ray of its own in a temp workspace; every loop is bounded in time
 and in count. About 2 minutes on 2 cores with the defaults (start-up included).
@@ -32,6 +33,7 @@ from benchmarks import serve_harness as h
 from pumpfleet.tables import format_table
 
 BATCH = 20  # windows in each valid JSON batch
+OVERLOAD_S = 5.0
 ARROW = "application/vnd.apache.arrow.stream"
 
 
@@ -231,7 +233,7 @@ def _row(name: str, outs: list[h.Outcome], seconds: float) -> list[Any]:
     return [*row, sum(other.values()), rate, p99]
 
 
-def run(seconds: float, clients: int, rss_bound_mb: float) -> dict[str, Any]:
+def run(seconds: float, clients: int, rss_bound_mb: float, overload: int) -> dict[str, Any]:
     import httpx
     import ray
 
@@ -247,6 +249,9 @@ def run(seconds: float, clients: int, rss_bound_mb: float) -> dict[str, Any]:
         with h.service(home, 2) as svc:
             base = asyncio.run(h.clients(svc.port, svc.scoring, clients, seconds / 4, tag="valid"))
             soak = asyncio.run(_soak(svc, seconds, clients, memory))
+            # last, more clients than the replicas take (2 x (64 in progress + 32 queued)):
+            # the rest must be answered 503 with Retry-After at once
+            burst = asyncio.run(h.clients(svc.port, svc.scoring, overload, OVERLOAD_S))
             after = httpx.post(
                 f"{svc.url}/v1/score", json=h.bodies(svc.spec, 1)[0], headers=svc.headers
             ).status_code
@@ -260,11 +265,13 @@ def run(seconds: float, clients: int, rss_bound_mb: float) -> dict[str, Any]:
         1  # the window service() scored to see that it serves
         + sum(o.status == "200" for o in base)
         + sum(o.status == "200" for o in outs if o.tag == "valid")
+        + sum(o.status == "200" for o in burst)
         + BATCH * sum(o.status == "200" for o in outs if o.tag == "valid batch")
         + (after == 200)
     )
     return {
         "base": base,
+        "overload": burst,
         "base_seconds": seconds / 4,
         "soak": soak,
         "after": after,
@@ -273,6 +280,7 @@ def run(seconds: float, clients: int, rss_bound_mb: float) -> dict[str, Any]:
         "written": written,
         "peak_rss_mb": memory.peak,
         "rss_bound_mb": rss_bound_mb,
+        "overload_clients": overload,
         "load": os.getloadavg(),
     }
 
@@ -285,8 +293,12 @@ def report(r: dict[str, Any]) -> str:
             "200/s", "p99 ms"]  # fmt: skip
     rows = [_row("baseline: valid, no faults", r["base"], r["base_seconds"])]
     rows += [_row(f"soak: {k}", [o for o in outs if o.tag == k], s) for k in kinds]
-    everything = r["base"] + outs
-    c5 = sum(o.status.startswith("5") for o in everything)  # 503 included
+    burst = r["overload"]
+    rows.append(_row(f"overload: {r['overload_clients']} clients, valid", burst, OVERLOAD_S))
+    everything = r["base"] + outs + burst
+    shed = [o for o in burst if o.status == "503"]
+    # any 5xx, a 503 too, except the overload burst's 503s: those are its designed answer
+    c5 = sum(o.status.startswith("5") for o in everything) - len(shed)
     unanswered = sum(o.status == "unanswered" for o in everything)
     odd = [o for o in everything if not o.status[0].isdigit() and o.status != "unanswered"]
     slow = [o for o in outs if o.tag == "slow client"]
@@ -297,6 +309,9 @@ def report(r: dict[str, Any]) -> str:
         "",
         f"events: {'; '.join(soak['events'])}",
         f"answers that were not HTTP, by kind: {h.by_status(odd) or 'none'}",
+        f"overload: {len(shed)} of {len(burst)} requests shed (503), "
+        f"Retry-After {sorted({o.retry_after for o in shed}, key=str) or '-'}, "
+        f"the slowest 503 in {max((o.end - o.start for o in shed), default=0) * 1000:.0f} ms",
         f"slow clients cut off (408): {sum(o.status == '408' for o in slow)} of {len(slow)}, "
         f"the last after {max((o.end - o.start for o in slow), default=0):.1f} s",
         f"peak RSS per replica (MB; bound {r['rss_bound_mb']:.0f}): {mem}",
@@ -304,7 +319,7 @@ def report(r: dict[str, Any]) -> str:
         f"{r['logged']} ({r['written']} written)",
         f"a valid request afterwards: {r['after']}",
         f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in r['load'])}",
-        f"status_5xx={c5} unanswered={unanswered} peak_rss_mb={peak:.0f} "
+        f"status_5xx={c5} unanswered={unanswered} shed_503={len(shed)} peak_rss_mb={peak:.0f} "
         f"rss_within_bound={int(peak <= r['rss_bound_mb'])} logged={r['logged']} "
         f"answered={r['answered']} after={r['after']}",
     ]
@@ -315,9 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0, help="of faults (baseline: 1/4)")
     parser.add_argument("--clients", type=int, default=16, help="valid single-window clients")
-    parser.add_argument("--rss-bound-mb", type=float, default=1500.0)
+    parser.add_argument("--rss-bound-mb", type=float, default=1000.0)
+    parser.add_argument("--overload", type=int, default=300, help="clients of the last burst")
     args = parser.parse_args(argv)
-    print(report(run(args.seconds, args.clients, args.rss_bound_mb)))
+    print(report(run(args.seconds, args.clients, args.rss_bound_mb, args.overload)))
 
 
 if __name__ == "__main__":
