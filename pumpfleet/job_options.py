@@ -236,7 +236,11 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
     :class:`RetrainOptions` per flag."""
     p.add_argument("--classes", nargs="+", default=None, help="only these classes")
     p.add_argument("--reason", default="requested", help="why (recorded with the run)")
-    p.add_argument("--source", default=None, help="fleet dataset (default: workspace)")
+    p.add_argument(
+        "--source",
+        default=None,
+        help="fleet dataset (default: the one the champions' snapshot was ingested from)",
+    )
     p.add_argument("--config", help="search space, YAML or JSON (see SearchSpace)")
     p.add_argument("--epochs", type=positive("--epochs"), default=None)
     p.add_argument("--seed", type=int, default=None)

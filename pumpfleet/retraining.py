@@ -4,6 +4,10 @@ test of each new challenger that was not promoted. The classes that have a healt
 (anomaly) model get a new one on the same snapshot, gated and (only if asked) promoted by
 its own policy (``pumpfleet.anomaly_training``).
 
+It ingests the fleet the champions were trained on, with the ingest settings recorded
+with their snapshot (:func:`retrain_data`): a fleet ingested with 50-step windows from
+``s3://bucket/fleet`` is retrained from there with 50-step windows, whoever asked.
+
 The steps that run on Ray (ingest, the two searches) come in as :class:`RetrainSteps`:
 ``ray_jobs.retrain`` passes the Ray jobs' own, so the orchestration here needs no Ray.
 """
@@ -17,14 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pumpfleet.errors import DataError, RegistryError
+from pumpfleet.errors import DataError, InputError, PumpfleetError, RegistryError
 from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.job_options import RetrainOptions
 from pumpfleet.lifecycle import current_user
-from pumpfleet.registry import Registry, model_name
+from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.routing import split_tags
 from pumpfleet.search_space import AnomalySearchSpace, SearchSpace, space_from_args
 from pumpfleet.settings import Settings
+from pumpfleet.snapshot import Snapshot, open_snapshot
 from pumpfleet.windows import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,70 @@ class RetrainSteps:
     ]
 
 
+@dataclass(frozen=True)
+class RetrainData:
+    """What a retrain ingests: the fleet dataset, the features folder and the ingest
+    settings, and the snapshot they were recorded with (None: the defaults)."""
+
+    source: str
+    features_root: str
+    config: WindowConfig
+    recorded_with: str | None
+
+
+def _recorded(snap: Snapshot) -> tuple[str, WindowConfig] | None:
+    """The fleet a snapshot was ingested from and the settings it was ingested with."""
+    source = snap.manifest.get("summary", {}).get("source")
+    config = snap.manifest.get("config")
+    if not source or config is None:
+        return None
+    return str(source), WindowConfig.model_validate(config)
+
+
+def retrain_data(
+    settings: Settings, classes: list[str] | None, source: str | None = None
+) -> RetrainData:
+    """The fleet and ingest settings recorded with the snapshot the champions of
+    ``classes`` (every class if None) were trained on; where no class has a champion,
+    those of the latest snapshot; else the workspace's data with the default settings.
+    ``source`` replaces the recorded fleet (the settings stay the recorded ones).
+    Champions trained on fleets ingested differently are an InputError: retrain them
+    one by one."""
+    root = settings.features_uri
+    registry = Registry(settings.tracking_uri, settings.artifact_root)
+    found: dict[tuple[str, str], str] = {}  # (fleet, settings) → the snapshot that says so
+    for cls in classes if classes is not None else registry.classes():
+        version = registry.version_by_alias(model_name(cls), CHAMPION)
+        sid = version and registry.version_tags(model_name(cls), version).get("feature_snapshot")
+        if not sid:
+            continue
+        try:
+            recorded = _recorded(open_snapshot(root, sid))
+        except PumpfleetError as e:
+            log.warning("%s: the champion's snapshot is unreadable: %s", cls, e)
+            continue
+        if recorded is not None:
+            found.setdefault((recorded[0], recorded[1].model_dump_json()), sid)
+    if not found:
+        try:
+            latest = open_snapshot(root)
+        except PumpfleetError:
+            latest = None
+        recorded = _recorded(latest) if latest is not None else None
+        if latest is not None and recorded is not None:
+            found[(recorded[0], recorded[1].model_dump_json())] = latest.id
+    if len(found) > 1:
+        said = "; ".join(f"snapshot {sid}: {fleet}" for (fleet, _), sid in sorted(found.items()))
+        raise InputError(
+            f"the champions were trained on fleets ingested differently ({said}): "
+            "retrain their classes one at a time"
+        )
+    if not found:
+        return RetrainData(source or settings.data_uri, root, WindowConfig(), None)
+    ((fleet, config), sid) = next(iter(found.items()))
+    return RetrainData(source or fleet, root, WindowConfig.model_validate_json(config), sid)
+
+
 def run_retrain(
     settings: Settings,
     steps: RetrainSteps,
@@ -64,9 +133,14 @@ def run_retrain(
     was not promoted (the split the scoring service reads from the registry)."""
     started = time.monotonic()
     log.info("retraining %s: %s", ", ".join(classes) if classes else "every class", reason)
-    ingest = steps.ingest(
-        settings, source or str(settings.data_dir), str(settings.features_dir), WindowConfig()
+    data = retrain_data(settings, classes, source)
+    log.info(
+        "ingesting %s with the settings of snapshot %s: %s",
+        data.source,
+        data.recorded_with or "(none: the defaults)",
+        data.config.model_dump(),
     )
+    ingest = steps.ingest(settings, data.source, data.features_root, data.config)
     snapshot = ingest["snapshot_id"]
     train = steps.train(settings, snapshot, space, classes)
     trained = sorted(train["classes"])
@@ -81,6 +155,9 @@ def run_retrain(
     )
     return {
         "reason": reason,
+        "source": data.source,
+        "ingest_config": data.config.model_dump(),
+        "settings_of_snapshot": data.recorded_with,
         "snapshot_id": snapshot,
         "new_snapshot": not ingest.get("up_to_date", False),
         "classes": {

@@ -7,8 +7,10 @@ steps (``ray_jobs.ingest``, ``ray_jobs.train``, ``ray_jobs.train_anomaly``).
     python -m ray_jobs.retrain [--classes esp rod] [--reason "drift on esp"] [--promote]
                                [--no-health]
 
-Submitted as a Ray job by the Serve admin route (``POST /v1/admin/retrain``), and run by
-hand or on a schedule. Without ``--promote`` a challenger that passes the gates stays
+Submitted as a Ray job by the Serve admin route (``POST /v1/admin/retrain``) and the
+monitor, and run by hand or on a schedule. It ingests the fleet the champions' snapshot
+was ingested from, with the same ingest settings (``pumpfleet.retraining.retrain_data``);
+``--source`` names another fleet. Without ``--promote`` a challenger that passes the gates stays
 challenger: a person (``pumpfleet promote``) or an online A/B test decides.
 """
 
