@@ -94,7 +94,7 @@ def prepare(home: Path | None = None) -> dict[str, str]:
         "#!/bin/sh\n"
         "# Serve's HAProxy with pumpfleet's additions (serve_apps/haproxy_config.py)\n"
         f"exec {shlex.quote(sys.executable)} -I {shlex.quote(script)} "
-        f"{shlex.quote(_real_binary())} {shlex.quote(str(root / OPTIONS))} \"$@\"\n"
+        f'{shlex.quote(_real_binary())} {shlex.quote(str(root / OPTIONS))} "$@"\n'
     )
     wrapper.chmod(0o700)
     write_options(root, max_body_bytes=32 * 2**20)
