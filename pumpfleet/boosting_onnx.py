@@ -115,3 +115,47 @@ def boosted_onnx(
     model.ir_version = stats.ir_version
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def mean_of_graphs(graphs: list[bytes]) -> bytes:
+    """One graph whose ``scores`` are the mean of ``graphs``' (each ``window`` → ``scores``)."""
+    parts = [onnx.load_from_string(g) for g in graphs]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    outputs: list[str] = []
+    opsets: dict[str, int] = {}
+    for i, part in enumerate(parts):
+        part = onnx.compose.add_prefix(part, f"m{i}_")
+        for node in part.graph.node:
+            node.input[:] = [INPUT if n == f"m{i}_{INPUT}" else n for n in node.input]
+        nodes += part.graph.node
+        inits += part.graph.initializer
+        outputs.append(f"m{i}_{OUTPUT}")
+        for o in part.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    nodes.append(helper.make_node("Mean", outputs, [OUTPUT]))
+    graph = helper.make_graph(
+        nodes,
+        "pumpfleet-blend",
+        [
+            helper.make_tensor_value_info(
+                INPUT, TensorProto.FLOAT, ["batch", *_fixed_dims(parts[0])]
+            )
+        ],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", 2])],
+        inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+        producer_name="pumpfleet",
+    )
+    model.ir_version = max(p.ir_version for p in parts)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _fixed_dims(model: onnx.ModelProto) -> list[int]:
+    """The window and channel sizes of a graph's input ``[batch, W, C]``."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims[1:]]

@@ -14,6 +14,8 @@ life as a fraction of the cap, and the probability of failure within the horizon
   (:mod:`pumpfleet.window_stats`), computed inside the model, so that it reads the same
   standardised windows as every other kind (:mod:`pumpfleet.boosting`).
 
+``blend_gbm`` averages a network kind with a gbm trained on the same windows.
+
 ``members > 1`` makes any kind an ensemble: that many independently initialised copies,
 each trained on its own loss, whose outputs are averaged (less variance from one
 initialisation; the size grows by the same factor). A ``gbm`` ensemble is that many
@@ -60,11 +62,18 @@ class ModelConfig(BaseModel):
     leaves: int = Field(default=15, ge=2, le=255)
     trees: int = Field(default=1500, ge=1, le=20_000)
     min_leaf: int = Field(default=50, ge=1)
+    # The boosters' learning rate (shrinkage); the search's ``lr`` is the networks'.
+    tree_lr: float = Field(default=0.03, gt=0, le=1)
+    # A network kind averaged with a gbm trained on the same windows (their errors
+    # differ: trees read summaries, the network the sequence).
+    blend_gbm: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
         if self.kind == "transformer" and self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        if self.kind == "gbm" and self.blend_gbm:
+            raise ValueError("blend_gbm blends a network kind with a gbm; kind is gbm already")
         return self
 
     @property
@@ -257,9 +266,13 @@ class Ensemble(_TwoOutputs):
 def build_model(n_channels: int, cfg: ModelConfig) -> nn.Module:
     """The model of ``cfg.kind`` for windows of ``n_channels`` channels (a ``gbm`` is
     untrained until :func:`pumpfleet.boosting.fit_boosted` or its state fills it)."""
-    if cfg.kind == "gbm":
-        from pumpfleet.boosting import BoostedTrees
+    if cfg.kind == "gbm" or cfg.blend_gbm:
+        from pumpfleet.boosting import Blended, BoostedTrees
 
+        if cfg.blend_gbm:
+            net = build_model(n_channels, cfg.model_copy(update={"blend_gbm": False}))
+            trees = cfg.model_copy(update={"kind": "gbm", "members": 1, "blend_gbm": False})
+            return Blended(net, BoostedTrees(n_channels, trees))
         return BoostedTrees(n_channels, cfg)
     if cfg.members > 1:
         single = cfg.model_copy(update={"members": 1})

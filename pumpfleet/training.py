@@ -141,6 +141,14 @@ def _fit(
 ) -> tuple[nn.Module, dict[str, float | None]]:
     rng = np.random.default_rng(cfg.seed)
     model = build_model(spec.n_channels, cfg.model)
+    # A blend's trees are fitted first; the loop below trains its network.
+    net = model
+    if cfg.model.blend_gbm:
+        from pumpfleet.boosting import fit_trees
+
+        net = model.net  # type: ignore[assignment]
+        if resume is None:
+            fit_trees(model, train, val, spec, cfg)  # type: ignore[arg-type]
     # What is evaluated, checkpointed and returned: the weights, or their moving average.
     scored = copy.deepcopy(model) if cfg.ema_decay is not None else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -169,7 +177,7 @@ def _fit(
             xb = x[t]
             if cfg.noise_std > 0:
                 xb = xb + cfg.noise_std * torch.randn_like(xb)
-            loss = _loss(model, xb, y_rul[t], y_fail[t], cfg.failure_loss_weight)
+            loss = _loss(net, xb, y_rul[t], y_fail[t], cfg.failure_loss_weight)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(
@@ -189,7 +197,7 @@ def _fit(
         report["train_loss"] = total / len(train)
         rmse = report["rmse"]
         if rmse is not None and rmse < best["rmse"]:
-            weights = {k: v.detach().clone() for k, v in scored.state_dict().items()}
+            weights = copy.deepcopy(scored.state_dict())
             best = {"rmse": rmse, "epoch": epoch, "weights": weights, "report": dict(report)}
         report["best_epoch"] = float(best["epoch"])
         log.debug("epoch %d: %s", epoch, report)

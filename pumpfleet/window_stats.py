@@ -10,6 +10,12 @@ Per channel, over the window: mean, standard deviation, least-squares slope per 
 minimum, maximum, the mean of the last ``tail`` steps and the slope over the last half.
 Features are ordered statistic-major: all channels' means, then all standard deviations,
 and so on (:func:`feature_names`).
+
+They are computed in float64 and rounded to float32 at the end. Trees split between
+neighbouring feature values, and in float32 the mean of the same window differs by one
+step between torch and onnxruntime (they sum in other orders), which sends a window down
+the other branch; in float64 the two agree to far below a float32 step, so the rounded
+features are the same.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ import torch
 from torch import nn
 
 STATS = ("mean", "std", "slope", "min", "max", "tail_mean", "recent_slope")
+NOISE = 1e-9  # |feature| below this is 0 (see forward)
 TAIL = 5  # steps of "tail_mean": the latest level, with the noise of one step averaged
 
 
 def _centred_steps(n: int) -> torch.Tensor:
-    t = torch.arange(n, dtype=torch.float32)
+    t = torch.arange(n, dtype=torch.float64)
     return t - t.mean()
 
 
@@ -44,6 +51,7 @@ class WindowStats(nn.Module):
         self.register_buffer("recent_w", (h / (h * h).sum()).reshape(1, -1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
         mean = x.mean(dim=1)
         centred = x - mean.unsqueeze(1)
         std = torch.sqrt((centred * centred).mean(dim=1))
@@ -52,7 +60,10 @@ class WindowStats(nn.Module):
         high = x.max(dim=1).values
         tail = x[:, -self.tail :, :].mean(dim=1)
         recent = (x[:, -self.recent :, :] * self.recent_w).sum(dim=1)
-        return torch.cat([mean, std, slope, low, high, tail, recent], dim=1)
+        f = torch.cat([mean, std, slope, low, high, tail, recent], dim=1)
+        # The slope and spread of a constant channel are rounding noise (~1e-17) whose
+        # sign and size depend on the order of the sums: zero them.
+        return (f * (f.abs() >= NOISE)).float()
 
 
 def feature_names(channels: list[str]) -> list[str]:

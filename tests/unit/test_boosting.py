@@ -110,3 +110,51 @@ def test_its_state_dict_carries_the_trees(trained) -> None:  # type: ignore[no-u
 def test_an_untrained_booster_says_so() -> None:
     with pytest.raises(ValueError, match="no trees"):
         build_model(C, ModelConfig(kind="gbm"))(torch.zeros(1, W, C))
+
+
+def test_thresholds_become_float32_without_changing_a_float32_decision() -> None:
+    import lightgbm as lgb
+
+    from pumpfleet.boosting import float32_thresholds
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 2)).astype(np.float32).astype(np.float64)
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1, "num_leaves": 8}, lgb.Dataset(x, x[:, 0]), 5
+    )
+    text = float32_thresholds(booster.model_to_string())
+    moved = lgb.Booster(model_str=text)
+    thresholds = [
+        float(v)
+        for line in text.splitlines()
+        if line.startswith("threshold=")
+        for v in line.removeprefix("threshold=").split()
+    ]
+    assert thresholds and all(float(np.float32(t)) == t for t in thresholds)
+    # Every float32 input, the training values (which sit next to thresholds) included.
+    probe = np.vstack([x, rng.normal(size=(2000, 2)).astype(np.float32)])
+    np.testing.assert_array_equal(moved.predict(probe), booster.predict(probe))
+
+
+def test_a_network_blended_with_trees_trains_exports_and_reloads() -> None:
+    from pumpfleet.boosting import Blended
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(
+        model=ModelConfig(kind="cnn", hidden=8, blend_gbm=True, trees=80, min_leaf=10),
+        epochs=2,
+    )
+    train, val = data(600, 0), data(200, 1)
+    model, report = fit(train, val, spec(), cfg)
+    assert isinstance(model, Blended) and model.trees.rul_models
+    onnx_bytes = to_onnx(model, W, C)
+    assert check_parity(model, onnx_bytes, val.x) <= PARITY_ATOL
+    with torch.no_grad():
+        x = torch.from_numpy(val.x[:20])
+        torch.testing.assert_close(model(x), (model.net(x) + model.trees(x)) / 2)
+    again = build_model(C, cfg.model)
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again.eval()(x), model(x))
+    assert report["rmse"] is not None and report["rmse"] < 20.0
+    with pytest.raises(ValueError, match="kind is gbm already"):
+        ModelConfig(kind="gbm", blend_gbm=True)
