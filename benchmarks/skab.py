@@ -46,7 +46,8 @@ TRAIN_ROWS = 400  # the protocol's normal training rows per file
 FIT_ROWS = 300  # of those, the windows ending here train the model; the rest calibrate
 # Thermal channels move with time constants of many minutes: over a 400-second training
 # baseline their level is not learnable (in anomaly-free.csv the thermocouple wanders 17
-# times its within-400-rows std), so the health model reads the fast channels.
+# times its within-400-rows std), so the health model reads them relative to each window's
+# own mean (AnomalyConfig.centred) while the fast channels keep their levels.
 THERMAL = ("temperature", "thermocouple")
 PUBLISHED = [  # F1, false alarms % on the full SKAB benchmark (data README)
     ("Conv-AE (published)", 0.78, 13.6),
@@ -108,6 +109,9 @@ def file_spec(raw: np.ndarray, channels: list[str], window: int) -> FeatureSpec:
 def score_file(
     path: Path, channels: list[str], window: int, cfg: AnomalyConfig, target_far: float
 ) -> Scored:
+    """One file: models fitted on its first rows, calibrated on the next, errors of the
+    rest. ``cfg.centred`` channels are read relative to each window's mean, by both
+    detectors (inside the conv-AE, as its ONNX does; before the PCA)."""
     df = read_file(path)
     source = {name: src for src, (name, *_r) in CHANNELS.items()}
     raw = df[[source[c] for c in channels]].to_numpy(dtype=np.float64)
@@ -120,8 +124,10 @@ def score_file(
     cal_sel = (ends >= FIT_ROWS) & (ends < TRAIN_ROWS)
     test_sel = ends >= TRAIN_ROWS
     ae, _ = fit_autoencoder(x[fit_sel], None, cfg)
-    pca = fit_pca(x[fit_sel])
-    errors = {"conv_ae": window_errors(ae, x), "pca": pca.errors(x)}
+    with torch.no_grad():
+        xp = ae.prepare(torch.from_numpy(x)).numpy()
+    pca = fit_pca(xp[fit_sel])
+    errors = {"conv_ae": window_errors(ae, x), "pca": pca.errors(xp)}
     specs = {
         k: calibrate(e[cal_sel], k, target_far=target_far)  # type: ignore[arg-type]
         for k, e in errors.items()
@@ -166,7 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-far", type=float, default=0.01)
     parser.add_argument("--margin", type=float, default=1.2, help="threshold times this")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--all-channels", action="store_true", help="thermal channels too")
+    parser.add_argument(
+        "--thermal",
+        choices=("centred", "level", "drop"),
+        default="centred",
+        help="the thermal channels: relative to each window's mean (default), as levels "
+        "like the others, or left out",
+    )
     parser.add_argument("--max-far", type=float, default=15.0, help="for --lofo: %% allowed")
     parser.add_argument("--lofo", action="store_true", help="leave-one-folder-out check")
     parser.add_argument("--seed", type=int, default=0)
@@ -178,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"no labelled SKAB files under {args.data_dir}")
         return 2
-    channels = [n for n, *_ in CHANNELS.values() if args.all_channels or n not in THERMAL]
-    cfg = AnomalyConfig(epochs=args.epochs, seed=args.seed)
+    channels = [n for n, *_ in CHANNELS.values() if args.thermal != "drop" or n not in THERMAL]
+    centred = [channels.index(c) for c in THERMAL if c in channels and args.thermal == "centred"]
+    cfg = AnomalyConfig(epochs=args.epochs, seed=args.seed, centred=centred)
     started = time.monotonic()
     scored = [score_file(p, channels, args.window, cfg, args.target_far) for p in files]
     seconds = time.monotonic() - started
@@ -188,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"SKAB outlier detection: {len(files)} labelled files in {', '.join(folders)}; "
         f"{len(labels)} test rows, {100 * labels.mean():.1f}% anomalous; "
-        f"channels {', '.join(channels)}; window {args.window}; target false alarms "
+        f"channels {', '.join(channels)} (thermal: {args.thermal}); window {args.window}; "
+        "target false alarms "
         f"{args.target_far:g} on calibration x margin {args.margin:g}; {seconds:.0f} s"
     )
     print(f"| {'detector':<34} | {'F1':>6} | {'FAR %':>6} | {'MAR %':>6} |")

@@ -48,6 +48,11 @@ class AnomalyConfig(BaseModel):
     # Gaussian noise (standard deviations) added to inputs in training: a denoising AE
     # cannot learn the identity.
     noise_std: float = Field(default=0.0, ge=0)
+    # Channels (indices) read relative to the window's own mean, rescaled to unit spread
+    # on the training windows: slow channels (temperatures) whose level wanders further
+    # in normal operation than any training period shows, while their shape within a
+    # window still tells a fault.
+    centred: list[int] = Field(default_factory=list)
     seed: int = 0
 
 
@@ -77,19 +82,49 @@ class ConvAutoencoder(nn.Module):
 
 class WindowError(nn.Module):
     """Windows ``[B, W, C]`` → mean squared reconstruction error ``[B, 1]`` (what is
-    exported to ONNX and scored by :class:`pumpfleet.health.HealthSpec`)."""
+    exported to ONNX and scored by :class:`pumpfleet.health.HealthSpec`). The ``centred``
+    channels are read relative to the window's mean (:meth:`prepare`) inside the model,
+    so the ONNX does the same."""
 
-    def __init__(self, autoencoder: ConvAutoencoder) -> None:
+    centre_mask: torch.Tensor
+    centre_scale: torch.Tensor
+
+    def __init__(
+        self, autoencoder: ConvAutoencoder, n_channels: int = 0, centred: list[int] | None = None
+    ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
+        self.centred = list(centred or [])
+        if self.centred:  # only then: earlier versions' state dicts have no such buffers
+            mask = torch.zeros(n_channels)
+            mask[self.centred] = 1.0
+            self.register_buffer("centre_mask", mask)
+            self.register_buffer("centre_scale", torch.ones(n_channels))
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What the autoencoder reads: ``x`` with the centred channels relative."""
+        if not self.centred:
+            return x
+        relative = (x - x.mean(dim=1, keepdim=True)) * self.centre_scale
+        return x + (relative - x) * self.centre_mask
+
+    def fit_centring(self, x: np.ndarray) -> None:
+        """Scale the centred channels to unit spread over training windows ``x``."""
+        if not self.centred:
+            return
+        with torch.no_grad():
+            t = torch.from_numpy(np.asarray(x, dtype=np.float32))
+            spread = (t - t.mean(dim=1, keepdim=True)).std(dim=(0, 1))
+            self.centre_scale.copy_(1.0 / torch.clamp(spread, min=1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(x)
         d = self.autoencoder(x) - x
         return (d * d).mean(dim=(1, 2)).unsqueeze(1)
 
 
 def build_autoencoder(n_channels: int, cfg: AnomalyConfig) -> WindowError:
-    return WindowError(ConvAutoencoder(n_channels, cfg))
+    return WindowError(ConvAutoencoder(n_channels, cfg), n_channels, cfg.centred)
 
 
 # on_epoch(epoch, report, model)
@@ -120,6 +155,7 @@ def _fit(
 ) -> tuple[WindowError, dict[str, float]]:
     rng = np.random.default_rng(cfg.seed)
     model = build_autoencoder(train.shape[-1], cfg)
+    model.fit_centring(train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x = torch.from_numpy(train)
     total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
@@ -135,7 +171,7 @@ def _fit(
                 group["lr"] = cfg.lr * (
                     0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 )
-            xb = x[torch.from_numpy(idx)]
+            xb = model.prepare(x[torch.from_numpy(idx)])
             noisy = xb + cfg.noise_std * torch.randn_like(xb) if cfg.noise_std > 0 else xb
             loss = ((model.autoencoder(noisy) - xb) ** 2).mean()
             value = float(loss.detach())

@@ -135,3 +135,31 @@ def test_detection_report_and_gate() -> None:
     assert gate_anomaly(None, gate) == (True, "no labelled faults to gate on")
     no_faults = detection_report(flags, np.zeros(6))
     assert gate_anomaly(no_faults, AnomalyGate(pass_without_labels=False))[0] is False
+
+
+def test_centred_channels_ignore_their_level_but_not_their_shape() -> None:
+    """A channel read relative to the window's mean: a level far outside training costs
+    nothing, a step inside the window is still flagged; the ONNX does the same."""
+    torch.set_num_threads(1)
+    cfg = AnomalyConfig(epochs=15, centred=[3])
+    model, _ = fit_autoencoder(normal_windows(256, 0), None, cfg)
+    assert set(model.state_dict()) >= {"centre_mask", "centre_scale"}
+    spec = calibrate(window_errors(model, normal_windows(500, 4)), "conv_ae", target_far=0.01)
+    normal = normal_windows(1, 5)
+    moved, stepped = normal.copy(), normal.copy()
+    moved[:, :, 3] += 8.0  # the slow channel somewhere training never saw
+    stepped[:, W // 2 :, 3] += 3.0
+    errors = window_errors(model, np.concatenate([normal, moved, stepped]))
+    assert errors[1] == pytest.approx(errors[0], rel=1e-4)
+    assert not spec.flag(errors[:2]).any() and spec.flag(errors[2:])[0]
+    x = np.concatenate([normal_windows(20, 6), moved, stepped])
+    got = run(session(to_onnx(model, W, C)), x)[:, 0]
+    assert np.max(np.abs(got - window_errors(model, x))) <= 1e-5
+    # Rebuilt from its config and weights, as the registry and the bundle do.
+    again = build_autoencoder(C, cfg)
+    again.load_state_dict(model.state_dict())
+    np.testing.assert_allclose(window_errors(again, x), window_errors(model, x), rtol=1e-6)
+
+
+def test_an_autoencoder_without_centred_channels_keeps_its_old_weights() -> None:
+    assert "centre_mask" not in build_autoencoder(C, AnomalyConfig()).state_dict()
