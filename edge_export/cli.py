@@ -54,7 +54,8 @@ def cmd_keygen(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_bundle(args: argparse.Namespace, settings: Settings) -> None:
     from edge_export.export import run_export
 
-    print(jsontext.dumps(run_export(settings, args.out, args.pump_class), indent=2))
+    done = run_export(settings, args.out, args.pump_class, args.expires_days)
+    print(jsontext.dumps(done, indent=2))
 
 
 def verify(path: Path, public_key: str) -> BundleManifest:
@@ -118,6 +119,12 @@ def add_commands(sub: Any) -> None:
     s = cmds.add_parser("bundle", help="export champions into signed bundles")
     s.add_argument("--class", dest="pump_class", default=None, help="only this pump class")
     s.add_argument("--out", default=None, help="bundle folder (default: workspace bundles)")
+    s.add_argument(
+        "--expires-days",
+        type=float,
+        default=90.0,
+        help="no device installs the bundle after this many days (default 90)",
+    )
     s.set_defaults(func=cmd_bundle)
 
     s = cmds.add_parser("verify", help="check a bundle's signature and every member's hash")
