@@ -13,7 +13,7 @@ export DO_NOT_TRACK ?= 1
 # Debian packages the tests start (each on 127.0.0.1, stopped by its PID): append yours.
 SYSTEM_DEPS := mosquitto
 
-.PHONY: install system-deps demo test test-unit lint format bench docs clean
+.PHONY: install system-deps demo test test-unit lint format bench bench-check docs clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+# Re-runs, at reduced size, the benchmarks whose figures the docs quote, and fails when one
+# moved by more than its tolerance (benchmarks/reference.json).
+bench-check: $(STAMP)
+	nice -n 10 $(BIN)/python -m benchmarks.bench_check
 
 clean:
 	rm -rf $(VENV) .pumpfleet .site .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """SKAB outlier detection through the product's own anomaly models.
 
     python -m benchmarks.skab [--data-dir DIR] [--window 32] [--target-far 0.01]
-                              [--margin 1.2] [--lofo] [--all-channels]
+                              [--margin 1.2] [--lofo] [--thermal centred|level|drop]
 
 The protocol of ../shared/data/README.md: in every labelled SKAB file found under DIR (any
 subfolder; files without an ``anomaly`` column, such as anomaly-free/, are skipped) the
