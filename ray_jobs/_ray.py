@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,6 +29,10 @@ def init_ray(settings: Settings) -> bool:
     # and record the commit this driver runs (their working dir has no .git).
     env_vars["PUMPFLEET_HOME"] = str(settings.home)
     env_vars |= submission_env(settings)
+    # In a Ray job, what the job's runtime env sets reaches every worker already, and
+    # Ray refuses a driver that sets one of its keys again.
+    for key in _job_env_keys():
+        env_vars.pop(key, None)
     runtime_env = {"env_vars": env_vars}
     if settings.ray_address:
         log.info("joining the Ray cluster at %s", settings.ray_address)
@@ -46,6 +51,16 @@ def init_ray(settings: Settings) -> bool:
     protect_token()
     ray.data.DataContext.get_current().enable_progress_bars = True
     return True
+
+
+def _job_env_keys() -> set[str]:
+    """The environment variables the runtime env of the Ray job this driver runs in sets
+    (none outside a job): Ray hands a job's driver its config in this variable."""
+    config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not config:
+        return set()
+    runtime_env = json.loads(config).get("runtime_env") or {}
+    return set(runtime_env.get("env_vars") or {})
 
 
 def protect_token(path: Path | None = None) -> bool:

@@ -5,6 +5,7 @@ commit their submitter passes on, and ``--reproduce`` says when the code differs
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -195,6 +196,12 @@ def test_init_ray_hands_the_commit_to_the_workers(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     _ray.init_ray(Settings(git_commit="feedbeef", num_cpus=1))
     assert seen["runtime_env"]["env_vars"]["PUMPFLEET_GIT_COMMIT"] == "feedbeef"
+    # A Ray job's driver: the job's runtime env has it already (Ray refuses it twice).
+    job = {"runtime_env": {"env_vars": {"PUMPFLEET_GIT_COMMIT": "feedbeef", "X": "1"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    _ray.init_ray(Settings(git_commit="feedbeef", num_cpus=1))
+    assert "PUMPFLEET_GIT_COMMIT" not in seen["runtime_env"]["env_vars"]
+    assert seen["runtime_env"]["env_vars"]["PUMPFLEET_HOME"]
 
 
 def test_differences_name_the_commit_and_each_library() -> None:
