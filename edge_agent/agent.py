@@ -17,16 +17,17 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edge_agent import __version__ as AGENT_VERSION
 from edge_agent import source, updates, windows
 from edge_agent.assignments import Puller
 from edge_agent.config import AgentConfig
 from edge_agent.explaining import Explainer
+from edge_agent.inputs import Input, Listener
 from edge_agent.installer import PROFILE_FILE, Installer
 from edge_agent.model import Installed, Scorer
-from edge_agent.predict import Batch, raw_windows, score_batch
+from edge_agent.predict import raw_windows, score_batch
 from edge_agent.store import Store
 from edge_agent.trust import TrustStore
 from edge_agent.uploader import Uploader, UploadError, backoff
@@ -40,21 +41,6 @@ __all__ = ["PROFILE_FILE", "Agent", "Input"]
 MAX_BATCHES_PER_STEP = 20
 DONE_KEEP = 1000
 SHOW_SET_ASIDE = 20  # lines set aside that are logged one by one, per file or batch
-
-
-class Input(Protocol):
-    """A source of readings beside the spool (MQTT): drained by the agent's loop."""
-
-    def due_in(self) -> float | None:
-        """Seconds until it wants draining (0: now); None: nothing waiting."""
-
-    def drain(self, agent: Agent) -> int:
-        """Score what is waiting through :meth:`Agent.accept`; how many messages."""
-
-    def close(self) -> None: ...
-
-
-Listener = Callable[[Batch], None]
 
 
 class Agent:
