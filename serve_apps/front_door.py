@@ -49,7 +49,7 @@ WRAPPER = "haproxy"
 # <dir>/<node id: 56 characters>/metrics.sock, and HAProxy binds it as <path>.<pid>.tmp
 # first. A workspace's folder is usually too long for that, so the sockets get a short
 # private folder of their own.
-SOCKET_DIR_PREFIX = "pf-"
+SOCKET_DIR_PREFIX = "pf-door-"
 
 
 def _free_port() -> int:
@@ -86,6 +86,7 @@ def prepare(home: Path | None = None) -> dict[str, str]:
         root.mkdir(parents=True, exist_ok=True)
     else:
         root = Path(tempfile.mkdtemp(prefix="pumpfleet-front-door-"))
+        atexit.register(shutil.rmtree, root, True)
     sockets = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))  # 0700
     atexit.register(shutil.rmtree, sockets, True)
     wrapper = root / WRAPPER

@@ -88,9 +88,28 @@ def config_path(args: list[str]) -> str | None:
     return None
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel stop this process (SIGTERM) when its parent, Serve's HAProxy
+    manager, dies however it dies: a HAProxy left behind would hold its ports and serve
+    stale replicas. Kept across exec; Linux only (elsewhere nothing)."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it was gone before the signal was set
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     """``haproxy_config.py REAL_BINARY OPTIONS_JSON HAPROXY_ARGS...``: amend the file
-    after ``-f`` by the options, then exec the real binary with the same arguments."""
+    after ``-f`` by the options, then exec the real binary with the same arguments, to
+    stop when its parent does."""
+    parent = os.getppid()
     binary, options_file, args = argv[0], argv[1], argv[2:]
     path = config_path(args)
     if path is not None:
@@ -103,6 +122,7 @@ def main(argv: list[str]) -> None:
             with open(f"{path}.pumpfleet", "w") as f:
                 f.write(amended)
             os.replace(f"{path}.pumpfleet", path)
+    die_with_parent(parent)
     os.execv(binary, [binary, *args])
 
 

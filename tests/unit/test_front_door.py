@@ -7,6 +7,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,46 @@ def test_the_request_id_is_the_doors_uuid_and_nothing_else() -> None:
     for headers in ([(b"x-pumpfleet-request-id", uuid)], [(b"x-pumpfleet-request-id", b"me")], []):
         asyncio.run(middleware({"type": "http", "headers": headers}, None, None))
     assert seen == [uuid.decode(), None, None]
+
+
+def test_haproxy_stops_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
+    # found: a HAProxy whose Serve manager was killed kept running, holding its ports
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o700)
+    front_door.write_options(tmp_path, max_body_bytes=5000)
+    run = [
+        sys.executable,
+        "-I",
+        haproxy_config.__file__,
+        str(fake),
+        str(tmp_path / front_door.OPTIONS),
+    ]
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, time; print(subprocess.Popen({run!r}).pid, flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while b"sleep" not in Path(f"/proc/{child}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive()
