@@ -23,6 +23,10 @@ EDGE_TESTS = [
     "tests/unit/test_window_rule.py",
     "tests/unit/test_scoring.py",
     "tests/unit/test_bundle.py",
+    "tests/unit/test_edge_mqtt.py",
+    "tests/unit/test_edge_trust.py",
+    "tests/unit/test_edge_rollout.py",
+    "tests/unit/test_edge_explain.py",
 ]
 
 # pytest in-process, then what the interpreter holds afterwards: the run's exit code,
