@@ -53,6 +53,11 @@ class AnomalyConfig(BaseModel):
     # in normal operation than any training period shows, while their shape within a
     # window still tells a fault.
     centred: list[int] = Field(default_factory=list)
+    # 0: off. Else the mean of the window's last ``level_steps`` steps is compared with
+    # the training windows' (Mahalanobis distance over the channels, per channel) and
+    # added to the reconstruction error: an autoencoder reconstructs a pump whose levels
+    # have all moved a little together (wear), which this distance sees.
+    level_steps: int = Field(default=0, ge=0)
     seed: int = 0
 
 
@@ -88,18 +93,47 @@ class WindowError(nn.Module):
 
     centre_mask: torch.Tensor
     centre_scale: torch.Tensor
+    level_mean: torch.Tensor
+    level_whiten: torch.Tensor
 
     def __init__(
-        self, autoencoder: ConvAutoencoder, n_channels: int = 0, centred: list[int] | None = None
+        self,
+        autoencoder: ConvAutoencoder,
+        n_channels: int = 0,
+        centred: list[int] | None = None,
+        level_steps: int = 0,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
         self.centred = list(centred or [])
-        if self.centred:  # only then: earlier versions' state dicts have no such buffers
+        self.level_steps = level_steps
+        # Buffers only where used: earlier versions' state dicts have none.
+        if self.centred:
             mask = torch.zeros(n_channels)
             mask[self.centred] = 1.0
             self.register_buffer("centre_mask", mask)
             self.register_buffer("centre_scale", torch.ones(n_channels))
+        if level_steps:
+            self.register_buffer("level_mean", torch.zeros(n_channels))
+            self.register_buffer("level_whiten", torch.eye(n_channels))
+
+    def level(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of the last ``level_steps`` steps per channel ``[B, C]``."""
+        return x[:, -self.level_steps :, :].mean(dim=1)
+
+    def fit_level(self, x: np.ndarray) -> None:
+        """The training windows' recent levels: their mean and a whitening matrix (the
+        Cholesky factor of the inverse covariance, shrunk towards its diagonal)."""
+        if not self.level_steps:
+            return
+        with torch.no_grad():
+            lv = self.level(torch.from_numpy(np.asarray(x, dtype=np.float32))).double()
+            mean = lv.mean(dim=0)
+            cov = torch.cov((lv - mean).T).reshape(len(mean), len(mean))
+            cov = 0.9 * cov + 0.1 * torch.diag(torch.diagonal(cov)) + 1e-4 * torch.eye(len(mean))
+            whiten = torch.linalg.cholesky(torch.linalg.inv(cov))
+            self.level_mean.copy_(mean.float())
+            self.level_whiten.copy_(whiten.float())
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """What the autoencoder reads: ``x`` with the centred channels relative."""
@@ -120,11 +154,18 @@ class WindowError(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prepare(x)
         d = self.autoencoder(x) - x
-        return (d * d).mean(dim=(1, 2)).unsqueeze(1)
+        error = (d * d).mean(dim=(1, 2))
+        if self.level_steps:
+            # In float64: a worn window's distance runs to the hundreds, where one float32
+            # step is above the 1e-5 parity limit and torch and onnxruntime multiply in
+            # other orders; rounded once at the end, both give the same float32.
+            z = (self.level(x.double()) - self.level_mean.double()) @ self.level_whiten.double()
+            error = (error.double() + (z * z).mean(dim=1)).float()
+        return error.unsqueeze(1)
 
 
 def build_autoencoder(n_channels: int, cfg: AnomalyConfig) -> WindowError:
-    return WindowError(ConvAutoencoder(n_channels, cfg), n_channels, cfg.centred)
+    return WindowError(ConvAutoencoder(n_channels, cfg), n_channels, cfg.centred, cfg.level_steps)
 
 
 # on_epoch(epoch, report, model)
@@ -156,6 +197,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     model = build_autoencoder(train.shape[-1], cfg)
     model.fit_centring(train)
+    model.fit_level(train)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x = torch.from_numpy(train)
     total_steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)

@@ -107,6 +107,9 @@ class ClassParams:
     base: tuple[float, float, float, float, float, float]
     life_days: tuple[float, float]  # range of run lives between failures
     modes: tuple[str, ...]  # the ways this class fails, keys of SIGNATURES
+    # The P-F interval: how long before its failure a pump's fault starts to show (the
+    # potential-failure point); before that it runs as new.
+    pf_days: tuple[float, float] = (7.0, 12.0)
 
 
 CLASS_PARAMS: dict[str, ClassParams] = {
@@ -145,10 +148,21 @@ FAILURE_MODES: dict[str, tuple[str, ...]] = {c: p.modes for c, p in CLASS_PARAMS
 
 
 def health(
-    rng: np.random.Generator, n: int, life_steps: tuple[float, float], modes: tuple[str, ...]
+    rng: np.random.Generator,
+    n: int,
+    life_steps: tuple[float, float],
+    modes: tuple[str, ...],
+    pf_steps: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray, list[int], list[int], list[str]]:
     """Degradation in [0, 1] per step, failure mode per step (an index into ``modes``),
-    and the event indices with the mode of each failure."""
+    and the event indices with the mode of each failure.
+
+    Each life follows a P-F curve: no degradation until the potential-failure point, a
+    P-F interval (``pf_steps``) before the failure, then a rise to 1 at the failure
+    (``((age - onset) / pf) ** 1.5``). A fault that grew from the start of every life
+    would make a pump's state say little about when it fails (the same wear at a third
+    of a short life and of a long one) and put worn pumps among the windows that count
+    as normal, a week or more from their failure."""
     deg = np.zeros(n)
     mode = np.zeros(n, dtype=np.int64)
     failures: list[int] = []
@@ -158,6 +172,8 @@ def health(
     first = True
     while t < n:
         life = rng.uniform(*life_steps)
+        pf = min(life, rng.uniform(*pf_steps))
+        onset = life - pf
         m = int(rng.integers(len(modes)))
         age = rng.uniform(0, 0.8 * life) if first else 0.0
         first = False
@@ -167,7 +183,7 @@ def health(
             stop = visit if visit is not None and age < visit else life
             k = min(n - t, max(1, int(np.ceil(stop - age))))
             ages = age + np.arange(k)
-            deg[t : t + k] = np.clip(ages / life, 0.0, 1.0) ** 2
+            deg[t : t + k] = np.clip((ages - onset) / pf, 0.0, 1.0) ** 1.5
             mode[t : t + k] = m
             t += k
             age += k

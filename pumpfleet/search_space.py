@@ -183,6 +183,8 @@ class AnomalySearchSpace(BaseModel):
     lr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default=[3e-3, 1e-2], min_length=1)
     hidden: list[Annotated[int, Field(ge=2, le=256)]] = Field(default=[16], min_length=1)
     latent: list[Annotated[int, Field(ge=1, le=128)]] = Field(default=[4], min_length=1)
+    # The recent-level distance added to the reconstruction error (AnomalyConfig); 0: off.
+    level_steps: int = Field(default=6, ge=0)
     epochs: int = Field(default=5, ge=1)
     batch_size: int = Field(default=64, ge=1)
     seed: int = 0
@@ -198,7 +200,8 @@ class AnomalySearchSpace(BaseModel):
             "latent": self.latent,
         }
         space: dict[str, Any] = {k: grid_search(v) for k, v in grid.items()}
-        return {**space, "epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed}
+        fixed = {"epochs": self.epochs, "batch_size": self.batch_size, "seed": self.seed}
+        return {**space, **fixed, "level_steps": self.level_steps}
 
 
 def anomaly_config(config: dict[str, Any]) -> AnomalyConfig:

@@ -121,7 +121,10 @@ def _pump_arrays(
     lo, hi = params.life_days
     spd, ts_ms = clock
     n = len(ts_ms)
-    deg, mode, failures, maint, modes = physics.health(rng, n, (lo * spd, hi * spd), params.modes)
+    pf = (params.pf_days[0] * spd, params.pf_days[1] * spd)
+    deg, mode, failures, maint, modes = physics.health(
+        rng, n, (lo * spd, hi * spd), params.modes, pf
+    )
     s = physics.speed(rng, n, params.regimes)
     records: list[fx.Record] = []
     if any(d.kind == "regime" for _, d in drifts):

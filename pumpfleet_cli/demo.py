@@ -186,9 +186,9 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     init_ray(settings)
     ingest = ingest_and_log(settings, settings.data_uri, settings.features_uri, WindowConfig())
     step(3, "training one model per class on Ray Tune")
-    train = run_train(
-        settings, ingest["snapshot_id"], SearchSpace(epochs=cfg.epochs, seed=cfg.seed)
-    )
+    # A network and boosted trees per class, the better on the validation pumps kept.
+    rul_space = SearchSpace(kind=["cnn", "gbm"], lr=[1e-2], epochs=cfg.epochs, seed=cfg.seed)
+    train = run_train(settings, ingest["snapshot_id"], rul_space)
     step(4, "evaluating challengers against champions")
     evaluation = run_evaluate(settings, ingest["snapshot_id"])
     step(5, "training health (anomaly) models per class on Ray Tune, gated and promoted")

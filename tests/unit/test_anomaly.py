@@ -163,3 +163,25 @@ def test_centred_channels_ignore_their_level_but_not_their_shape() -> None:
 
 def test_an_autoencoder_without_centred_channels_keeps_its_old_weights() -> None:
     assert "centre_mask" not in build_autoencoder(C, AnomalyConfig()).state_dict()
+
+
+def test_the_level_term_sees_every_channel_moving_a_little_together() -> None:
+    """Wear moves several levels a little at once: within each channel's normal range,
+    so the reconstruction error hardly changes, while the recent-level distance does."""
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    level = rng.normal(size=(600, 1, 1)) * np.array([1.0, 1.0, 0.0, 0.0])  # 0 and 1 move together
+    x = (normal_windows(600, 0) + level).astype(np.float32)
+    plain, _ = fit_autoencoder(x[:400], None, AnomalyConfig(epochs=5))
+    withlevel, _ = fit_autoencoder(x[:400], None, AnomalyConfig(epochs=5, level_steps=4))
+    assert {"level_mean", "level_whiten"} <= set(withlevel.state_dict())
+    worn = normal_windows(50, 9)
+    worn[:, :, 0] += 1.5  # channel 0 up, channel 1 not: against their joint normal
+    worn[:, :, 1] -= 1.5
+    recall = {}
+    for name, model in (("plain", plain), ("level", withlevel)):
+        spec = calibrate(window_errors(model, x[400:]), "conv_ae", target_far=0.01)
+        recall[name] = spec.flag(window_errors(model, worn)).mean()
+    assert recall["level"] == 1.0 and recall["plain"] < 0.5
+    got = run(session(to_onnx(withlevel, W, C)), worn)[:, 0]
+    assert np.max(np.abs(got - window_errors(withlevel, worn))) <= 1e-5

@@ -88,7 +88,8 @@ def test_an_ingest_from_s3_to_s3_is_published_by_its_manifest(
     s3: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fleet, features = storage.join(s3, "fleet"), storage.join(s3, "features")
-    sim = simulate(SimulationConfig(pumps=9, days=6, seed=3), fleet)
+    # Ten days: every pump has windows a week or more before the end of its record.
+    sim = simulate(SimulationConfig(pumps=9, days=10, seed=3), fleet)
     cfg = WindowConfig(stride=8)
     plan = plan_ingest(fleet, features, cfg)
     assert plan.rows_in == sim["readings"] and plan.source == fleet
