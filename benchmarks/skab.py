@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the thermal channels: relative to each window's mean (default), as levels "
         "like the others, or left out",
     )
+    parser.add_argument(
+        "--level-steps", type=int, default=8, help="the recent-level distance (0: off)"
+    )
     parser.add_argument("--max-far", type=float, default=15.0, help="for --lofo: %% allowed")
     parser.add_argument("--lofo", action="store_true", help="leave-one-folder-out check")
     parser.add_argument("--seed", type=int, default=0)
@@ -192,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     channels = [n for n, *_ in CHANNELS.values() if args.thermal != "drop" or n not in THERMAL]
     centred = [channels.index(c) for c in THERMAL if c in channels and args.thermal == "centred"]
-    cfg = AnomalyConfig(epochs=args.epochs, seed=args.seed, centred=centred)
+    cfg = AnomalyConfig(
+        epochs=args.epochs, seed=args.seed, centred=centred, level_steps=args.level_steps
+    )
     started = time.monotonic()
     scored = [score_file(p, channels, args.window, cfg, args.target_far) for p in files]
     seconds = time.monotonic() - started
