@@ -225,3 +225,46 @@ def test_a_single_class_snapshot_trains_that_class_alone(tmp_path: Path, ray_ses
     assert (
         registry.version_by_alias(model_name("rod"), CHALLENGER) == out["classes"]["rod"]["version"]
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "architecture", "atol"),
+    [
+        ("cnn", {}, 1e-5),
+        ("tcn", {}, 1e-5),
+        ("gru", {}, 1e-5),
+        ("transformer", {"heads": [2]}, 1e-5),
+        ("gbm", {"trees": [60]}, 1e-4),
+        ("cnn", {"blend_gbm": [True], "trees": [60]}, 1e-4),
+    ],
+    ids=["cnn", "tcn", "gru", "transformer", "gbm", "cnn+gbm"],
+)
+def test_every_kind_registers_an_onnx_that_scores_like_its_framework(
+    small: Settings, kind: str, architecture: dict[str, list[Any]], atol: float
+) -> None:
+    """A tiny search of one kind: Tune, MLflow, the registry, and the registered ONNX,
+    scored through pumpfleet.scoring on raw windows, within the kind's parity limit of
+    the framework's own prediction (torch, or LightGBM behind its window statistics)."""
+    import numpy as np
+    import torch
+
+    from pumpfleet.features import window_features
+    from pumpfleet.scoring import score_rul
+    from pumpfleet.search_space import SearchSpace
+    from pumpfleet.snapshot import open_snapshot
+    from ray_jobs.train import run_train
+
+    space = SearchSpace(kind=[kind], lr=[1e-2], hidden=[8], epochs=1, architecture=architecture)
+    out = run_train(small, "latest", space, classes=["rod"])
+    entry = out["classes"]["rod"]
+    assert entry["config"]["kind"] == kind
+    assert entry["onnx_parity"] <= atol
+    model = Registry(small.tracking_uri).load(model_name("rod"), CHALLENGER)
+    assert model.version == entry["version"] and model.model_config["kind"] == kind
+    assert float(model.tags["onnx_parity_atol"]) == atol
+    raw, _ = open_snapshot(str(small.features_dir)).load("rod", "val")
+    scored = score_rul(raw, model.spec, model.runner())
+    with torch.no_grad():
+        want = model.torch_model()(torch.from_numpy(window_features(raw, model.spec))).numpy()
+    assert scored.outputs.shape == want.shape == (len(raw), 2)
+    assert np.max(np.abs(scored.outputs - want)) <= atol
