@@ -21,7 +21,9 @@ from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
 
 
-def _arm(root: Path, data: Path, regimes: bool, epochs: int, seed: int) -> dict[str, Any]:
+def _arm(
+    root: Path, data: Path, regimes: bool, epochs: int, seed: int, kinds: list[str]
+) -> dict[str, Any]:
     from pumpfleet.evaluation_run import run_evaluate
     from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import run_ingest
@@ -30,7 +32,8 @@ def _arm(root: Path, data: Path, regimes: bool, epochs: int, seed: int) -> dict[
     settings = Settings(home=root)
     snap = run_ingest(str(data), str(settings.features_dir), WindowConfig(regimes=regimes))
     started = time.perf_counter()
-    train = run_train(settings, snap["snapshot_id"], SearchSpace(epochs=epochs, seed=seed))
+    space = SearchSpace(kind=kinds, epochs=epochs, seed=seed)
+    train = run_train(settings, snap["snapshot_id"], space)
     seconds = time.perf_counter() - started
     ev = run_evaluate(settings, snap["snapshot_id"])["classes"]
     return {
@@ -53,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=45)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", nargs="+", default=["cnn"], help="model kinds searched")
     args = parser.parse_args(argv)
 
     import ray
@@ -68,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         _node_ip_address="127.0.0.1",
     )
     try:
-        on = _arm(root / "per-regime", data, True, args.epochs, args.seed)
-        off = _arm(root / "per-class", data, False, args.epochs, args.seed)
+        on = _arm(root / "per-regime", data, True, args.epochs, args.seed, args.kind)
+        off = _arm(root / "per-class", data, False, args.epochs, args.seed, args.kind)
     finally:
         ray.shutdown()
     rows = []
