@@ -68,9 +68,24 @@ def _s3(options: tuple[str | None, ...]) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
-def s3_filesystem(settings: Settings | None = None) -> pafs.S3FileSystem:
-    """pyarrow's S3 filesystem as ``settings`` (by default the process's) configure it."""
-    return _s3(_s3_options(settings))
+def s3_filesystem(settings: Settings | None = None, bucket: str | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem as ``settings`` (by default the process's) configure it;
+    on AWS itself with no region set, in ``bucket``'s own region, as the AWS CLI finds it."""
+    options = _s3_options(settings)
+    endpoint, *_, region = options
+    if bucket and not endpoint and not region:
+        options = (*options[:4], _bucket_region(bucket))
+    return _s3(options)
+
+
+@lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str | None:
+    import pyarrow.fs as pafs
+
+    try:
+        return str(pafs.resolve_s3_region(bucket))
+    except OSError:  # no network, no such bucket: the default region, and its error later
+        return None
 
 
 def s3_client(settings: Settings | None = None) -> Any:
@@ -95,7 +110,8 @@ def resolve(uri: str | Path) -> tuple[pafs.FileSystem, str]:
 
     text = str(uri)
     if text.startswith(S3):
-        return s3_filesystem(), text.removeprefix(S3).rstrip("/")
+        path = text.removeprefix(S3).rstrip("/")
+        return s3_filesystem(bucket=path.split("/", 1)[0]), path
     if is_remote(text):
         fs, path = pafs.FileSystem.from_uri(text)
         return fs, path
