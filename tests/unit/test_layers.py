@@ -15,6 +15,7 @@ DEVICE_SIDE = {
     "pumpfleet.bundle",
     "pumpfleet.device_settings",
     "pumpfleet.errors",
+    "pumpfleet.explain",
     "pumpfleet.features",
     "pumpfleet.health",
     "pumpfleet.jsontext",
