@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pumpfleet import trust
 from pumpfleet.errors import BundleError
 from pumpfleet.manifest import FORMAT, MANIFEST, SIGNATURE, SIGNATURES, BundleManifest
 from pumpfleet.names import plain_name
@@ -65,19 +66,11 @@ class BundleId:
         return f"v{self.rul}" if self.anomaly is None else f"v{self.rul}-anomaly-v{self.anomaly}"
 
 
-def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ModuleNotFoundError as e:  # pragma: no cover - install problem
-        raise BundleError("signing needs the 'cryptography' package (pumpfleet[edge])") from e
-    return ed25519
-
-
 def load_or_create_key(path: Path) -> Any:
     """The ed25519 private key at ``path`` (PEM); a new one is made if none is there."""
     from cryptography.hazmat.primitives import serialization
 
-    ed25519 = _crypto()
+    ed25519 = trust.ed25519_module()
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, ed25519.Ed25519PrivateKey):
@@ -102,12 +95,8 @@ def public_key_path(private_key: Path) -> Path:
 
 
 def public_key_hex(private_key: Any) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = private_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return str(raw.hex())
+    """The hex of an ed25519 private key's public half (what devices are given)."""
+    return trust.public_hex(private_key)
 
 
 def _canonical(manifest: dict[str, Any]) -> bytes:
@@ -142,9 +131,7 @@ def write_bundle(
     signature = private_key.sign(body)
     signed = [(MANIFEST, body), (SIGNATURE, signature)]
     if more_keys:
-        from pumpfleet.trust import key_id, public_hex
-
-        extra = [{"keyid": key_id(public_hex(k)), "sig": k.sign(body).hex()} for k in more_keys]
+        extra = trust.signatures(body, list(more_keys))
         signed.append((SIGNATURES, json.dumps(extra).encode()))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -162,9 +149,8 @@ def read_bundle(path: Path, public_key_hex_: str | Sequence[str], threshold: int
     """Read and verify a bundle: signed by ``threshold`` of the given public keys (one
     key, or a role's keys: :mod:`pumpfleet.trust`), then every member's sha256 against
     the manifest. Raises BundleError on any mismatch."""
-    from pumpfleet.trust import count_valid
 
-    _crypto()
+    trust.ed25519_module()
     try:
         with tarfile.open(path, "r") as tar:
             files = {}
@@ -196,7 +182,7 @@ def read_bundle(path: Path, public_key_hex_: str | Sequence[str], threshold: int
             ]
         except (ValueError, KeyError, TypeError):
             raise BundleError(f"{path.name}: {SIGNATURES} is not a list of signatures") from None
-    valid = count_valid(files[MANIFEST], signatures, [k.strip() for k in keys])
+    valid = trust.count_valid(files[MANIFEST], signatures, [k.strip() for k in keys])
     if valid < threshold:
         if threshold == 1:
             raise BundleError(f"{path.name}: signature does not verify")

@@ -106,7 +106,8 @@ def implicit_root(public_hex: str) -> Root:
     return Root(version=0, keys={kid: pub}, roles={r: RoleKeys(keyids=[kid]) for r in ROLES})
 
 
-def _ed25519() -> Any:
+def ed25519_module() -> Any:
+    """cryptography's ed25519, or a BundleError saying how to install it."""
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ModuleNotFoundError as e:  # pragma: no cover - install problem
@@ -123,17 +124,20 @@ def public_hex(private_key: Any) -> str:
     return str(raw.hex())
 
 
+def signatures(body: bytes, private_keys: list[Any]) -> list[dict[str, str]]:
+    """``[{"keyid", "sig"}]``: each key's signature of ``body``."""
+    return [{"keyid": key_id(public_hex(k)), "sig": k.sign(body).hex()} for k in private_keys]
+
+
 def sign(signed: dict[str, Any], private_keys: list[Any]) -> dict[str, Any]:
     """``{"signed": ..., "signatures": [{"keyid", "sig"}]}``, one signature per key."""
-    body = canonical(signed)
-    sigs = [{"keyid": key_id(public_hex(k)), "sig": k.sign(body).hex()} for k in private_keys]
-    return {"signed": signed, "signatures": sigs}
+    return {"signed": signed, "signatures": signatures(canonical(signed), private_keys)}
 
 
 def count_valid(body: bytes, signatures: list[tuple[str | None, bytes]], keys: list[str]) -> int:
     """How many of ``keys`` (hex) signed ``body``: each key counted once, whatever the
     signatures claim to be (a key id only says which key to try first)."""
-    ed25519 = _ed25519()
+    ed25519 = ed25519_module()
     from cryptography.exceptions import InvalidSignature
 
     valid: set[str] = set()
