@@ -32,6 +32,10 @@ class ConflictError(PumpfleetError):
     """A request contradicts what was stored before under the same key (HTTP 409)."""
 
 
+class NotFoundError(PumpfleetError):
+    """What was asked for by its id or name is not there (HTTP 404)."""
+
+
 class ParityError(PumpfleetError):
     """An exported model does not score like the model it was exported from."""
 

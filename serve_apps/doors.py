@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -60,17 +61,38 @@ DOORS: dict[str, Door] = {
     "/v1/admin/split": Door(Who.ADMIN, frozenset({JSON})),
     "/v1/admin/reload": Door(Who.ADMIN),
     "/v1/admin/retrain": Door(Who.ADMIN, frozenset({JSON})),
+    # the edge fleet (serve_apps/edge_routes.py): the devices view for operators; a
+    # device's signed assignment and the bundle it names, each with its own token
+    "/v1/devices": Door(Who.SCORING),
+    "/v1/edge/assignment": Door(Who.DEVICE),
+    "/v1/edge/bundles/{pump_class}/{bundle}": Door(Who.DEVICE),
 }
 UNLISTED_V1 = Door(Who.SCORING)
 OPEN = Door(Who.ANYONE)  # probes, /docs, /openapi.json, and paths that are not routes
 
 
+def _template(path: str) -> re.Pattern[str]:
+    """A route path with ``{parameters}`` as a pattern: each parameter one segment."""
+    parts = re.split(r"(\{[^}/]+\})", path)
+    return re.compile("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in parts))
+
+
+_TEMPLATES = [(_template(k), d) for k, d in DOORS.items() if "{" in k]
+
+
 def door_of(path: str) -> Door:
-    """The door of a route path (without the app's route prefix)."""
-    door = DOORS.get(path.rstrip("/") or "/")
+    """The door of a route path (without the app's route prefix); a path with parameters
+    is listed as its route's template (``/v1/alerts/{alert_id}/ack``)."""
+    path = path.rstrip("/") or "/"
+    door = DOORS.get(path)
     if door is not None:
         return door
-    return UNLISTED_V1 if path.startswith("/v1/") else OPEN
+    if path.startswith("/v1/"):
+        for pattern, templated in _TEMPLATES:
+            if pattern.fullmatch(path):
+                return templated
+        return UNLISTED_V1
+    return OPEN
 
 
 @dataclass(frozen=True, slots=True)

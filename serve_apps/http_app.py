@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from pumpfleet.errors import ConflictError, InputError
+from pumpfleet.errors import ConflictError, InputError, NotFoundError
 from serve_apps.doors import CALLER, Caller, Doors, Who
 from serve_apps.errors import (
     BodyTooLarge,
@@ -66,6 +66,11 @@ async def _bad_input(request: Request, exc: InputError) -> JSONResponse:
 @app.exception_handler(ConflictError)
 async def _conflict(request: Request, exc: ConflictError) -> JSONResponse:
     return _detail(409, str(exc))
+
+
+@app.exception_handler(NotFoundError)
+async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+    return _detail(404, str(exc))
 
 
 @app.exception_handler(Unauthorized)

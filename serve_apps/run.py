@@ -79,6 +79,9 @@ def start(
         insecure_dev=insecure_dev,
         jobs_address=settings.jobs_address,
         num_replicas=num_replicas,
+        # the edge fleet's rollouts, trust root and assignment key: the workspace's own
+        workspace=str(settings.home),
+        signing_key=str(settings.signing_key or settings.keys_dir / "bundle-signing.pem"),
     )
     if max_body_bytes:
         cfg = cfg.model_copy(update={"max_body_bytes": max_body_bytes})

@@ -71,6 +71,14 @@ class ScoringConfig(BaseModel):
     refresh_seconds: float = Field(default=5.0, gt=0)
     # the Ray job server (dashboard URL) that /v1/admin/retrain submits to; None: off
     jobs_address: str | None = None
+    # The workspace folder of the edge fleet's rollouts (rollouts.json), trust root
+    # (trust/) and keys; None: the folder that holds predictions_dir.
+    workspace: str | None = None
+    # The ed25519 key (PEM) that signs device assignments, and more keys held for the
+    # assignment role after a rotation; None: <workspace>/keys/bundle-signing.pem, as
+    # `pumpfleet edge bundle` makes it. Paths only: the keys stay on disk.
+    signing_key: str | None = None
+    assignment_keys: list[str] = Field(default_factory=list)
 
     def aliases(self) -> dict[Arm, str]:
         """The registry alias each arm serves."""
@@ -85,6 +93,19 @@ class ScoringConfig(BaseModel):
         root = self.predictions_dir.rstrip("/")
         parent = root.rsplit("/", 1)[0] if "/" in root else "."
         return f"{parent}/devices.json"
+
+    def workspace_dir(self) -> str:
+        """The edge fleet's workspace (:attr:`workspace`, or the folder holding
+        ``predictions_dir``)."""
+        if self.workspace:
+            return self.workspace
+        root = self.predictions_dir.rstrip("/")
+        return root.rsplit("/", 1)[0] if "/" in root else "."
+
+    def signing_keys(self) -> list[str]:
+        """The assignment signing key's path first, then the others held."""
+        first = self.signing_key or f"{self.workspace_dir()}/keys/bundle-signing.pem"
+        return [first, *self.assignment_keys]
 
     def check(self) -> None:
         """Refuse to serve with no keys, unless for local development."""

@@ -16,7 +16,8 @@ digests are in the config (``serve_apps/security.py``).
 The parts: ``schemas`` (bodies and the app's argument), ``model_set`` (the models per
 class, refreshed from the registry, and routing), ``batch`` (the one scoring path:
 decode → group by class and arm → score → encode), ``prediction_log`` and ``metrics``,
-``http_app`` (the FastAPI app: errors → HTTP answers, credentials, body limit).
+``http_app`` (the FastAPI app: errors → HTTP answers, credentials, body limit); the
+edge fleet's routes (devices, assignments, bundles) are in ``edge_routes``, a base class.
 """
 
 import logging
@@ -39,6 +40,7 @@ from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
 from serve_apps import batch, metrics, prediction_log
 from serve_apps.durable_log import DurableLog
+from serve_apps.edge_routes import EdgeFleetRoutes
 from serve_apps.errors import Forbidden, InvalidFields, Unavailable
 from serve_apps.http_app import ADMIN, DEVICE, SCORING, app, device_of, read_body
 from serve_apps.model_set import ModelSet
@@ -87,7 +89,7 @@ def _shadow_done(future: Future[Any]) -> None:
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
-class PumpScorer:
+class PumpScorer(EdgeFleetRoutes):
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = c = ScoringConfig(**config)
         c.check()

@@ -1,10 +1,11 @@
-"""A staged rollout across a fleet of 24 agent processes of two classes, pulling their
-signed assignments from a small cloud whose routes call the core functions the Serve
-routes call (tests/unit/edge_fleet.py): a rollout whose canaries fail their self-test
-halts by itself with the rest of the fleet untouched, and a good rollout of the other
-class goes wave by wave to every device.
+"""A staged rollout across a fleet of 24 agent processes of two classes, each uploading
+and pulling its signed assignment and bundles with its own device token from the scoring
+service's real routes and doors (its app on a loopback socket, tests/serve_inproc.py): a
+rollout whose canaries fail their self-test halts by itself with the rest of the fleet
+untouched, and a good rollout of the other class goes wave by wave to every device.
 
-No Ray: the agents are `pumpfleet-edge run` processes; the cloud is in this process."""
+No Ray: the agents are `pumpfleet-edge run` processes; the service's app runs in this
+process under uvicorn."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edge_export.export import signing_key_path
-from pumpfleet import bundle, fleet_devices, rollout
-from tests.unit.edge_fleet import FleetCloud
+from pumpfleet import bundle, devices, fleet_devices, rollout
+from serve_apps.security import digest
+from tests.serve_inproc import InProcessService
+from tests.serve_inproc import config as service_config
 from tests.unit.edge_support import (
     EdgeWorkspace,
     agent_config,
@@ -35,6 +39,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PER_CLASS = 12
+KEY = "scoring-key-0123456789"
 
 
 @pytest.fixture
@@ -54,12 +59,31 @@ def wait_for(what: Callable[[], Any], timeout: float, why: Callable[[], str]) ->
 
 
 def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
-    ws: EdgeWorkspace, tmp_path: Path
+    ws: EdgeWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "cloud"
     home.mkdir()
-    key = bundle.load_or_create_key(signing_key_path(ws.settings))
-    cloud = FleetCloud(home, home / "predictions", key, ws.public_key)
+    service_cfg = service_config(
+        home,
+        api_key_sha256=[digest(KEY)],
+        workspace=str(home),
+        signing_key=str(signing_key_path(ws.settings)),
+    )
+    log_root = Path(service_cfg.predictions_dir)
+    answers: list[dict[str, Any]] = []  # every assignment the route answered
+    pull = fleet_devices.pull
+
+    def recorded(*args: Any) -> dict[str, Any]:
+        answers.append(pull(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(fleet_devices, "pull", recorded)
+    tokens = {
+        f"{cls}-{i:02d}": devices.issue(str(home / devices.FILE), f"{cls}-{i:02d}")
+        for cls in ("esp", "rod")
+        for i in range(PER_CLASS)
+    }
+    cloud = InProcessService(service_cfg)
     release = bundle.read_bundle(ws.bundles["2"], ws.public_key).manifest.release or 0
     rod_v1 = bundle_with(ws, tmp_path, "1", meta={"pump_class": "rod"}, name="rod-v1")
     rod_v2 = bundle_with(
@@ -76,6 +100,7 @@ def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
                     tmp_path / "agents" / device,
                     cloud.url,
                     device_id=device,
+                    api_key=tokens[device],
                     site=f"site-{i % 3}",
                     initial_bundle=first,
                     assignments=True,
@@ -94,7 +119,7 @@ def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
                 )
 
         def reports() -> dict[str, rollout.Report]:
-            return fleet_devices.reports(cloud.log_root)
+            return fleet_devices.reports(log_root)
 
         wait_for(
             lambda: len([r for r in reports().values() if r.bundle == "v1"]) == 2 * PER_CLASS,
@@ -117,14 +142,14 @@ def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
 
         # esp: v3 fails its self-test on the canaries; the rollout halts by itself.
         fleet_devices.start(
-            home, cloud.log_root, plan("esp-v3", "esp", bad_esp_v3, ws.bundles["1"]), time.time()
+            home, log_root, plan("esp-v3", "esp", bad_esp_v3, ws.bundles["1"]), time.time()
         )
         book = fleet_devices.load(home)
         canaries = sorted(book.rollouts["esp"].state.members)
         assert len(canaries) == 2  # 10 % of 12, rounded up
 
         def esp_status() -> str | None:
-            fleet_devices.tick(home, cloud.log_root, time.time())
+            fleet_devices.tick(home, log_root, time.time())
             state = fleet_devices.load(home).rollouts["esp"].state
             return state.reason if state.status == "halted" else None
 
@@ -144,18 +169,16 @@ def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
         assert tried and tried <= set(canaries)
         offered = {
             a["assignment"]["signed"]["device_id"]
-            for a in cloud.answers
+            for a in answers
             if a["assignment"]["signed"]["bundle"] == "v3"
         }
         assert tried <= offered <= set(canaries)
 
         # rod: v2 is good; the rollout widens wave by wave to all 12 devices.
-        fleet_devices.start(
-            home, cloud.log_root, plan("rod-v2", "rod", rod_v2, rod_v1), time.time()
-        )
+        fleet_devices.start(home, log_root, plan("rod-v2", "rod", rod_v2, rod_v1), time.time())
 
         def rod_done() -> bool:
-            fleet_devices.tick(home, cloud.log_root, time.time())
+            fleet_devices.tick(home, log_root, time.time())
             return fleet_devices.load(home).rollouts["rod"].state.status == "completed"
 
         wait_for(rod_done, 120, lambda: str(fleet_devices.load(home).rollouts["rod"].state.events))
@@ -170,7 +193,9 @@ def test_a_failing_canary_wave_halts_alone_and_a_good_rollout_completes(
             f"rod-{i:02d}": "v2" for i in range(PER_CLASS)
         }
         assert {r.bundle for d, r in now.items() if d.startswith("esp")} == {"v1"}
-        rows = fleet_devices.devices(home, cloud.log_root, time.time())
+        seen = httpx.get(f"{cloud.url}/v1/devices", headers={"x-api-key": KEY}, timeout=30)
+        assert seen.status_code == 200, seen.text
+        rows = seen.json()["devices"]
         view = {
             r["device_id"]: (r["pump_class"], r["bundle"], r["rollout"]["device"]) for r in rows
         }
