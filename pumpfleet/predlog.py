@@ -1,6 +1,12 @@
 """The prediction log: every scored request, appended in batches to Parquet under the
 workspace, in the prediction record's Arrow schema (:mod:`pumpfleet.records`). It is the
-monitoring input."""
+monitoring input.
+
+Layout: ``date=<UTC day written>/pump_class=<class>/part-<id>.parquet``, one file per
+class of a flush, so that the monitor reads only the days and classes it needs
+(:mod:`pumpfleet.monitoring.incremental`); rows without a class, and logs written before
+the class partitions (``date=<day>/part-<id>.parquet``, every class in one file, as the
+Serve replicas' durable log still writes), are read as well."""
 
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from pumpfleet import storage
 from pumpfleet.records import rows_to_table
 
 log = logging.getLogger(__name__)
+
+CLASS_COLUMN = "pump_class"
 
 
 class PredictionLog:
@@ -72,12 +80,37 @@ class PredictionLog:
             return 0
         table = pa.concat_tables(tables, promote_options="permissive")
         day = time.strftime("%Y-%m-%d", time.gmtime())
-        uri = storage.join(self.root, f"date={day}", f"part-{uuid.uuid4().hex}.parquet")
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        storage.write_bytes(uri, sink.getvalue().to_pybytes())
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        for folder, part in by_class(table):
+            sink = pa.BufferOutputStream()
+            pq.write_table(part, sink)
+            uri = storage.join(self.root, f"date={day}", *folder, name)
+            storage.write_bytes(uri, sink.getvalue().to_pybytes())
         self.written += table.num_rows
         return int(table.num_rows)
+
+
+def by_class(table: Any) -> list[tuple[list[str], Any]]:
+    """A table's rows per class partition folder (``pump_class=<c>``); rows with no class
+    stay in the day's folder itself."""
+    import pyarrow.compute as pc
+
+    if CLASS_COLUMN not in table.column_names:
+        return [([], table)]
+    col = table.column(CLASS_COLUMN)
+    out: list[tuple[list[str], Any]] = []
+    for cls in pc.unique(col).to_pylist():
+        if cls is None or not plain_partition(str(cls)):
+            rows = table.filter(pc.is_null(col) if cls is None else pc.equal(col, cls))
+            out.append(([], rows))
+        else:
+            out.append(([f"{CLASS_COLUMN}={cls}"], table.filter(pc.equal(col, cls))))
+    return out
+
+
+def plain_partition(value: str) -> bool:
+    """A value that can name a partition folder as it is."""
+    return bool(value) and value not in (".", "..") and not set(value) & set("/\\=")
 
 
 def read_log(root: str) -> pd.DataFrame:

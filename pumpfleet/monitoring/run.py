@@ -5,6 +5,10 @@ alerts go through hysteresis, and retraining is submitted for the classes whose 
 alerts (or, with ``new_data_rows``, that have enough new data). Writes an HTML report with
 the fleet drift map, the map as PNG, a JSON summary, the per-chunk signals as Parquet,
 and MLflow metrics.
+
+Each run reads only the prediction log's partitions since each class's watermark and the
+rolling window before it (:mod:`pumpfleet.monitoring.incremental`), and moves the
+watermark once its reports are written.
 """
 
 from __future__ import annotations
@@ -23,10 +27,17 @@ from pumpfleet.alerts import AlertPolicy, drift_wanted, hysteresis, new_data_due
 from pumpfleet.drift import AnalysisConfig, ClassAnalysis, analyse_class
 from pumpfleet.errors import PumpfleetError
 from pumpfleet.job_options import JOBS_ADDRESS_OPTION
+from pumpfleet.monitoring.incremental import (
+    WINDOW_DAYS,
+    Watermark,
+    read_watermark,
+    read_window,
+    watermark_uri,
+    write_watermark,
+)
 from pumpfleet.monitoring.reference import analysis_frame, class_reference
 from pumpfleet.monitoring.report import drift_map_png, report_html
 from pumpfleet.monitoring.summary import class_meta, class_summary
-from pumpfleet.predlog import read_log
 from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings
 from pumpfleet.snapshot import open_snapshot
@@ -103,19 +114,23 @@ def run_monitor(
     now: datetime | None = None,
     std_multiplier: float | None = None,
     analyse: AnalyseClasses = analyse_in_process,
+    window_days: int = WINDOW_DAYS,
 ) -> dict[str, Any]:
     """Analyse every class with enough predictions (``analyse`` runs the classes: here,
     one after the other; the Ray job, as parallel tasks); alerts need
     ``min_alert_chunks`` drifted chunks in a row (``policy.consecutive`` when a policy is
     given); retrains go to ``server`` when ``trigger`` (None: no job server, which the
-    summary notes)."""
+    summary notes). Each class's predictions are those of its last ``window_days`` (read
+    from its watermark on, see :mod:`pumpfleet.monitoring.incremental`)."""
     policy = policy or AlertPolicy(consecutive=min_alert_chunks, clear_after=min_alert_chunks)
     now = now or datetime.now(UTC)
     cfg = AnalysisConfig(chunk_size=chunk_size)
     if std_multiplier is not None:
         cfg = AnalysisConfig(chunk_size=chunk_size, std_multiplier=std_multiplier)
-    logged = read_log(settings.predictions_uri)
-    feedback = read_log(f"{settings.predictions_uri}-feedback")
+    mark_uri = watermark_uri(settings.reports_uri)
+    window = read_window(settings.predictions_uri, read_watermark(mark_uri), window_days)
+    logged = window.rows
+    feedback = read_window(f"{settings.predictions_uri}-feedback", Watermark(), window_days).rows
     summary: dict[str, Any] = {
         "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "predictions": len(logged),
@@ -130,7 +145,13 @@ def run_monitor(
         "drifted_classes": [],
         "alerting_classes": [],
         "health_alerting_classes": [],
+        "read": {
+            "window_days": window_days,
+            "files": len(window.files),
+            "new_predictions": window.new_rows,
+        },
     }
+    summary["notes"] += window.notes
     if logged.empty:
         msg = f"no predictions logged under {settings.predictions_uri}; nothing to monitor"
         log.warning(msg)
@@ -197,7 +218,9 @@ def run_monitor(
             {"pump_class": c, "start": False, "reason": f"{w}; triggers off"}
             for c, w in wanted.items()
         ]
-    return write_reports(settings, {**summary, "status": "ok"}, results, None)
+    reported = write_reports(settings, {**summary, "status": "ok"}, results, None)
+    write_watermark(mark_uri, window.mark)  # last: a run that dies before it is repeated
+    return reported
 
 
 def _rows_since(settings: Settings, snapshot: str) -> int:
