@@ -114,4 +114,8 @@ def use_s3(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
 
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
+    # An entry point run earlier in this process (a CLI call, init_ray) may have exported
+    # MLflow's S3 endpoint for another test's server (apply_engine_env keeps values
+    # already set): MLflow would send its artifacts to that server, gone by now.
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", server.endpoint)
     get_settings.cache_clear()
