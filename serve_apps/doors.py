@@ -66,6 +66,9 @@ DOORS: dict[str, Door] = {
     "/v1/devices": Door(Who.SCORING),
     "/v1/edge/assignment": Door(Who.DEVICE),
     "/v1/edge/bundles/{pump_class}/{bundle}": Door(Who.DEVICE),
+    # the fleet board (serve_apps/board_routes.py): the drift status it shows; its page
+    # and assets (/board, /board/<asset>) hold no data and are OPEN, as any path off /v1/
+    "/v1/drift": Door(Who.SCORING),
 }
 UNLISTED_V1 = Door(Who.SCORING)
 OPEN = Door(Who.ANYONE)  # probes, /docs, /openapi.json, and paths that are not routes

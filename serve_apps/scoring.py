@@ -39,6 +39,7 @@ from pumpfleet.errors import PumpfleetError
 from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
 from serve_apps import batch, metrics, prediction_log
+from serve_apps.board_routes import BoardRoutes
 from serve_apps.durable_log import DurableLog
 from serve_apps.edge_routes import EdgeFleetRoutes
 from serve_apps.errors import Forbidden, InvalidFields, Unavailable
@@ -89,7 +90,7 @@ def _shadow_done(future: Future[Any]) -> None:
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
-class PumpScorer(EdgeFleetRoutes):
+class PumpScorer(EdgeFleetRoutes, BoardRoutes):
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = c = ScoringConfig(**config)
         c.check()
