@@ -1,12 +1,20 @@
 """The service's Prometheus metrics (exported by Ray's metrics agent with a ``ray_``
-prefix): scored windows by class, arm and outcome, latency, and the version serving."""
+prefix, and a counter with a ``_total`` suffix): scored windows by class, arm and
+outcome, latency, the version serving and the monitor's drift alerts. The Grafana
+dashboard and the alert rules under cluster/ query these names
+(tests/unit/test_dashboard.py holds them to this file)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ray.util import metrics
+
+from pumpfleet import storage
+from pumpfleet.errors import PumpfleetError
+from pumpfleet.settings import get_settings
 
 if TYPE_CHECKING:
     from serve_apps.model_set import ServedClass
@@ -32,6 +40,13 @@ _VERSION = metrics.Gauge(
     description="the model version serving each class and arm",
     tag_keys=("pump_class", "arm"),
 )
+_DRIFT = metrics.Gauge(
+    "pumpfleet_drift_alert",
+    description="1 while the monitor's latest report has a drift alert open for the class",
+    tag_keys=("pump_class",),
+)
+DRIFT_REPORT = "drift-latest.json"  # what the monitor writes last under its reports
+log = logging.getLogger(__name__)
 
 
 def scored(pump_class: str, arm: str, windows: int, latency_ms: float) -> None:
@@ -51,8 +66,31 @@ def loop_failed(loop: str) -> None:
     _LOOP_ERRORS.inc(tags={"loop": loop})
 
 
-def serving(classes: Mapping[str, ServedClass]) -> None:
-    """The version each class and arm serves now."""
+def serving(classes: Mapping[str, ServedClass], reports_uri: str | None = None) -> None:
+    """The version each class and arm serves now, and each class's drift alert from the
+    monitor's latest report under ``reports_uri`` (default: the settings' reports)."""
     for cls, c in classes.items():
         for arm, model in c.arms.items():
             _VERSION.set(float(model.version), tags={"pump_class": cls, "arm": str(arm)})
+    status = drift_status(reports_uri or get_settings().reports_uri, classes)
+    for cls, alert in (status or {}).items():
+        _DRIFT.set(float(alert), tags={"pump_class": cls})
+
+
+def drift_status(reports_uri: str, served: Iterable[str]) -> dict[str, int] | None:
+    """Per class, 1 when the monitor's latest report under ``reports_uri`` has a drift
+    alert open for it (``alerting_classes``, after the monitor's hysteresis), 0 for the
+    other classes served or analysed (all 0 before the first report); None when the
+    report cannot be read (the last known status stays)."""
+    where = storage.join(reports_uri, DRIFT_REPORT)
+    try:
+        report = storage.read_json(where) if storage.exists(where) else {}
+    except (OSError, ValueError, PumpfleetError) as e:
+        log.warning("the monitor's report %s cannot be read: %s", where, e)
+        return None
+    if not isinstance(report, Mapping):
+        log.warning("the monitor's report %s is not a JSON object", where)
+        return None
+    open_ = {str(c) for c in report.get("alerting_classes") or []}
+    known = set(served) | {str(c) for c in report.get("classes") or {}} | open_
+    return {c: int(c in open_) for c in sorted(known)}
