@@ -65,8 +65,15 @@ def test_demo_loop(demo_run: DemoRun) -> None:
     rates = result["health_rates"]
     assert healthy and set(rates) == healthy & set(promoted), (rates, result["health"])
     # Flags on the windows served before the drift: the calibrated 1% of normal windows
-    # plus the failing pumps' (real alarms), far from flagging everything.
-    assert all(r["calm"] is not None and r["calm"] <= 0.25 for r in rates.values()), rates
+    # plus the failing pumps' (real alarms). A pump degrades for the last 7-12 days of a
+    # 10-50 day life (the simulator's P-F interval), so a good share of the windows served
+    # come from pumps really wearing; on the normal-operation windows (no failure within
+    # the RUL cap), flags are false alarms and stay near the calibrated rate (0-3% in a
+    # make demo run; a few dozen such windows per class here, so one flag is 2%).
+    assert all(r["calm"] is not None and r["calm"] <= 0.4 for r in rates.values()), rates
+    assert all(r["calm_false"] is not None and r["calm_false"] <= 0.08 for r in rates.values()), (
+        rates
+    )
     # The retrain renews the drifted class's health model on the new data, if it had one.
     if drifted in healthy:
         assert loop["health"] is not None and "gate" in loop["health"], loop["health"]
