@@ -22,7 +22,7 @@
       else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
       else el.setAttribute(k, v === true ? "" : String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
     }
     return el;
@@ -118,6 +118,7 @@
   const pct = (v) => (num(v) ? `${(v * 100).toFixed(v < 0.1 ? 1 : 0)} %` : "—");
   const score = (v) => (num(v) ? v.toFixed(2) : "—");
   const when = (iso) => (iso ? `${charts.utc(Date.parse(iso))} UTC` : "never");
+  const count = (n, what) => `${n} ${what}${n === 1 ? "" : "s"}`;
   const uniq = (xs) => [...new Set(xs.filter((x) => x !== null && x !== undefined))].sort();
 
   function risk(p) {
@@ -377,8 +378,12 @@
       if (!bySite.has(p.site)) bySite.set(p.site, []);
       bySite.get(p.site).push(p);
     }
+    // the sites with the riskiest pumps first
     const worst = (ps) => Math.min(...ps.map((p) => ORDER[risk(p)]));
-    const sites = [...bySite.entries()].sort((a, b) => worst(a[1]) - worst(b[1]) || String(a[0]).localeCompare(String(b[0])));
+    const top = (ps) => Math.max(...ps.map((p) => (num(p.failure_probability) ? p.failure_probability : -1)));
+    const sites = [...bySite.entries()].sort(
+      (a, b) => worst(a[1]) - worst(b[1]) || top(b[1]) - top(a[1]) || String(a[0]).localeCompare(String(b[0])),
+    );
     const form = filterForm("sites", params, uniq(all.map((p) => p.site)), uniq(all.map((p) => p.pump_class)), []);
     const blocks = sites.map(([site, pumps]) => {
       const high = pumps.filter((p) => risk(p) === "high").length;
@@ -387,7 +392,7 @@
       return h(
         "section",
         { class: "site", "aria-label": `Site ${site}` },
-        h("h3", {}, `${site}`, h("span", { class: "sub" }, ` ${pumps.length} pumps · ${high} at high risk · ${alerts} open alerts · ${stale} stale`)),
+        h("h3", {}, `${site}`, h("span", { class: "sub" }, ` ${count(pumps.length, "pump")} · ${high} at high risk · ${count(alerts, "open alert")} · ${stale} stale`)),
         h(
           "ul",
           { class: "grid" },
@@ -405,6 +410,7 @@
                 },
                 h("span", { class: "tile-id" }, p.pump_id),
                 h("span", { class: "tile-risk" }, pct(p.failure_probability)),
+                p.stale ? h("span", { class: "tile-stale" }, "stale") : null,
               ),
             ),
           ),
@@ -494,23 +500,29 @@
     return out;
   }
 
-  function actionForm(a, action, label, input) {
-    const form = h("form", { class: "action", "aria-label": `${label} alert ${a.id}` });
-    if (input) {
-      form.append(h("label", { for: `${action}-${a.id}` }, input.label), h("input", { id: `${action}-${a.id}`, name: input.name, type: "text", maxlength: 512, required: input.required }));
+  // inputs: [{name, label, required, options: [[value, text]] (a choice) or none (text)}]
+  function actionForm(a, action, label, inputs = []) {
+    const form = h("form", { class: "action", "aria-label": `${label} alert ${a.id}`, novalidate: true });
+    for (const input of inputs) {
+      const id = `${action}-${input.name}-${a.id}`;
+      const field = input.options
+        ? h("select", { id, name: input.name }, input.options.map(([v, t]) => h("option", { value: v }, t)))
+        : h("input", { id, name: input.name, type: "text", maxlength: input.max || 128, required: input.required });
+      form.append(h("p", { class: "field" }, h("label", { for: id }, input.label), field));
     }
     form.append(h("button", { type: "submit", "data-action": action }, label));
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const body = { by: sessionStorage.getItem(NAME) || "board" };
-      if (input) {
-        const v = form.elements[input.name].value.trim();
+      for (const input of inputs) {
+        const el = form.elements[input.name];
+        const v = el.value.trim();
         if (input.required && !v) {
           fail(new Error(`${input.label}: enter a value first.`));
-          form.elements[input.name].focus();
+          el.focus();
           return;
         }
-        body[input.name] = v;
+        if (v) body[input.name] = v;
       }
       clearError();
       for (const b of form.querySelectorAll("button")) b.disabled = true;
@@ -540,7 +552,7 @@
       facts([
         ["Opened", when(a.opened_at)],
         ["Horizon", hours(a.horizon_hours)],
-        ["Risk when opened", pct(a.risk)],
+        ["Risk", pct(a.risk)],
         ["Assignee", a.assignee || "nobody"],
         ["Outcome", a.outcome || "not known yet"],
         ["Lead time", hours(a.lead_time_hours)],
@@ -553,8 +565,19 @@
             "div",
             { class: "actions" },
             a.status === "open" ? actionForm(a, "ack", "Acknowledge") : null,
-            actionForm(a, "assign", "Assign", { name: "assignee", label: "Assignee", required: true }),
-            actionForm(a, "close", "Close", { name: "note", label: "Closing note", required: false }),
+            actionForm(a, "assign", "Assign", [{ name: "assignee", label: "Assignee", required: true }]),
+            actionForm(a, "close", "Close", [
+              { name: "note", label: "Closing note", required: true, max: 4000 },
+              {
+                name: "outcome",
+                label: "What the crew found",
+                options: [
+                  ["", "not known yet"],
+                  ["hit", "a fault (hit)"],
+                  ["false_alarm", "nothing wrong (false alarm)"],
+                ],
+              },
+            ]),
           ),
     );
   }

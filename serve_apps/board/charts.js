@@ -12,7 +12,7 @@ window.PumpCharts = (() => {
     for (const [k, v] of Object.entries(attrs || {})) {
       if (v !== null && v !== undefined) el.setAttribute(k, String(v));
     }
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
     }
     return el;
