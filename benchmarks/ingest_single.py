@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pumpfleet.feature_specs import fit_class_regimes, specs_from_statistics
 from pumpfleet.features import nearest_regime
-from pumpfleet.ingest_parts import settings_sample
+from pumpfleet.ingest_reference import settings_sample
 from pumpfleet.regimes import regime_statistics
 from pumpfleet.schema import EventType, read_fleet_schema
 from pumpfleet.validation import REASON, validate_pump

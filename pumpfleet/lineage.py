@@ -29,6 +29,9 @@ FEATURE_CODE = (
     "pumpfleet.features",
     "pumpfleet.feature_specs",
     "pumpfleet.ingest_parts",
+    "pumpfleet.ingest_block",
+    "pumpfleet.block_stats",
+    "pumpfleet.block_windows",
     "pumpfleet.schema",
 )
 

@@ -3,10 +3,12 @@ per pump → a feature snapshot (Parquet, partitioned by pump class) with its sp
 
     python -m ray_jobs.ingest --source DATASET [--out FEATURES_DIR]
 
-Two passes over the data, one shuffle: the readings are grouped by pump once and each
-pump validated there (``pumpfleet.ingest_parts``); the counts, splits and statistics come
-from the small per-pump parts (``pumpfleet.ingestion``), and the windows are cut while
-they are written.
+Two passes over the data, one shuffle: the readings are sorted by pump once, so that each
+block holds whole pumps, and each block is validated there by the vectorised core
+(``pumpfleet.ingest_parts.block_parts``, the functions ``pumpfleet.ingest_stream`` calls
+directly in one process); the counts, splits and statistics come from the small
+per-block parts (``pumpfleet.ingestion``), and the windows are cut while they are
+written.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from pumpfleet import storage
 from pumpfleet.entry import run_main
 from pumpfleet.feature_specs import class_regime_statistics, fit_class_regimes
 from pumpfleet.ingest_parts import (
+    block_parts,
     compact_strings,
     from_ipc,
-    pump_parts,
     quarantined_rows,
     regime_statistics_of,
     windows_of,
@@ -72,15 +74,12 @@ def _read(files: list[str], fs: Any, base_dir: str, blocks: int) -> ray.data.Dat
     # The hash shuffle's aggregator actors took more than twice as long on 2 CPUs
     # (27 s against 12 s to group 10M rows).
     ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    # Pandas batches with numpy dtypes, which validation and windowing are written for:
-    # on Ray's Arrow-backed dtypes (its default since 2.56) they ran 40% slower.
-    ds.context.enable_arrow_backed_pandas_conversion = False
     return ds.map_batches(compact_strings, batch_format="pyarrow", batch_size=None)
 
 
 def _blocks(rows: int, cpus: int) -> int:
     """Blocks to read into. The sort-based shuffle makes as many partitions as it gets
-    blocks, and each partition is one task of pump work: 8 per CPU balance those tasks
+    blocks, and each partition is one task of validation: 8 per CPU balance those tasks
     (16 for 10M rows on 2 CPUs; 32 were no faster), but no block under 250k rows, since
     tasks cost overhead (for 1M rows validation took 9.9 s with 4 blocks, 11.5 s with 16)."""
     return max(1, min(8 * cpus, rows // 250_000))
@@ -109,14 +108,17 @@ def run_ingest(
         return plan.up_to_date
     stage("scan")
 
-    # Each pump's rows together once, validated there; what comes out is small.
+    # One shuffle: sorted by pump, every block holds whole pumps (the range partitioning
+    # sends a key to one block), and each block is validated at once; what comes out is
+    # small but for the good readings (float32), which the windows are cut from.
     parts = (
         _read(plan.files, plan.fs, plan.base_dir, _blocks(plan.rows_in, cluster_cpus()))
-        .groupby("pump_id")
-        .map_groups(
-            cast(Any, pump_parts),
+        .sort("pump_id")
+        .map_batches(
+            cast(Any, block_parts),
             fn_kwargs={"fleet": plan.fleet, "files": plan.files},
-            batch_format="pandas",
+            batch_format="pyarrow",
+            batch_size=None,
         )
         .materialize()
     )
