@@ -11,7 +11,7 @@ export NML_DISABLE_USAGE_LOGGING ?= 1
 export DO_NOT_TRACK ?= 1
 
 # Debian packages the tests start (each on 127.0.0.1, stopped by its PID): append yours.
-SYSTEM_DEPS := mosquitto chromium prometheus
+SYSTEM_DEPS := mosquitto chromium prometheus postgresql
 
 .PHONY: install system-deps demo test test-unit lint format bench bench-check docs clean
 

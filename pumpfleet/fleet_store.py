@@ -1,0 +1,369 @@
+"""The fleet database's writes: scored windows in (from cloud scoring and edge uploads),
+the alerts they open, escalate and clear by :mod:`pumpfleet.fleet_alerts`'s rules, a
+crew's acknowledgement, assignment and close, failures and maintenance marking the
+alerts, and the webhook outbox those events land in, in the same transaction as the
+change they tell of (so none is lost and none is told that did not happen).
+
+    db = FleetDB(default_url(workspace))
+    db.ingest([ScoredRow(...)])
+    db.act(alert_id, "ack", by="maria")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from pumpfleet import fleet_alerts as rules
+from pumpfleet import fleet_views as views
+from pumpfleet.errors import InputError, NotFoundError
+from pumpfleet.fleet_alerts import Action, AlertRules, AlertView, Streak
+from pumpfleet.fleet_schema import (
+    alert_events,
+    alerts,
+    devices,
+    engine_for,
+    failures,
+    outbox,
+    pumps,
+    scores,
+)
+
+SYSTEM = "pumpfleet"  # who acts when the rules do
+WEBHOOK_EVENTS = {
+    "opened": "alert.opened",
+    "escalated": "alert.escalated",
+    "closed": "alert.closed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRow:
+    """One scored window of a pump, as the fleet state takes it: from a prediction-log
+    row of the cloud or an edge device's uploaded record. ``at``: unix seconds of the
+    reading (the answer, in the cloud); ``threshold`` and ``horizon_hours``: its class's
+    (the model's FeatureSpec), None where unknown (the pump's last ones are kept);
+    ``drivers``: ``[{"sensor", "weight"}]`` where the window was explained."""
+
+    pump_id: str
+    pump_class: str
+    at: float
+    rul_hours: float
+    failure_probability: float
+    model_version: str | None = None
+    arm: str | None = None
+    health_score: float | None = None
+    anomaly: bool | None = None
+    site: str | None = None
+    device_id: str | None = None
+    drivers: list[dict[str, Any]] | None = None
+    threshold: float | None = None
+    horizon_hours: float | None = None
+
+
+class FleetDB:
+    """The fleet database at ``url`` (migrated when opened), with the alert ``rules``, the
+    webhook ``urls`` each event is queued for, the default horizon of a class whose
+    model said none, and the clock."""
+
+    def __init__(
+        self,
+        url: str,
+        alert_rules: AlertRules | None = None,
+        webhook_urls: Sequence[str] = (),
+        default_horizon_hours: float = 72.0,
+        default_threshold: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.engine = engine_for(url)
+        self.rules = alert_rules or AlertRules()
+        self.webhook_urls = list(webhook_urls)
+        self.default_horizon = default_horizon_hours
+        self.default_threshold = default_threshold
+        self.clock = clock
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- scored windows in -----------------------------------------------------------
+
+    def ingest(self, rows: Iterable[ScoredRow]) -> list[tuple[str, int]]:
+        """Scored windows into the state and the score history (oldest first); returns
+        the alert events they caused, ``(event, alert_id)``. A window older than the
+        pump's latest is history only."""
+        ordered = sorted(rows, key=lambda r: r.at)
+        events: list[tuple[str, int]] = []
+        if not ordered:
+            return events
+        now = self.clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                scores.insert(),
+                [
+                    {
+                        "pump_id": r.pump_id,
+                        "at": r.at,
+                        "rul_hours": r.rul_hours,
+                        "failure_probability": r.failure_probability,
+                        "model_version": r.model_version,
+                        "arm": r.arm,
+                        "health_score": r.health_score,
+                        "anomaly": r.anomaly,
+                    }
+                    for r in ordered
+                ],
+            )
+            for r in ordered:
+                events.extend(self._one(conn, r, now))
+        return events
+
+    def _one(self, conn: sa.Connection, r: ScoredRow, now: float) -> list[tuple[str, int]]:
+        q = sa.select(pumps).where(pumps.c.pump_id == r.pump_id).with_for_update()
+        old = conn.execute(q).first()
+        if old is not None and old.last_reading_at is not None and r.at < old.last_reading_at:
+            return []
+        threshold = r.threshold or (old.threshold if old else None) or self.default_threshold
+        horizon = r.horizon_hours or (old.horizon_hours if old else None) or self.default_horizon
+        live = conn.execute(
+            sa.select(alerts)
+            .where(views.LIVE, alerts.c.pump_id == r.pump_id, alerts.c.horizon_hours == horizon)
+            .with_for_update()
+        ).first()
+        streak = Streak(old.above, old.below) if old is not None else Streak()
+        streak, action = rules.step(
+            streak,
+            r.failure_probability,
+            threshold,
+            self.rules,
+            live is not None,
+            bool(live is not None and live.escalated),
+        )
+        site = r.site or (old.site if old else None)
+        state = {
+            "pump_class": r.pump_class,
+            "site": site,
+            "device_id": r.device_id or (old.device_id if old else None),
+            "last_reading_at": r.at,
+            "rul_hours": r.rul_hours,
+            "failure_probability": r.failure_probability,
+            "model_version": r.model_version,
+            "arm": r.arm,
+            "health_score": r.health_score,
+            "anomaly": r.anomaly,
+            "drivers": r.drivers if r.drivers is not None else (old.drivers if old else []),
+            "threshold": threshold,
+            "horizon_hours": horizon,
+            "above": streak.above,
+            "below": streak.below,
+            "updated_at": now,
+        }
+        if old is None:
+            conn.execute(pumps.insert().values(pump_id=r.pump_id, **state))
+        else:
+            conn.execute(pumps.update().where(pumps.c.pump_id == r.pump_id).values(**state))
+        if live is not None:
+            conn.execute(
+                alerts.update()
+                .where(alerts.c.id == live.id)
+                .values(risk=r.failure_probability, updated_at=now)
+            )
+        if action is Action.OPEN:
+            new = conn.execute(
+                alerts.insert().values(
+                    pump_id=r.pump_id,
+                    pump_class=r.pump_class,
+                    site=site,
+                    horizon_hours=horizon,
+                    status=rules.OPEN,
+                    opened_at=r.at,
+                    risk=r.failure_probability,
+                    escalated=False,
+                    updated_at=now,
+                )
+            )
+            alert_id = int(new.inserted_primary_key[0])  # type: ignore[index]
+            note = f"risk {r.failure_probability:.3f} >= {threshold:g} for {streak.above} windows"
+            self._event(conn, alert_id, "opened", now, SYSTEM, note)
+            return [("opened", alert_id)]
+        if live is None or action is None:
+            return []
+        if action is Action.ESCALATE:
+            conn.execute(alerts.update().where(alerts.c.id == live.id).values(escalated=True))
+            note = f"risk {r.failure_probability:.3f} >= {max(self.rules.escalate_at, threshold):g}"
+            self._event(conn, live.id, "escalated", now, SYSTEM, note)
+            return [("escalated", live.id)]
+        note = f"risk below {threshold * self.rules.lower_band:g} for {streak.below} windows"
+        if live.status == rules.OPEN:  # nobody took it: it expires
+            self._close(conn, live.id, now, SYSTEM, f"expired: {note}", "expired")
+            return [("closed", live.id)]
+        last = conn.execute(
+            sa.select(alert_events.c.event)
+            .where(alert_events.c.alert_id == live.id)
+            .order_by(alert_events.c.id.desc())
+            .limit(1)
+        ).scalar_one()
+        if last != "cleared":  # taken by a crew: it stays theirs to close
+            self._event(conn, live.id, "cleared", now, SYSTEM, note)
+        return []
+
+    def device_seen(
+        self, device_id: str, site: str | None, pump_class: str | None, at: float | None = None
+    ) -> None:
+        """An edge device's upload (for devices online)."""
+        values = {"site": site, "pump_class": pump_class, "last_upload_at": at or self.clock()}
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                devices.update().where(devices.c.device_id == device_id).values(**values)
+            )
+            if done.rowcount == 0:
+                conn.execute(devices.insert().values(device_id=device_id, **values))
+
+    # --- a crew's actions ------------------------------------------------------------
+
+    def act(
+        self,
+        alert_id: int,
+        action: str,
+        by: str,
+        assignee: str | None = None,
+        note: str | None = None,
+        outcome: str | None = None,
+    ) -> dict[str, Any]:
+        """Acknowledge, assign or close an alert (NotFoundError: no such alert;
+        ConflictError: its status does not allow it); returns the alert."""
+        if outcome is not None and outcome not in (rules.HIT, rules.FALSE_ALARM):
+            raise InputError(f"outcome: hit or false_alarm, not {outcome!r}")
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.select(alerts).where(alerts.c.id == alert_id).with_for_update()
+            ).first()
+            if row is None:
+                raise NotFoundError(f"alert {alert_id}: no such alert")
+            status = rules.transition(row.status, action, alert_id)
+            if action == "close":
+                self._close(conn, alert_id, now, by, note, "closed", outcome)
+            else:
+                values: dict[str, Any] = {"status": status, "updated_at": now}
+                if action == "assign":
+                    values["assignee"] = assignee
+                    note = note or f"to {assignee}"
+                conn.execute(alerts.update().where(alerts.c.id == alert_id).values(**values))
+                self._event(conn, alert_id, status, now, by, note)
+            return views.alert_of(conn, alert_id)
+
+    # --- failures and maintenance ----------------------------------------------------
+
+    def feedback(self, pump_id: str, at: float, failure: bool) -> dict[str, Any]:
+        """A failure (``failure``) or a maintenance of a pump at ``at``: the alerts opened
+        within their horizon before it become hits with their lead time, a failure with
+        none is recorded as a miss, the pump's alerts still live are closed by it, and
+        its streaks start afresh."""
+        now = self.clock()
+        kind = "failure" if failure else "maintenance"
+        with self.engine.begin() as conn:
+            rows = list(conn.execute(sa.select(alerts).where(alerts.c.pump_id == pump_id)))
+            views_ = [
+                AlertView(a.id, a.opened_at, a.horizon_hours, a.status, a.outcome) for a in rows
+            ]
+            hits, missed = rules.mark_event(views_, at, failure)
+            for m in hits:
+                conn.execute(
+                    alerts.update()
+                    .where(alerts.c.id == m.alert_id)
+                    .values(outcome=m.outcome, lead_time_hours=m.lead_time_hours, updated_at=now)
+                )
+            for a in rows:
+                if a.status != rules.CLOSED and a.opened_at < at:
+                    self._close(conn, a.id, now, SYSTEM, f"{kind} at {views.iso(at)}", kind)
+            conn.execute(
+                failures.insert().values(
+                    pump_id=pump_id, kind=kind, at=at, missed=missed, received_at=now
+                )
+            )
+            conn.execute(pumps.update().where(pumps.c.pump_id == pump_id).values(above=0, below=0))
+        return {"hits": [m.alert_id for m in hits], "missed": missed}
+
+    def settle(self, now: float | None = None) -> int:
+        """Mark closed alerts whose horizon passed with no failure as false alarms."""
+        at = self.clock() if now is None else now
+        with self.engine.begin() as conn:
+            q = sa.select(alerts).where(alerts.c.status == rules.CLOSED, alerts.c.outcome.is_(None))
+            rows = [
+                AlertView(a.id, a.opened_at, a.horizon_hours, a.status, a.outcome)
+                for a in conn.execute(q)
+            ]
+            marked = rules.settle(rows, at)
+            for m in marked:
+                conn.execute(
+                    alerts.update().where(alerts.c.id == m.alert_id).values(outcome=m.outcome)
+                )
+        return len(marked)
+
+    # --- history and the outbox ------------------------------------------------------
+
+    def _close(
+        self,
+        conn: sa.Connection,
+        alert_id: int,
+        now: float,
+        by: str,
+        note: str | None,
+        event: str,
+        outcome: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"status": rules.CLOSED, "closed_at": now, "updated_at": now}
+        if outcome is not None:
+            values["outcome"] = outcome
+        conn.execute(alerts.update().where(alerts.c.id == alert_id).values(**values))
+        self._event(conn, alert_id, event, now, by, note, webhook="closed")
+
+    def _event(
+        self,
+        conn: sa.Connection,
+        alert_id: int,
+        event: str,
+        now: float,
+        by: str | None,
+        note: str | None,
+        webhook: str | None = None,
+    ) -> None:
+        conn.execute(
+            alert_events.insert().values(alert_id=alert_id, at=now, event=event, by=by, note=note)
+        )
+        kind = WEBHOOK_EVENTS.get(webhook or event)
+        if kind is None or not self.webhook_urls:
+            return
+        event_id = uuid.uuid4().hex
+        body = json.dumps(
+            {
+                "id": event_id,
+                "event": kind,
+                "at": views.iso(now),
+                "alert": views.alert_of(conn, alert_id),
+            },
+            sort_keys=True,
+        )
+        conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "event_id": event_id,
+                    "event": kind,
+                    "alert_id": alert_id,
+                    "url": url,
+                    "body": body,
+                    "created_at": now,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                }
+                for url in self.webhook_urls
+            ],
+        )
