@@ -532,6 +532,7 @@
         await render();
       } catch (e) {
         for (const b of form.querySelectorAll("button")) b.disabled = false;
+        if (e.status === 409) await render(); // the alert moved on: show it as it stands
         fail(e);
       }
     });

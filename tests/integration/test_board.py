@@ -358,7 +358,7 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
     expect(block.locator(".alert-status")).to_have_text("assigned")
     got = api.get("/v1/fleet/esp-d7-2").json()["pump"]["open_alert"]
     assert (got["status"], got["assignee"]) == ("assigned", "crew-3")
-    page.screenshot(path=str(shots / "board-pump-assigned.png"), full_page=True)
+    page.screenshot(path=str(shots / "assigned-pump.png"), full_page=True)
 
     # closing without a note is refused on the page, before any request
     block.get_by_role("button", name="Close").click()
