@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -27,7 +28,6 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from pumpfleet.entry import run_main
 from pumpfleet.features import FeatureSpec
 from pumpfleet.job_options import add_train_args
-from pumpfleet.registration import Winner, load_checkpoint, register_winner
 from pumpfleet.registry import Registry
 from pumpfleet.reproduction import reproduce
 from pumpfleet.search_space import Asha, SearchSpace, space_from_args, train_config
@@ -39,7 +39,6 @@ from pumpfleet.training_run import (
     ClassData,
     Experiment,
     TrialTracker,
-    best_metric,
     finish_experiment,
     load_data,
     only_classes,
@@ -48,6 +47,13 @@ from pumpfleet.training_run import (
     unfinished_experiment,
 )
 from ray_jobs._ray import cluster_cpus, init_ray
+from ray_jobs.train_register import (
+    RegisterWhenDone,
+    registrar,
+    start_registration,
+    winner_from_results,
+    winner_from_trials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +205,28 @@ def _trainable(data: dict[str, ClassData]) -> Any:
     return tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": 1})
 
 
+def _registering(
+    settings: Settings,
+    snap: Snapshot,
+    experiment: Experiment,
+    data: dict[str, ClassData],
+    tracking: MlflowTracking,
+) -> RegisterWhenDone:
+    """The callback that registers each class's winner as soon as its trials end."""
+    metric = experiment.space.metric
+    registrar()  # started now, so that its imports overlap the first trials
+
+    def start(cls: str, completed: list[Trial]) -> Any:
+        winner = winner_from_trials(completed, metric, tracking.runs)
+        if winner is None:
+            return None
+        val = data[cls][1]
+        return start_registration(settings, snap.id, cls, winner, val, experiment.tags, metric)
+
+    expected = dict.fromkeys(experiment.classes, experiment.space.trials_per_class)
+    return RegisterWhenDone(expected, start)
+
+
 def run_train(
     settings: Settings,
     snapshot: str = "latest",
@@ -215,17 +243,24 @@ def run_train(
     registry.ping()  # before any training: an unreachable server fails the job now
     experiment = start_experiment(settings, registry, snap, space, sorted(data))
     tracking = MlflowTracking(settings, experiment.parent_run, experiment.tags, experiment.path)
+    registering = _registering(settings, snap, experiment, data, tracking)
     scheduler = PerClassAsha(space.metric, space.epochs, space.asha)
     tuner = tune.Tuner(
         _trainable(data),
         param_space=space.param_space(experiment.classes),
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=cluster_cpus(), scheduler=scheduler, reuse_actors=False
+            # A trial's process goes on to the next trial: a new one would import torch
+            # and fetch the data again, seconds of the CPUs the other trials are using.
+            max_concurrent_trials=cluster_cpus(),
+            scheduler=scheduler,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=experiment.path.name,
             storage_path=str(settings.tune_dir),
-            callbacks=[tracking],
+            # The tracking callback first: a trial's MLflow run is ended before its class
+            # is registered.
+            callbacks=[tracking, registering],
             # A trial whose node or process dies goes on from its last checkpoint on
             # another node (benchmarks/failover.py); one that fails by itself (a diverged
             # loss) fails again from the same state and is then recorded as failed.
@@ -242,7 +277,9 @@ def run_train(
         ),
     )
     grid = _fit(tuner)
-    return _finish(settings, registry, snap, experiment, data, grid, tracking, started)
+    return _finish(
+        settings, registry, snap, experiment, data, grid, tracking, started, registering.tasks
+    )
 
 
 def resume_train(settings: Settings) -> dict[str, Any]:
@@ -259,7 +296,8 @@ def resume_train(settings: Settings) -> dict[str, Any]:
     # Tune restores the callback it pickled; this one only reads the map it kept.
     tracking = MlflowTracking(settings, experiment.parent_run, experiment.tags, experiment.path)
     grid = _fit(tuner)
-    return _finish(settings, registry, snap, experiment, data, grid, tracking, started) | {
+    # Tune runs the callbacks it pickled, which start nothing: every class registers here.
+    return _finish(settings, registry, snap, experiment, data, grid, tracking, started, {}) | {
         "resumed": str(experiment.path)
     }
 
@@ -273,36 +311,31 @@ def _finish(
     grid: Any,
     tracking: MlflowTracking,
     started: float,
+    tasks: dict[str, Any],
 ) -> dict[str, Any]:
-    """Each class's best trial registered as its challenger; the experiment finished."""
+    """Each class's best trial registered as its challenger (``tasks``: the registration
+    tasks started while the search ran, by class; the other classes' start here); the
+    experiment finished."""
     metric = experiment.space.metric
     trials = [grid[i] for i in range(len(grid))]
     # The callback that Tune ran may be a restored copy: read the trial → run map it kept.
     tracking.runs.update(tracked_runs(Path(str(grid.experiment_path))))
-    out: dict[str, Any] = {}
     failed: dict[str, int] = {}
+    pending = dict(tasks)
     for cls in sorted(data):
         of_class = [r for r in trials if (r.config or {}).get("pump_class") == cls]
         failed[cls] = sum(r.error is not None for r in of_class)
-        scored = [(r, r.get_best_checkpoint(metric, "min")) for r in of_class]
-        scored = [(r, c) for r, c in scored if c is not None and r.error is None]
-        if not scored:
+        if cls not in pending:
+            winner = winner_from_results(of_class, metric, tracking.runs)
+            pending[cls] = winner and start_registration(
+                settings, snap.id, cls, winner, data[cls][1], experiment.tags, metric
+            )
+    out: dict[str, Any] = {}
+    for cls in sorted(data):
+        if pending[cls] is None:
             log.error("class %s: every trial failed", cls)
             continue
-        best, ckpt = min(scored, key=lambda rc: best_metric(rc[0].metrics_dataframe, metric))
-        with ckpt.as_directory() as d:
-            state, model_config = load_checkpoint(Path(d))
-        winner = Winner(
-            state=state,
-            model_config=model_config,
-            config=best.config,
-            run_id=tracking.runs[str(best.metrics["trial_id"])],
-            val_metric=best_metric(best.metrics_dataframe, metric),
-            val_rmse=best_metric(best.metrics_dataframe, "rmse"),
-        )
-        out[cls] = register_winner(
-            registry, snap, cls, winner, data[cls][1], experiment.tags, metric
-        )
+        out[cls] = ray.get(pending[cls])
     return finish_experiment(settings, registry, experiment, out, len(grid), failed, started)
 
 
