@@ -25,6 +25,7 @@ import numpy as np
 
 from pumpfleet import records
 from pumpfleet.features import window_summary
+from pumpfleet.fleet_drift import setting_means
 from pumpfleet.scoring import Scores, score_windows
 from serve_apps.batch import Group, Items
 from serve_apps.front_door import REQUEST_ID
@@ -53,13 +54,14 @@ def log_columns(
     now_ns: int | None = None,
 ) -> dict[str, Any]:
     """A group's prediction records, column by column (``health``: its health columns):
-    who, which model, what it said, how long it took, and each input channel's mean over
-    the window (``in_<channel>``, what the drift monitor compares)."""
+    who, which model, what it said, how long it took, and each input channel's and
+    operating setting's mean over the window (``in_<name>``, what the drift monitor
+    compares; the settings show a new operating regime)."""
     k = len(g.rows)
     # a group's rows share it: a uuid per row costs more
     batch = f"{REQUEST_ID.get() or uuid.uuid4().hex}-{g.pump_class}-{g.arm}"
     now = time.time_ns() if now_ns is None else now_ns
-    summary = window_summary(g.windows, g.model.spec)
+    summary = window_summary(g.windows, g.model.spec) | setting_means(g.windows, g.model.spec)
     return {
         "request_id": [batch] if k == 1 else [f"{batch}-{j}" for j in range(k)],
         "timestamp": np.array([now] * k, dtype="datetime64[ns]"),
