@@ -3,7 +3,7 @@ base of ``serve_apps.scoring.PumpScorer``): a static single-page app for mainten
 crews, and the one JSON route it needs that the fleet routes do not give.
 
     GET /board                 the page (open: it holds no data; it asks for the key)
-    GET /board/<asset>         board.js, charts.js, board.css (open)
+    GET /board/<asset>         its scripts and styles (open)
     GET /v1/drift              X-API-Key: <scoring key>: each class's drift status, from
                                the monitor's latest report
 
@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 # the only files the board serves, and their media types
 ASSETS = {
     "index.html": "text/html; charset=utf-8",
-    "board.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "lists.js": "text/javascript; charset=utf-8",
+    "pump.js": "text/javascript; charset=utf-8",
+    "board.js": "text/javascript; charset=utf-8",
     "board.css": "text/css; charset=utf-8",
 }
 CSP = "; ".join(

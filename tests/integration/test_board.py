@@ -63,17 +63,16 @@ def test_the_board_and_its_assets_are_served_open_with_a_strict_policy(
         page = client.get("/board")
         assert page.status_code == 200
         assert page.headers["content-type"] == "text/html; charset=utf-8"
-        for name in ("board/board.js", "board/charts.js", "board/board.css"):
-            assert f'"{name}"' in page.text  # relative: the board works under a prefix
+        for name in set(board_routes.ASSETS) - {"index.html"}:
+            assert f'"board/{name}"' in page.text  # relative: the board works under a prefix
         assert "<script>" not in page.text and " style=" not in page.text  # nothing inline
         policy = page.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "default-src 'none'" in policy
         assert "unsafe-inline" not in policy and "http" not in policy
         assert page.headers["x-content-type-options"] == "nosniff"
-        for name, media in [
-            ("board.js", "text/javascript; charset=utf-8"),
-            ("charts.js", "text/javascript; charset=utf-8"),
-            ("board.css", "text/css; charset=utf-8"),
+        scripts = ["charts.js", "common.js", "lists.js", "pump.js", "board.js"]
+        for name, media in [(n, "text/javascript; charset=utf-8") for n in scripts] + [
+            ("board.css", "text/css; charset=utf-8")
         ]:
             got = client.get(f"/board/{name}")
             assert (got.status_code, got.headers["content-type"]) == (200, media)
@@ -281,8 +280,13 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
     assert page.evaluate("sessionStorage.getItem('pumpfleet.key')") is None
     problems.clear()  # the browser logs the refused request itself
 
-    page.get_by_label("API key (a scoring key)").fill(KEY)
-    page.get_by_role("button", name="Log in").click()
+    # by keyboard alone: the refused key is selected for typing again; Tab to the name
+    # (kept), Enter
+    assert page.evaluate("document.activeElement.id") == "login-key"
+    page.keyboard.type(KEY)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "login-name"
+    page.keyboard.press("Enter")
     table = page.locator("#work-list")
     expect(table.locator("caption")).to_have_text("The work list: 12 pumps, riskiest first")
     expect(table.locator("tbody tr")).to_have_count(12)
