@@ -252,35 +252,31 @@ def add_retrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shadow", action="store_true", default=None, help="or a shadow test")
 
 
-def submit_retrain(
-    address: str,
-    options: RetrainOptions,
-    token: str | None = None,
-    runtime_env: dict[str, Any] | None = None,
-) -> str:
-    """Submit a retrain with ``options`` to the Ray job server at ``address`` (its
-    dashboard URL) through Ray's Job Submission API; returns the submission id. ``token``
-    is the cluster's Ray auth token where token authentication is on. The job's runtime
-    environment carries the submitter's git commit, which the job records."""
-    from ray.job_submission import JobSubmissionClient
-
+def retrain_submission(
+    options: RetrainOptions, runtime_env: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a retrain with ``options`` is submitted to a Ray job server with: the keyword
+    arguments of ``JobSubmissionClient.submit_job`` (the parts call it; the core does no
+    HTTP). The job's runtime environment carries the submitter's git commit, which the job
+    records."""
     from pumpfleet.lineage import submission_env
 
     env = {**submission_env(), **(runtime_env or {}).get("env_vars", {})}
     runtime_env = {**(runtime_env or {}), "env_vars": env} if env else runtime_env
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    client = JobSubmissionClient(address, headers=headers)
-    job_id = f"{RETRAIN_JOB_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    return str(
-        client.submit_job(
-            entrypoint=options.entrypoint(),
-            submission_id=job_id,
-            runtime_env=runtime_env,
-            # the monitor reads the classes back to keep one running job per class
-            metadata={
-                "pumpfleet": "retrain",
-                "reason": options.reason[:200],
-                "classes": ",".join(options.classes or []),
-            },
-        )
-    )
+    return {
+        "entrypoint": options.entrypoint(),
+        "submission_id": f"{RETRAIN_JOB_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-"
+        f"{secrets.token_hex(3)}",
+        "runtime_env": runtime_env,
+        # the monitor reads the classes back to keep one running job per class
+        "metadata": {
+            "pumpfleet": "retrain",
+            "reason": options.reason[:200],
+            "classes": ",".join(options.classes or []),
+        },
+    }
+
+
+def auth_headers(token: str | None) -> dict[str, str] | None:
+    """The headers of a Ray job server with token authentication on (None: off)."""
+    return {"Authorization": f"Bearer {token}"} if token else None

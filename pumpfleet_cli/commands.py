@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pumpfleet import jsontext
 from pumpfleet.adapters import shared_data_dir
 from pumpfleet.errors import InputError, one_line
-from pumpfleet.job_options import RetrainOptions, submit_retrain, window_config
+from pumpfleet.job_options import RetrainOptions, window_config
 from pumpfleet.settings import Settings
 
 PARTIAL = 3  # the job finished but set some input aside (e.g. unreadable files)
@@ -316,6 +316,8 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> None:
     options = RetrainOptions.from_args(args)  # a bad value fails before Ray starts
     if args.jobs_address:
+        from ray_jobs.triggers import submit_retrain
+
         job = submit_retrain(args.jobs_address, options, settings.ray_auth_token)
         _print({"submitted": job, "options": options.model_dump()})
         return
@@ -331,6 +333,7 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
     from ray_jobs._ray import init_ray
     from ray_jobs.monitor import run_monitor
     from ray_jobs.retrain import retrain_with
+    from ray_jobs.triggers import submit_retrain
 
     scheduled = RetrainOptions(reason="scheduled", promote=args.promote)
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pumpfleet.job_options import RETRAIN_JOB_PREFIX, RetrainOptions, submit_retrain
+from pumpfleet.job_options import (
+    RETRAIN_JOB_PREFIX,
+    RetrainOptions,
+    auth_headers,
+    retrain_submission,
+)
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.triggers import retrain_classes
 
@@ -28,9 +33,7 @@ class JobServer:
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            token = self.token
-            headers = {"Authorization": f"Bearer {token}"} if token else None
-            self._client = JobSubmissionClient(self.address, headers=headers)
+            self._client = JobSubmissionClient(self.address, headers=auth_headers(self.token))
         return self._client
 
     def running_classes(self) -> set[str]:
@@ -46,6 +49,21 @@ class JobServer:
         """A retrain of ``classes``, every other option at its default."""
         options = RetrainOptions(classes=classes, reason=reason)
         return submit_retrain(self.address, options, self.token)
+
+
+def submit_retrain(
+    address: str,
+    options: RetrainOptions,
+    token: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+) -> str:
+    """Submit a retrain with ``options`` to the Ray job server at ``address`` (its
+    dashboard URL) through Ray's Job Submission API; returns the submission id. ``token``
+    is the cluster's Ray auth token where token authentication is on."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address, headers=auth_headers(token))
+    return str(client.submit_job(**retrain_submission(options, runtime_env)))
 
 
 def job_server(address: str | None, settings: Settings) -> JobServer | None:

@@ -36,6 +36,7 @@ from ray.serve import Application
 from pumpfleet import devices, explain, records
 from pumpfleet.edge_ingest import EdgeUpload, handle_upload
 from pumpfleet.errors import PumpfleetError
+from pumpfleet.job_options import RetrainOptions, auth_headers, retrain_submission
 from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
 from serve_apps import batch, metrics, prediction_log
@@ -318,12 +319,13 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes):
             raise Unavailable(
                 "retraining is not configured: no Ray job server (PUMPFLEET_JOBS_ADDRESS)"
             )
-        from pumpfleet.job_options import RetrainOptions, submit_retrain
+        from ray.job_submission import JobSubmissionClient
 
         options = RetrainOptions(classes=req.classes, reason=req.reason, epochs=req.epochs)
         token = get_settings().ray_auth_token
-        try:
-            job_id = submit_retrain(address, options, token)
+        try:  # Serve reaches the jobs only through Ray's job API
+            client = JobSubmissionClient(address, headers=auth_headers(token))
+            job_id = str(client.submit_job(**retrain_submission(options)))
         except Exception as e:  # the job server is down or refused: say so, not a 500
             log.error("retrain submission to %s failed: %s", address, e)
             raise Unavailable(f"the Ray job server did not take the job: {e}") from None

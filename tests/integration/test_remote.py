@@ -265,7 +265,8 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
 
     # What POST /v1/admin/retrain and `pumpfleet retrain --jobs-address` do: the retraining
     # job through the Job Submission API, with every option the user gave (none default).
-    from pumpfleet.job_options import RetrainOptions, submit_retrain
+    from pumpfleet.job_options import RetrainOptions
+    from ray_jobs.triggers import submit_retrain
 
     runtime_env = yaml.safe_load((ROOT / "cluster/runtime-env/dev.yaml").read_text())
     options = RetrainOptions(

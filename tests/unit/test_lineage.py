@@ -153,6 +153,7 @@ def test_runs_record_the_commit_their_submitter_passes_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from pumpfleet import job_options
+    from ray_jobs import triggers
 
     monkeypatch.setenv("PUMPFLEET_GIT_COMMIT", "0123abc")
     get_settings.cache_clear()
@@ -172,7 +173,7 @@ def test_runs_record_the_commit_their_submitter_passes_on(
 
         monkeypatch.setattr("ray.job_submission.JobSubmissionClient", Client)
         options = job_options.RetrainOptions(classes=["esp"])
-        job_options.submit_retrain("http://head:8265", options, runtime_env={"pip": ["x"]})
+        triggers.submit_retrain("http://head:8265", options, runtime_env={"pip": ["x"]})
         assert submitted["runtime_env"] == {
             "pip": ["x"],
             "env_vars": {"PUMPFLEET_GIT_COMMIT": "0123abc"},

@@ -185,7 +185,6 @@ def test_a_body_sent_in_chunks_is_refused_once_over_its_limit() -> None:
 def test_retrain_submits_with_the_ray_token_from_the_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pumpfleet.job_options as job_options
     from pumpfleet.settings import get_settings
     from serve_apps.model_set import ModelSet
     from serve_apps.schemas import RetrainRequest
@@ -193,11 +192,16 @@ def test_retrain_submits_with_the_ray_token_from_the_settings(
 
     sent: list[tuple[str, Any, str | None]] = []
 
-    def submit(address: str, options: Any, token: str | None) -> str:
-        sent.append((address, options, token))
-        return "raysubmit_1"
+    class Client:  # Ray's job client, as the replica calls it
+        def __init__(self, address: str, headers: dict[str, str] | None = None) -> None:
+            self.address, self.headers = address, headers or {}
 
-    monkeypatch.setattr(job_options, "submit_retrain", submit)
+        def submit_job(self, **job: Any) -> str:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ") or None
+            sent.append((self.address, job, token))
+            return "raysubmit_1"
+
+    monkeypatch.setattr("ray.job_submission.JobSubmissionClient", Client)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "the-cluster-token")
     cfg = ScoringConfig(tracking_uri="x", predictions_dir="p", jobs_address="http://head:8265")
     models = ModelSet(None, cfg.aliases(), 0.2, "s")  # type: ignore[arg-type]
@@ -210,9 +214,12 @@ def test_retrain_submits_with_the_ray_token_from_the_settings(
     finally:
         get_settings.cache_clear()
     assert out == {"job_id": "raysubmit_1", "classes": ["esp"]}
-    ((address, options, token),) = sent
+    ((address, job, token),) = sent
     assert (address, token) == ("http://head:8265", "the-cluster-token")
-    assert (options.reason, options.epochs) == ("drift", 3)
+    assert job["metadata"] == {"pumpfleet": "retrain", "reason": "drift", "classes": ""}
+    assert "--epochs 3" in job["entrypoint"] and job["submission_id"].startswith(
+        "pumpfleet-retrain-"
+    )
     with pytest.raises(InvalidFields) as e:
         retrain(scorer, RetrainRequest(reason="x", classes=["submarine"]), None)
     assert e.value.problems == [(["classes"], "unknown or unserved class 'submarine'")]
