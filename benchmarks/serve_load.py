@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from pumpfleet.tables import format_table
+from benchmarks.serve_load_report import report
 
 WINDOW = 24
 BATCH = 1000
@@ -418,54 +418,7 @@ def main(argv: list[str] | None = None) -> None:
             ray.shutdown()
         shutil.rmtree(home, ignore_errors=True)
 
-    _report(rows, args.concurrency)
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x"
-
-
-def _report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
-    base = rows[f"fastapi@{concurrency[0]}"]
-    table = []
-    names = {"door": "serve, front door (HAProxy)", "serve": "serve, replicas' own ports",
-             "proxy": "serve, Python proxy", "fastapi": "fastapi, 2 workers"}  # fmt: skip
-    for n in concurrency:
-        for arm in ("door", "serve", "proxy", "fastapi"):
-            r = rows[f"{arm}@{n}"]
-            ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
-            row = [names[arm], n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
-            table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio])
-    ip = rows["in-process"]
-    row = ["onnxruntime in-process", 1, f"{ip['rps']:,.0f}", f"{ip['p50']:.2f}"]
-    table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"])])
-    head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
-    print(format_table(head, table))
-    fb, sb = rows["fastapi@batch"], rows["serve@batch"]
-    via = "front door"
-    batches = [
-        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
-        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
-        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
-        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
-    ]
-    print()
-    print(format_table(["batch of 1,000", "windows/s", "vs fastapi JSON"], batches))
-    ch = rows["serve@chaos"]
-    print()
-    print(f"chaos under load (16 clients): {'; '.join(ch['events'])}")
-    kinds = ch["error_kinds"] or ""
-    print(
-        f"  {ch['rps']:,.0f} req/s, p99 {ch['p99']:.1f} ms, failed requests {ch['errors']} {kinds}"
-    )
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
-    f64 = rows[f"fastapi@{concurrency[-1]}"]
-    print(
-        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / base['rps']:.2f} "
-        f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
-        f"chaos_errors={ch['errors']}"
-    )
+    report(rows, args.concurrency)
 
 
 if __name__ == "__main__":
