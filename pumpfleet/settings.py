@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     admin_token: str | None = Field(default=None, repr=False)
     admin_token_file: Path | None = None
+    # The crews' view (issue 20): the fleet database (default: SQLite, fleet.db in the
+    # workspace; on a cluster postgresql+psycopg://user@host/db), and the webhooks its
+    # alert events are POSTed to (comma-separated URLs), signed with the secret.
+    fleet_db_url: str | None = None
+    webhook_urls: str | None = None
+    webhook_secret: str | None = Field(default=None, repr=False)
     # Who acts, in audit records (a CI job, a service account); the OS user if unset.
     user: str | None = None
     # MLflow's HTTP client against a tracking server that is down retries each request 7
@@ -143,6 +149,9 @@ class Settings(BaseSettings):
         "api_keys_file",
         "admin_token",
         "admin_token_file",
+        "fleet_db_url",
+        "webhook_urls",
+        "webhook_secret",
         mode="before",
     )
     @classmethod
@@ -201,6 +210,11 @@ class Settings(BaseSettings):
     @property
     def tune_dir(self) -> Path:
         return self.home / "tune"
+
+    @property
+    def fleet_db(self) -> str:
+        """The fleet database's URL: the configured one, else SQLite in the workspace."""
+        return self.fleet_db_url or f"sqlite:///{self.home / 'fleet.db'}"
 
     @property
     def tracking_uri(self) -> str:

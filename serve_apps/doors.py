@@ -66,6 +66,13 @@ DOORS: dict[str, Door] = {
     "/v1/devices": Door(Who.SCORING),
     "/v1/edge/assignment": Door(Who.DEVICE),
     "/v1/edge/bundles/{pump_class}/{bundle}": Door(Who.DEVICE),
+    # the crews' view (serve_apps/fleet_routes.py): the work list, alerts and their actions
+    "/v1/fleet": Door(Who.SCORING),
+    "/v1/fleet/{pump_id}": Door(Who.SCORING),
+    "/v1/alerts": Door(Who.SCORING),
+    "/v1/alerts/{alert_id}/ack": Door(Who.SCORING, frozenset({JSON})),
+    "/v1/alerts/{alert_id}/assign": Door(Who.SCORING, frozenset({JSON})),
+    "/v1/alerts/{alert_id}/close": Door(Who.SCORING, frozenset({JSON})),
     # the fleet board (serve_apps/board_routes.py): the drift status it shows; its page
     # and assets (/board, /board/<asset>) hold no data and are OPEN, as any path off /v1/
     "/v1/drift": Door(Who.SCORING),

@@ -94,3 +94,42 @@ def drift_status(reports_uri: str, served: Iterable[str]) -> dict[str, int] | No
     open_ = {str(c) for c in report.get("alerting_classes") or []}
     known = set(served) | {str(c) for c in report.get("classes") or {}} | open_
     return {c: int(c in open_) for c in sorted(known)}
+
+
+# The crews' view (serve_apps/fleet_routes.py): refreshed by each replica's webhook
+# sender from the fleet database; every replica reads the same database, so a query by
+# max() over replicas is the fleet's figure.
+_OPEN_ALERTS = metrics.Gauge(
+    "pumpfleet_open_alerts",
+    description="alerts not closed, by pump class and site",
+    tag_keys=("pump_class", "site"),
+)
+_STALE_PUMPS = metrics.Gauge(
+    "pumpfleet_stale_pumps", description="pumps with no reading for longer than stale_seconds"
+)
+_DEVICES_ONLINE = metrics.Gauge(
+    "pumpfleet_devices_online",
+    description="edge devices that uploaded within device_stale_seconds",
+)
+_FLEET_DROPPED = metrics.Counter(
+    "pumpfleet_fleet_rows_dropped",
+    description="scored rows the fleet feed dropped because its queue was full",
+)
+_OPEN_SEEN: set[tuple[str, str]] = set()
+
+
+def fleet_gauges(open_by: Mapping[tuple[str, str], int], stale: int, online: int) -> None:
+    """Open alerts by (class, site), stale pumps and devices online, from the fleet
+    database; a (class, site) whose alerts all closed goes back to 0."""
+    for key in _OPEN_SEEN - set(open_by):
+        _OPEN_ALERTS.set(0.0, tags={"pump_class": key[0], "site": key[1] or "none"})
+    for (cls, site), n in open_by.items():
+        _OPEN_ALERTS.set(float(n), tags={"pump_class": cls, "site": site or "none"})
+    _OPEN_SEEN.update(open_by)
+    _STALE_PUMPS.set(float(stale))
+    _DEVICES_ONLINE.set(float(online))
+
+
+def fleet_dropped(rows: int) -> None:
+    """``rows`` scored rows not fed to the fleet state (its queue was full)."""
+    _FLEET_DROPPED.inc(rows)

@@ -12,7 +12,7 @@ from pumpfleet.errors import RegistryError
 from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings
 from serve_apps import front_door
-from serve_apps.schemas import ScoringConfig
+from serve_apps.schemas import FleetConfig, ScoringConfig
 from serve_apps.scoring import build_app
 from serve_apps.security import Secrets, load_secrets
 
@@ -82,6 +82,11 @@ def start(
         # the edge fleet's rollouts, trust root and assignment key: the workspace's own
         workspace=str(settings.home),
         signing_key=str(settings.signing_key or settings.keys_dir / "bundle-signing.pem"),
+        fleet=FleetConfig(
+            db_url=settings.fleet_db,
+            webhook_urls=[u.strip() for u in (settings.webhook_urls or "").split(",") if u.strip()],
+            webhook_secret=settings.webhook_secret,
+        ),
     )
     if max_body_bytes:
         cfg = cfg.model_copy(update={"max_body_bytes": max_body_bytes})

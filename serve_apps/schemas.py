@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from pumpfleet.errors import InputError
 from pumpfleet.readings import check_pump_id
@@ -35,6 +35,40 @@ def _pump_id(value: str) -> str:
 PumpId = Annotated[str, Field(strict=True), AfterValidator(_pump_id)]
 # A class name: the prediction record's rule (it names folders: no dots first, no "/").
 ClassName = Annotated[str, Field(strict=True, pattern=NAME)]
+
+
+class FleetConfig(BaseModel):
+    """The crews' view (``serve_apps/fleet_routes.py``): where the fleet state is, when a
+    pump or a device is stale, the alerts' hysteresis, and the webhooks of alert events
+    (URLs, the HMAC secret, timeouts and back-off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # None: sqlite:///<workspace>/fleet.db; on a cluster postgresql+psycopg://...
+    db_url: str | None = None
+    stale_seconds: float = Field(default=3600.0, gt=0)
+    device_stale_seconds: float = Field(default=900.0, gt=0)
+    open_after: int = Field(default=2, ge=1, le=1000)
+    clear_after: int = Field(default=3, ge=1, le=1000)
+    lower_band: float = Field(default=0.8, gt=0, le=1)
+    escalate_at: float = Field(default=0.9, gt=0, le=1)
+    default_horizon_hours: float = Field(default=72.0, gt=0)
+    # scored rows waiting for the fleet state; past it they are dropped (and counted),
+    # never waited for: scoring does not wait on the fleet database
+    queue_rows: int = Field(default=50_000, ge=1)
+    explain_per_batch: int = Field(default=16, ge=0, le=10_000)
+    webhook_urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
+    webhook_secret: str | None = Field(default=None, repr=False)
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_backoff_seconds: float = Field(default=1.0, gt=0)
+    webhook_backoff_cap_seconds: float = Field(default=300.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _signed(self) -> FleetConfig:
+        if self.webhook_urls and not self.webhook_secret:
+            raise ValueError("webhook_urls need a webhook_secret to sign with")
+        return self
 
 
 class ScoringConfig(BaseModel):
@@ -79,6 +113,8 @@ class ScoringConfig(BaseModel):
     # `pumpfleet edge bundle` makes it. Paths only: the keys stay on disk.
     signing_key: str | None = None
     assignment_keys: list[str] = Field(default_factory=list)
+    # the crews' view: fleet state, alerts and webhooks (FleetConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def aliases(self) -> dict[Arm, str]:
         """The registry alias each arm serves."""
@@ -194,3 +230,6 @@ class Feedback(BaseModel):
     rul_hours: (
         Annotated[float, Field(ge=0, le=MAX_RUL_HOURS, allow_inf_nan=False, strict=True)] | None
     ) = None
+    maintained_at: UnixTime | None = Field(
+        default=None, description="a maintenance of the pump (unix seconds): marks its alerts"
+    )

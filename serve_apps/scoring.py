@@ -44,6 +44,7 @@ from serve_apps.board_routes import BoardRoutes
 from serve_apps.durable_log import DurableLog
 from serve_apps.edge_routes import EdgeFleetRoutes
 from serve_apps.errors import Forbidden, InvalidFields, Unavailable
+from serve_apps.fleet_routes import FleetRoutes
 from serve_apps.http_app import ADMIN, DEVICE, SCORING, app, device_of, read_body
 from serve_apps.model_set import ModelSet
 from serve_apps.schemas import (
@@ -91,7 +92,7 @@ def _shadow_done(future: Future[Any]) -> None:
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)
-class PumpScorer(EdgeFleetRoutes, BoardRoutes):
+class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = c = ScoringConfig(**config)
         c.check()
@@ -120,6 +121,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes):
         self._flusher.start()
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
         self._refresher.start()
+        self.fleet_hub(required=False)  # the fleet state's feed and webhook sender
         log.info("%s: serving classes %s", c.stage, sorted(self.models.classes))
 
     def _refresh(self) -> dict[str, dict[str, str]]:
@@ -207,6 +209,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes):
                 self._shadow.submit(
                     prediction_log.write_with_shadow, self.log, columns, challenger, g, items
                 ).add_done_callback(_shadow_done)
+            self.fleet_feed_group(g, columns)  # queued: never waits on the fleet db
         return answers, groups
 
     @app.post("/v1/score", dependencies=SCORING)
@@ -264,8 +267,11 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes):
     def feedback(self, fb: Feedback, request: Request) -> dict[str, Any]:
         """An observed outcome (a failure time, or a RUL seen in hindsight), logged for the
         realised online metrics of each arm."""
+        if fb.failed_at is None and fb.rul_hours is None and fb.maintained_at is None:
+            raise InvalidFields.at("failed_at", "give failed_at, rul_hours or maintained_at")
+        self.fleet_feedback(fb.pump_id, fb.failed_at, fb.maintained_at)  # marks its alerts
         if fb.failed_at is None and fb.rul_hours is None:
-            raise InvalidFields.at("failed_at", "give failed_at or rul_hours")
+            return {"accepted": 1}
         self.feedback_log.append(
             {
                 "pump_id": fb.pump_id,
@@ -291,7 +297,9 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes):
         device = device_of(request)
         if device is not None and up.device_id != device:
             raise Forbidden(f"this token is device {device}'s: it may not upload as another")
-        return handle_upload(self.config.predictions_dir, up.model_dump())
+        answer = handle_upload(self.config.predictions_dir, up.model_dump())
+        self.fleet_feed_upload(up, answer)
+        return answer
 
     # --- admin ---------------------------------------------------------------------
 
