@@ -369,4 +369,26 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
     expect(page.locator("#error")).to_have_text("Closing note: enter a value first.")
     assert api.get("/v1/fleet/esp-d7-2").json()["pump"]["open_alert"]["status"] == "assigned"
     assert problems == []  # no script error, no policy violation
+
+    # another crew closes it meanwhile: this page's hand-over is refused with the
+    # service's reason, and the page shows the alert as it stands
+    closed = api.post(
+        f"/v1/alerts/{alert_id}/close",
+        json={"by": "crew-3", "note": "bearing replaced", "outcome": "hit"},
+    )
+    assert closed.status_code == 200, closed.text
+    block.get_by_label("Assignee").fill("crew-9")
+    block.get_by_role("button", name="Assign").click()
+    expect(page.locator("#error")).to_contain_text(
+        f"Conflict (HTTP 409): alert {alert_id} is closed"
+    )
+    expect(block.locator(".alert-status")).to_have_text("closed")
+    expect(block.get_by_role("button")).to_have_count(0)
+    expect(block.locator(".history li").last).to_contain_text("by crew-3: bearing replaced")
+
+    # a pump that is not there: the service's 404, said on the page
+    page.goto(f"{fleet.url}/board#/pump/esp-zz-9")
+    expect(page.locator("#error")).to_have_text(
+        "Not found (HTTP 404): pump_id: no pump 'esp-zz-9' in the fleet state"
+    )
     api.close()
