@@ -1,16 +1,25 @@
-"""Ingest: the Ray Data pipeline (``ray_jobs.ingest.run_ingest`` on a local 2-CPU Ray)
-against a single-process pandas / pyarrow implementation of the same transformation, on
-the same simulated fleet (hourly readings), in the same run.
+"""Ingest, four arms on the same simulated fleet (hourly readings, every fault kind
+injected) in one run, each in a fresh interpreter of its own (``benchmarks.ingest_arms``):
 
-    python -m benchmarks.ingest [--rows 1000000] [--days 180] [--out RESULT.json]
+- ``reference``: the plain pandas implementation, one pump at a time
+  (``benchmarks.ingest_single``: ``validate_pump`` and ``make_windows``), in memory;
+- ``vectorised``: the array core in one process (``pumpfleet.ingest_stream``), end to
+  end: plan and input digests, quarantine, per-file counts, atomic publication;
+- ``ray``: Ray Data on a local Ray of ``--cpus`` CPUs (``ray_jobs.ingest``), the same
+  array functions in ``map_batches`` over whole-pump blocks after one sort by pump;
+- ``floor``: read the input into Arrow and write the same windows, no compute.
 
-The fleet is simulated once under the workspace and reused. The baseline
-(``benchmarks.ingest_single``) runs in a subprocess of its own: its peak RSS comes from
-the kernel. Ray's memory is summed over the driver and every Ray process it started: RSS
-sampled every 0.2 s (it counts an object-store page once per process that maps it), PSS
-(which shares such pages out) and the object store's use every 2 s. Both must write the
-same windows. The machine's load average before each run is recorded: on a shared
-machine it says how far to trust a ratio.
+    python -m benchmarks.ingest [--rows 1000000] [--arms reference,vectorised,ray,floor]
+
+Every arm's peak memory is sampled from outside (summed over the arm's process and every
+process under it: RSS every 0.2 s, PSS every 0.5 s, and the kernel's own peak RSS of the
+arm's main process); its CPU seconds are those of the same processes over the timed part.
+Cores used = CPU seconds / wall seconds; rows/s per core = rows/s / max(1, cores used).
+The windows, labels, counts and quarantine reasons of every arm must equal the
+reference's (the vectorised and Ray arms' per-file counts each other's). The load
+average before each arm is recorded: on a shared machine it says how far to trust a
+ratio. Ends with ``rows_per_core=<vectorised> ray_vs_single=<ray / vectorised rows/s>
+peak_gb=<the largest arm's peak RSS>``.
 """
 
 from __future__ import annotations
@@ -28,47 +37,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from pumpfleet.settings import Settings, quiet_telemetry
+from benchmarks.ingest_check import compare, different_counts, every_fault, same_specs
+from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
-from pumpfleet.snapshot import open_snapshot
 from pumpfleet.tables import format_table
-from pumpfleet.windows import WindowConfig
 
 log = logging.getLogger(__name__)
 GB = 1e9
 
 
 def fleet_dataset(rows: int, days: int, seed: int, root: Path) -> tuple[Path, int]:
-    """A simulated fleet of at least ``rows`` hourly readings (reused when present)."""
+    """A simulated fleet of at least ``rows`` hourly readings with every fault kind
+    injected (reused when present)."""
     pumps = -(-rows // (days * 24))
-    path = root / f"fleet-{pumps}p-{days}d-s{seed}"
+    path = root / f"fleet-{pumps}p-{days}d-s{seed}-faults"
     if not (path / "fleet.json").exists():  # written last: its presence means complete
-        simulate(SimulationConfig(pumps=pumps, days=days, seed=seed), str(path), overwrite=True)
+        cfg = SimulationConfig(pumps=pumps, days=days, seed=seed, faults=every_fault(days))
+        simulate(cfg, str(path), overwrite=True)
     return path, pumps
 
 
-def _run_single(source: Path, out: Path) -> dict[str, Any]:
-    """The baseline in a fresh interpreter, so that neither run's memory counts for the other."""
-    cmd = [sys.executable, "-m", "benchmarks.ingest_single", str(source), str(out)]
-    t = time.perf_counter()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_seconds"] = time.perf_counter() - t
-    return result
-
-
-# The Ray side.
-
-
 class MemorySampler:
-    """Peaks of the summed RSS (every ``interval`` s) and PSS (every 2 s) of a process and
-    its descendants, and of the object store's use (Ray's internal API, every 2 s)."""
+    """Peaks of the summed RSS (every ``interval`` s) and PSS (every ``full_every`` s) of
+    a process and its descendants, and, where this process runs Ray and ``object_store``
+    is set, of the object store's use (Ray's internal API, every ``full_every`` s)."""
 
-    def __init__(self, pid: int, interval: float = 0.2, object_store: bool = False) -> None:
+    def __init__(
+        self, pid: int, interval: float = 0.2, object_store: bool = False, full_every: float = 2.0
+    ) -> None:
         # PSS (reading /proc/*/smaps_rollup: 60 ms for 10 processes) and the object store
         # every 2 s, so that sampling costs the run under 5% of a core.
         import ray  # noqa: F401, I001  (psutil comes with Ray, in its thirdparty_files)
@@ -77,6 +73,7 @@ class MemorySampler:
         self.psutil = psutil
         self.root = psutil.Process(pid)
         self.interval = interval
+        self.full_every = full_every
         self.object_store = object_store
         self.peak_rss = self.peak_pss = self.peak_store = 0
         self.processes = 0
@@ -93,7 +90,10 @@ class MemorySampler:
 
     def _sample(self, full: bool) -> None:
         rss = pss = 0
-        procs = [self.root, *self.root.children(recursive=True)]
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except self.psutil.NoSuchProcess:  # the arm, or a process under it, just exited
+            return
         for p in procs:
             try:
                 if full:
@@ -127,7 +127,7 @@ class MemorySampler:
     def _run(self) -> None:
         last_full = 0.0
         while not self._stop.is_set():
-            full = time.monotonic() - last_full >= 2.0
+            full = time.monotonic() - last_full >= self.full_every
             if full:
                 last_full = time.monotonic()
                 if self.object_store:
@@ -137,101 +137,65 @@ class MemorySampler:
         self._sample(full=True)
 
 
-def _run_ray(source: Path, features: Path, cfg: WindowConfig, cpus: int) -> dict[str, Any]:
-    import ray
-
-    from ray_jobs.ingest import run_ingest
-
-    quiet_telemetry(Settings())
-    t = time.perf_counter()
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
-    init_seconds = time.perf_counter() - t
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        stages: dict[str, float] = {}
-        with MemorySampler(os.getpid(), object_store=True) as mem:
-            t = time.perf_counter()
-            summary = run_ingest(str(source), str(features), cfg, stages=stages)
-            seconds = time.perf_counter() - t
-    finally:
-        ray.shutdown()
-    manifest = json.loads((features / summary["snapshot_id"] / "manifest.json").read_text())
-    return {
-        **summary,
-        "seconds": seconds,
-        "init_seconds": init_seconds,
-        "stages": stages,
-        "specs": manifest["specs"],
-        "peak_rss": mem.peak_rss,
-        "peak_pss": mem.peak_pss,
-        "peak_object_store": mem.peak_store,
-        "processes": mem.processes,
-    }
+ARMS = ("reference", "vectorised", "ray", "floor")
 
 
-# Checking and reporting.
+def run_arm(arm: str, source: Path, out: Path, cpus: int, windows: Path | None) -> dict[str, Any]:
+    """One arm in a fresh interpreter (``benchmarks.ingest_arms``), its memory sampled
+    from here; the load average before it is recorded."""
+    cmd = [sys.executable, "-m", "benchmarks.ingest_arms", arm, str(source), str(out)]
+    cmd += ["--cpus", str(cpus)] + (["--windows", str(windows)] if windows else [])
+    load = os.getloadavg()[0]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with MemorySampler(proc.pid, full_every=0.5) as mem:
+        stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"arm {arm} failed ({proc.returncode}): {stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    result |= {"load_before": load, "peak_pss": mem.peak_pss, "processes": mem.processes}
+    result["peak_rss"] = max(mem.peak_rss, result["max_rss"])
+    return result
 
 
-def _same_column(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:
-    """Equal values, NaN equal to NaN (the channels a class lacks are NaN in its windows)."""
-    if a.type != b.type:
-        return False
-    if pa.types.is_fixed_size_list(a.type):
-        a, b = a.combine_chunks().flatten(), b.combine_chunks().flatten()
-    if pa.types.is_floating(a.type):
-        x, y = a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False)
-        return bool(np.array_equal(x, y, equal_nan=True))
-    return bool(a.equals(b))
-
-
-def compare(ray_windows: Path, single_windows: Path) -> dict[str, Any]:
-    """Whether both wrote the same windows: the same class partitions and, in each, the
-    same rows (arrays and labels included) once sorted by pump and end time."""
-    parts = sorted(p.name for p in ray_windows.iterdir() if p.is_dir())
-    other = sorted(p.name for p in single_windows.iterdir() if p.is_dir())
-    out: dict[str, Any] = {"same": parts == other, "windows": 0, "differs": []}
-    order = [("pump_id", "ascending"), ("end_time", "ascending")]
-    for part in parts if out["same"] else []:
-        a = pq.read_table(ray_windows / part).sort_by(order)
-        b = pq.read_table(single_windows / part).sort_by(order)
-        out["windows"] += a.num_rows
-        for name in sorted(set(a.column_names) | set(b.column_names)):
-            if name not in a.column_names or name not in b.column_names:
-                out["differs"].append(f"{part}: column {name} in one only")
-            elif not _same_column(a.column(name), b.column(name)):
-                out["differs"].append(f"{part}: {name}")
-    out["same"] = out["same"] and not out["differs"]
+def check(runs: dict[str, dict[str, Any]], windows: dict[str, Path]) -> dict[str, Any]:
+    """Every arm's windows, labels and counts against the reference's (or, without a
+    reference, the vectorised arm's): what differs, per arm."""
+    base = "reference" if "reference" in runs else "vectorised"
+    out: dict[str, Any] = {"against": base, "windows": 0, "differs": {}}
+    for arm in ("vectorised", "ray"):
+        if arm == base or arm not in runs:
+            continue
+        found = compare(windows[arm], windows[base])
+        out["windows"] = found["windows"]
+        differs = [*found["differs"], *different_counts(runs[base], runs[arm])]
+        if not found["same"] and not found["differs"]:
+            differs.append("class partitions")
+        if not same_specs(runs[base]["specs"], runs[arm]["specs"]):
+            differs.append("specs")
+        out["differs"][arm] = differs
+    out["same"] = bool(out["differs"]) and not any(out["differs"].values())
     return out
 
 
-def _close(a: Any, b: Any) -> bool:
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=0, equal_nan=True))
+def _row(name: str, r: dict[str, Any], rows: int, base: dict[str, float]) -> list[str]:
+    rate = rows / r["seconds"]
+    cores = r["cpu_seconds"] / r["seconds"]
+    return [
+        name,
+        f"{r['seconds']:.1f}",
+        f"{rate:,.0f}",
+        f"{cores:.2f}",
+        f"{rate / max(1.0, cores):,.0f}",
+        f"{1e6 * r['cpu_seconds'] / rows:.2f}",
+        *(f"{rate / b:.2f}x" if b else "" for b in base.values()),
+        f"{r['peak_rss'] / GB:.2f}",
+        f"{r['peak_pss'] / GB:.2f}",
+        f"{r['load_before']:.1f}",
+    ]
 
 
-def _same_specs(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The same channels, statistics and operating regimes per class (statistics merged
-    from parts differ from one pass in the last digits)."""
-    if sorted(a) != sorted(b):
-        return False
-    for cls in a:
-        x, y = a[cls], b[cls]
-        if x["channels"] != y["channels"] or not all(_close(x[k], y[k]) for k in ("mean", "std")):
-            return False
-        rx, ry = x.get("regimes"), y.get("regimes")
-        if (rx is None) != (ry is None):
-            return False
-        if rx is not None and not all(
-            _close(rx[k], ry[k]) for k in ("center", "scale", "mean", "std")
-        ):
-            return False
-    return True
+def per_core(r: dict[str, Any], rows: int) -> float:
+    return rows / r["seconds"] / max(1.0, r["cpu_seconds"] / r["seconds"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,89 +204,66 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=180, help="days of hourly readings per pump")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--arms", default=",".join(ARMS), help="a comma-separated subset")
     parser.add_argument("--out", type=Path, default=None, help="result JSON")
-    parser.add_argument("--keep", action="store_true", help="keep both runs' outputs")
+    parser.add_argument("--keep", action="store_true", help="keep the arms' outputs")
     args = parser.parse_args(argv)
+    arms = [a for a in ARMS if a in args.arms.split(",")]
+    if "vectorised" not in arms:
+        parser.error("--arms must include vectorised (the floor writes its windows)")
 
     root = Settings().home / "benchmarks"
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     source, pumps = fleet_dataset(args.rows, args.days, args.seed, root)
     print(
-        f"fleet: {pumps} pumps x {args.days} days hourly at {source} "
+        f"fleet: {pumps} pumps x {args.days} days hourly, every fault kind, at {source} "
         f"({time.perf_counter() - t:.0f} s)"
     )
     work = Path(tempfile.mkdtemp(prefix="ingest-run-", dir=root))
+    runs: dict[str, dict[str, Any]] = {}
+    windows: dict[str, Path] = {}
     try:
-        load = {"single": os.getloadavg()[0]}
-        single = _run_single(source, work / "single")
-        single["seconds"] = sum(single["stages"].values())
-        load["ray"] = os.getloadavg()[0]
-        ray_run = _run_ray(source, work / "features", WindowConfig(), args.cpus)
-        published = open_snapshot(str(work / "features"), ray_run["snapshot_id"])
-        check = compare(Path(published.data) / "windows", work / "single" / "windows")
+        for arm in arms:
+            out = work / arm
+            runs[arm] = run_arm(arm, source, out, args.cpus, windows.get("vectorised"))
+            if arm == "reference":
+                windows[arm] = out / "windows"
+            elif arm in ("vectorised", "ray"):
+                windows[arm] = Path(runs[arm]["data"]) / "windows"
+        found = check(runs, windows)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    counted = (
-        "rows_in",
-        "rows_valid",
-        "rows_quarantined",
-        "quarantine_reasons",
-        "pumps",
-        "windows",
-    )
-    check["same_counts"] = all(single[k] == ray_run[k] for k in counted)
-    check["same_specs"] = _same_specs(single["specs"], ray_run["specs"])
 
-    rows = single["rows_in"]
-    base = rows / single["seconds"]
-    table = []
-    for name, r, pss in (
-        ("single process (pandas)", single, None),
-        (f"Ray Data ({args.cpus} CPUs)", ray_run, ray_run["peak_pss"]),
-    ):
-        rate = rows / r["seconds"]
-        store = r.get("peak_object_store")
-        table.append(
-            [
-                name,
-                f"{r['seconds']:.1f}",
-                f"{rate:,.0f}",
-                f"{rate / base:.2f}x",
-                f"{r['peak_rss'] / GB:.2f}",
-                "" if pss is None else f"{pss / GB:.2f}",
-                "" if store is None else f"{store / GB:.2f}",
-            ]
-        )
-    n_windows = sum(sum(s.values()) for s in ray_run["windows"].values())
-    print(f"ingest: {rows:,} rows, {pumps} pumps, {n_windows:,} windows")
+    rows = runs["vectorised"]["rows_in"]
+    vec = runs["vectorised"]
+    base: dict[str, float] = {
+        a: rows / runs[a]["seconds"] for a in ("reference", "vectorised") if a in runs
+    }
+    names = {
+        "reference": "reference (pandas, per pump)",
+        "vectorised": "vectorised, 1 process",
+        "ray": f"Ray Data ({args.cpus} CPUs)",
+        "floor": "I/O floor (read + write)",
+    }
+    table = [_row(names[a], runs[a], rows, base) for a in arms]
+    n_windows = sum(sum(s.values()) for s in vec["windows"].values())
     print(
-        format_table(
-            [
-                "implementation",
-                "s",
-                "rows/s",
-                "x single",
-                "peak RSS GB",
-                "peak PSS GB",
-                "object store GB",
-            ],
-            table,
-        )
+        f"ingest: {rows:,} rows, {pumps} pumps, {vec['rows_quarantined']:,} quarantined "
+        f"({len(vec['quarantine_reasons'])} reasons), {n_windows:,} windows"
     )
-    print(f"load average before: single {load['single']:.1f}, Ray {load['ray']:.1f}")
-    print(f"stages, single: {single['stages']}")
+    header = ["arm", "s", "rows/s", "cores", "rows/s/core", "CPU us/row"]
+    header += [f"x {a}" for a in base] + ["peak RSS GB", "peak PSS GB", "load before"]
+    print(format_table(header, table))
+    for a in arms:
+        extra = f" (ray.init {runs[a]['init_seconds']:.1f} s, not counted)" if a == "ray" else ""
+        print(f"stages, {a}: {runs[a]['stages']}{extra}")
+    differs = {a: d for a, d in found["differs"].items() if d}
     print(
-        f"stages, Ray:    {ray_run['stages']} "
-        f"(ray.init {ray_run['init_seconds']:.1f} s, not counted)"
-    )
-    same = check["same"] and check["same_counts"] and check["same_specs"]
-    print(
-        f"same windows: {'yes' if same else 'NO'} ({check['windows']:,} windows compared; counts "
-        f"{'equal' if check['same_counts'] else 'differ'}; "
-        f"specs {'equal' if check['same_specs'] else 'differ'})"
-        + (f"; differs: {check['differs']}" if check["differs"] else "")
+        f"same windows, labels, counts and quarantine reasons as {found['against']}: "
+        f"{'yes' if found['same'] else 'NO'} ({found['windows']:,} windows compared"
+        + (f"; differs: {differs})" if differs else ")")
     )
     result = {
         "rows": rows,
@@ -330,15 +271,17 @@ def main(argv: list[str] | None = None) -> None:
         "days": args.days,
         "cpus": args.cpus,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "single": single,
-        "ray": ray_run,
-        "ratio": (rows / ray_run["seconds"]) / base,
-        "check": check,
-        "load_average_before": load,
+        "runs": {a: {k: v for k, v in r.items() if k != "specs"} for a, r in runs.items()},
+        "check": found,
     }
     out = args.out or root / f"ingest-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"result: {out}")
+    ray_vs = rows / runs["ray"]["seconds"] / base["vectorised"] if "ray" in runs else float("nan")
+    peak = max(r["peak_rss"] for r in runs.values()) / GB
+    print(f"rows_per_core={per_core(vec, rows):.0f} ray_vs_single={ray_vs:.2f} peak_gb={peak:.2f}")
+    if not found["same"] and len(runs) > 1:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -40,9 +40,14 @@ class Codes:
 
 
 def codes_of(column: pa.ChunkedArray | pa.Array) -> Codes:
-    """Integer codes of a string (or dictionary) column, in order of first appearance."""
+    """Integer codes of a string column (in order of first appearance), or a dictionary
+    column's own indices where its dictionary holds each value once."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_dictionary(arr.type):
+        names = arr.dictionary.cast(pa.string())
+        if names.null_count == 0 and len(pc.unique(names)) == len(names):  # its own codes
+            codes = arr.indices.cast(pa.int32()).fill_null(-1).to_numpy(zero_copy_only=False)
+            return Codes(codes, np.asarray(names.to_pylist(), dtype=object))
         arr = arr.cast(arr.type.value_type)
     if pa.types.is_null(arr.type):
         return Codes(np.full(len(arr), -1, np.int32), np.array([], dtype=object))

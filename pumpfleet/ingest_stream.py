@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 1_000_000  # rows read and validated at a time (files are not split)
 ROW_GROUP = 65_536  # windows per Parquet row group (about 60 MB at 24 x 10 float32)
+STRINGS = ["pump_id", "site", "split"]
+KEYS = ["pump_id", "site"]  # the columns of a windows file worth a dictionary
 
 
 def _hive_keys(path: str, base_dir: str) -> dict[str, str]:
@@ -102,7 +104,8 @@ def read_files(plan: IngestPlan, files: Sequence[str]) -> pa.Table:
     folders' keys (``pump_class``) as columns."""
     tables = []
     for f in files:
-        t = pq.read_table(f, filesystem=plan.fs)
+        # The keys as Parquet stores them, dictionaries: no string per row.
+        t = pq.read_table(f, filesystem=plan.fs, read_dictionary=KEYS)
         for k, v in _hive_keys(f, plan.base_dir).items():
             if k not in t.column_names:
                 t = t.append_column(k, _constant(v, len(t)))
@@ -142,7 +145,10 @@ class ClassWriters:
             folder = f"{self.root}/pump_class={cls}"
             self.fs.create_dir(folder, recursive=True)
             self.writers[cls] = pq.ParquetWriter(
-                f"{folder}/part-0.parquet", self.schema, filesystem=self.fs
+                f"{folder}/part-0.parquet",
+                self.schema,
+                filesystem=self.fs,
+                use_dictionary=STRINGS,  # not the window's floats: no dictionary pays there
             )
         self.writers[cls].write_table(table, row_group_size=max(ROW_GROUP, table.num_rows))
 
