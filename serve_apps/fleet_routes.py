@@ -69,7 +69,7 @@ class AssignRequest(BaseModel):
 class CloseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     by: Person
-    note: str = Field(min_length=1, max_length=4000)
+    note: str = Field(min_length=1, max_length=4000, pattern=r"^[^\x00]+$")  # PG: no NUL
     outcome: Literal["hit", "false_alarm"] | None = Field(
         default=None, description="what the crew found; else settled by failures or time"
     )
