@@ -75,6 +75,9 @@ class AnalysisConfig:
     # A chunk's anomaly alarms alert when the expected rate would reach them with at most
     # this probability (``pumpfleet.alerts.alarm_bound``).
     alarm_alpha: float = 0.001
+    # Also the daily fleet signals (pumpfleet.monitoring.daily): per-pump residuals in
+    # daily chunks, for a log that arrives in time order from a large fleet.
+    fleet_daily: bool = False
 
     def multiplier(self, method: str) -> float:
         if self.std_multiplier is not None:

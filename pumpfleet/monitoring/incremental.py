@@ -195,8 +195,9 @@ def read_window(root: str, mark: Watermark, window_days: int = WINDOW_DAYS) -> W
 
 
 def _in_window(rows: pd.DataFrame, window_days: int) -> pd.DataFrame:
-    """Rows of their class's newest row's day and the ``window_days`` before (all rows when the log has
-    no class or timestamp column: the monitor notes why it cannot analyse them)."""
+    """Rows of their class's newest row's day and the ``window_days`` before it (all rows
+    when the log has no class or timestamp column: the monitor notes why it cannot
+    analyse them)."""
     if CLASS_COLUMN not in rows or "timestamp" not in rows:
         return rows
     ts = pd.to_datetime(rows["timestamp"], utc=True, errors="coerce")

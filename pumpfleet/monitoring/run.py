@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from pumpfleet.alerts import AlertPolicy, drift_wanted, hysteresis, new_data_due
 from pumpfleet.drift import AnalysisConfig, ClassAnalysis, analyse_class
 from pumpfleet.errors import PumpfleetError
 from pumpfleet.job_options import JOBS_ADDRESS_OPTION
+from pumpfleet.monitoring.daily import fleet_daily
 from pumpfleet.monitoring.incremental import (
     WINDOW_DAYS,
     Watermark,
@@ -72,6 +74,9 @@ def analyse_one(
         return str(e)
     meta = class_meta(cls, ref, rows, analysis)
     result.notes = ref.notes + result.notes
+    if cfg.fleet_daily:
+        snap = open_snapshot(settings.features_uri, ref.snapshot)
+        meta["fleet_daily"] = fleet_daily(snap, cls, snap.spec(cls), rows)
     return result, meta
 
 
@@ -115,18 +120,21 @@ def run_monitor(
     std_multiplier: float | None = None,
     analyse: AnalyseClasses = analyse_in_process,
     window_days: int = WINDOW_DAYS,
+    daily_fleet: bool = False,
 ) -> dict[str, Any]:
     """Analyse every class with enough predictions (``analyse`` runs the classes: here,
     one after the other; the Ray job, as parallel tasks); alerts need
     ``min_alert_chunks`` drifted chunks in a row (``policy.consecutive`` when a policy is
     given); retrains go to ``server`` when ``trigger`` (None: no job server, which the
     summary notes). Each class's predictions are those of its last ``window_days`` (read
-    from its watermark on, see :mod:`pumpfleet.monitoring.incremental`)."""
+    from its watermark on, see :mod:`pumpfleet.monitoring.incremental`); ``daily_fleet``
+    adds each class's daily fleet signals (:mod:`pumpfleet.monitoring.daily`)."""
     policy = policy or AlertPolicy(consecutive=min_alert_chunks, clear_after=min_alert_chunks)
     now = now or datetime.now(UTC)
     cfg = AnalysisConfig(chunk_size=chunk_size)
     if std_multiplier is not None:
         cfg = AnalysisConfig(chunk_size=chunk_size, std_multiplier=std_multiplier)
+    cfg = replace(cfg, fleet_daily=daily_fleet)
     mark_uri = watermark_uri(settings.reports_uri)
     window = read_window(settings.predictions_uri, read_watermark(mark_uri), window_days)
     logged = window.rows
