@@ -6,6 +6,9 @@ crews, and the one JSON route it needs that the fleet routes do not give.
     GET /board/<asset>         its scripts and styles (open)
     GET /v1/drift              X-API-Key: <scoring key>: each class's drift status, from
                                the monitor's latest report
+    GET /v1/fleet/<pump>/sensors?pump_class=&since=&until=&limit=
+                               X-API-Key: a pump's sensor readings around an alert: each
+                               scored window's channel means, from the prediction log
 
 The page logs in with a scoring key, kept in the tab's sessionStorage and sent as
 ``X-API-Key`` on each call to ``/v1/fleet``, ``/v1/alerts``, ``/v1/models`` and
@@ -23,13 +26,18 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
+from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path as PathParam
+from fastapi import Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from pumpfleet import storage
+from pumpfleet.records import INPUT_PREFIX, NAME
 from serve_apps.http_app import SCORING, app
 from serve_apps.schemas import ScoringConfig
 
@@ -66,6 +74,11 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 DRIFT_REPORT = "drift-latest.json"  # written by the monitor (pumpfleet.monitoring.run)
+MAX_SPAN_DAYS = 31  # of sensor readings one request reads
+MAX_READINGS = 2000
+DAY = 86400.0
+PumpIdParam = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+Seconds = Annotated[float | None, Query(ge=0, le=2**33, description="unix seconds")]
 
 
 @functools.cache
@@ -118,6 +131,91 @@ def drift_status(summary: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def log_files(log_root: str, pump_class: str, since: float, until: float) -> list[str]:
+    """The prediction log's files that may hold rows of ``pump_class`` scored between
+    ``since`` and ``until``: of each UTC day folder they were written in (and the day
+    after, for rows flushed after midnight), the class's partition and the files of
+    every class (the replicas' durable log writes those)."""
+    out: list[str] = []
+    day = datetime.fromtimestamp(since, UTC).date()
+    last = datetime.fromtimestamp(until + DAY, UTC).date()
+    while day <= last:
+        folder = storage.join(log_root, f"date={day.isoformat()}")
+        _, base = storage.resolve(folder)
+        for path in storage.list_files(folder, ".parquet"):
+            rel = path[len(base) :].lstrip("/")
+            if "/" not in rel or rel.startswith(f"pump_class={pump_class}/"):
+                out.append(path)
+        day += timedelta(days=1)
+    return out
+
+
+def sensor_history(
+    log_root: str, pump_id: str, pump_class: str, since: float, until: float, limit: int
+) -> dict[str, Any]:
+    """A pump's logged channel means (``in_<name>``: its sensors and operating settings
+    over each scored window) between ``since`` and ``until``, the latest ``limit``, oldest
+    first; a file that cannot be read is left out and counted."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.resolve(log_root)
+    frames, unreadable = [], 0
+    for path in log_files(log_root, pump_class, since, until):
+        try:
+            table = pq.read_table(path, filesystem=fs, filters=[("pump_id", "==", pump_id)])
+        except (OSError, pa.ArrowException) as e:
+            log.warning("prediction log file %s left out: %s", path, e)
+            unreadable += 1
+            continue
+        names = [c for c in table.column_names if c.startswith(INPUT_PREFIX)]
+        if table.num_rows and names and "timestamp" in table.column_names:
+            frames.append(table.select(["timestamp", *names]).to_pandas())
+    answer: dict[str, Any] = {
+        "pump_id": pump_id,
+        "pump_class": pump_class,
+        "since": since,
+        "until": until,
+        "channels": [],
+        "readings": [],
+        "unreadable_files": unreadable,
+    }
+    if not frames:
+        return answer
+    rows = pd.concat(frames, ignore_index=True)
+    at = rows["timestamp"].astype("datetime64[ns]").astype("int64") / 1e9
+    rows = rows[(at >= since) & (at <= until)].sort_values("timestamp").tail(limit)
+    channels = sorted(c for c in rows.columns if c != "timestamp" and rows[c].notna().any())
+    answer["channels"] = [c.removeprefix(INPUT_PREFIX) for c in channels]
+    for r in rows.itertuples(index=False):
+        values = r._asdict()
+        stamp = pd.Timestamp(values["timestamp"]).tz_localize(None)
+        reading: dict[str, Any] = {"at": stamp.isoformat(timespec="milliseconds") + "Z"}
+        for c in channels:
+            v = values[c]
+            reading[c.removeprefix(INPUT_PREFIX)] = None if pd.isna(v) else float(v)
+        answer["readings"].append(reading)
+    return answer
+
+
+def _window(since: float | None, until: float | None, now: float) -> tuple[float, float]:
+    """The span asked for (default: the last 3 days); 422 naming the field if it is
+    backwards or longer than MAX_SPAN_DAYS."""
+    until = now if until is None else until
+    since = until - 3 * DAY if since is None else since
+    problem = None
+    if since > until:
+        problem = "must not be after until"
+    elif until - since > MAX_SPAN_DAYS * DAY:
+        problem = f"at most {MAX_SPAN_DAYS} days before until"
+    if problem:
+        raise RequestValidationError(
+            [{"loc": ("query", "since"), "msg": problem, "type": "value_error"}]
+        )
+    return since, until
+
+
 class BoardRoutes:
     """The board's routes; the deployment sets ``config``."""
 
@@ -144,3 +242,19 @@ class BoardRoutes:
             log.warning("could not read the monitor's report %s: %s", uri, e)
             return {**drift_status(None), "message": f"the monitor's report is unreadable: {e}"}
         return drift_status(summary if isinstance(summary, dict) else None)
+
+    @app.get("/v1/fleet/{pump_id}/sensors", dependencies=SCORING)
+    def fleet_sensors(
+        self,
+        request: Request,
+        pump_id: PumpIdParam,
+        pump_class: Annotated[str, Query(pattern=NAME, description="the pump's class")],
+        since: Seconds = None,
+        until: Seconds = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_READINGS)] = 500,
+    ) -> dict[str, Any]:
+        """A pump's sensor readings around an alert: each scored window's channel and
+        setting means, as the prediction log has them, between ``since`` and ``until``
+        (default: the last 3 days; at most 31), the latest ``limit``, oldest first."""
+        first, last = _window(since, until, time.time())
+        return sensor_history(self.config.predictions_dir, pump_id, pump_class, first, last, limit)

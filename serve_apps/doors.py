@@ -73,9 +73,11 @@ DOORS: dict[str, Door] = {
     "/v1/alerts/{alert_id}/ack": Door(Who.SCORING, frozenset({JSON})),
     "/v1/alerts/{alert_id}/assign": Door(Who.SCORING, frozenset({JSON})),
     "/v1/alerts/{alert_id}/close": Door(Who.SCORING, frozenset({JSON})),
-    # the fleet board (serve_apps/board_routes.py): the drift status it shows; its page
-    # and assets (/board, /board/<asset>) hold no data and are OPEN, as any path off /v1/
+    # the fleet board (serve_apps/board_routes.py): the drift status and a pump's sensor
+    # readings it shows; its page and assets (/board, /board/<asset>) hold no data and
+    # are OPEN, as any path off /v1/
     "/v1/drift": Door(Who.SCORING),
+    "/v1/fleet/{pump_id}/sensors": Door(Who.SCORING),
 }
 UNLISTED_V1 = Door(Who.SCORING)
 OPEN = Door(Who.ANYONE)  # probes, /docs, /openapi.json, and paths that are not routes

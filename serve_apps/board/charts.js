@@ -34,9 +34,10 @@ window.PumpCharts = (() => {
   }
 
   // points: [{t: ms, v: number}]; markers: [{t: ms, label}]; fmt: value → text
-  function line({ label, points, markers = [], fmt = (v) => v.toFixed(2), yMin, yMax }) {
-    const W = 640;
-    const H = 190;
+  // small: a chart of a grid of several (its text stays readable at half the width)
+  function line({ label, points, markers = [], fmt = (v) => v.toFixed(2), yMin, yMax, small = false }) {
+    const W = small ? 380 : 640;
+    const H = small ? 170 : 190;
     const L = 64;
     const R = 16;
     const T = 14;

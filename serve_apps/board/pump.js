@@ -56,15 +56,6 @@
     if (scores.some((r) => num(r.health_score))) {
       add("Health score (higher: further from normal)", charts.line({ label: "Health score", points: scores.map((r) => ({ t: r.t, v: r.health_score })), markers }));
     }
-    // sensor readings around the alerts, where the service keeps them
-    const readings = (detail.readings || []).map((r) => ({ ...r, t: Date.parse(r.at || r.timestamp) }));
-    const sensors = uniq(readings.flatMap((r) => Object.keys(r).filter((k) => num(r[k]) && k !== "t")));
-    for (const sensor of sensors) {
-      add(`Sensor ${sensor}`, charts.line({ label: sensor, points: readings.map((r) => ({ t: r.t, v: r[sensor] })), markers }));
-    }
-    if (!sensors.length) {
-      out.push(h("p", { class: "note" }, "No raw sensor readings are kept for this pump here: the score history above shows its trend, and the drivers which sensors move it."));
-    }
     const table = h(
       "details",
       {},
@@ -78,6 +69,29 @@
     );
     out.push(table);
     return out;
+  }
+
+  // the window of readings around a pump's latest alert (else its last three days)
+  function sensorWindow(alerts) {
+    const now = Date.now() / 1000;
+    const opened = alerts.length ? Date.parse(alerts[0].opened_at) / 1000 : null;
+    const since = opened === null ? now - 3 * 86400 : Math.max(opened - 2 * 86400, now - 30 * 86400);
+    return { since: Math.floor(since), until: Math.ceil(now) };
+  }
+
+  function sensorCharts(sensors, markers) {
+    if (sensors instanceof Error) return [h("p", { class: "note" }, `Sensor readings: ${sensors.message}`)];
+    const readings = sensors.readings.map((r) => ({ ...r, t: Date.parse(r.at) }));
+    if (!readings.length) {
+      return [h("p", { class: "note" }, "No sensor readings of this pump in the prediction log for this span (an edge device's pumps are scored on the device): the trend above and the drivers say what moved its risk.")];
+    }
+    const figures = sensors.channels.map((c) =>
+      h("figure", {}, h("figcaption", {}, c), charts.line({ label: c, points: readings.map((r) => ({ t: r.t, v: r[c] })), markers, small: true }) || h("p", { class: "empty" }, "no values")),
+    );
+    return [
+      h("p", { class: "note" }, `Each scored window's mean, ${readings.length} windows from ${when(readings[0].at)} to ${when(readings[readings.length - 1].at)}; the dashed line is where the alert opened.`),
+      h("div", { class: "sensors" }, figures),
+    ];
   }
 
   // inputs: [{name, label, required, options: [[value, text]] (a choice) or none (text)}]
@@ -171,6 +185,9 @@
     ]);
     const p = detail.pump;
     const alerts = (detail.alerts || []).slice().sort((a, b) => Date.parse(b.opened_at) - Date.parse(a.opened_at));
+    const q = new URLSearchParams({ pump_class: p.pump_class, ...sensorWindow(alerts) });
+    const sensors = await api(`v1/fleet/${encodeURIComponent(id)}/sensors?${q}`).catch((e) => e);
+    const markers = alerts.map((a) => ({ t: Date.parse(a.opened_at), label: `alert ${a.id}` }));
     const drivers = charts.bars(p.drivers || []);
     return h(
       "div",
@@ -196,6 +213,7 @@
       ),
       h("section", { "aria-label": "Drivers" }, h("h3", {}, "Drivers of the risk"), drivers || h("p", { class: "empty" }, "No drivers recorded for the latest score.")),
       h("section", { "aria-label": "Trend" }, h("h3", {}, "Trend"), trendCharts(detail)),
+      h("section", { "aria-label": "Sensors" }, h("h3", {}, alerts.length ? "Sensors around the alert" : "Sensors"), sensorCharts(sensors, markers)),
       h("section", { "aria-label": "Alerts" }, h("h3", {}, `Alerts (${alerts.length})`), alerts.length ? alerts.map(alertBlock) : h("p", { class: "empty" }, "No alerts for this pump.")),
     );
   }

@@ -12,6 +12,7 @@ and nothing else); the browser test skips saying why, and fails instead under CI
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -165,6 +166,52 @@ def drift_summary() -> dict[str, Any]:
     }
 
 
+def test_a_pumps_sensor_readings_come_from_the_prediction_log_within_their_window(
+    service: InProcessService,
+) -> None:
+    now = time.time()
+    rows = fleet_rows(now)
+    write_prediction_log(service.scorer.config.predictions_dir, rows)
+    mine = sorted((r for r in rows if r.pump_id == "esp-d7-2"), key=lambda r: r.at)
+    path = "/v1/fleet/esp-d7-2/sensors"
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        assert client.get(path, params={"pump_class": "esp"}).status_code == 401
+        key = {"x-api-key": KEY}
+        got = client.get(path, params={"pump_class": "esp"}, headers=key).json()
+        assert got["channels"] == ["intake_pressure", "motor_temp", "vibration"]
+        assert [r["vibration"] for r in got["readings"]] == [
+            round(2.0 + 6.0 * r.failure_probability, 4) for r in mine
+        ]  # this pump's 8 windows, oldest first; not the one ten days before
+        assert got["unreadable_files"] == 0
+        # the ten-day-old row is there for a window that holds it; limit keeps the latest
+        old = client.get(
+            path,
+            params={"pump_class": "esp", "since": now - 11 * 24 * HOUR, "limit": 3},
+            headers=key,
+        ).json()
+        assert len(old["readings"]) == 3
+        assert old["readings"][-1]["vibration"] == round(
+            2.0 + 6.0 * mine[-1].failure_probability, 4
+        )
+        wide = client.get(
+            path, params={"pump_class": "esp", "since": now - 11 * 24 * HOUR}, headers=key
+        ).json()
+        assert len(wide["readings"]) == 9
+        # another class's partition is not read; a backwards or too long span is a 422
+        rod = client.get(path, params={"pump_class": "rod"}, headers=key).json()
+        assert rod["readings"] == [] and rod["channels"] == []
+        for params, msg in [
+            ({"since": now, "until": now - 1}, "must not be after until"),
+            ({"since": now - 40 * 24 * HOUR}, "at most 31 days before until"),
+        ]:
+            bad = client.get(path, params={"pump_class": "esp", **params}, headers=key)
+            assert bad.status_code == 422
+            assert bad.json()["detail"] == [
+                {"loc": ["query", "since"], "msg": msg, "type": "value_error"}
+            ]
+        assert client.get(path, headers=key).status_code == 422  # pump_class is needed
+
+
 # --- the browser ------------------------------------------------------------------
 
 SITES = ["north-field", "delta-7", "offshore-b"]
@@ -225,14 +272,46 @@ def fleet(service: InProcessService) -> InProcessService:
 
     home = Path(service.scorer.config.workspace_dir())
     db = FleetDB(default_url(home))
+    now = time.time()
     try:
-        events = db.ingest(fleet_rows(time.time()))
+        events = db.ingest(fleet_rows(now))
     finally:
         db.close()
     opened = [e for e in events if e[0] == "opened"]
     assert len(opened) == 3, events  # esp-nf-1, esp-d7-2, esp-ob-1 crossed 0.5 twice
     write_reports(Settings(home=home), drift_summary(), {}, None)
+    write_prediction_log(service.scorer.config.predictions_dir, fleet_rows(now))
     return service
+
+
+def write_prediction_log(root: str, rows: list[Any]) -> None:
+    """The prediction log's rows of the cloud-scored pumps' windows, by the log's own
+    writer: each window's channel means (in_*) rising with its risk; and one row of
+    esp-d7-2 from ten days before, outside any window the board asks for."""
+    from pumpfleet.predlog import PredictionLog
+
+    def record(r: Any, at: float) -> dict[str, Any]:
+        fp = r.failure_probability
+        return {
+            "request_id": f"{r.pump_id}-{at:.0f}",
+            "timestamp": int(at * 1e9),
+            "pump_id": r.pump_id,
+            "pump_class": r.pump_class,
+            "arm": r.arm,
+            "model_version": r.model_version,
+            "rul_hours": r.rul_hours,
+            "failure_probability": fp,
+            "in_vibration": round(2.0 + 6.0 * fp, 4),
+            "in_motor_temp": round(80.0 + 30.0 * fp, 4),
+            "in_intake_pressure": round(1500.0 - 400.0 * fp, 4),
+        }
+
+    cloud = [r for r in rows if r.device_id is None]
+    log = PredictionLog(root)
+    log.extend([record(r, r.at) for r in cloud])
+    old = next(r for r in cloud if r.pump_id == "esp-d7-2")
+    log.extend([record(old, old.at - 10 * 24 * HOUR)])
+    assert log.flush() == len(cloud) + 1
 
 
 @pytest.fixture
@@ -338,6 +417,17 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
         "aria-label",
         "Drivers of the risk: vibration 0.440, motor_temp 0.264, intake_pressure 0.088",
     )
+    # the sensors around the alert, from the prediction log: this pump's 8 windows only
+    sensors = page.locator("section[aria-label='Sensors']")
+    expect(sensors.locator("h3")).to_have_text("Sensors around the alert")
+    expect(sensors.locator("figure")).to_have_count(3)
+    expect(sensors.locator("figcaption")).to_have_text(
+        ["intake_pressure", "motor_temp", "vibration"]
+    )
+    vibration = sensors.locator("figure", has_text="vibration").locator("svg")
+    expect(vibration.locator("circle.dot")).to_have_count(8)
+    expect(vibration.locator("line.marker")).to_have_count(1)
+    expect(vibration).to_have_attribute("aria-label", re.compile(r"latest 7\.28\b"))
     facts = page.locator("section[aria-label='Class esp']")
     expect(facts).to_contain_text("drift alert open: motor_temp, vibration")
     expect(page.locator("section[aria-label='Pump']")).to_contain_text("v3 (challenger)")
