@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from pumpfleet.features import nearest_regime
 from pumpfleet.ingest_block import Block, Codes, codes_of
-from pumpfleet.regimes import sample_rows
+from pumpfleet.regimes import merge_statistics, sample_rows
 
 MS = pa.timestamp("ms", tz="UTC")
 
@@ -242,3 +242,26 @@ def regime_stats_frame(
             out |= {f"n:{c}": n[:-1], f"mean:{c}": mean[:-1], f"m2:{c}": m2[:-1]}
         frames.append(pd.DataFrame(out))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def class_regime_statistics(
+    stats: pd.DataFrame, splits: Mapping[str, str], channels: Sequence[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`pumpfleet.feature_specs.class_regime_statistics`, bit for bit, without a
+    pandas group per pump: per class, the training pumps' (count, mean, m2) ``[k, C]``
+    arrays, in pump id order, merged by :func:`pumpfleet.regimes.merge_statistics`."""
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    if stats.empty:
+        return out
+    train = stats[stats["pump_id"].map(splits).fillna("train") == "train"]
+    for cls, part in train.groupby("pump_class", sort=True):
+        k = int(part["regime"].max()) + 1
+        pumps, slot = np.unique(part["pump_id"].to_numpy(dtype=str), return_inverse=True)
+        regime = part["regime"].to_numpy(dtype=int)
+        arrays = []
+        for prefix in ("n", "mean", "m2"):
+            a = np.zeros((len(pumps), k, len(channels)))
+            a[slot, regime] = part[[f"{prefix}:{c}" for c in channels]].to_numpy(dtype=np.float64)
+            arrays.append(a)
+        out[str(cls)] = merge_statistics(list(zip(*arrays, strict=True)))
+    return out

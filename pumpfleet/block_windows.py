@@ -9,12 +9,13 @@ from a sliding view of the block. The rules are :func:`pumpfleet.windows.make_wi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
 
-from pumpfleet.block_stats import decode_readings
+from pumpfleet.block_stats import Readings, decode_readings
 from pumpfleet.features import max_span_ms
 from pumpfleet.windows import MS_PER_HOUR, WindowConfig, window_schema
 
@@ -57,22 +58,20 @@ def _next_failure(
     return has, to_failure
 
 
-def block_windows(
+def _cut(
     readings: pa.Table,
     failures: Mapping[str, Sequence[int]],
     splits: Mapping[str, str],
     cfg: WindowConfig,
     channels: Sequence[str],
     cutoff_ms: int | None = None,
-) -> pa.Table:
-    """The labelled windows of a block of pumps' good readings (``channels``: what a
-    window holds per step, channels then settings), as
-    :func:`pumpfleet.windows.make_windows` cuts each pump's."""
-    schema = window_schema(cfg, len(channels))
+) -> tuple[Cut, Readings, np.ndarray] | None:
+    """Where a block's windows end and their labels, as
+    :func:`pumpfleet.windows.make_windows` finds them per pump; None: no window."""
     r = decode_readings(readings)
     n, w = len(r.ms), cfg.window
     if n < w:
-        return schema.empty_table()
+        return None
     pump = r.pump.codes
     change = np.ones(n, dtype=bool)
     change[1:] = pump[1:] != pump[:-1]
@@ -94,7 +93,7 @@ def block_windows(
     known = has | ((last[seg] - end_ts) >= cap_ms)
     keep = np.flatnonzero(ok & known)
     if not len(keep):
-        return schema.empty_table()
+        return None
     ends, end_ts, seg = ends[keep], end_ts[keep], seg[keep]
     rul_h = (rul_ms[keep] / MS_PER_HOUR).astype(np.float32)
     split = np.array([_SPLITS.index(splits.get(p, "train")) for p in names], dtype=np.int32)
@@ -104,19 +103,88 @@ def block_windows(
             (split_of != _SPLITS.index("holdout")) & (end_ts > cutoff_ms), 3, split_of
         )
     values = np.column_stack([r.column(c) for c in channels]).astype(np.float32, copy=False)
-    view = np.lib.stride_tricks.sliding_window_view(values, (w, len(channels)))
-    flat = view[ends - (w - 1), 0].reshape(-1)
     first = starts[seg]
-    return pa.Table.from_arrays(
-        [
-            _strings(pump[first], r.pump.names),
-            _strings(r.cls.codes[first], r.cls.names),
-            _strings(r.site.codes[first], r.site.names),
-            _strings(split_of, _SPLITS),
-            pa.array(end_ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-            pa.array(rul_h, type=pa.float32()),
-            pa.array((rul_h <= cfg.horizon_hours).astype(np.int8), type=pa.int8()),
-            pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), w * len(channels)),
-        ],
-        schema=schema,
-    )
+    cut = Cut(pump[first], r.cls.codes[first], r.site.codes[first], split_of, end_ts, rul_h, ends)
+    return cut, r, values
+
+
+@dataclass
+class Cut:
+    """Per window: its pump's, class's and site's codes, its split (into SPLITS), end
+    time (ms), RUL (hours) and last row in the block."""
+
+    pump: np.ndarray
+    cls: np.ndarray
+    site: np.ndarray
+    split: np.ndarray
+    end_ts: np.ndarray
+    rul_h: np.ndarray
+    ends: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Cut:
+        return Cut(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+
+def _table(
+    cut: Cut, r: Readings, values: np.ndarray, cfg: WindowConfig, schema: pa.Schema
+) -> pa.Table:
+    """The windows of ``cut`` (``schema``'s columns: ``pump_class`` where it has it),
+    their values by one gather from a sliding view of the block's ``values``."""
+    w, n_ch = cfg.window, values.shape[1]
+    view = np.lib.stride_tricks.sliding_window_view(values, (w, n_ch))
+    flat = view[cut.ends - (w - 1), 0].reshape(-1)
+    cols = {
+        "pump_id": _strings(cut.pump, r.pump.names),
+        "pump_class": _strings(cut.cls, r.cls.names),
+        "site": _strings(cut.site, r.site.names),
+        "split": _strings(cut.split, _SPLITS),
+        "end_time": pa.array(cut.end_ts, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "rul_hours": pa.array(cut.rul_h, type=pa.float32()),
+        "failure_within_horizon": pa.array(
+            (cut.rul_h <= cfg.horizon_hours).astype(np.int8), type=pa.int8()
+        ),
+        "window": pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), w * n_ch),
+    }
+    return pa.Table.from_arrays([cols[name] for name in schema.names], schema=schema)
+
+
+def block_windows(
+    readings: pa.Table,
+    failures: Mapping[str, Sequence[int]],
+    splits: Mapping[str, str],
+    cfg: WindowConfig,
+    channels: Sequence[str],
+    cutoff_ms: int | None = None,
+) -> pa.Table:
+    """The labelled windows of a block of pumps' good readings (``channels``: what a
+    window holds per step, channels then settings), as
+    :func:`pumpfleet.windows.make_windows` cuts each pump's."""
+    schema = window_schema(cfg, len(channels))
+    found = _cut(readings, failures, splits, cfg, channels, cutoff_ms)
+    return schema.empty_table() if found is None else _table(*found, cfg, schema)
+
+
+def class_windows(
+    readings: pa.Table,
+    failures: Mapping[str, Sequence[int]],
+    splits: Mapping[str, str],
+    cfg: WindowConfig,
+    channels: Sequence[str],
+    cutoff_ms: int | None = None,
+) -> Iterator[tuple[str, pa.Table, dict[str, int]]]:
+    """:func:`block_windows` per class: each class's windows without their
+    ``pump_class`` column (what a file under ``pump_class=<c>/`` holds) and its windows
+    per split."""
+    found = _cut(readings, failures, splits, cfg, channels, cutoff_ms)
+    if found is None:
+        return
+    cut, r, values = found
+    schema = window_schema(cfg, len(channels))
+    schema = schema.remove(schema.get_field_index("pump_class"))
+    order = np.argsort(cut.cls, kind="stable")
+    bounds = np.flatnonzero(np.diff(cut.cls[order])) + 1
+    for idx in np.split(order, bounds):
+        part = cut.take(idx)
+        per_split = np.bincount(part.split, minlength=len(_SPLITS))
+        counts = {s: int(n) for s, n in zip(_SPLITS, per_split, strict=True) if n}
+        yield str(r.cls.names[part.cls[0]]), _table(part, r, values, cfg, schema), counts

@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pumpfleet import storage
-from pumpfleet.block_stats import regime_stats_frame
-from pumpfleet.block_windows import block_windows
-from pumpfleet.feature_specs import class_regime_statistics, fit_class_regimes
+from pumpfleet.block_stats import class_regime_statistics, regime_stats_frame
+from pumpfleet.block_windows import class_windows
+from pumpfleet.feature_specs import fit_class_regimes
 from pumpfleet.ingest_parts import PATH, parts_of
 from pumpfleet.ingestion import (
     IngestPlan,
@@ -124,18 +124,14 @@ class ClassWriters:
         self.pending: dict[str, list[pa.Table]] = {}
         self.counts: dict[tuple[str, str], int] = {}
 
-    def write(self, windows: pa.Table) -> None:
-        cls_col = windows.column("pump_class").combine_chunks().dictionary_encode()
-        for code, cls in enumerate(cls_col.dictionary.to_pylist()):
-            rows = windows.filter(pc.equal(cls_col.indices, code)).drop_columns(["pump_class"])
-            splits = rows.column("split").combine_chunks().dictionary_encode()
-            n = np.bincount(splits.indices.to_numpy(), minlength=len(splits.dictionary))
-            for s, k in zip(splits.dictionary.to_pylist(), n.tolist(), strict=True):
-                self.counts[(cls, s)] = self.counts.get((cls, s), 0) + k
-            pending = self.pending.setdefault(cls, [])
-            pending.append(rows)
-            if sum(t.num_rows for t in pending) >= ROW_GROUP:
-                self._flush(cls)
+    def write(self, cls: str, windows: pa.Table, per_split: dict[str, int]) -> None:
+        """Add a class's windows (without their ``pump_class``) and their number per split."""
+        for split, n in per_split.items():
+            self.counts[(cls, split)] = self.counts.get((cls, split), 0) + n
+        pending = self.pending.setdefault(cls, [])
+        pending.append(windows)
+        if sum(t.num_rows for t in pending) >= ROW_GROUP:
+            self._flush(cls)
 
     def _flush(self, cls: str) -> None:
         table = pa.concat_tables(self.pending.pop(cls, []))
@@ -238,9 +234,10 @@ def run_ingest_stream(
                 per_regime.append(
                     regime_stats_frame(readings, centres, fleet.channel_names, fleet.settings)
                 )
-            writers.write(
-                block_windows(readings, fail, pumps.splits, plan.cfg, plan.layout, pumps.cutoff)
-            )
+            for cls, table, per_split in class_windows(
+                readings, fail, pumps.splits, plan.cfg, plan.layout, pumps.cutoff
+            ):
+                writers.write(cls, table, per_split)
         windows = writers.close()
         stage("windows")
         frames = [f for f in per_regime if len(f)]

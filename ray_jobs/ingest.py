@@ -26,8 +26,9 @@ from ray.data.datasource import Partitioning
 from ray.data.datasource.partitioning import PartitionStyle
 
 from pumpfleet import storage
+from pumpfleet.block_stats import class_regime_statistics
 from pumpfleet.entry import run_main
-from pumpfleet.feature_specs import class_regime_statistics, fit_class_regimes
+from pumpfleet.feature_specs import fit_class_regimes
 from pumpfleet.ingest_parts import (
     block_parts,
     compact_strings,

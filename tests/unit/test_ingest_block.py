@@ -25,9 +25,10 @@ from benchmarks.ingest_check import (
     same_specs,
 )
 from benchmarks.ingest_single import single_process
+from pumpfleet import block_stats
 from pumpfleet import ingest_parts as new
 from pumpfleet import ingest_reference as ref
-from pumpfleet.feature_specs import fit_class_regimes
+from pumpfleet.feature_specs import class_regime_statistics, fit_class_regimes
 from pumpfleet.ingest_block import spikes_in_pumps, stuck_in_pumps
 from pumpfleet.ingest_stream import file_blocks, run_ingest_stream
 from pumpfleet.ingestion import IngestPlan, failures, plan_ingest, split_pumps
@@ -128,6 +129,14 @@ def test_blocks_give_what_the_per_pump_reference_gives(fleet: Path, tmp_path: Pa
     ra = _sorted(_table(ref.regime_statistics_of(expected, *regime_args), "regime_stats"), on)
     rb = _sorted(_table(new.regime_statistics_of(got, *regime_args), "regime_stats"), on)
     pd.testing.assert_frame_equal(ra, rb[ra.columns], check_dtype=False, rtol=1e-9)
+    # Merged per class as feature_specs merges them, bit for bit.
+    merged = block_stats.class_regime_statistics(rb, pumps.splits, plan.fleet.channel_names)
+    expected_merge = class_regime_statistics(rb, pumps.splits, plan.fleet.channel_names)
+    assert sorted(merged) == sorted(expected_merge)
+    for cls, arrays in expected_merge.items():
+        assert all(
+            np.array_equal(x, y, equal_nan=True) for x, y in zip(arrays, merged[cls], strict=True)
+        )
 
 
 def test_neighbour_rules_stop_at_a_pump_boundary() -> None:
