@@ -160,6 +160,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # transactions begin by BEGIN IMMEDIATE (below), not the driver's deferred BEGIN: a
+    # transaction that read before it writes cannot then find the snapshot it read
+    # outdated by another writer (SQLITE_BUSY_SNAPSHOT, which no timeout waits out)
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def engine_for(url: str) -> sa.Engine:
@@ -170,6 +178,7 @@ def engine_for(url: str) -> sa.Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
     with _LOCK:
