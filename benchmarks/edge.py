@@ -1,8 +1,13 @@
 """The edge model in torch eager (the baseline) and in onnxruntime as FP32, FP32 batch 1,
-FP16-weight and INT8 QDQ variants — the variants an edge bundle carries, made by the
-product's own export code — on the same windows, in the same run, single-threaded on the
+FP16-weight and weight-only INT8 variants — the variants an edge bundle carries, made by
+the product's own export code and run through its session builder — and the static
+INT8 QDQ graph the bundle carried before (for comparison; onnxruntime's defaults, which
+fuse it into int8 kernels), on the same windows, in the same run, single-threaded on the
 CPU: single-window latency (p50, p99), windows/s one at a time and in batches, size, and
-holdout RMSE against FP32.
+holdout RMSE against FP32. INT8's speed against FP32 one window at a time is also timed
+paired (the two alternate in short blocks, the median of the blocks' ratios), since the
+machine's speed drifts between rows. The last line is ``int8_size=<bytes, x fp32>
+int8_speed=<x fp32, one window> int8_drmse_pct=<holdout RMSE, % over fp32>``.
 
 The model is trained here for a few seconds on a synthetic task whose RUL is readable
 from the window (so that accuracy deltas mean something); features are computed once
@@ -83,6 +88,42 @@ def _throughput(fn: Callable[[np.ndarray], Any], x: np.ndarray, batch: int, repe
             fn(x[i : i + batch])
         rates.append(len(x) / (time.perf_counter() - t))
     return statistics.median(rates)
+
+
+def _paired_speed(
+    a: Callable[[np.ndarray], Any], b: Callable[[np.ndarray], Any], x: np.ndarray, rounds: int
+) -> float:
+    """b's single-window speed over a's: the two alternate (a b, then b a) in blocks of
+    200 windows, ``rounds`` times, after a warm-up; the median of the blocks' ratios."""
+    block = x[: min(200, len(x))]
+
+    def took(fn: Callable[[np.ndarray], Any]) -> float:
+        t = time.perf_counter()
+        for i in range(len(block)):
+            fn(block[i : i + 1])
+        return time.perf_counter() - t
+
+    took(a), took(b)
+    ratios = []
+    for r in range(rounds):
+        if r % 2:
+            tb, ta = took(b), took(a)
+        else:
+            ta, tb = took(a), took(b)
+        ratios.append(ta / tb)
+    return statistics.median(ratios)
+
+
+def _ort_defaults(onnx_bytes: bytes) -> Callable[[np.ndarray], Any]:
+    """onnxruntime's default session (QDQ fusions on), one thread."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=[runtime.CPU])
+    return lambda x: runtime.run(sess, x)
 
 
 def _ort(onnx_bytes: bytes, providers: list[Any] | None = None) -> Callable[[np.ndarray], Any]:
@@ -204,9 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     model.eval()
     fp32 = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
     onnx_io.check_parity(model, fp32, x[:1000])
-    made = variants.make_variants(fp32, train.x[:512])
+    made = variants.make_variants(fp32)
     measured = variants.measure(made, x, hold_rul, spec)
     blobs = {v.name: v.onnx for v in made}
+    static = variants.to_int8_static(fp32, train.x[:512])
+    measured["int8_static"] = variants.measure(
+        [variants.Variant(variants.FP32, fp32), variants.Variant(variants.INT8, static)],
+        x,
+        hold_rul,
+        spec,
+    )[variants.INT8]
 
     def torch_eager(w: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -217,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         ("ORT FP32", "fp32", _ort(blobs["fp32"]), ""),
         ("ORT FP32 batch-1", "fp32_b1", _ort(blobs["fp32_b1"]), ""),
         ("ORT FP16 weights", "fp16", _ort(blobs["fp16"]), ""),
-        ("ORT INT8 QDQ", "int8", _ort(blobs["int8"]), ""),
+        ("ORT INT8 weights", "int8", _ort(blobs["int8"]), ""),
+        ("ORT INT8 static QDQ (before)", "int8_static", _ort_defaults(static), ""),
     ]
     with tempfile.TemporaryDirectory(prefix="pumpfleet-edge-bench-") as tmp:
         if args.gpu:
@@ -256,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         "engine, not in the table); "
         f"int8 weights {measured['int8']['weight_ratio']:.2f} of fp32"
     )
+    int8_speed = _paired_speed(_ort(blobs["fp32"]), _ort(blobs["int8"]), x, 10 * args.repeats)
+    int8 = measured["int8"]
     print(
         format_table(
             [
@@ -272,6 +323,14 @@ def main(argv: list[str] | None = None) -> None:
             ],
             rows,
         )
+    )
+    print(
+        f"int8 (weight-only) against fp32, paired single-window timing: {int8_speed:.2f}x; "
+        f"static QDQ (before): {measured['int8_static']['size_ratio']:.2f} of fp32's bytes"
+    )
+    print(
+        f"int8_size={int8['size_ratio']:.3f} int8_speed={int8_speed:.3f} "
+        f"int8_drmse_pct={(int8['rmse_ratio'] - 1) * 100:.2f}"
     )
 
 

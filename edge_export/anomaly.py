@@ -1,7 +1,7 @@
 """The anomaly (health) model in the edge bundle: a class's anomaly champion
-(``pumpfleet-<class>-anomaly@champion``) as ONNX FP32 and as an INT8 QDQ variant (the
-quantisation of the RUL variants, calibrated on the same training windows), with its
-health spec.
+(``pumpfleet-<class>-anomaly@champion``) as ONNX FP32 and as a weight-only INT8 variant
+(the quantisation of the RUL variants, ``edge_export.variants.to_int8``), with its health
+spec.
 
 The anomaly ONNX maps standardised windows to each window's error ``[B, 1]``
 (:class:`pumpfleet.anomaly.WindowError`); the device turns the error into a health score
@@ -131,7 +131,6 @@ class AnomalyPart:
 def pack(
     model: LoadedModel,
     holdout_raw: np.ndarray,
-    calibration_raw: np.ndarray,
     golden_raw: np.ndarray,
     parity_windows: int,
 ) -> AnomalyPart:
@@ -151,7 +150,7 @@ def pack(
         )
     made = {
         FP32: model.onnx,
-        INT8: variants.to_int8(model.onnx, window_features(calibration_raw, spec)),
+        INT8: variants.to_int8(model.onnx),
     }
     for onnx_bytes in made.values():
         variants.check(onnx_bytes)
@@ -183,7 +182,6 @@ def pack(
         "golden_key": GOLDEN_ANOMALY_KEY,
         "onnx_parity_max_rel": parity,
         "holdout_windows": len(x),
-        "calibration_windows": len(calibration_raw),
         "variants": measured,
         "accuracy_limit": {
             "flag_agreement": MIN_FLAG_AGREEMENT,

@@ -1,9 +1,10 @@
 """Edge export: each class's champion as ONNX, checked against its torch weights on real
-windows, made into its variants (FP32 dynamic batch and batch 1, FP16, INT8 QDQ), each
+windows, made into its variants (FP32 dynamic batch and batch 1, FP16, weight-only INT8), each
 measured on the holdout, checked for TensorRT, and packed with its feature spec,
 thresholds, golden windows and build profile into a signed bundle that is also logged as
 an artifact of the model version's run. Where the class has an anomaly (health) champion,
-the bundle carries it too, FP32 and INT8, with its health spec (:mod:`edge_export.anomaly`).
+the bundle carries it too, FP32 and weight-only INT8, with its health spec
+(:mod:`edge_export.anomaly`).
 
     python -m edge_export.export [--class C] [--out DIR]
 """
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 PARITY_WINDOWS = 1000
 HOLDOUT_WINDOWS = 10_000  # the accuracy of each variant is measured on up to this many
-CALIBRATION_WINDOWS = 512  # INT8 scales come from this many training windows
 GOLDEN_WINDOWS = 32
 GOLDEN_FILE = GOLDEN
 # The oldest agent that understands this bundle's layout (variants, golden windows).
@@ -110,11 +110,7 @@ def export_class(
     raw, rul = raw[keep], np.asarray(cols["rul_hours"], dtype=np.float64)[keep]
     x = window_features(raw, model.spec)
     parity = check_parity(model.torch_model(), model.onnx, x[:PARITY_WINDOWS])
-    train_raw, _ = snap.load(cls, "train", model.spec)
-    calibration_raw = train_raw[_spread(len(train_raw), CALIBRATION_WINDOWS)]
-    calibration = window_features(calibration_raw, model.spec)
-
-    made = variants.make_variants(model.onnx, calibration)
+    made = variants.make_variants(model.onnx)
     measured = variants.measure(made, x, rul, model.spec)
     profiles, compat = {}, {}
     for v in made:
@@ -126,7 +122,7 @@ def export_class(
     expected = model.runner()(x[pick])
     health_model, skipped = anomaly.champion(registry, cls, model.spec)
     part = (
-        anomaly.pack(health_model, raw, calibration_raw, raw[pick], PARITY_WINDOWS)
+        anomaly.pack(health_model, raw, raw[pick], PARITY_WINDOWS)
         if health_model is not None
         else None
     )
@@ -163,7 +159,6 @@ def export_class(
             "onnx_parity_max_abs": parity,
             "parity_windows": min(len(x), PARITY_WINDOWS),
             "holdout_windows": len(x),
-            "calibration_windows": len(calibration),
             "variants": measured,
             "accuracy_limit": {"rmse_ratio": variants.RMSE_LIMIT},
             "golden": {"file": GOLDEN_FILE, "windows": len(pick)},

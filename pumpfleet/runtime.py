@@ -32,7 +32,14 @@ def session(onnx_bytes: bytes, threads: int = 1, providers: Sequence[Any] | None
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, opts, providers=list(providers or [CPU]))
+    chosen = list(providers or [CPU])
+    if chosen[0] == CPU:
+        # Weight-only int8 graphs (edge_export.variants.to_int8) keep their weights as
+        # int8 read through DequantizeLinear; with its QDQ fusions off, onnxruntime folds
+        # those into float32 weights once, at load, instead of dequantising every call.
+        # No graph the product makes quantises activations, which is what they fuse.
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    return ort.InferenceSession(onnx_bytes, opts, providers=chosen)
 
 
 def run(sess: Any, x: np.ndarray) -> np.ndarray:
