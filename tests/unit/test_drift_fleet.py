@@ -31,23 +31,24 @@ def fleet(days: int, seed: int = 0, pumps: int = 60, **change: float) -> pd.Data
     (site-0's pressure), ``new_from`` (day; half the windows at speed 1.2)."""
     rng = np.random.default_rng(seed)
     own = rng.normal(1.0, 0.05, (pumps, 2))
+    p = np.repeat(np.arange(pumps), 12)  # a day's windows, pump by pump
     rows = []
     for d in range(days):
-        for p in range(pumps):
-            speed = rng.choice([0.8, 1.0], size=12)
-            if d >= change.get("new_from", 1e9):
-                speed = np.where(rng.random(12) < 0.5, 1.2, speed)
-            flow = 100 * speed * own[p, 0] * rng.normal(1, 0.01, 12)
-            pressure = 50 * own[p, 1] * rng.normal(1, 0.01, 12)
-            if d >= change.get("class_from", 1e9):
-                flow *= 1 + change["class_shift"]
-            if p % 6 == 0 and d >= change.get("site_from", 1e9):
-                pressure *= 1 + change["site_shift"]
-            ts = DAY0 + pd.Timedelta(days=d) + pd.to_timedelta(np.arange(12) * 2, unit="h")
-            rows.append(pd.DataFrame({"pump_id": f"p{p:03d}", "site": f"s{p % 6}",
-                                      "timestamp": ts, "flow": flow, "pressure": pressure,
-                                      "speed": speed}))  # fmt: skip
-    return pd.concat(rows, ignore_index=True)
+        speed = rng.choice([0.8, 1.0], size=len(p))
+        if d >= change.get("new_from", 1e9):
+            speed = np.where(rng.random(len(p)) < 0.5, 1.2, speed)
+        flow = 100 * speed * own[p, 0] * rng.normal(1, 0.01, len(p))
+        pressure = 50 * own[p, 1] * rng.normal(1, 0.01, len(p))
+        if d >= change.get("class_from", 1e9):
+            flow *= 1 + change["class_shift"]
+        if d >= change.get("site_from", 1e9):
+            pressure = np.where(p % 6 == 0, pressure * (1 + change["site_shift"]), pressure)
+        hours = np.tile(np.arange(12) * 2, pumps)
+        ts = DAY0 + pd.Timedelta(days=d) + pd.to_timedelta(hours, unit="h")
+        ids, sites = [f"p{q:03d}" for q in p], [f"s{q % 6}" for q in p]
+        rows.append(pd.DataFrame({"pump_id": ids, "site": sites, "timestamp": ts, "flow": flow,
+                                  "pressure": pressure, "speed": speed}))  # fmt: skip
+    return pd.concat(rows, ignore_index=True).sort_values("timestamp", kind="stable")
 
 
 def analyse(frame: pd.DataFrame, ref_days: int = 20) -> pd.DataFrame:
