@@ -48,7 +48,8 @@
       await api("v1/fleet?limit=1");
     } catch (e) {
       sessionStorage.removeItem(KEY);
-      err.textContent = e.status === 401 ? `${e.message}. Check the key: a scoring key is needed.` : e.message;
+      err.textContent =
+        e.status === 401 ? `${e.message}. Check the key: a scoring key is needed.` : e.message;
       err.hidden = false;
       $("login-key").focus();
       $("login-key").select(); // typed again, the key replaces the refused one
@@ -79,7 +80,8 @@
     const [path, query] = raw.split("?");
     const params = new URLSearchParams(query || "");
     for (const a of $("nav").querySelectorAll("a")) {
-      const current = (path === "/sites" && a.id === "nav-sites") || (path === "/" && a.id === "nav-work");
+      const current =
+        (path === "/sites" && a.id === "nav-sites") || (path === "/" && a.id === "nav-work");
       if (current) a.setAttribute("aria-current", "page");
       else a.removeAttribute("aria-current");
     }
@@ -88,7 +90,8 @@
       let view;
       if (path === "/" || path === "") view = await B.workList(params);
       else if (path === "/sites") view = await B.sitesView(params);
-      else if (path.startsWith("/pump/")) view = await B.pumpPage(decodeURIComponent(path.slice(6)));
+      else if (path.startsWith("/pump/"))
+        view = await B.pumpPage(decodeURIComponent(path.slice(6)));
       else view = h("p", {}, "No such view: ", h("a", { href: "#/" }, "back to the work list"));
       if (mine !== rendering) return;
       $("view").replaceChildren(view);

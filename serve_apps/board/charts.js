@@ -35,7 +35,15 @@ window.PumpCharts = (() => {
 
   // points: [{t: ms, v: number}]; markers: [{t: ms, label}]; fmt: value → text
   // small: a chart of a grid of several (its text stays readable at half the width)
-  function line({ label, points, markers = [], fmt = (v) => v.toFixed(2), yMin, yMax, small = false }) {
+  function line({
+    label,
+    points,
+    markers = [],
+    fmt = (v) => v.toFixed(2),
+    yMin,
+    yMax,
+    small = false,
+  }) {
     const W = small ? 380 : 640;
     const H = small ? 170 : 190;
     const L = 64;
@@ -80,7 +88,11 @@ window.PumpCharts = (() => {
     }
     for (const t of ticks(t0, t1, 3)) {
       svg.append(
-        s("text", { class: "tick", x: x(t), y: H - 10, "text-anchor": "middle" }, shortTime(t, t1 - t0)),
+        s(
+          "text",
+          { class: "tick", x: x(t), y: H - 10, "text-anchor": "middle" },
+          shortTime(t, t1 - t0),
+        ),
       );
     }
     svg.append(s("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
@@ -98,7 +110,11 @@ window.PumpCharts = (() => {
     );
     for (const p of pts) {
       svg.append(
-        s("circle", { class: "dot", cx: x(p.t), cy: y(p.v), r: 3 }, s("title", {}, `${utc(p.t)} UTC: ${fmt(p.v)}`)),
+        s(
+          "circle",
+          { class: "dot", cx: x(p.t), cy: y(p.v), r: 3 },
+          s("title", {}, `${utc(p.t)} UTC: ${fmt(p.v)}`),
+        ),
       );
     }
     return svg;
@@ -115,13 +131,22 @@ window.PumpCharts = (() => {
     const H = rows.length * row + 8;
     const top = Math.max(...rows.map((d) => Math.abs(d.weight))) || 1;
     const summary = `Drivers of the risk: ${rows.map((d) => `${d.sensor} ${d.weight.toFixed(3)}`).join(", ")}`;
-    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart bars", role: "img", "aria-label": summary });
+    const svg = s("svg", {
+      viewBox: `0 0 ${W} ${H}`,
+      class: "chart bars",
+      role: "img",
+      "aria-label": summary,
+    });
     svg.append(s("title", {}, summary));
     rows.forEach((d, i) => {
       const yy = 4 + i * row;
       const w = (Math.abs(d.weight) / top) * (W - L - R);
-      svg.append(s("text", { class: "bar-label", x: L - 8, y: yy + 17, "text-anchor": "end" }, d.sensor));
-      svg.append(s("rect", { class: "bar", x: L, y: yy + 4, width: Math.max(w, 1), height: row - 8 }));
+      svg.append(
+        s("text", { class: "bar-label", x: L - 8, y: yy + 17, "text-anchor": "end" }, d.sensor),
+      );
+      svg.append(
+        s("rect", { class: "bar", x: L, y: yy + 4, width: Math.max(w, 1), height: row - 8 }),
+      );
       svg.append(s("text", { class: "tick", x: L + w + 6, y: yy + 17 }, d.weight.toFixed(3)));
     });
     return svg;

@@ -8,7 +8,7 @@ window.PumpBoard = (() => {
   const KEY = "pumpfleet.key";
   const NAME = "pumpfleet.name";
   const PAGE = 50; // rows of the work list per page
-  const INDEX_PAGE = 200; // pumps per request when the whole fleet is read (sites, filters)
+  const INDEX_PAGE = 500; // pumps a request when all are read (sites, filters): the API's most
   const INDEX_MAX = 20000;
   const charts = window.PumpCharts;
   const $ = (id) => document.getElementById(id);
@@ -23,7 +23,8 @@ window.PumpBoard = (() => {
       else el.setAttribute(k, v === true ? "" : String(v));
     }
     for (const c of children.flat(Infinity)) {
-      if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+      if (c !== null && c !== undefined && c !== false)
+        el.append(c instanceof Node ? c : String(c));
     }
     return el;
   }
@@ -93,7 +94,8 @@ window.PumpBoard = (() => {
     }
     if (!res.ok) {
       const what = WHAT[res.status] || (res.status >= 500 ? "The service failed" : "Refused");
-      const detail = data && data.detail !== undefined ? detailText(data.detail) : text.slice(0, 200);
+      const detail =
+        data && data.detail !== undefined ? detailText(data.detail) : text.slice(0, 200);
       throw new ApiError(res.status, `${what} (HTTP ${res.status})${detail ? ": " + detail : ""}`);
     }
     return data;
@@ -136,7 +138,11 @@ window.PumpBoard = (() => {
 
   function staleBadge(p) {
     return p.stale
-      ? h("span", { class: "badge stale", title: `last reading ${when(p.last_reading_at)}` }, "stale")
+      ? h(
+          "span",
+          { class: "badge stale", title: `last reading ${when(p.last_reading_at)}` },
+          "stale",
+        )
       : h("span", { class: "badge fresh" }, "fresh");
   }
 
@@ -177,12 +183,32 @@ window.PumpBoard = (() => {
     $("error").hidden = false;
   }
 
-
   const B = {
-    KEY, NAME, PAGE, charts, $, h, ApiError, api, fleetIndex,
-    num, hours, pct, score, when, count, uniq,
-    risk, riskBadge, staleBadge, alertText, driversText, armText,
-    say, clearError, fail,
+    KEY,
+    NAME,
+    PAGE,
+    charts,
+    $,
+    h,
+    ApiError,
+    api,
+    fleetIndex,
+    num,
+    hours,
+    pct,
+    score,
+    when,
+    count,
+    uniq,
+    risk,
+    riskBadge,
+    staleBadge,
+    alertText,
+    driversText,
+    armText,
+    say,
+    clearError,
+    fail,
     logout: null, // set by board.js
     render: null, // set by board.js
   };

@@ -28,7 +28,14 @@
       "form",
       { class: "filters", "aria-label": "Filters" },
       select(`${target}-site`, "Site", "site", sites, params.get("site") || "", "all sites"),
-      select(`${target}-class`, "Class", "pump_class", classes, params.get("pump_class") || "", "all classes"),
+      select(
+        `${target}-class`,
+        "Class",
+        "pump_class",
+        classes,
+        params.get("pump_class") || "",
+        "all classes",
+      ),
       extra,
       h("p", { class: "field" }, h("button", { type: "submit" }, "Filter")),
     );
@@ -89,24 +96,53 @@
         "tr",
         { class: `risk-row-${risk(p)}`, "data-pump": p.pump_id },
         h("td", { class: "num" }, String(offset + i + 1)),
-        h("th", { scope: "row" }, h("a", { href: `#/pump/${encodeURIComponent(p.pump_id)}` }, p.pump_id)),
+        h(
+          "th",
+          { scope: "row" },
+          h("a", { href: `#/pump/${encodeURIComponent(p.pump_id)}` }, p.pump_id),
+        ),
         h("td", {}, p.pump_class),
         h("td", {}, p.site),
         h("td", { class: "num" }, hours(p.rul_hours)),
         h("td", { class: "num" }, pct(p.failure_probability), " ", riskBadge(p)),
-        h("td", { class: "num" }, score(p.health_score), p.anomaly ? h("span", { class: "badge anomaly" }, "anomaly") : null),
+        h(
+          "td",
+          { class: "num" },
+          score(p.health_score),
+          p.anomaly ? h("span", { class: "badge anomaly" }, "anomaly") : null,
+        ),
         h("td", {}, driversText(p.drivers)),
         h("td", {}, staleBadge(p)),
         h("td", { class: "alert-cell" }, alertText(p.open_alert)),
         h("td", {}, armText(p)),
       ),
     );
-    const head = ["#", "Pump", "Class", "Site", "RUL", "Failure probability", "Health", "Drivers", "Data", "Alert", "Model"];
+    const head = [
+      "#",
+      "Pump",
+      "Class",
+      "Site",
+      "RUL",
+      "Failure probability",
+      "Health",
+      "Drivers",
+      "Data",
+      "Alert",
+      "Model",
+    ];
     const table = h(
       "table",
       { class: "work", id: "work-list" },
       h("caption", {}, `The work list: ${page.total} pumps, riskiest first`),
-      h("thead", {}, h("tr", {}, head.map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          head.map((c) => h("th", { scope: "col" }, c)),
+        ),
+      ),
       h("tbody", {}, rows),
     );
     const pager = h("nav", { class: "pager", "aria-label": "Pages" });
@@ -116,7 +152,13 @@
     };
     if (offset > 0) pager.append(link(Math.max(0, offset - PAGE), "Previous page"));
     pager.append(
-      h("span", {}, page.total ? `Pumps ${offset + 1}–${offset + page.pumps.length} of ${page.total}` : "No pumps match"),
+      h(
+        "span",
+        {},
+        page.total
+          ? `Pumps ${offset + 1}–${offset + page.pumps.length} of ${page.total}`
+          : "No pumps match",
+      ),
     );
     if (offset + PAGE < page.total) pager.append(link(offset + PAGE, "Next page"));
     return h(
@@ -124,7 +166,9 @@
       {},
       h("h2", { tabindex: "-1" }, "Work list"),
       form,
-      page.total ? h("div", { class: "scroll" }, table) : h("p", { class: "empty" }, "No pumps match these filters."),
+      page.total
+        ? h("div", { class: "scroll" }, table)
+        : h("p", { class: "empty" }, "No pumps match these filters."),
       pager,
     );
   }
@@ -160,11 +204,21 @@
     }
     // the sites with the riskiest pumps first
     const worst = (ps) => Math.min(...ps.map((p) => ORDER[risk(p)]));
-    const top = (ps) => Math.max(...ps.map((p) => (num(p.failure_probability) ? p.failure_probability : -1)));
+    const top = (ps) =>
+      Math.max(...ps.map((p) => (num(p.failure_probability) ? p.failure_probability : -1)));
     const sites = [...bySite.entries()].sort(
-      (a, b) => worst(a[1]) - worst(b[1]) || top(b[1]) - top(a[1]) || String(a[0]).localeCompare(String(b[0])),
+      (a, b) =>
+        worst(a[1]) - worst(b[1]) ||
+        top(b[1]) - top(a[1]) ||
+        String(a[0]).localeCompare(String(b[0])),
     );
-    const form = filterForm("sites", params, uniq(all.map((p) => p.site)), uniq(all.map((p) => p.pump_class)), []);
+    const form = filterForm(
+      "sites",
+      params,
+      uniq(all.map((p) => p.site)),
+      uniq(all.map((p) => p.pump_class)),
+      [],
+    );
     const blocks = sites.map(([site, pumps]) => {
       const high = pumps.filter((p) => risk(p) === "high").length;
       const alerts = pumps.filter((p) => p.open_alert && p.open_alert.status !== "closed").length;
@@ -172,7 +226,16 @@
       return h(
         "section",
         { class: "site", "aria-label": `Site ${site}` },
-        h("h3", {}, `${site}`, h("span", { class: "sub" }, ` ${count(pumps.length, "pump")} · ${high} at high risk · ${count(alerts, "open alert")} · ${stale} stale`)),
+        h(
+          "h3",
+          {},
+          `${site}`,
+          h(
+            "span",
+            { class: "sub" },
+            ` ${count(pumps.length, "pump")} · ${high} at high risk · ${count(alerts, "open alert")} · ${stale} stale`,
+          ),
+        ),
         h(
           "ul",
           { class: "grid" },
@@ -206,7 +269,6 @@
       blocks.length ? blocks : h("p", { class: "empty" }, "No pumps match these filters."),
     );
   }
-
 
   B.workList = workList;
   B.sitesView = sitesView;

@@ -10,7 +10,11 @@
   // --- a pump -------------------------------------------------------------------
 
   function facts(pairs) {
-    return h("dl", { class: "facts" }, pairs.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    return h(
+      "dl",
+      { class: "facts" },
+      pairs.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]),
+    );
   }
 
   function driftOf(cls, models, drift) {
@@ -47,14 +51,48 @@
   }
 
   function trendCharts(detail) {
-    const scores = (detail.scores || []).map((r) => ({ ...r, t: Date.parse(r.at) })).sort((a, b) => a.t - b.t);
-    const markers = (detail.alerts || []).map((a) => ({ t: Date.parse(a.opened_at), label: `alert ${a.id}` }));
+    const scores = (detail.scores || [])
+      .map((r) => ({ ...r, t: Date.parse(r.at) }))
+      .sort((a, b) => a.t - b.t);
+    const markers = (detail.alerts || []).map((a) => ({
+      t: Date.parse(a.opened_at),
+      label: `alert ${a.id}`,
+    }));
     const out = [];
-    const add = (title, c) => out.push(h("figure", {}, h("figcaption", {}, title), c || h("p", { class: "empty" }, "no values")));
-    add("Remaining useful life (hours)", charts.line({ label: "RUL", points: scores.map((r) => ({ t: r.t, v: r.rul_hours })), markers, fmt: (v) => `${v.toFixed(0)} h`, yMin: 0 }));
-    add("Failure probability", charts.line({ label: "Failure probability", points: scores.map((r) => ({ t: r.t, v: r.failure_probability })), markers, fmt: (v) => `${(v * 100).toFixed(0)} %`, yMin: 0, yMax: 1 }));
+    const add = (title, c) =>
+      out.push(
+        h("figure", {}, h("figcaption", {}, title), c || h("p", { class: "empty" }, "no values")),
+      );
+    add(
+      "Remaining useful life (hours)",
+      charts.line({
+        label: "RUL",
+        points: scores.map((r) => ({ t: r.t, v: r.rul_hours })),
+        markers,
+        fmt: (v) => `${v.toFixed(0)} h`,
+        yMin: 0,
+      }),
+    );
+    add(
+      "Failure probability",
+      charts.line({
+        label: "Failure probability",
+        points: scores.map((r) => ({ t: r.t, v: r.failure_probability })),
+        markers,
+        fmt: (v) => `${(v * 100).toFixed(0)} %`,
+        yMin: 0,
+        yMax: 1,
+      }),
+    );
     if (scores.some((r) => num(r.health_score))) {
-      add("Health score (higher: further from normal)", charts.line({ label: "Health score", points: scores.map((r) => ({ t: r.t, v: r.health_score })), markers }));
+      add(
+        "Health score (higher: further from normal)",
+        charts.line({
+          label: "Health score",
+          points: scores.map((r) => ({ t: r.t, v: r.health_score })),
+          markers,
+        }),
+      );
     }
     const table = h(
       "details",
@@ -63,8 +101,36 @@
       h(
         "table",
         { class: "scores" },
-        h("thead", {}, h("tr", {}, ["At (UTC)", "RUL", "Failure probability", "Health", "Anomaly", "Model"].map((c) => h("th", { scope: "col" }, c)))),
-        h("tbody", {}, scores.slice().reverse().map((r) => h("tr", {}, h("td", {}, when(r.at)), h("td", { class: "num" }, hours(r.rul_hours)), h("td", { class: "num" }, pct(r.failure_probability)), h("td", { class: "num" }, score(r.health_score)), h("td", {}, r.anomaly ? "yes" : "no"), h("td", {}, armText(r))))),
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ["At (UTC)", "RUL", "Failure probability", "Health", "Anomaly", "Model"].map((c) =>
+              h("th", { scope: "col" }, c),
+            ),
+          ),
+        ),
+        h(
+          "tbody",
+          {},
+          scores
+            .slice()
+            .reverse()
+            .map((r) =>
+              h(
+                "tr",
+                {},
+                h("td", {}, when(r.at)),
+                h("td", { class: "num" }, hours(r.rul_hours)),
+                h("td", { class: "num" }, pct(r.failure_probability)),
+                h("td", { class: "num" }, score(r.health_score)),
+                h("td", {}, r.anomaly ? "yes" : "no"),
+                h("td", {}, armText(r)),
+              ),
+            ),
+        ),
       ),
     );
     out.push(table);
@@ -75,33 +141,69 @@
   function sensorWindow(alerts) {
     const now = Date.now() / 1000;
     const opened = alerts.length ? Date.parse(alerts[0].opened_at) / 1000 : null;
-    const since = opened === null ? now - 3 * 86400 : Math.max(opened - 2 * 86400, now - 30 * 86400);
+    const since =
+      opened === null ? now - 3 * 86400 : Math.max(opened - 2 * 86400, now - 30 * 86400);
     return { since: Math.floor(since), until: Math.ceil(now) };
   }
 
   function sensorCharts(sensors, markers) {
-    if (sensors instanceof Error) return [h("p", { class: "note" }, `Sensor readings: ${sensors.message}`)];
+    if (sensors instanceof Error)
+      return [h("p", { class: "note" }, `Sensor readings: ${sensors.message}`)];
     const readings = sensors.readings.map((r) => ({ ...r, t: Date.parse(r.at) }));
     if (!readings.length) {
-      return [h("p", { class: "note" }, "No sensor readings of this pump in the prediction log for this span (an edge device's pumps are scored on the device): the trend above and the drivers say what moved its risk.")];
+      return [
+        h(
+          "p",
+          { class: "note" },
+          "No sensor readings of this pump in the prediction log for this span (an edge device's pumps are scored on the device): the trend above and the drivers say what moved its risk.",
+        ),
+      ];
     }
     const figures = sensors.channels.map((c) =>
-      h("figure", {}, h("figcaption", {}, c), charts.line({ label: c, points: readings.map((r) => ({ t: r.t, v: r[c] })), markers, small: true }) || h("p", { class: "empty" }, "no values")),
+      h(
+        "figure",
+        {},
+        h("figcaption", {}, c),
+        charts.line({
+          label: c,
+          points: readings.map((r) => ({ t: r.t, v: r[c] })),
+          markers,
+          small: true,
+        }) || h("p", { class: "empty" }, "no values"),
+      ),
     );
     return [
-      h("p", { class: "note" }, `Each scored window's mean, ${readings.length} windows from ${when(readings[0].at)} to ${when(readings[readings.length - 1].at)}; the dashed line is where the alert opened.`),
+      h(
+        "p",
+        { class: "note" },
+        `Each scored window's mean, ${readings.length} windows from ${when(readings[0].at)} to ${when(readings[readings.length - 1].at)}; the dashed line is where the alert opened.`,
+      ),
       h("div", { class: "sensors" }, figures),
     ];
   }
 
   // inputs: [{name, label, required, options: [[value, text]] (a choice) or none (text)}]
   function actionForm(a, action, label, inputs = []) {
-    const form = h("form", { class: "action", "aria-label": `${label} alert ${a.id}`, novalidate: true });
+    const form = h("form", {
+      class: "action",
+      "aria-label": `${label} alert ${a.id}`,
+      novalidate: true,
+    });
     for (const input of inputs) {
       const id = `${action}-${input.name}-${a.id}`;
       const field = input.options
-        ? h("select", { id, name: input.name }, input.options.map(([v, t]) => h("option", { value: v }, t)))
-        : h("input", { id, name: input.name, type: "text", maxlength: input.max || 128, required: input.required });
+        ? h(
+            "select",
+            { id, name: input.name },
+            input.options.map(([v, t]) => h("option", { value: v }, t)),
+          )
+        : h("input", {
+            id,
+            name: input.name,
+            type: "text",
+            maxlength: input.max || 128,
+            required: input.required,
+          });
       form.append(h("p", { class: "field" }, h("label", { for: id }, input.label), field));
     }
     form.append(h("button", { type: "submit", "data-action": action }, label));
@@ -121,8 +223,13 @@
       clearError();
       for (const b of form.querySelectorAll("button")) b.disabled = true;
       try {
-        const done = await api(`v1/alerts/${encodeURIComponent(a.id)}/${action}`, { method: "POST", body });
-        say(`Alert ${a.id}: ${done && done.status ? done.status : "done"}${done && done.assignee ? `, assigned to ${done.assignee}` : ""}.`);
+        const done = await api(`v1/alerts/${encodeURIComponent(a.id)}/${action}`, {
+          method: "POST",
+          body,
+        });
+        say(
+          `Alert ${a.id}: ${done && done.status ? done.status : "done"}${done && done.assignee ? `, assigned to ${done.assignee}` : ""}.`,
+        );
         await B.render();
       } catch (e) {
         for (const b of form.querySelectorAll("button")) b.disabled = false;
@@ -138,7 +245,13 @@
     const history = h(
       "ol",
       { class: "history" },
-      (a.history || []).map((e) => h("li", {}, `${when(e.at)} · ${e.event}${e.by ? ` by ${e.by}` : ""}${e.note ? `: ${e.note}` : ""}`)),
+      (a.history || []).map((e) =>
+        h(
+          "li",
+          {},
+          `${when(e.at)} · ${e.event}${e.by ? ` by ${e.by}` : ""}${e.note ? `: ${e.note}` : ""}`,
+        ),
+      ),
     );
     return h(
       "section",
@@ -160,7 +273,9 @@
             "div",
             { class: "actions" },
             a.status === "open" ? actionForm(a, "ack", "Acknowledge") : null,
-            actionForm(a, "assign", "Assign", [{ name: "assignee", label: "Assignee", required: true }]),
+            actionForm(a, "assign", "Assign", [
+              { name: "assignee", label: "Assignee", required: true },
+            ]),
             actionForm(a, "close", "Close", [
               { name: "note", label: "Closing note", required: true, max: 4000 },
               {
@@ -184,7 +299,9 @@
       api("v1/drift").catch((e) => e),
     ]);
     const p = detail.pump;
-    const alerts = (detail.alerts || []).slice().sort((a, b) => Date.parse(b.opened_at) - Date.parse(a.opened_at));
+    const alerts = (detail.alerts || [])
+      .slice()
+      .sort((a, b) => Date.parse(b.opened_at) - Date.parse(a.opened_at));
     const q = new URLSearchParams({ pump_class: p.pump_class, ...sensorWindow(alerts) });
     const sensors = await api(`v1/fleet/${encodeURIComponent(id)}/sensors?${q}`).catch((e) => e);
     const markers = alerts.map((a) => ({ t: Date.parse(a.opened_at), label: `alert ${a.id}` }));
@@ -192,29 +309,73 @@
     return h(
       "div",
       { class: "pump", "data-pump": p.pump_id },
-      h("p", {}, h("a", { href: "#/" }, "← Work list"), " · ", h("a", { href: `#/sites?site=${encodeURIComponent(p.site)}` }, `Site ${p.site}`)),
+      h(
+        "p",
+        {},
+        h("a", { href: "#/" }, "← Work list"),
+        " · ",
+        h("a", { href: `#/sites?site=${encodeURIComponent(p.site)}` }, `Site ${p.site}`),
+      ),
       h("h2", { tabindex: "-1" }, `Pump ${p.pump_id} `, riskBadge(p), " ", staleBadge(p)),
       h(
         "div",
         { class: "cards" },
-        h("section", { class: "card", "aria-label": "Now" }, h("h3", {}, "Now"), facts([
-          ["Remaining useful life", hours(p.rul_hours)],
-          ["Failure probability", pct(p.failure_probability)],
-          ["Health score", [score(p.health_score), p.anomaly ? h("span", { class: "badge anomaly" }, "anomaly") : null]],
-          ["Last reading", when(p.last_reading_at)],
-        ])),
-        h("section", { class: "card", "aria-label": "Pump" }, h("h3", {}, "Pump"), facts([
-          ["Class", p.pump_class],
-          ["Site", p.site],
-          ["Device", p.device_id || "cloud scoring"],
-          ["Model", armText(p)],
-        ])),
-        h("section", { class: "card", "aria-label": `Class ${p.pump_class}` }, h("h3", {}, `Class ${p.pump_class}`), driftOf(p.pump_class, models, drift)),
+        h(
+          "section",
+          { class: "card", "aria-label": "Now" },
+          h("h3", {}, "Now"),
+          facts([
+            ["Remaining useful life", hours(p.rul_hours)],
+            ["Failure probability", pct(p.failure_probability)],
+            [
+              "Health score",
+              [
+                score(p.health_score),
+                p.anomaly ? h("span", { class: "badge anomaly" }, "anomaly") : null,
+              ],
+            ],
+            ["Last reading", when(p.last_reading_at)],
+          ]),
+        ),
+        h(
+          "section",
+          { class: "card", "aria-label": "Pump" },
+          h("h3", {}, "Pump"),
+          facts([
+            ["Class", p.pump_class],
+            ["Site", p.site],
+            ["Device", p.device_id || "cloud scoring"],
+            ["Model", armText(p)],
+          ]),
+        ),
+        h(
+          "section",
+          { class: "card", "aria-label": `Class ${p.pump_class}` },
+          h("h3", {}, `Class ${p.pump_class}`),
+          driftOf(p.pump_class, models, drift),
+        ),
       ),
-      h("section", { "aria-label": "Drivers" }, h("h3", {}, "Drivers of the risk"), drivers || h("p", { class: "empty" }, "No drivers recorded for the latest score.")),
+      h(
+        "section",
+        { "aria-label": "Drivers" },
+        h("h3", {}, "Drivers of the risk"),
+        drivers || h("p", { class: "empty" }, "No drivers recorded for the latest score."),
+      ),
       h("section", { "aria-label": "Trend" }, h("h3", {}, "Trend"), trendCharts(detail)),
-      h("section", { "aria-label": "Sensors" }, h("h3", {}, alerts.length ? "Sensors around the alert" : "Sensors"), sensorCharts(sensors, markers)),
-      h("section", { "aria-label": "Alerts" }, h("h3", {}, `Alerts (${alerts.length})`), alerts.length ? alerts.map(alertBlock) : h("p", { class: "empty" }, "No alerts for this pump.")),
+      h(
+        "section",
+        { "aria-label": "Sensors" },
+        h("h3", {}, alerts.length ? "Sensors around the alert" : "Sensors"),
+        sensorCharts(sensors, markers),
+      ),
+      h(
+        "section",
+        { "aria-label": "Alerts" },
+        h("h3", {}, `Alerts (${alerts.length})`),
+        alerts.length
+          ? alerts.map(alertBlock)
+          : h("p", { class: "empty" }, "No alerts for this pump."),
+      ),
     );
   }
 
