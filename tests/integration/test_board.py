@@ -30,6 +30,7 @@ KEY = "board-scoring-key-0123456789"
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = "chromium is not installed (make system-deps, or apt-get install chromium)"
 HOUR = 3600.0
+NOTE = 'bearing replaced <img src=x onerror="document.title=1">'
 
 
 def artefacts() -> Path:
@@ -464,7 +465,7 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
     # service's reason, and the page shows the alert as it stands
     closed = api.post(
         f"/v1/alerts/{alert_id}/close",
-        json={"by": "crew-3", "note": "bearing replaced", "outcome": "hit"},
+        json={"by": "crew-3", "note": NOTE, "outcome": "hit"},
     )
     assert closed.status_code == 200, closed.text
     block.get_by_label("Assignee").fill("crew-9")
@@ -474,11 +475,14 @@ def test_a_crew_filters_by_site_opens_the_riskiest_pump_and_acknowledges_its_ale
     )
     expect(block.locator(".alert-status")).to_have_text("closed")
     expect(block.get_by_role("button")).to_have_count(0)
-    expect(block.locator(".history li").last).to_contain_text("by crew-3: bearing replaced")
+    # a note is shown as the text it is, never read as markup
+    expect(block.locator(".history li").last).to_contain_text(f"by crew-3: {NOTE}")
+    expect(block.locator(".history img")).to_have_count(0)
 
     # a pump that is not there: the service's 404, said on the page
     page.goto(f"{fleet.url}/board#/pump/esp-zz-9")
     expect(page.locator("#error")).to_have_text(
         "Not found (HTTP 404): pump_id: no pump 'esp-zz-9' in the fleet state"
     )
+    assert page.title() == "pumpfleet · fleet board"
     api.close()
