@@ -14,7 +14,9 @@ injected) in one run, each in a fresh interpreter of its own (``benchmarks.inges
 Every arm's peak memory is sampled from outside (summed over the arm's process and every
 process under it: RSS every 0.2 s, PSS every 0.5 s, and the kernel's own peak RSS of the
 arm's main process); its CPU seconds are those of the same processes over the timed part.
-Cores used = CPU seconds / wall seconds; rows/s per core = rows/s / max(1, cores used).
+Cores used = CPU seconds / wall seconds; rows/s per core = rows per CPU second (on a
+machine shared with other jobs an arm gets a fraction of a core: its wall rows/s counts
+that against it, its rows per CPU second does not).
 The windows, labels, counts and quarantine reasons of every arm must equal the
 reference's (the vectorised and Ray arms' per-file counts each other's). The load
 average before each arm is recorded: on a shared machine it says how far to trust a
@@ -185,7 +187,7 @@ def _row(name: str, r: dict[str, Any], rows: int, base: dict[str, float]) -> lis
         f"{r['seconds']:.1f}",
         f"{rate:,.0f}",
         f"{cores:.2f}",
-        f"{rate / max(1.0, cores):,.0f}",
+        f"{per_core(r, rows):,.0f}",
         f"{1e6 * r['cpu_seconds'] / rows:.2f}",
         *(f"{rate / b:.2f}x" if b else "" for b in base.values()),
         f"{r['peak_rss'] / GB:.2f}",
@@ -195,7 +197,9 @@ def _row(name: str, r: dict[str, Any], rows: int, base: dict[str, float]) -> lis
 
 
 def per_core(r: dict[str, Any], rows: int) -> float:
-    return rows / r["seconds"] / max(1.0, r["cpu_seconds"] / r["seconds"])
+    """Rows per CPU second: rows/s per core the arm kept busy (on a machine shared with
+    other jobs an arm gets a fraction of a core, which its wall rows/s counts against it)."""
+    return rows / r["cpu_seconds"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Ingest on Ray Data: validate → quarantine bad rows with reasons → windows and labels
 per pump → a feature snapshot (Parquet, partitioned by pump class) with its specs.
 
-    python -m ray_jobs.ingest --source DATASET [--out FEATURES_DIR]
+    python -m ray_jobs.ingest --source DATASET [--out FEATURES_DIR] [--single-process]
 
 Two passes over the data, one shuffle: the readings are sorted by pump once, so that each
 block holds whole pumps, and each block is validated there by the vectorised core
@@ -37,6 +37,7 @@ from pumpfleet.ingest_parts import (
     regime_statistics_of,
     windows_of,
 )
+from pumpfleet.ingest_stream import run_ingest_stream
 from pumpfleet.ingestion import (
     Stages,
     class_specs,
@@ -179,10 +180,17 @@ def run_ingest(
 
 
 def ingest_and_log(
-    settings: Settings, source: str, features_root: str, cfg: WindowConfig
+    settings: Settings,
+    source: str,
+    features_root: str,
+    cfg: WindowConfig,
+    single_process: bool = False,
 ) -> dict[str, Any]:
-    """:func:`run_ingest`, and a new snapshot's summary recorded in MLflow."""
-    summary = run_ingest(source, features_root, cfg)
+    """:func:`run_ingest` (or, with ``single_process``, the same array functions called
+    in this process: :func:`pumpfleet.ingest_stream.run_ingest_stream`), and a new
+    snapshot's summary recorded in MLflow."""
+    run = run_ingest_stream if single_process else run_ingest
+    summary = run(source, features_root, cfg)
     if not summary["up_to_date"]:
         summary["mlflow_run_id"] = log_summary(settings, summary)
     return summary
@@ -191,14 +199,22 @@ def ingest_and_log(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.ingest", description=__doc__)
     add_ingest_args(parser)
+    parser.add_argument(
+        "--single-process",
+        action="store_true",
+        help="no Ray: the same functions in this process, block after block (the faster "
+        "on one machine; see docs/benchmarks.md#ingest)",
+    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
         settings = get_settings()
         source = args.source or settings.data_uri
         cfg = window_config(args)
-        init_ray(settings)
-        return ingest_and_log(settings, source, args.out or settings.features_uri, cfg)
+        if not args.single_process:
+            init_ray(settings)
+        out = args.out or settings.features_uri
+        return ingest_and_log(settings, source, out, cfg, args.single_process)
 
     return run_main(job)
 

@@ -147,3 +147,20 @@ def test_every_fault_kind_injected_reconciles(tmp_path: Path, ray_session: Any) 
     q = pd.read_parquet(_quarantine(tmp_path / "features", out["snapshot_id"]))
     assert len(q) == out["rows_quarantined"]
     assert q["quarantine_reason"].notna().all() and q["source_file"].notna().all()
+    # The single process calls the same array functions directly: the same counts, per
+    # file and reason, and the same windows, as Ray Data's run.
+    from benchmarks.ingest_check import COUNTED, compare
+    from pumpfleet.ingest_stream import run_ingest_stream
+
+    single = run_ingest_stream(str(data), str(tmp_path / "single"), WindowConfig(), block_rows=1)
+    assert single["snapshot_id"] == out["snapshot_id"]
+    assert {k: single[k] for k in (*COUNTED, "per_file")} == {
+        k: out[k] for k in (*COUNTED, "per_file")
+    }
+    ray_windows = Path(open_snapshot(str(tmp_path / "features")).data) / "windows"
+    single_windows = Path(open_snapshot(str(tmp_path / "single")).data) / "windows"
+    check = compare(ray_windows, single_windows)
+    assert check["same"] and check["windows"] > 0, check
+    q1 = pd.read_parquet(_quarantine(tmp_path / "single", single["snapshot_id"]))
+    reasons = q["quarantine_reason"].value_counts().sort_index()
+    assert q1["quarantine_reason"].value_counts().sort_index().equals(reasons)
