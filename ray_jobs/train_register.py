@@ -64,14 +64,16 @@ class _Registrar:
         return register_winner(self._registries[key], snap, cls, winner, val, tags, metric)
 
 
-_registrar: tuple[str, Any] | None = None  # (Ray job id, actor handle) of this driver
+_registrar: tuple[str, Any] | None = None  # (Ray node/job, actor handle) of this driver
 
 
 def registrar() -> Any:
     """This driver's registrar actor, started on first use (again after a new
     ``ray.init``); starting it early lets its imports overlap the first trials."""
     global _registrar
-    job = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    # A new local cluster numbers its jobs from 1 again; its node id is new.
+    job = f"{context.get_node_id()}/{context.get_job_id()}"
     if _registrar is None or _registrar[0] != job:
         _registrar = (job, _Registrar.remote())  # type: ignore[attr-defined]
     return _registrar[1]
