@@ -132,6 +132,21 @@ def _feedback(pump_id: str, at: float, failure: bool, db: FleetDB) -> None:
     db.feedback(pump_id, at, failure)
 
 
+def never_raises(feed: Callable[..., None]) -> Callable[..., None]:
+    """A feed hook on the scoring path: whatever goes wrong is logged and counted, and
+    the request it came with is answered as if the fleet were not there."""
+
+    @functools.wraps(feed)
+    def hook(*args: Any, **kwargs: Any) -> None:
+        try:
+            feed(*args, **kwargs)
+        except Exception:
+            log.exception("feeding the fleet state failed; the request goes on")
+            metrics.loop_failed("fleet feed")
+
+    return hook
+
+
 _HUB = threading.Lock()
 
 
@@ -141,7 +156,8 @@ class FleetRoutes:
     config: ScoringConfig
     models: Any
     _hub: FleetHub | None = None
-    _hub_failed_at: float = 0.0
+    _hub_failed_at: float = -60.0
+    _hub_opening: bool = False
 
     def fleet_hub(self, required: bool = True) -> FleetHub | None:
         """The replica's hub, opened on first use (a database that cannot be opened is
@@ -161,24 +177,46 @@ class FleetRoutes:
             raise Unavailable("the fleet database is not available")
         return self._hub
 
-    def _feeding(self) -> FleetHub | None:
+    def _feeding(self, rows: int) -> FleetHub | None:
+        """The hub to feed, or None (rows not fed, counted as dropped): the request path
+        never opens the database itself, a thread does (a database that is down would
+        hold the request for its connect timeout)."""
         if self.config.stage != "production":  # staging's scores are not the fleet's
             return None
-        return self.fleet_hub(required=False)
+        if self._hub is not None:
+            return self._hub
+        if rows > 0:
+            metrics.fleet_dropped(rows)
+        with _HUB:
+            if self._hub_opening or time.monotonic() - self._hub_failed_at < 30:
+                return None
+            self._hub_opening = True
+        threading.Thread(target=self._open_hub, name="fleet-open", daemon=True).start()
+        return None
 
+    def _open_hub(self) -> None:
+        try:
+            self.fleet_hub(required=False)
+        finally:
+            self._hub_opening = False
+
+    @never_raises
     def fleet_feed_group(self, group: Any, columns: dict[str, Any]) -> None:
         """A scored group's prediction-log columns into the fleet state (queued)."""
-        hub = self._feeding()
+        hub = self._feeding(len(group.rows))
         if hub is not None:
             model, windows = group.model, group.windows
             hub.feed.offer(
                 lambda db, budget: cloud_rows(columns, model, windows, budget), len(group.rows)
             )
 
+    @never_raises
     def fleet_feed_upload(self, up: Any, answer: dict[str, Any]) -> None:
         """An edge upload's records (not a duplicate batch) into the fleet state."""
-        hub = self._feeding()
-        if hub is None or answer.get("duplicate"):
+        if answer.get("duplicate"):
+            return
+        hub = self._feeding(len(up.records))
+        if hub is None:
             return
         specs = {
             c: s.arms[Arm.CHAMPION].spec
@@ -196,11 +234,12 @@ class FleetRoutes:
 
         hub.feed.offer(job, max(1, len(up.records)))
 
+    @never_raises
     def fleet_feedback(
         self, pump_id: str, failed_at: float | None, maintained_at: float | None
     ) -> None:
         """A failure or a maintenance: marks the pump's alerts (queued after its rows)."""
-        hub = self._feeding()
+        hub = self._feeding(1)
         if hub is None:
             return
         for at, failure in ((failed_at, True), (maintained_at, False)):

@@ -131,5 +131,7 @@ def fleet_gauges(open_by: Mapping[tuple[str, str], int], stale: int, online: int
 
 
 def fleet_dropped(rows: int) -> None:
-    """``rows`` scored rows not fed to the fleet state (its queue was full)."""
-    _FLEET_DROPPED.inc(rows)
+    """``rows`` scored rows not fed to the fleet state (its queue was full, or its
+    database not open)."""
+    if rows > 0:  # Ray's counters refuse an increment of 0
+        _FLEET_DROPPED.inc(rows)

@@ -57,6 +57,7 @@ def cloud(tmp_path: Path, fleet_url: str) -> Iterator[InProcessService]:  # noqa
         fleet=FleetConfig(db_url=fleet_url, open_after=2, device_stale_seconds=600),
     )
     service = InProcessService(cfg, {"esp": served})
+    assert service.scorer.fleet_hub() is not None  # as the replica opens it when it starts
     yield service
     service.close()
 
