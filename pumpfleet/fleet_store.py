@@ -348,6 +348,18 @@ class FleetDB:
                 )
         return len(marked)
 
+    def prune(self, scores_before: float, delivered_before: float) -> tuple[int, int]:
+        """Drop score history older than ``scores_before`` and webhook events delivered
+        before ``delivered_before``; the counts dropped (alerts and their history stay)."""
+        with self.engine.begin() as conn:
+            s = conn.execute(scores.delete().where(scores.c.at < scores_before)).rowcount
+            o = conn.execute(
+                outbox.delete().where(
+                    outbox.c.delivered_at.is_not(None), outbox.c.delivered_at < delivered_before
+                )
+            ).rowcount
+        return int(s), int(o)
+
     # --- history and the outbox ------------------------------------------------------
 
     def _close(

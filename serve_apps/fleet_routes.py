@@ -108,6 +108,8 @@ def open_hub(config: ScoringConfig, stop: threading.Event) -> FleetHub:
     def chores() -> None:
         now = time.time()
         db.settle(now)
+        day = 24 * 3600.0
+        db.prune(now - f.score_retention_days * day, now - f.outbox_retention_days * day)
         metrics.fleet_gauges(
             views.open_alerts_by(db.engine),
             views.stale_pumps(db.engine, now, f.stale_seconds),

@@ -57,6 +57,9 @@ class FleetConfig(BaseModel):
     # never waited for: scoring does not wait on the fleet database
     queue_rows: int = Field(default=50_000, ge=1)
     explain_per_batch: int = Field(default=16, ge=0, le=10_000)
+    # score history and delivered webhook events older than these are dropped
+    score_retention_days: float = Field(default=90.0, gt=0)
+    outbox_retention_days: float = Field(default=7.0, gt=0)
     webhook_urls: list[Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=list)
     webhook_secret: str | None = Field(default=None, repr=False)
     webhook_timeout_seconds: float = Field(default=5.0, gt=0)

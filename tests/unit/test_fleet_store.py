@@ -151,6 +151,14 @@ def test_the_alert_life_cycle_with_history_and_its_webhook_events(fleet_url: str
         ("alert.closed", 2),
     ]
     assert len(ids) == 5
+    with db.engine.begin() as conn:
+        conn.execute(outbox.update().where(outbox.c.alert_id == 1).values(delivered_at=50 * H))
+    # history before 5 h and events delivered before 60 h go; the alerts stay
+    assert db.prune(scores_before=5 * H, delivered_before=60 * H) == (4, 3)
+    assert [s["at"][11:13] for s in views.pump(db.engine, "p1", clock(), H)["scores"]][:2] == [
+        "05",
+        "06",
+    ]
     # the expired alert's horizon passes with no failure: a false alarm
     assert db.settle(now=12 * H + 48 * H - 1) == 0  # opened at 12 h
     assert db.settle(now=12 * H + 48 * H) == 1
