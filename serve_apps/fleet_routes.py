@@ -179,6 +179,12 @@ class FleetRoutes:
             raise Unavailable("the fleet database is not available")
         return self._hub
 
+    def start_fleet(self) -> None:
+        """Open the fleet database, its feed and its sender as the replica starts (the
+        production application's; a database that is down is tried again later)."""
+        if self.config.stage == "production":
+            self.fleet_hub(required=False)
+
     def _feeding(self, rows: int) -> FleetHub | None:
         """The hub to feed, or None (rows not fed, counted as dropped): the request path
         never opens the database itself, a thread does (a database that is down would

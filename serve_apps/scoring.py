@@ -121,7 +121,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
         self._flusher.start()
         self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
         self._refresher.start()
-        self.fleet_hub(required=False)  # the fleet state's feed and webhook sender
+        self.start_fleet()  # the fleet state's feed and webhook sender
         log.info("%s: serving classes %s", c.stage, sorted(self.models.classes))
 
     def _refresh(self) -> dict[str, dict[str, str]]:

@@ -81,3 +81,18 @@ def test_scoring_answers_while_the_fleet_database_is_down(tmp_path: Path) -> Non
             assert "fleet database is not available" in fleet.json()["detail"]
     finally:
         service.close()
+
+
+def test_the_staging_application_does_not_feed_the_fleet(tmp_path: Path) -> None:
+    served = ServedClass({Arm.CHAMPION: ServedModel("1", SPEC, run)}, weight=0.0)
+    cfg = config(tmp_path, api_key_sha256=[digest(KEY)], stage="staging")
+    service = InProcessService(cfg, {"esp": served})
+    try:
+        service.scorer.start_fleet()
+        with httpx.Client(base_url=service.url, headers={"x-api-key": KEY}, timeout=30) as c:
+            body = {"pump_id": "esp-1", "pump_class": "esp", "readings": {"motor_temp": [90.0] * 4}}
+            assert c.post("/v1/score", json=body).status_code == 200
+        time.sleep(0.2)
+        assert service.scorer._hub is None and not (tmp_path / "fleet.db").exists()
+    finally:
+        service.close()
