@@ -310,7 +310,12 @@ class FleetDB:
         now = self.clock()
         kind = "failure" if failure else "maintenance"
         with self.engine.begin() as conn:
-            rows = list(conn.execute(sa.select(alerts).where(alerts.c.pump_id == pump_id)))
+            # the pump's row first, then its alerts: the order ingest locks them in
+            conn.execute(
+                sa.select(pumps.c.pump_id).where(pumps.c.pump_id == pump_id).with_for_update()
+            )
+            q = sa.select(alerts).where(alerts.c.pump_id == pump_id).with_for_update()
+            rows = list(conn.execute(q))
             views_ = [
                 AlertView(a.id, a.opened_at, a.horizon_hours, a.status, a.outcome) for a in rows
             ]
