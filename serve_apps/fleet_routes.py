@@ -38,6 +38,7 @@ from pumpfleet.routing import Arm
 from serve_apps import metrics
 from serve_apps.errors import Unavailable
 from serve_apps.fleet_feed import FleetFeed, cloud_rows, edge_rows
+from serve_apps.fleet_models import Alert, AlertPage, FleetPage, PumpDetail
 from serve_apps.http_app import SCORING, app
 from serve_apps.schemas import ScoringConfig
 from serve_apps.webhook_sender import WebhookSender
@@ -265,7 +266,7 @@ class FleetRoutes:
 
     # --- routes ------------------------------------------------------------------------
 
-    @app.get("/v1/fleet", dependencies=SCORING)
+    @app.get("/v1/fleet", dependencies=SCORING, response_model=FleetPage)
     def fleet_list(
         self,
         request: Request,
@@ -293,7 +294,7 @@ class FleetRoutes:
             )
         )
 
-    @app.get("/v1/fleet/{pump_id}", dependencies=SCORING)
+    @app.get("/v1/fleet/{pump_id}", dependencies=SCORING, response_model=PumpDetail)
     def fleet_pump(
         self,
         request: Request,
@@ -304,7 +305,7 @@ class FleetRoutes:
         stale_after = self.config.fleet.stale_seconds
         return self._db(lambda db: views.pump(db.engine, pump_id, time.time(), stale_after, limit))
 
-    @app.get("/v1/alerts", dependencies=SCORING)
+    @app.get("/v1/alerts", dependencies=SCORING, response_model=AlertPage)
     def alert_list(
         self,
         request: Request,
@@ -319,19 +320,19 @@ class FleetRoutes:
             lambda db: views.alert_list(db.engine, status, pump_class, site, limit, offset)
         )
 
-    @app.post("/v1/alerts/{alert_id}/ack", dependencies=SCORING)
+    @app.post("/v1/alerts/{alert_id}/ack", dependencies=SCORING, response_model=Alert)
     def alert_ack(self, alert_id: AlertId, body: AckRequest, request: Request) -> dict[str, Any]:
         """Acknowledge an open alert (409 if it is not open)."""
         return self._db(lambda db: db.act(alert_id, "ack", body.by))
 
-    @app.post("/v1/alerts/{alert_id}/assign", dependencies=SCORING)
+    @app.post("/v1/alerts/{alert_id}/assign", dependencies=SCORING, response_model=Alert)
     def alert_assign(
         self, alert_id: AlertId, body: AssignRequest, request: Request
     ) -> dict[str, Any]:
         """Assign an alert to a crew (again, to hand it over; 409 once closed)."""
         return self._db(lambda db: db.act(alert_id, "assign", body.by, assignee=body.assignee))
 
-    @app.post("/v1/alerts/{alert_id}/close", dependencies=SCORING)
+    @app.post("/v1/alerts/{alert_id}/close", dependencies=SCORING, response_model=Alert)
     def alert_close(
         self, alert_id: AlertId, body: CloseRequest, request: Request
     ) -> dict[str, Any]:

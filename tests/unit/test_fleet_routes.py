@@ -178,7 +178,12 @@ def test_the_routes_need_the_scoring_key(cloud: InProcessService) -> None:
         assert c.get("/v1/fleet").status_code == 401
         assert c.post("/v1/alerts/1/ack", json={"by": "m"}).status_code == 401
         assert c.get("/v1/fleet", headers={"x-api-key": "wrong-key-0123456789"}).status_code == 401
-    paths = cloud.app.openapi()["paths"]
+    spec = cloud.app.openapi()
+    paths = spec["paths"]
+    answer = paths["/v1/fleet"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"] == {"$ref": "#/components/schemas/FleetPage"}
+    pump = spec["components"]["schemas"]["Pump"]["properties"]
+    assert {"drivers", "stale", "open_alert", "failure_probability"} <= set(pump)
     assert {"/v1/fleet", "/v1/fleet/{pump_id}", "/v1/alerts",
             "/v1/alerts/{alert_id}/close"} <= set(paths)  # fmt: skip
 
