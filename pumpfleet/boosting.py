@@ -57,6 +57,10 @@ class BoostedTrees(nn.Module):
         self.failure_models: list[str] = []
         self._boosters: tuple[list[Any], list[Any]] | None = None
 
+    @property
+    def multiscale(self) -> bool:
+        return self.cfg.stats == "multiscale"
+
     # --- state: the boosters' text, so torch.save / load_state_dict carry them --------
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -83,7 +87,7 @@ class BoostedTrees(nn.Module):
 
     def features(self, x: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            return WindowStats(int(x.shape[1]))(x.float()).numpy()
+            return WindowStats(int(x.shape[1]), self.multiscale)(x.float()).numpy()
 
     def predict_features(self, f: np.ndarray) -> np.ndarray:
         """Outputs ``[N, 2]`` of window features ``f`` (float32, as the ONNX graph sees)."""
@@ -116,7 +120,7 @@ class BoostedTrees(nn.Module):
         from pumpfleet.boosting_onnx import boosted_onnx
 
         rul_b, fail_b = self.boosters()
-        return boosted_onnx(window, self.n_channels, rul_b, fail_b, OPSET)
+        return boosted_onnx(window, self.n_channels, rul_b, fail_b, OPSET, self.multiscale)
 
 
 class Blended(nn.Module):
@@ -185,10 +189,10 @@ def float32_thresholds(model_str: str) -> str:
     return str(lgb.Booster(model_str="\n".join(lines) + "\n").model_to_string())
 
 
-def _window_features(x: np.ndarray, batch: int = 8192) -> np.ndarray:
+def _window_features(x: np.ndarray, multiscale: bool, batch: int = 8192) -> np.ndarray:
     if len(x) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    stats = WindowStats(x.shape[1])
+    stats = WindowStats(x.shape[1], multiscale)
     with torch.no_grad():
         return np.concatenate(
             [stats(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
@@ -215,7 +219,8 @@ def fit_boosted(
         model.load_state_dict(resume["model"])
         return model, evaluate(model, val, spec)
     threads = max(1, torch.get_num_threads())
-    f_train, f_val = _window_features(train.x), _window_features(val.x)
+    f_train = _window_features(train.x, model.multiscale)
+    f_val = _window_features(val.x, model.multiscale)
     y_train = (train.rul / spec.rul_cap_hours).astype(np.float64)
     y_val = (val.rul / spec.rul_cap_hours).astype(np.float64)
     patience = cfg.patience or EARLY_STOP_ROUNDS

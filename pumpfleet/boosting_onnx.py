@@ -14,21 +14,21 @@ import onnx
 from onnx import TensorProto, helper
 
 from pumpfleet.runtime import INPUT, OUTPUT
-from pumpfleet.window_stats import STATS, WindowStats
+from pumpfleet.window_stats import WindowStats, stat_names
 
 FEATURES = "features"
 # The newest main-domain opset onnxmltools 1.16's LightGBM converter writes for.
 CONVERTER_OPSET = 15
 
 
-def _stats_graph(window: int, n_channels: int, opset: int) -> onnx.ModelProto:
+def _stats_graph(window: int, n_channels: int, opset: int, multiscale: bool) -> onnx.ModelProto:
     import torch
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         torch.onnx.export(
-            WindowStats(window),
+            WindowStats(window, multiscale),
             (torch.zeros(1, window, n_channels),),
             buf,  # type: ignore[arg-type]
             input_names=[INPUT],
@@ -57,12 +57,17 @@ def _converted(booster: Any, n_features: int, prefix: str) -> onnx.ModelProto:
 
 
 def boosted_onnx(
-    window: int, n_channels: int, rul: list[Any], failure: list[Any], opset: int
+    window: int,
+    n_channels: int,
+    rul: list[Any],
+    failure: list[Any],
+    opset: int,
+    multiscale: bool = False,
 ) -> bytes:
     """The graph of boosters ``rul`` (regression) and ``failure`` (binary) on
     :class:`WindowStats` of ``[N, window, n_channels]`` windows."""
-    stats = _stats_graph(window, n_channels, opset)
-    n_features = len(STATS) * n_channels
+    stats = _stats_graph(window, n_channels, opset, multiscale)
+    n_features = len(stat_names(window, multiscale)) * n_channels
     nodes = list(stats.graph.node)
     inits = list(stats.graph.initializer)
     ml_opset = 1

@@ -28,7 +28,7 @@ legacy exporter, ``gbm`` with onnxmltools (:func:`pumpfleet.onnx_io.to_onnx`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, Field, model_validator
@@ -64,6 +64,10 @@ class ModelConfig(BaseModel):
     min_leaf: int = Field(default=50, ge=1)
     # The boosters' learning rate (shrinkage); the search's ``lr`` is the networks'.
     tree_lr: float = Field(default=0.03, gt=0, le=1)
+    # gbm: the window statistics the trees read: "window" (over the whole window and its
+    # last steps) or "multiscale" (also recent means, slopes and exponentially weighted
+    # means; :mod:`pumpfleet.window_stats`).
+    stats: Literal["window", "multiscale"] = "window"
     # A network kind averaged with a gbm trained on the same windows (their errors
     # differ: trees read summaries, the network the sequence).
     blend_gbm: bool = False

@@ -16,7 +16,7 @@ from pumpfleet.onnx_io import check_parity, parity_atol, to_onnx
 from pumpfleet.runtime import onnx_runner
 from pumpfleet.scoring import score_rul
 from pumpfleet.training import Arrays, TrainConfig, fit
-from pumpfleet.window_stats import STATS, WindowStats, feature_names
+from pumpfleet.window_stats import STATS, WindowStats, feature_names, stat_names
 
 W, C = 20, 3
 
@@ -158,3 +158,36 @@ def test_a_network_blended_with_trees_trains_exports_and_reloads() -> None:
     assert report["rmse"] is not None and report["rmse"] < 20.0
     with pytest.raises(ValueError, match="kind is gbm already"):
         ModelConfig(kind="gbm", blend_gbm=True)
+
+
+def test_multiscale_stats_add_recent_means_slopes_and_weighted_means() -> None:
+    x = np.zeros((1, 40, 1), dtype=np.float32)
+    x[0, :, 0] = np.arange(40.0)  # a ramp: slope 1 per step, last value 39
+    names = stat_names(40, multiscale=True)
+    f = WindowStats(40, multiscale=True)(torch.from_numpy(x)).numpy()[0]
+    named = dict(zip(feature_names(["a"], 40, multiscale=True), f, strict=True))
+    assert len(f) == len(names) == len(STATS) + 2 * 3 + 2
+    assert named["mean10:a"] == pytest.approx(34.5) and named["slope10:a"] == pytest.approx(1.0)
+    assert named["mean30:a"] == pytest.approx(24.5) and named["slope30:a"] == pytest.approx(1.0)
+    # Weights falling by 0.7 a step back: the mean leans to the last values (39, 38, ...).
+    w = 0.7 ** np.arange(39, -1, -1.0)
+    assert named["ewm0.7:a"] == pytest.approx(float((w * np.arange(40.0)).sum() / w.sum()))
+    assert 30.0 < named["ewm0.9:a"] < named["ewm0.7:a"] < 39.0
+    # Scales as long as the window are left out; the plain statistics stay first.
+    assert stat_names(20, multiscale=True)[: len(STATS)] == list(STATS)
+    assert "mean20" not in stat_names(20, multiscale=True)
+
+
+def test_a_multiscale_booster_exports_with_its_statistics_and_reloads() -> None:
+    cfg = TrainConfig(
+        model=ModelConfig(kind="gbm", stats="multiscale", trees=80, leaves=7, min_leaf=10),
+        epochs=1,
+    )
+    model, report = fit(data(800, 0), data(200, 1), spec(), cfg)
+    assert report["rmse"] is not None and report["rmse"] < 10.0
+    x = data(300, 2).x
+    onnx_bytes = to_onnx(model, W, C)
+    assert check_parity(model, onnx_bytes, x) <= PARITY_ATOL
+    again = build_model(C, cfg.model)
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again(torch.from_numpy(x)), model(torch.from_numpy(x)))
