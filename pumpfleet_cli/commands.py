@@ -276,6 +276,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
     )
     print(f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True)
+    print(f"fleet board at {url}/board (log in with a scoring key)", flush=True)
     # SIGTERM (kill, docker stop, systemd) stops it as Ctrl-C does: Serve shut down, the
     # replicas' logs flushed, its HAProxy stopped
     before = signal.signal(signal.SIGTERM, _interrupt)
