@@ -336,7 +336,9 @@ def _finish(
             log.error("class %s: every trial failed", cls)
             continue
         out[cls] = ray.get(pending[cls])
-    return finish_experiment(settings, registry, experiment, out, len(grid), failed, started)
+    summary = finish_experiment(settings, registry, experiment, out, len(grid), failed, started)
+    # The classes whose registration started while other trials could still run.
+    return summary | {"registered_during_search": sorted(c for c, t in tasks.items() if t)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,12 +47,15 @@ def test_two_tiny_trials_per_class_with_lineage(small: Settings, tmp_path: Path)
     out = run_train(small, "latest", space)
     assert out["trials"] == 2 * len(PUMP_CLASSES)
     assert out["failed_trials"] == dict.fromkeys(PUMP_CLASSES, 0)
+    # Every class was registered from the search, as its trials ended, not after it.
+    assert out["registered_during_search"] == sorted(PUMP_CLASSES)
     client = MlflowClient(tracking_uri=small.tracking_uri)
     reg = Registry(small.tracking_uri)
     for cls in PUMP_CLASSES:
         winner = out["classes"][cls]
         version = reg.version_by_alias(model_name(cls), CHALLENGER)
         assert version == winner["version"]
+        assert list(reg.versions(model_name(cls))) == [version]  # one version per class
         run = client.get_run(winner["run_id"])
         tags = run.data.tags
         assert tags["feature_snapshot"] == out["snapshot_id"]
@@ -177,6 +180,9 @@ def test_an_interrupted_experiment_resumes_from_its_checkpoints(
         assert epochs[-1] == max(epochs), (trial, epochs)
     assert any(len(after[t]) > len(e) for t, e in before.items())
     assert out["classes"]["esp"]["version"]
+    # Tune runs its restored copy of the callbacks, which starts nothing: the resuming
+    # driver registers the class after the search.
+    assert out["registered_during_search"] == []
     with pytest.raises(Exception, match="nothing to resume"):
         resume_train(small)
 
