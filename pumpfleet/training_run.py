@@ -48,16 +48,18 @@ def class_arrays(snap: Snapshot, cls: str, split: str) -> Arrays:
     )
 
 
-def load_data(snap: Snapshot) -> dict[str, ClassData]:
-    """Every class of the snapshot with both train and val windows."""
+def load_data(snap: Snapshot, classes: list[str] | None = None) -> dict[str, ClassData]:
+    """Every class of the snapshot (or of ``classes`` that it has) with both train and
+    val windows; only those classes are read."""
     data: dict[str, ClassData] = {}
-    for cls in snap.classes:
+    wanted = snap.classes if classes is None else [c for c in snap.classes if c in classes]
+    for cls in wanted:
         train, val = class_arrays(snap, cls, "train"), class_arrays(snap, cls, "val")
         if len(train) == 0 or len(val) == 0:
             log.warning("class %s skipped: %d train / %d val windows", cls, len(train), len(val))
             continue
         data[cls] = (train, val, snap.spec(cls).model_dump_json())
-    if not data:
+    if not data and classes is None:
         raise DataError(
             f"snapshot {snap.id} has no class with both train and val windows "
             "(each class needs at least 3 pumps for a split)"

@@ -238,7 +238,7 @@ def run_train(
     started = time.monotonic()
     space = space or SearchSpace()
     snap = open_snapshot(settings.features_uri, snapshot)
-    data = only_classes(load_data(snap), classes, snap)
+    data = only_classes(load_data(snap, classes), classes, snap)
     registry = Registry(settings.tracking_uri, settings.artifact_root)
     registry.ping()  # before any training: an unreachable server fails the job now
     experiment = start_experiment(settings, registry, snap, space, sorted(data))
@@ -288,7 +288,7 @@ def resume_train(settings: Settings) -> dict[str, Any]:
     started = time.monotonic()
     experiment = unfinished_experiment(settings)
     snap = open_snapshot(settings.features_uri, experiment.snapshot)
-    data = {c: v for c, v in load_data(snap).items() if c in experiment.classes}
+    data = load_data(snap, experiment.classes)
     tuner = tune.Tuner.restore(
         str(experiment.path), trainable=_trainable(data), resume_errored=False
     )
