@@ -30,6 +30,7 @@ from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.tables import format_table
 from pumpfleet.windows import WindowConfig
+from pumpfleet_cli.demo_fleet import work_list_after_scoring, work_list_lines
 from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop, drift_harm
 from ray_jobs._ray import init_ray
 from ray_jobs.ingest import ingest_and_log
@@ -236,6 +237,8 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         if not arms:
             raise DataError(f"no scoring request succeeded (HTTP status counts {dict(codes)})")
         logged = _wait_for_log(settings, n + sum(second.arms.values())) - before
+        scored = {r["pump_id"] for r in calm + later}
+        work = work_list_after_scoring(settings, len(scored))
         step(8, "monitoring drift and performance with NannyML")
         jobs = InProcessJobs()
         monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
@@ -255,7 +258,15 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         "health": health,
         "health_rates": _health_rates(first, second, health),
         "export": export,
-        "serve": {"url": url, "arms": dict(arms), "status": dict(codes), "logged": logged},
+        "serve": {
+            "url": url,
+            "arms": dict(arms),
+            "status": dict(codes),
+            "logged": logged,
+            "pumps": len(scored),
+        },
+        "work_list": work,
+        "board_url": f"{url}/board",
         "monitor": monitor,
         "retrains_submitted": jobs.submitted,
         "closed_loop": loop,
@@ -322,6 +333,7 @@ def summary_text(result: dict[str, Any]) -> str:
         f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL} "
         "in the later two thirds of the requests)",
         *health_lines(result),
+        *work_list_lines(result.get("work_list"), result.get("board_url")),
         *loop_lines(result),
         f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
         f"bundle signing public key: {result['export']['public_key_file']}",

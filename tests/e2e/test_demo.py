@@ -38,6 +38,16 @@ def test_demo_loop(demo_run: DemoRun) -> None:
     assert serve["arms"]["champion"] > 0 and serve["arms"]["challenger"] > 0
     assert serve["logged"] == served
 
+    # The fleet board's work list after scoring (issue 20): every pump scored is in the
+    # fleet state, the top five ranked by failure probability, the riskiest with the
+    # sensors that drive its risk.
+    work = result["work_list"]
+    risks = [p["failure_probability"] for p in work["pumps"]]
+    assert work["total"] == serve["pumps"] and len(risks) == 5
+    assert risks == sorted(risks, reverse=True), risks
+    assert work["pumps"][0]["drivers"], work["pumps"][0]
+    assert result["board_url"] == f"{serve['url']}/board"
+
     # Partway through the requests the demo shifts ESP motor temperature by 15 % (another
     # served class's, if the gates kept ESP out): that class, and only it, alerts.
     drifted = result["drift_class"]
@@ -86,3 +96,4 @@ def test_demo_loop(demo_run: DemoRun) -> None:
     assert f"rows ingested: {ingest['rows_in']}" in text
     assert "A/B on post-drift data" in text and "promotion: v" in text
     assert all(f"health model: {c} v{r['version']} flags" in text for c, r in rates.items())
+    assert f"  1. {work['pumps'][0]['pump_id']} (" in text and "fleet board: http" in text
