@@ -20,8 +20,10 @@ The fleet is simulated first (hourly readings; timed, not a stage). Stages:
   of the days.
 
 Peak memory: the summed RSS of this process and every process it started (Ray's
-included), sampled every 0.2 s. Throughput per core: the stage's units per second over
-``--cpus`` (torch and onnxruntime are given as many threads). Ends with
+included), sampled every 0.2 s. Throughput per core: the stage's units per CPU second
+(its CPU time: this process's and, for ingest, Ray's processes once it shuts down), what
+a busy core delivers whatever else shares the machine; and, beside it, per wall second
+over ``--cpus`` (torch and onnxruntime are given as many threads). Ends with
 ``pumps=<n> rows=<n> total_s=<s> peak_gb=<gb>`` (total: the four stages).
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -58,13 +61,20 @@ log = logging.getLogger(__name__)
 SCORE_BATCH = 8192
 
 
+def _cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + waited.ru_utime + waited.ru_stime
+
+
 def measured(name: str, fn: Callable[[], Any], out: dict[str, dict[str, Any]]) -> Any:
-    """Run ``fn`` as stage ``name``: its wall time and peak memory into ``out``."""
+    """Run ``fn`` as stage ``name``: its wall time, CPU time (this process's and that of
+    the processes it started and reaped: Ray's, once it shuts down) and peak memory."""
     with MemorySampler(os.getpid()) as mem:
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), _cpu_seconds()
         result = fn()
-        seconds = time.perf_counter() - t
-    out[name] = {"s": seconds, "peak_bytes": mem.peak_rss}
+        seconds, cpu = time.perf_counter() - t, _cpu_seconds() - cpu
+    out[name] = {"s": seconds, "cpu_s": cpu, "peak_bytes": mem.peak_rss}
     return result
 
 
@@ -224,9 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     table = []
     for name, st in stages.items():
         n, unit = units[name]
-        per_core = n / st["s"] / args.cpus
-        table.append([name, f"{st['s']:.1f}", f"{st['peak_bytes'] / 2**30:.2f}", f"{n:,} {unit}",
-                      f"{per_core:,.0f} {unit}/s"])  # fmt: skip
+        per_cpu, per_wall = n / max(st["cpu_s"], 1e-9), n / st["s"] / args.cpus
+        table.append([name, f"{st['s']:.1f}", f"{st['cpu_s']:.1f}",
+                      f"{st['peak_bytes'] / 2**30:.2f}", f"{n:,} {unit}",
+                      f"{per_cpu:,.0f}", f"{per_wall:,.0f}"])  # fmt: skip
     total = sum(st["s"] for n, st in stages.items() if n != "simulate")
     peak = max(st["peak_bytes"] for n, st in stages.items() if n != "simulate") / 2**30
     print(
@@ -234,7 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         f"classes), {args.cpus} CPUs; log: {files} files; drift alerts on this no-drift "
         f"fleet (2 days in a row): {sum(len(a) for a in mon['alerts'].values())}"
     )
-    print(format_table(["stage", "wall s", "peak GB", "work", "per core"], table))
+    headers = ["stage", "wall s", "CPU s", "peak GB", "work", "per CPU s", "per core, wall"]
+    print(format_table(headers, table))
     print(f"pumps={args.pumps} rows={rows} total_s={total:.1f} peak_gb={peak:.2f}")
 
 
