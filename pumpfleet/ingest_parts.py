@@ -1,6 +1,6 @@
 """What one pass over a block of whole pumps yields, as plain functions that the ingest
 maps: Ray Data over the blocks of its one shuffle (by pump), the single process
-(``pumpfleet.ingest_local``) over groups of files.
+(``pumpfleet.ingest_stream``) over groups of files.
 
 Validation needs a pump's rows together, and so does windowing, so each block holds
 whole pumps. :func:`parts_of` validates a block (``pumpfleet.ingest_block``) and gives

@@ -1,8 +1,9 @@
 """The ingest's steps that need no Ray: which files to read and the snapshot they make
 (the same inputs and config: the same snapshot, already there), the failure events, the
-splits and statistics decided from the per-pump parts (``pumpfleet.ingest_parts``), and
+splits and statistics decided from the per-block parts (``pumpfleet.ingest_parts``), and
 the finished snapshot's summary, manifest and publication, recorded in MLflow.
-``ray_jobs.ingest`` reads, groups and writes with Ray Data between these steps.
+``ray_jobs.ingest`` reads, groups and writes with Ray Data between these steps, and
+``pumpfleet.ingest_stream`` in one process.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def failures(source: str) -> dict[str, list[int]]:
 
 @dataclass
 class Pumps:
-    """What the per-pump parts say: rows per file and reason (``counts``), each pump's
+    """What the per-block parts say: rows per file and reason (``counts``), each pump's
     statistics, the good and quarantined row totals, the splits and the time cutoff."""
 
     counts: pd.DataFrame
