@@ -58,8 +58,9 @@ HOLDOUT_FRACTION = 0.01
 # The search run on every subset and seed: boosted trees on multiscale window statistics
 # (chosen over the plain ones by 5-fold cross-validation on FD001's training units, cut
 # like the test set: 13.14 against 13.35; docs/benchmarks.md), a single booster and a
-# 3-member bagged ensemble, the better on the validation windows registered (Tune's pick). Other kinds run from the command line (--kind tcn, --kind transformer,
-# --architecture '{"blend_gbm": [true]}'); their figures are in docs/benchmarks.md.
+# 3-member bagged ensemble, the better on the validation windows registered (Tune's pick).
+# Other kinds run from the command line (--kind tcn, --kind transformer, --architecture
+# '{"blend_gbm": [true]}'); their figures are in docs/benchmarks.md.
 SEARCH: dict[str, Any] = {
     "kind": ["gbm"],
     "members": [1, 3],
