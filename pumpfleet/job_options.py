@@ -160,6 +160,12 @@ def add_monitor_args(p: argparse.ArgumentParser) -> None:
         help="Ray job server to submit retraining to (default: PUMPFLEET_JOBS_ADDRESS)",
     )
     p.add_argument("--no-trigger", action="store_true", help="report only; never retrain")
+    p.add_argument(
+        "--daily-fleet",
+        action="store_true",
+        help="add each class's daily fleet signals (per-pump residuals in time order: class "
+        "shift, one site's shift, new operating settings) to its report",
+    )
 
 
 def alert_policy(args: argparse.Namespace) -> AlertPolicy:

@@ -65,6 +65,7 @@ def run_monitor(
     now: datetime | None = None,
     server: RetrainServer | None = None,
     std_multiplier: float | None = None,
+    daily_fleet: bool = False,
 ) -> dict[str, Any]:
     """:func:`pumpfleet.monitoring.run.run_monitor` with the classes as Ray tasks (Ray is
     not needed when no class has enough predictions); retrains go to ``server``, else to
@@ -82,6 +83,7 @@ def run_monitor(
         now=now,
         std_multiplier=std_multiplier,
         analyse=analyse_on_ray,
+        daily_fleet=daily_fleet,
     )
 
 
@@ -95,6 +97,7 @@ def monitor_from_args(settings: Settings, args: argparse.Namespace) -> dict[str,
         address=args.jobs_address,
         trigger=not args.no_trigger,
         std_multiplier=args.std_multiplier,
+        daily_fleet=args.daily_fleet,
     )
 
 

@@ -452,3 +452,21 @@ def test_a_monitor_without_a_job_server_says_so_once(
         "(--jobs-address or PUMPFLEET_JOBS_ADDRESS)"
     ]
     assert load_state(settings).last_retrain == {}
+
+
+def test_the_daily_fleet_mode_is_an_option_of_the_monitor_command(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from pumpfleet.job_options import add_monitor_args
+    from pumpfleet.monitoring import run as core
+    from ray_jobs import monitor
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(core, "run_monitor", lambda *a, **kw: seen.append(kw) or {})
+    parser = argparse.ArgumentParser()
+    add_monitor_args(parser)
+    for argv, daily in ((["--no-trigger"], False), (["--no-trigger", "--daily-fleet"], True)):
+        monitor.monitor_from_args(settings, parser.parse_args(argv))
+        assert seen[-1]["daily_fleet"] is daily and seen[-1]["trigger"] is False
