@@ -241,9 +241,10 @@ def test_a_single_class_snapshot_trains_that_class_alone(tmp_path: Path, ray_ses
         ("gru", {}, 1e-5),
         ("transformer", {"heads": [2]}, 1e-5),
         ("gbm", {"trees": [60]}, 1e-4),
+        ("gbm", {"trees": [60], "stats": ["multiscale"]}, 1e-4),
         ("cnn", {"blend_gbm": [True], "trees": [60]}, 1e-4),
     ],
-    ids=["cnn", "tcn", "gru", "transformer", "gbm", "cnn+gbm"],
+    ids=["cnn", "tcn", "gru", "transformer", "gbm", "gbm-multiscale", "cnn+gbm"],
 )
 def test_every_kind_registers_an_onnx_that_scores_like_its_framework(
     small: Settings, kind: str, architecture: dict[str, list[Any]], atol: float
