@@ -267,3 +267,26 @@ def channels(
         "motor_current": base[4] * s3 * current,
         "flow": base[5] * s * worn * flow,
     }
+
+
+def runs_as_new(
+    pump_ids: np.ndarray,
+    end_times: np.ndarray,
+    failures: dict[str, np.ndarray],
+    data_end: np.datetime64,
+) -> np.ndarray:
+    """Which windows (a pump and the time its window ends) come from a pump still running
+    as new: before the longest P-F interval of any class (``pf_days``) ahead of its next
+    failure, and that far from the end of the data when no failure follows (one may come
+    after it). ``failures``: each pump's failure times, sorted. A health model's flag on
+    such a window is a false alarm; closer to a failure the pump may really be wearing,
+    though its RUL label is still at the cap."""
+    pf = np.timedelta64(int(max(p.pf_days[1] for p in CLASS_PARAMS.values()) * 86400), "s")
+    ends = np.asarray(end_times, dtype="datetime64[ms]")
+    out = np.zeros(len(ends), dtype=bool)
+    for i, (pump, end) in enumerate(zip(pump_ids, ends, strict=True)):
+        times = failures.get(str(pump), np.array([], dtype="datetime64[ms]"))
+        k = np.searchsorted(times, end, side="left")
+        limit = times[k] if k < len(times) else np.asarray(data_end, dtype="datetime64[ms]")
+        out[i] = limit - end > pf
+    return out

@@ -18,11 +18,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import ray
 
-from pumpfleet.anomaly_training import normal_mask
+from pumpfleet import storage
 from pumpfleet.errors import DataError
 from pumpfleet.evaluation_run import run_evaluate
+from pumpfleet.physics import runs_as_new
 from pumpfleet.predlog import read_log
 from pumpfleet.search_space import SearchSpace
 from pumpfleet.settings import Settings
@@ -76,12 +78,29 @@ def drift_class(settings: Settings, served: list[str]) -> str | None:
     return max(sorted(harm), key=lambda c: harm[c])
 
 
+def _failures(settings: Settings) -> dict[str, np.ndarray]:
+    """The simulated fleet's failure times per pump, sorted."""
+    events = pd.read_parquet(storage.join(settings.data_uri, "events", "events.parquet"))
+    failed = events[events["event_type"] == "failure"].sort_values("timestamp")
+    times = _naive_ms(failed["timestamp"])
+    pumps = failed["pump_id"].to_numpy()
+    return {str(p): times[pumps == p] for p in np.unique(pumps)}
+
+
+def _naive_ms(times: Any) -> np.ndarray:
+    """UTC times as numpy datetime64[ms]."""
+    return (
+        pd.to_datetime(pd.Series(times), utc=True).dt.tz_localize(None).to_numpy("datetime64[ms]")
+    )
+
+
 def _requests(
     settings: Settings, n_per_class: int, seed: int, served: list[str], drifted: str | None
 ) -> list[dict[str, Any]]:
     """Scoring requests from the fleet's own windows (every pump is in service), for the
     classes that have a champion; ``drifted``'s motor temperature reads high."""
     snap = open_snapshot(settings.features_uri)
+    failures = _failures(settings)
     rng = np.random.default_rng(seed)
     out = []
     for cls in [c for c in snap.classes if c in served]:
@@ -89,8 +108,9 @@ def _requests(
         parts = [snap.load(cls, s) for s in ("train", "val", "holdout")]
         raw = np.concatenate([p[0] for p in parts])
         pumps = np.concatenate([p[1]["pump_id"] for p in parts])
-        # normal operation: no failure within the RUL cap after the window
-        normal = np.concatenate([normal_mask(p[1]["rul_hours"], spec.rul_cap_hours) for p in parts])
+        # normal operation: the pump still runs as new (before its next failure's P-F)
+        ends = np.concatenate([_naive_ms(p[1]["end_time"]) for p in parts])
+        normal = runs_as_new(pumps, ends, failures, ends.max())
         for i in rng.choice(len(raw), size=min(n_per_class, len(raw)), replace=False):
             window = raw[i].copy()
             if cls == drifted:
@@ -104,8 +124,8 @@ def _requests(
     return out
 
 
-# The demo's own mark on a request (stripped before it is sent): the window is from normal
-# operation, so a health flag on it is a false alarm.
+# The demo's own mark on a request (stripped before it is sent): the window's pump still
+# runs as new (pumpfleet.physics.runs_as_new), so a health flag on it is a false alarm.
 NORMAL = "_normal"
 
 
@@ -355,7 +375,7 @@ def health_lines(result: dict[str, Any]) -> list[str]:
     kept = [c for c in sorted(trained) if not trained[c].get("promoted")]
     lines = [
         f"health model: {c} v{r['version']} flags {pct(r['calm'])} of windows before the "
-        f"drift ({pct(r.get('calm_false'))} of those from normal operation), "
+        f"drift ({pct(r.get('calm_false'))} of those from pumps running as new), "
         f"{pct(r['later'])} after"
         f"{' (the drifted class)' if c == result['drift_class'] else ''}"
         for c, r in sorted(rates.items())

@@ -668,3 +668,23 @@ def test_unknown_pump_ids_are_refused() -> None:
     cfg = SimulationConfig(pumps=4, days=1, faults=[FaultSpec(kind="spike", pumps=["esp-09999"])])
     with pytest.raises(InputError, match="esp-09999"):
         simulate_tables(cfg)
+
+
+def test_a_window_runs_as_new_only_beyond_the_longest_pf_interval_of_its_next_failure() -> None:
+    import numpy as np
+
+    from pumpfleet.physics import CLASS_PARAMS, runs_as_new
+
+    pf_days = max(p.pf_days[1] for p in CLASS_PARAMS.values())
+    day = np.timedelta64(1, "D")
+    t0 = np.datetime64("2026-01-01T00:00", "ms")
+    failures = {"esp-1": np.array([t0 + 30 * day, t0 + 60 * day], dtype="datetime64[ms]")}
+    ends = np.array(
+        [t0, t0 + (30 - pf_days) * day, t0 + 29 * day, t0 + 31 * day, t0 + 10 * day, t0 + 85 * day],
+        dtype="datetime64[ms]",
+    )
+    pumps = np.array(["esp-1"] * 4 + ["esp-2"] * 2)
+    got = runs_as_new(pumps, ends, failures, t0 + 90 * day)
+    # at exactly the P-F distance it may already wear; after a failure the next one counts;
+    # a pump with no failure ahead runs as new unless the data ends within the P-F interval
+    assert got.tolist() == [True, False, False, True, True, False]
