@@ -163,9 +163,17 @@ def shellcheck(script: str, shell: str = "bash") -> str:
 
 
 def test_every_yaml_file_under_cluster_is_checked() -> None:
-    kinds = {"k8s", "runtime-env", "launcher"}
+    # grafana/ (provisioning) and prometheus/ (rules and their tests) are checked by
+    # tests/unit/test_dashboard.py and test_prometheus_rules.py (promtool); the PodMonitor
+    # here.
+    kinds = {"k8s", "runtime-env", "launcher", "grafana", "prometheus"}
     files = list(v.CLUSTER.rglob("*.yaml")) + list(v.CLUSTER.rglob("*.yml"))
     assert {p.relative_to(v.CLUSTER).parts[0] for p in files} == kinds
+    import yaml
+
+    (monitor,) = yaml.safe_load_all((v.CLUSTER / "prometheus" / "podmonitor.yaml").read_text())
+    assert (monitor["kind"], monitor["metadata"]["namespace"]) == ("PodMonitor", "pumpfleet")
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
     for where, doc in v.manifests():
         assert doc.get("apiVersion") and doc.get("kind"), where
         if doc["kind"] != "Namespace":
