@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -49,8 +48,8 @@ from pumpfleet.training_run import (
 from ray_jobs._ray import cluster_cpus, init_ray
 from ray_jobs.train_register import (
     RegisterWhenDone,
-    registrar,
     start_registration,
+    warm_up,
     winner_from_results,
     winner_from_trials,
 )
@@ -214,7 +213,7 @@ def _registering(
 ) -> RegisterWhenDone:
     """The callback that registers each class's winner as soon as its trials end."""
     metric = experiment.space.metric
-    registrar()  # started now, so that its imports overlap the first trials
+    warm_up()  # the registering thread's imports overlap the first trials
 
     def start(cls: str, completed: list[Trial]) -> Any:
         winner = winner_from_trials(completed, metric, tracking.runs)
@@ -335,7 +334,7 @@ def _finish(
         if pending[cls] is None:
             log.error("class %s: every trial failed", cls)
             continue
-        out[cls] = ray.get(pending[cls])
+        out[cls] = pending[cls].result()
     summary = finish_experiment(settings, registry, experiment, out, len(grid), failed, started)
     # The classes whose registration started while other trials could still run.
     return summary | {"registered_during_search": sorted(c for c, t in tasks.items() if t)}

@@ -1,20 +1,21 @@
 """Each class's winner registered as soon as that class's trials end, while the other
 classes' trials still run: a Tune callback counts the trials that end per class and,
-at a class's last, starts a Ray task that exports, checks and registers its best trial
-(``pumpfleet.registration.register_winner``). The tasks run in one actor per driver,
-which has the libraries imported; the driver collects them once the search ends. A
-class whose trials ended before this driver started (a resumed experiment) is
-registered then, from the experiment's results, by the same actor.
+at a class's last, starts exporting, checking and registering its best trial
+(``pumpfleet.registration.register_winner``) in a thread of the driver; the driver
+collects them once the search ends. A class whose trials ended before this driver
+started (a resumed experiment) is registered then, from the experiment's results, the
+same way.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -28,55 +29,53 @@ from pumpfleet.training_run import best_metric
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
-class _Registrar:
-    """Registers winners in a process that imported torch, ONNX, MLflow and matplotlib
-    once: a fresh worker spends seconds of CPU on those imports, the CPU that the trials
-    still running need. No CPU of its own, so it runs beside the trials; one thread, as
-    they have."""
-
-    def __init__(self) -> None:
-        import matplotlib
-        import torch
-
-        import pumpfleet.onnx_io  # noqa: F401  (onnx, onnxruntime)
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot
-
-        torch.set_num_threads(1)
-        self._registries: dict[tuple[str, str | None], Registry] = {}
-
-    def register(
-        self,
-        settings: Settings,
-        snapshot: str,
-        cls: str,
-        winner: Winner,
-        val: Arrays,
-        tags: dict[str, str],
-        metric: str,
-    ) -> dict[str, Any]:
-        key = (settings.tracking_uri, settings.artifact_root)
-        if key not in self._registries:
-            self._registries[key] = Registry(*key)
-        snap = open_snapshot(settings.features_uri, snapshot)
-        return register_winner(self._registries[key], snap, cls, winner, val, tags, metric)
+# One registration at a time, in a thread of the driver, while Tune's loop (the driver's
+# main thread) keeps the other classes' trials going. The driver has the libraries imported
+# already, the MLflow credentials of whoever runs it and lives on the node the job does: a
+# Ray actor would be placed on any node (a node lost takes the registrations on it along)
+# and would see only the environment the workers were given, which holds no secrets.
+_LOCK = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_registries: dict[tuple[str, str | None], Registry] = {}
 
 
-_registrar: tuple[str, Any] | None = None  # (Ray node/job, actor handle) of this driver
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _LOCK:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pumpfleet-register")
+        return _pool
 
 
-def registrar() -> Any:
-    """This driver's registrar actor, started on first use (again after a new
-    ``ray.init``); starting it early lets its imports overlap the first trials."""
-    global _registrar
-    context = ray.get_runtime_context()
-    # A new local cluster numbers its jobs from 1 again; its node id is new.
-    job = f"{context.get_node_id()}/{context.get_job_id()}"
-    if _registrar is None or _registrar[0] != job:
-        _registrar = (job, _Registrar.remote())  # type: ignore[attr-defined]
-    return _registrar[1]
+def _imports() -> None:
+    import matplotlib
+
+    import pumpfleet.onnx_io  # noqa: F401  (onnx, onnxruntime)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+
+def warm_up() -> None:
+    """Import what a registration needs (ONNX, onnxruntime, matplotlib) in the registering
+    thread now, while the first trials start, not when the first class's trials end."""
+    _executor().submit(_imports)
+
+
+def _register(
+    settings: Settings,
+    snapshot: str,
+    cls: str,
+    winner: Winner,
+    val: Arrays,
+    tags: dict[str, str],
+    metric: str,
+) -> dict[str, Any]:
+    key = (settings.tracking_uri, settings.artifact_root)
+    with _LOCK:
+        registry = _registries.get(key) or _registries.setdefault(key, Registry(*key))
+    snap = open_snapshot(settings.features_uri, snapshot)
+    return register_winner(registry, snap, cls, winner, val, tags, metric)
 
 
 def _pick(candidates: list[tuple[str, float, float, Any, dict[str, Any]]]) -> int:
@@ -178,7 +177,8 @@ def start_registration(
     val: Arrays,
     tags: dict[str, str],
     metric: str,
-) -> Any:
-    """The registration task of one class's winner (its ref)."""
+) -> Future[dict[str, Any]]:
+    """The registration of one class's winner, started in the driver's registering thread
+    (its future)."""
     log.info("%s: trials ended, registering its best", cls)
-    return registrar().register.remote(settings, snapshot, cls, winner, val, tags, metric)
+    return _executor().submit(_register, settings, snapshot, cls, winner, val, tags, metric)
