@@ -297,3 +297,32 @@ def spikes_in_pumps(values: np.ndarray, same_pump: np.ndarray, ratio: float) -> 
         med = np.where(count == 5, a[2], np.where(count == 4, (a[2] + a[1]) / 2, a[1]))
         med[count < 3] = np.nan
         return np.asarray(np.abs(values - med) > ratio * np.abs(med))
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def from_ipc(blobs: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
+    """The tables in a column of IPC blobs; empty blobs (no table) are skipped."""
+    chunks = blobs.chunks if isinstance(blobs, pa.ChunkedArray) else [blobs]
+    return [
+        pa.ipc.open_stream(b.as_buffer()).read_all()
+        for chunk in chunks
+        for b in chunk
+        if b.is_valid and len(b.as_buffer())
+    ]
+
+
+def compact_strings(table: pa.Table) -> pa.Table:
+    """The columns that repeat a few values (the source ``path``, ``site``,
+    ``pump_class``) as dictionaries, so that the shuffle moves an index per row rather
+    than the text; the pump id, which the shuffle sorts on, stays as it is."""
+    for name in (PATH, "site", "pump_class"):
+        i = table.schema.get_field_index(name)
+        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
+            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
+    return table

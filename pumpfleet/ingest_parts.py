@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pumpfleet.block_stats import (
     counts_table,
@@ -31,7 +30,16 @@ from pumpfleet.block_stats import (
     stats_table,
 )
 from pumpfleet.block_windows import block_windows
-from pumpfleet.ingest_block import PATH, Block, read_block, reason_names, validate_block
+from pumpfleet.ingest_block import (  # noqa: F401  (to_ipc, from_ipc, compact_strings: used here and by callers)
+    PATH,
+    Block,
+    compact_strings,
+    from_ipc,
+    read_block,
+    reason_names,
+    to_ipc,
+    validate_block,
+)
 from pumpfleet.ingest_reference import pump_regime_statistics, settings_sample
 from pumpfleet.schema import FleetSchema
 from pumpfleet.validation import REASON
@@ -47,35 +55,6 @@ __all__ = [
     "settings_sample",
     "windows_of",
 ]
-
-
-def to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def from_ipc(blobs: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
-    """The tables in a column of IPC blobs; empty blobs (no table) are skipped."""
-    chunks = blobs.chunks if isinstance(blobs, pa.ChunkedArray) else [blobs]
-    return [
-        pa.ipc.open_stream(b.as_buffer()).read_all()
-        for chunk in chunks
-        for b in chunk
-        if b.is_valid and len(b.as_buffer())
-    ]
-
-
-def compact_strings(table: pa.Table) -> pa.Table:
-    """The columns that repeat a few values (the source ``path``, ``site``,
-    ``pump_class``) as dictionaries, so that the shuffle moves an index per row rather
-    than the text; the pump id, which the shuffle sorts on, stays as it is."""
-    for name in (PATH, "site", "pump_class"):
-        i = table.schema.get_field_index(name)
-        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
-            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
-    return table
 
 
 @dataclass

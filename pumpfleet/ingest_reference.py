@@ -22,45 +22,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pumpfleet.features import nearest_regime
+from pumpfleet.ingest_block import PATH, compact_strings, from_ipc, to_ipc  # noqa: F401
 from pumpfleet.regimes import regime_statistics, sample_rows
 from pumpfleet.schema import FleetSchema
 from pumpfleet.validation import REASON, validate_pump
 from pumpfleet.windows import WindowConfig, make_windows, window_schema
 
-PATH = "path"
 _KEYS = ("pump_id", "pump_class", "site")
-
-
-def to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def from_ipc(blobs: pa.Array | pa.ChunkedArray) -> list[pa.Table]:
-    """The tables in a column of IPC blobs; empty blobs (no table) are skipped."""
-    chunks = blobs.chunks if isinstance(blobs, pa.ChunkedArray) else [blobs]
-    return [
-        pa.ipc.open_stream(b.as_buffer()).read_all()
-        for chunk in chunks
-        for b in chunk
-        if b.is_valid and len(b.as_buffer())
-    ]
-
-
-def compact_strings(table: pa.Table) -> pa.Table:
-    """The columns that repeat a few values (the source ``path``, ``site``,
-    ``pump_class``) as dictionaries, so that the shuffle moves an index per row rather
-    than the text; the pump id, which the shuffle sorts on, stays as it is."""
-    for name in (PATH, "site", "pump_class"):
-        i = table.schema.get_field_index(name)
-        if i >= 0 and not pa.types.is_dictionary(table.schema.field(i).type):
-            table = table.set_column(i, name, pc.dictionary_encode(table.column(i)))
-    return table
 
 
 def _counts(checked: pd.DataFrame, bad: np.ndarray) -> pa.Table:
