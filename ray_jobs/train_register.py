@@ -78,16 +78,25 @@ def _register(
     return register_winner(registry, snap, cls, winner, val, tags, metric)
 
 
-def _pick(candidates: list[tuple[str, float, float, Any, dict[str, Any]]]) -> int:
-    """Index of the best (lowest metric) candidate; the first of equals, in trial order."""
-    order = sorted(range(len(candidates)), key=lambda i: (candidates[i][1], candidates[i][0]))
-    return order[0]
+Candidate = tuple[str, float, float, Any, dict[str, Any]]  # trial, metric, rmse, ckpt, config
+
+
+def _winner(candidates: list[Candidate], runs: dict[str, str]) -> Winner | None:
+    """The best (lowest metric) candidate, the first of equals in trial order, loaded
+    from its checkpoint; None without candidates."""
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda c: (c[1], c[0]))
+    trial_id, val_metric, val_rmse, checkpoint, config = best
+    with checkpoint.as_directory() as d:
+        state, model_config = load_checkpoint(Path(d))
+    return Winner(state, model_config, config, runs[trial_id], val_metric, val_rmse)
 
 
 def winner_from_trials(trials: list[Trial], metric: str, runs: dict[str, str]) -> Winner | None:
     """The best of a class's trials that completed, as Tune's controller holds them (each
     one's best checkpoint by ``metric``); None if none has a checkpoint."""
-    candidates = []
+    candidates: list[Candidate] = []
     for t in trials:
         manager = t.run_metadata.checkpoint_manager
         best = manager.best_checkpoint_result if manager is not None else None
@@ -103,17 +112,12 @@ def winner_from_trials(trials: list[Trial], metric: str, runs: dict[str, str]) -
                 t.config,
             )
         )
-    if not candidates:
-        return None
-    trial_id, val_metric, val_rmse, checkpoint, config = candidates[_pick(candidates)]
-    with checkpoint.as_directory() as d:
-        state, model_config = load_checkpoint(Path(d))
-    return Winner(state, model_config, config, runs[trial_id], val_metric, val_rmse)
+    return _winner(candidates, runs)
 
 
 def winner_from_results(results: list[Any], metric: str, runs: dict[str, str]) -> Winner | None:
     """The same choice from an experiment's results (``tune.ResultGrid`` entries)."""
-    candidates = []
+    candidates: list[Candidate] = []
     for r in results:
         ckpt = r.get_best_checkpoint(metric, "min") if r.error is None else None
         if ckpt is None:
@@ -128,12 +132,7 @@ def winner_from_results(results: list[Any], metric: str, runs: dict[str, str]) -
                 r.config,
             )
         )
-    if not candidates:
-        return None
-    trial_id, val_metric, val_rmse, checkpoint, config = candidates[_pick(candidates)]
-    with checkpoint.as_directory() as d:
-        state, model_config = load_checkpoint(Path(d))
-    return Winner(state, model_config, config, runs[trial_id], val_metric, val_rmse)
+    return _winner(candidates, runs)
 
 
 class RegisterWhenDone(tune.Callback):
