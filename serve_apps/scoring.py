@@ -39,7 +39,7 @@ from pumpfleet.errors import PumpfleetError
 from pumpfleet.job_options import RetrainOptions, auth_headers, retrain_submission
 from pumpfleet.registry import Registry
 from pumpfleet.settings import get_settings
-from serve_apps import batch, metrics, prediction_log
+from serve_apps import batch, metrics, one_write, prediction_log
 from serve_apps.board_routes import BoardRoutes
 from serve_apps.durable_log import DurableLog
 from serve_apps.edge_routes import EdgeFleetRoutes
@@ -94,6 +94,9 @@ def _shadow_done(future: Future[Any]) -> None:
 @serve.ingress(app)
 class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
     def __init__(self, config: dict[str, Any]) -> None:
+        # each answer's head and body in one write: a replica killed between the two
+        # would leave the front door a started answer it cannot send elsewhere
+        one_write.install()
         self.config = c = ScoringConfig(**config)
         c.check()
         app.state.config = c
