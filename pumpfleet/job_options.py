@@ -89,6 +89,12 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="normalise per class only, not per operating regime",
     )
+    p.add_argument(
+        "--single-process",
+        action="store_true",
+        help="no Ray: the same functions in this process, block after block (the faster "
+        "on one machine; see docs/benchmarks.md#ingest)",
+    )
 
 
 def window_config(args: argparse.Namespace) -> WindowConfig:

@@ -80,8 +80,10 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
 
     source = _existing(args.source or settings.data_uri, "--source")
     cfg = window_config(args)
-    init_ray(settings)
-    code = _print(ingest_and_log(settings, source, args.out or settings.features_uri, cfg))
+    if not args.single_process:
+        init_ray(settings)
+    out = args.out or settings.features_uri
+    code = _print(ingest_and_log(settings, source, out, cfg, args.single_process))
     if code:
         raise SystemExit(code)
 

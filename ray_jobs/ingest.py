@@ -199,12 +199,6 @@ def ingest_and_log(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ray_jobs.ingest", description=__doc__)
     add_ingest_args(parser)
-    parser.add_argument(
-        "--single-process",
-        action="store_true",
-        help="no Ray: the same functions in this process, block after block (the faster "
-        "on one machine; see docs/benchmarks.md#ingest)",
-    )
     args = parser.parse_args(argv)
 
     def job() -> dict[str, Any]:
