@@ -1,0 +1,232 @@
+"""A batch's way through a replica, in process, without Serve or HTTP: decode and
+validate (the body into items, each item's window cut for its model and checked), then
+group, score with the ONNX model, and encode the answer. Today's JSON decoder (pydantic
+alone, each item's window built one at a time) is the baseline, run on the same body in
+the same run, against the msgspec decoder with its batched windows; the Arrow IPC path
+is timed beside them.
+
+    python -m benchmarks.serve_decode [--batch 1000] [--repeats 15] [--bad 0.01]
+
+Arms are interleaved, one run of each in turn, and each figure is the median of
+``--repeats`` runs: a busy machine slows every arm alike. Both decoders are checked to
+give the same items, windows and errors (on the clean batch and on one with ``--bad``
+of its items broken in the ways the tests name) before anything is timed. The last line
+is ``json_decode_ratio=<x> json_path_ratio=<x> arrow_wps=<x> ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pumpfleet.features import FeatureSpec
+from pumpfleet.routing import Arm
+from pumpfleet.schema import CLASS_CHANNELS
+from pumpfleet.tables import format_table
+from serve_apps import batch
+from serve_apps.model_set import ServedClass, ServedModel
+
+WINDOW = 24
+CLASS = "esp"
+
+
+def _spec() -> FeatureSpec:
+    channels = [str(c) for c in CLASS_CHANNELS[CLASS]]
+    return FeatureSpec(
+        pump_class=CLASS,
+        channels=channels,
+        window=WINDOW,
+        stride=4,
+        interval_seconds=3600,
+        rul_cap_hours=168,
+        horizon_hours=48,
+        mean=[50.0] * len(channels),
+        std=[10.0] * len(channels),
+    )
+
+
+def _items(spec: FeatureSpec, n: int) -> list[dict[str, Any]]:
+    """The JSON batch of ``benchmarks.serve_load``: readings rounded to 3 decimals."""
+    rng = np.random.default_rng(1)
+    return [
+        {
+            "pump_id": f"{CLASS}-{i:05d}",
+            "pump_class": CLASS,
+            "readings": {c: list(rng.normal(50, 10, WINDOW).round(3)) for c in spec.inputs},
+        }
+        for i in range(n)
+    ]
+
+
+def _broken(items: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
+    """``items`` with ``share`` of them broken, in turn, in the ways the tests name."""
+    out = [dict(x) for x in items]
+    flow = next(iter(out[0]["readings"]))
+    breaks: list[Callable[[dict[str, Any]], None]] = [
+        lambda x: x["readings"].__setitem__(flow, ["12.5", *x["readings"][flow][1:]]),
+        lambda x: x["readings"].__setitem__(flow, [True, *x["readings"][flow][1:]]),
+        lambda x: x.__setitem__("pump_id", " no"),
+        lambda x: x.__setitem__("pump_class", "esp\n"),
+        lambda x: x.__setitem__("extra", 1),
+        lambda x: x["readings"].__setitem__(flow, [1e6] * WINDOW),  # out of range
+        lambda x: x["readings"].__setitem__(flow, [None] * WINDOW),
+        lambda x: x["readings"].pop(flow),
+    ]
+    step = max(1, round(1 / share)) if share > 0 else len(out) + 1
+    for k, i in enumerate(range(0, len(out), step)):
+        out[i] = {**out[i], "readings": dict(out[i]["readings"])}
+        breaks[k % len(breaks)](out[i])
+    return out
+
+
+def _arrow(spec: FeatureSpec, n: int) -> bytes:
+    """The Arrow batch of ``benchmarks.serve_load``."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(2)
+    windows = rng.normal(50, 10, (n, WINDOW * len(spec.inputs)))
+    table = pa.table(
+        {
+            "pump_id": [f"{CLASS}-{i:05d}" for i in range(n)],
+            "pump_class": [CLASS] * n,
+            "window": pa.array(list(windows), type=pa.list_(pa.float64())),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _classes(spec: FeatureSpec) -> dict[str, ServedClass]:
+    """The class served as ``benchmarks.serve_load`` serves it: one CNN of the default
+    size as champion and challenger, in onnxruntime on one thread."""
+    import torch
+
+    from pumpfleet import onnx_io, runtime
+    from pumpfleet.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(spec.n_channels, ModelConfig())
+    model.eval()
+    run = runtime.onnx_runner(onnx_io.to_onnx(model, WINDOW, spec.n_channels), threads=1)
+    arms = {Arm.CHAMPION: ServedModel("1", spec, run), Arm.CHALLENGER: ServedModel("2", spec, run)}
+    return {CLASS: ServedClass(arms, weight=0.2)}
+
+
+def _windows(items: batch.Items, spec: FeatureSpec, fast: bool) -> tuple[list[int], np.ndarray]:
+    rows = [i for i in range(len(items)) if i not in items.errors]
+    windows = items.windows
+    assert isinstance(windows, batch.ReadingsWindows | batch.FlatWindows)
+    if fast or not isinstance(windows, batch.ReadingsWindows):
+        ok, stacked, errors = windows.take(rows, spec, CLASS)
+    else:  # today's: each item's window built on its own, then checked
+        errors = {}
+        ok, stacked = windows.one_by_one(rows, spec, CLASS, True, errors)
+        ok, stacked = batch.checked(ok, stacked, spec, "readings", errors)
+    items.errors.update(errors)
+    return ok, stacked
+
+
+def decode_json(body: bytes, spec: FeatureSpec, fast: bool) -> tuple[batch.Items, np.ndarray]:
+    """Decode and validate: the items, their windows cut and checked."""
+    items = batch.decode_json(body, fast=fast)
+    return items, _windows(items, spec, fast)[1]
+
+
+def decode_arrow(body: bytes, spec: FeatureSpec) -> tuple[batch.Items, np.ndarray]:
+    items = batch.decode_arrow(body)
+    return items, _windows(items, spec, True)[1]
+
+
+def whole_path(
+    decoded: tuple[batch.Items, np.ndarray], classes: dict[str, ServedClass], arrow: bool
+) -> Any:
+    """Group, score and encode decoded items as the replica does (less the log)."""
+    items = decoded[0]
+    answers = batch.Answers(len(items))
+    for g in batch.group(items, classes, "salt"):
+        scores = batch.score(g)
+        answers.fill(g, scores, batch.health_columns(None, scores, len(g.rows)))
+    if arrow:
+        return batch.encode_arrow(items, answers)
+    return json.dumps(batch.encode_json(items, answers), separators=(",", ":")).encode()
+
+
+def _same(a: tuple[batch.Items, np.ndarray], b: tuple[batch.Items, np.ndarray]) -> None:
+    """Both decoders gave the same items, windows and errors."""
+    (x, wx), (y, wy) = a, b
+    assert x.pump_id == y.pump_id and x.pump_class == y.pump_class, "items differ"
+    assert x.errors == y.errors, f"errors differ: {x.errors} != {y.errors}"
+    assert np.array_equal(wx, wy, equal_nan=True), "windows differ"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_decode", description=__doc__)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--bad", type=float, default=0.01, help="share of broken items")
+    args = parser.parse_args(argv)
+
+    spec = _spec()
+    clean = _items(spec, args.batch)
+    body = json.dumps({"items": clean}).encode()
+    mixed = json.dumps({"items": _broken(clean, args.bad)}).encode()
+    arrow = _arrow(spec, args.batch)
+    classes = _classes(spec)
+    for b in (body, mixed):
+        _same(decode_json(b, spec, False), decode_json(b, spec, True))
+
+    arms: dict[str, Callable[[], object]] = {
+        "json decode, pydantic": lambda: decode_json(body, spec, False),
+        "json decode, msgspec": lambda: decode_json(body, spec, True),
+        f"json decode {args.bad:.0%} bad, pydantic": lambda: decode_json(mixed, spec, False),
+        f"json decode {args.bad:.0%} bad, msgspec": lambda: decode_json(mixed, spec, True),
+        "arrow decode": lambda: decode_arrow(arrow, spec),
+        "json path, pydantic": lambda: whole_path(decode_json(body, spec, False), classes, False),
+        "json path, msgspec": lambda: whole_path(decode_json(body, spec, True), classes, False),
+        "arrow path": lambda: whole_path(decode_arrow(arrow, spec), classes, True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for fn in arms.values():
+        fn()  # warm up
+    for _ in range(args.repeats):
+        for name, fn in arms.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    wps = {k: args.batch / v for k, v in median.items()}
+    base = {
+        k: median[k.replace("msgspec", "pydantic")] if "msgspec" in k else median[k] for k in arms
+    }
+    rows = [
+        [k, f"{median[k] * 1e3:.2f}", f"{wps[k]:,.0f}", f"{base[k] / median[k]:.2f}x"] for k in arms
+    ]
+    print(
+        f"a batch of {args.batch} windows ({WINDOW} x {len(spec.inputs)}) through a replica "
+        f"in process, no HTTP: JSON body {len(body):,} bytes, Arrow {len(arrow):,} bytes; "
+        f"median of {args.repeats} interleaved runs; path = decode, group, score (ONNX, "
+        "1 thread), encode"
+    )
+    print(format_table(["arm", "ms", "windows/s", "x pydantic"], rows))
+    figures = {
+        "json_decode_ratio": median["json decode, pydantic"] / median["json decode, msgspec"],
+        "json_bad_decode_ratio": median[f"json decode {args.bad:.0%} bad, pydantic"]
+        / median[f"json decode {args.bad:.0%} bad, msgspec"],
+        "json_path_ratio": median["json path, pydantic"] / median["json path, msgspec"],
+        "json_path_wps": wps["json path, msgspec"],
+        "arrow_decode_wps": wps["arrow decode"],
+        "arrow_wps": wps["arrow path"],
+    }
+    print(" ".join(f"{k}={v:.2f}" if "ratio" in k else f"{k}={v:.0f}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()
