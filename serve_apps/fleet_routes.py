@@ -30,13 +30,14 @@ from fastapi import Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from pumpfleet import fleet_views as views
+from pumpfleet.errors import NotFoundError
 from pumpfleet.fleet_alerts import AlertRules
-from pumpfleet.fleet_schema import default_url
+from pumpfleet.fleet_schema import default_url, pumps
 from pumpfleet.fleet_store import FleetDB, ScoredRow
 from pumpfleet.records import NAME
 from pumpfleet.routing import Arm
 from serve_apps import metrics
-from serve_apps.errors import Unavailable
+from serve_apps.errors import InvalidFields, Unavailable
 from serve_apps.fleet_feed import FleetFeed, cloud_rows, edge_rows
 from serve_apps.fleet_models import Alert, AlertPage, FleetPage, PumpDetail
 from serve_apps.http_app import SCORING, app
@@ -242,6 +243,37 @@ class FleetRoutes:
             return edge_rows(up.device_id, site, up.records, specs)
 
         hub.feed.offer(job, max(1, len(up.records)))
+
+    def fleet_check_pump(self, pump_id: str, pump_class: str) -> None:
+        """An outcome names a pump the fleet knows, as the class it is: NotFoundError
+        naming ``pump_id``, or InvalidFields at ``pump_class``, else (a mistyped id would
+        mark no alert and count for no model). Not checked where no fleet is kept
+        (staging, a database not open or down): the outcome is then logged as given."""
+        hub = self._hub if self.config.stage == "production" else None
+        if hub is None:
+            return
+
+        def known() -> str | None:
+            q = sa.select(pumps.c.pump_class).where(pumps.c.pump_id == pump_id)
+            with hub.db.engine.connect() as conn:
+                return conn.execute(q).scalar_one_or_none()
+
+        try:
+            found = known()
+            if found is None:  # a pump scored a moment ago may wait in this replica's feed
+                if not hub.feed.drain(timeout=5.0):
+                    log.warning("the fleet feed is behind; feedback on %s not checked", pump_id)
+                    return
+                found = known()
+        except sa.exc.OperationalError as e:
+            log.error("the fleet database failed; feedback not checked: %s", e)
+            return
+        if found is None:
+            raise NotFoundError(
+                f"pump_id {pump_id!r}: no such pump in the fleet (never scored or uploaded)"
+            )
+        if found != pump_class:
+            raise InvalidFields.at("pump_class", f"pump {pump_id} is {found}, not {pump_class}")
 
     @never_raises
     def fleet_feedback(

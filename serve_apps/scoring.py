@@ -272,6 +272,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
         realised online metrics of each arm."""
         if fb.failed_at is None and fb.rul_hours is None and fb.maintained_at is None:
             raise InvalidFields.at("failed_at", "give failed_at, rul_hours or maintained_at")
+        self.fleet_check_pump(fb.pump_id, fb.pump_class)
         self.fleet_feedback(fb.pump_id, fb.failed_at, fb.maintained_at)  # marks its alerts
         if fb.failed_at is None and fb.rul_hours is None:
             return {"accepted": 1}

@@ -328,10 +328,18 @@ def test_an_arrow_batch_scores_like_json(service: dict[str, Any]) -> None:
 
 
 def test_feedback_is_accepted_and_checked(service: dict[str, Any]) -> None:
-    client = service["client"]
-    ok = {"pump_id": "esp-1", "pump_class": "esp", "failed_at": time.time()}
+    client, snap, cls = service["client"], service["snapshot"], service["served"][0]
+    scored = body(snap, cls, 0, "feedback-1")
+    assert client.post("/v1/score", json=scored).status_code == 200
+    ok = {"pump_id": "feedback-1", "pump_class": cls, "failed_at": time.time()}
     assert client.post("/v1/feedback", json=ok).json() == {"accepted": 1}
-    r = client.post("/v1/feedback", json={"pump_id": "esp-1", "pump_class": "esp"})
+    # a pump the fleet has never seen (a mistyped id) or named as another class
+    r = client.post("/v1/feedback", json={**ok, "pump_id": "feedback-01"})
+    assert r.status_code == 404 and "pump_id 'feedback-01'" in r.text
+    other = next(c for c in ("esp", "rod") if c != cls)
+    r = client.post("/v1/feedback", json={**ok, "pump_class": other})
+    assert r.status_code == 422 and "pump_class" in r.text
+    r = client.post("/v1/feedback", json={"pump_id": "feedback-1", "pump_class": cls})
     assert r.status_code == 422 and "failed_at" in r.text
     r = client.post("/v1/feedback", json={**ok, "rul_hours": -1})
     assert r.status_code == 422 and "rul_hours" in r.text

@@ -192,6 +192,7 @@ def test_feedback_marks_the_alert_a_hit_with_its_lead_time(cloud: InProcessServi
     with client(cloud) as c:
         for _ in range(2):
             score(c, "esp-1", 100.0)
+        score(c, "esp-2", 70.0)  # a pump that raises no alert
         drained(cloud)
         assert c.get("/v1/alerts").json()["total"] == 1
         failed_at = time.time() + 6 * 3600
@@ -208,6 +209,28 @@ def test_feedback_marks_the_alert_a_hit_with_its_lead_time(cloud: InProcessServi
         assert marked["history"][-1]["event"] == "failure"
         bad = c.post("/v1/feedback", json={"pump_id": "esp-1", "pump_class": "esp"})
         assert bad.status_code == 422 and "failed_at" in bad.text
+
+
+def test_feedback_must_name_a_pump_of_the_fleet_as_its_class(cloud: InProcessService) -> None:
+    """A mistyped pump id would mark no alert and count for no model: 404 naming it. A pump
+    scored a moment ago (its rows still in the feed) is known already."""
+    with client(cloud) as c:
+        score(c, "esp-7", 80.0)  # not drained: the feedback waits for the feed
+        at = time.time()
+        ok = c.post("/v1/feedback", json={"pump_id": "esp-7", "pump_class": "esp",
+                                          "failed_at": at})  # fmt: skip
+        assert (ok.status_code, ok.json()) == (200, {"accepted": 1})
+        typo = c.post("/v1/feedback", json={"pump_id": "esp-07", "pump_class": "esp",
+                                            "failed_at": at})  # fmt: skip
+        assert typo.status_code == 404
+        assert typo.json()["detail"] == (
+            "pump_id 'esp-07': no such pump in the fleet (never scored or uploaded)"
+        )
+        wrong = c.post("/v1/feedback", json={"pump_id": "esp-7", "pump_class": "rod",
+                                             "rul_hours": 3.0})  # fmt: skip
+        assert wrong.status_code == 422
+        assert wrong.json()["detail"][0]["loc"][-1] == "pump_class"
+        assert "is esp, not rod" in wrong.json()["detail"][0]["msg"]
 
 
 def test_an_edge_upload_feeds_the_state_with_its_site_device_and_drivers(
