@@ -2,8 +2,8 @@
 validate (the body into items, each item's window cut for its model and checked), then
 group, score with the ONNX model, and encode the answer. Today's JSON decoder (pydantic
 alone, each item's window built one at a time) is the baseline, run on the same body in
-the same run, against the msgspec decoder with its batched windows; the Arrow IPC path
-is timed beside them.
+the same run, against the msgspec decoder with its batched windows (and the answer
+written by msgspec, not ``json.dumps``); the Arrow IPC path is timed beside them.
 
     python -m benchmarks.serve_decode [--batch 1000] [--repeats 15] [--bad 0.01]
 
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from starlette.responses import JSONResponse
 
 from pumpfleet.features import FeatureSpec
 from pumpfleet.routing import Arm
@@ -146,17 +147,23 @@ def decode_arrow(body: bytes, spec: FeatureSpec) -> tuple[batch.Items, np.ndarra
 
 
 def whole_path(
-    decoded: tuple[batch.Items, np.ndarray], classes: dict[str, ServedClass], arrow: bool
+    decoded: tuple[batch.Items, np.ndarray], classes: dict[str, ServedClass], encode: str
 ) -> Any:
-    """Group, score and encode decoded items as the replica does (less the log)."""
+    """Group, score and encode decoded items as the replica does (less the log):
+    ``encode`` today's JSON (an answer per item, Starlette's ``json.dumps``), ``json``
+    (msgspec) or ``arrow``."""
     items = decoded[0]
     answers = batch.Answers(len(items))
     for g in batch.group(items, classes, "salt"):
         scores = batch.score(g)
         answers.fill(g, scores, batch.health_columns(None, scores, len(g.rows)))
-    if arrow:
+    if encode == "arrow":
         return batch.encode_arrow(items, answers)
-    return json.dumps(batch.encode_json(items, answers), separators=(",", ":")).encode()
+    if encode == "json":
+        return batch.encode_json_body(items, answers)
+    errors = batch.error_list(items)
+    results = [batch.result(items, answers, i) for i in range(len(items))]
+    return JSONResponse({"results": results, "errors": errors}).body
 
 
 def _same(a: tuple[batch.Items, np.ndarray], b: tuple[batch.Items, np.ndarray]) -> None:
@@ -182,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     classes = _classes(spec)
     for b in (body, mixed):
         _same(decode_json(b, spec, False), decode_json(b, spec, True))
+    today = whole_path(decode_json(body, spec, False), classes, "today")
+    assert today == whole_path(decode_json(body, spec, True), classes, "json"), "answers differ"
 
     arms: dict[str, Callable[[], object]] = {
         "json decode, pydantic": lambda: decode_json(body, spec, False),
@@ -189,9 +198,9 @@ def main(argv: list[str] | None = None) -> None:
         f"json decode {args.bad:.0%} bad, pydantic": lambda: decode_json(mixed, spec, False),
         f"json decode {args.bad:.0%} bad, msgspec": lambda: decode_json(mixed, spec, True),
         "arrow decode": lambda: decode_arrow(arrow, spec),
-        "json path, pydantic": lambda: whole_path(decode_json(body, spec, False), classes, False),
-        "json path, msgspec": lambda: whole_path(decode_json(body, spec, True), classes, False),
-        "arrow path": lambda: whole_path(decode_arrow(arrow, spec), classes, True),
+        "json path, pydantic": lambda: whole_path(decode_json(body, spec, False), classes, "today"),
+        "json path, msgspec": lambda: whole_path(decode_json(body, spec, True), classes, "json"),
+        "arrow path": lambda: whole_path(decode_arrow(arrow, spec), classes, "arrow"),
     }
     times: dict[str, list[float]] = {k: [] for k in arms}
     for fn in arms.values():

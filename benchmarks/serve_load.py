@@ -14,7 +14,7 @@ p50, p99, errors); batches of 1,000 windows as JSON and as Arrow IPC (windows/s)
 chaos under load, through the front door: promote the challenger, change the split and
 kill a replica while 16 clients keep scoring (failed requests).
 
-    python -m benchmarks.serve_load [--seconds 10] [--replicas 2]
+    python -m benchmarks.serve_load [--seconds 10] [--replicas 2] [--batches-only]
 
 The load comes from an asyncio client in this process, on the same 2 cores as the
 servers: every arm pays for it alike, so read the ratios.
@@ -302,7 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--batches", type=int, default=5, help="1,000-window batches per arm")
+    parser.add_argument(
+        "--batches-only", action="store_true", help="the batch paths alone: no load, no chaos"
+    )
     args = parser.parse_args(argv)
+    if args.batches_only:
+        args.concurrency = []
 
     import httpx
     import ray
@@ -402,10 +407,11 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     events.append(f"{len(victims)} replica: none killed")
 
-        rows["serve@chaos"] = asyncio.run(
-            _load(url, headers, bodies, 16, args.seconds * 1.5, chaos)
-        )
-        rows["serve@chaos"]["events"] = events
+        if not args.batches_only:
+            rows["serve@chaos"] = asyncio.run(
+                _load(url, headers, bodies, 16, args.seconds * 1.5, chaos)
+            )
+            rows["serve@chaos"]["events"] = events
         serve_run.stop()
 
         # (c) onnxruntime in-process

@@ -15,6 +15,12 @@ def _ratio(a: float, b: float) -> str:
 
 
 def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
+    if not concurrency:  # --batches-only
+        batch_table(rows)
+        sb = rows["serve@batch"]
+        print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"json_wps={sb['json']:.0f} arrow_wps={sb['arrow']:.0f}")
+        return
     base = rows[f"fastapi@{concurrency[0]}"]
     table = []
     names = {"door": "serve, front door (HAProxy)", "serve": "serve, replicas' own ports",
@@ -30,16 +36,9 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"])])
     head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
     print(format_table(head, table))
-    fb, sb = rows["fastapi@batch"], rows["serve@batch"]
-    via = "front door"
-    batches = [
-        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
-        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
-        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
-        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
-    ]
     print()
-    print(format_table(["batch of 1,000", "windows/s", "vs fastapi JSON"], batches))
+    batch_table(rows)
+    sb = rows["serve@batch"]
     ch = rows["serve@chaos"]
     print()
     print(f"chaos under load (16 clients): {'; '.join(ch['events'])}")
@@ -55,3 +54,16 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
         f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
         f"chaos_errors={ch['errors']}"
     )
+
+
+def batch_table(rows: dict[str, dict[str, Any]]) -> None:
+    """The batch paths' windows per second against plain FastAPI's JSON."""
+    fb, sb, ip = rows["fastapi@batch"], rows["serve@batch"], rows["in-process"]
+    via = "front door"
+    batches = [
+        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
+        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
+        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
+        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
+    ]
+    print(format_table(["batch of 1,000", "windows/s", "vs fastapi JSON"], batches))

@@ -49,6 +49,7 @@ from serve_apps.http_app import ADMIN, DEVICE, SCORING, app, device_of, read_bod
 from serve_apps.model_set import ModelSet
 from serve_apps.schemas import (
     ARROW_STREAM,
+    JSON,
     BatchRequest,
     BatchResponse,
     Feedback,
@@ -262,7 +263,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
         answers, _ = self._score(items, started)
         if ARROW_STREAM in request.headers.get("accept", ""):
             return Response(batch.encode_arrow(items, answers), media_type=ARROW_STREAM)
-        return JSONResponse(batch.encode_json(items, answers))
+        return Response(batch.encode_json_body(items, answers), media_type=JSON)
 
     # --- feedback --------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The msgspec decoder of JSON batches gives pydantic's answers, word for word: the same
-items, windows and errors for every body, good or bad; only faster."""
+items, windows and errors for every body, good or bad; and the answer msgspec writes is
+the bytes Starlette's JSONResponse wrote."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.responses import JSONResponse
 
 from pumpfleet.features import FeatureSpec
 from serve_apps import batch, json_decode
 from serve_apps.errors import InvalidFields
+from tests.unit.test_serve_batch import run_batch, served
 
 W = 4
 
@@ -227,3 +230,15 @@ def test_windows_built_at_once_are_those_built_one_by_one() -> None:
     # not strict (the shadow challenger's windows): an unknown reading is no error
     ok, _, errors = windows.take(rows, s, "esp", strict=False)
     assert ok == [0, 2, 3, 6] and sorted(errors) == [1, 4, 5]
+
+
+def test_the_answer_is_written_as_starlette_wrote_it() -> None:
+    raw = [good(f"p{i}", [80.0 + i, 81.5, None, 79]) for i in range(8)]
+    raw.append({**good("p9"), "pump_class": "rod"})  # an error in its place
+    items = batch.decode_json(json.dumps({"items": raw}).encode())
+    answers, _ = run_batch(items, served())
+    ours = batch.encode_json_body(items, answers)
+    results = [batch.result(items, answers, i) for i in range(len(items))]
+    today = {"results": results, "errors": batch.error_list(items)}
+    assert ours == JSONResponse(today).body
+    assert json.loads(ours)["results"][8] is None and len(json.loads(ours)["errors"]) == 1
