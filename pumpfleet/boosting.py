@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pumpfleet.window_stats import WindowStats
+from pumpfleet.window_stats import WindowStats, stat_names
 
 if TYPE_CHECKING:
     from pumpfleet.features import FeatureSpec
@@ -45,7 +45,10 @@ OPSET = 17
 
 
 class BoostedTrees(nn.Module):
-    """``members`` RUL boosters and as many failure boosters, averaged."""
+    """``members`` RUL boosters and as many failure boosters, averaged. With
+    ``cfg.lookback``, a second group of as many boosters reads the statistics of the
+    window's last ``lookback`` steps only; each group's RUL is clipped to [0, 1] and the
+    two groups averaged (as their two ONNX graphs are)."""
 
     parity_atol = PARITY_ATOL
 
@@ -60,6 +63,15 @@ class BoostedTrees(nn.Module):
     @property
     def multiscale(self) -> bool:
         return self.cfg.stats == "multiscale"
+
+    @property
+    def lookbacks(self) -> list[int | None]:
+        """The steps each group of boosters reads (None: the whole window)."""
+        return [None, self.cfg.lookback] if self.cfg.lookback else [None]
+
+    def stats(self, window: int) -> list[WindowStats]:
+        """Each group's statistics module for windows of ``window`` steps."""
+        return [WindowStats(window, self.multiscale, lb) for lb in self.lookbacks]
 
     # --- state: the boosters' text, so torch.save / load_state_dict carry them --------
 
@@ -86,16 +98,32 @@ class BoostedTrees(nn.Module):
     # --- scoring ------------------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> np.ndarray:
+        """The groups' window features side by side ``[N, F]``."""
         with torch.no_grad():
-            return WindowStats(int(x.shape[1]), self.multiscale)(x.float()).numpy()
+            x = x.float()
+            return torch.cat([s(x) for s in self.stats(int(x.shape[1]))], dim=1).numpy()
+
+    def _groups(self, f: np.ndarray) -> list[tuple[np.ndarray, slice]]:
+        """Each group's feature columns of ``f`` and the slice of its boosters."""
+        rul_b, _ = self.boosters()
+        per = len(rul_b) // len(self.lookbacks)
+        out, start = [], 0
+        for g in range(len(self.lookbacks)):
+            width = rul_b[g * per].num_feature()
+            out.append((f[:, start : start + width], slice(g * per, (g + 1) * per)))
+            start += width
+        return out
 
     def predict_features(self, f: np.ndarray) -> np.ndarray:
         """Outputs ``[N, 2]`` of window features ``f`` (float32, as the ONNX graph sees)."""
         rul_b, fail_b = self.boosters()
         f64 = np.asarray(f, dtype=np.float32).astype(np.float64)
-        rul = np.mean([b.predict(f64) for b in rul_b], axis=0)
-        fail = np.mean([b.predict(f64) for b in fail_b], axis=0)
-        return np.stack([np.clip(rul, 0.0, 1.0), fail], axis=1).astype(np.float32)
+        ruls, fails = [], []
+        for cols, members in self._groups(f64):
+            ruls.append(np.clip(np.mean([b.predict(cols) for b in rul_b[members]], axis=0), 0, 1))
+            fails.append(np.mean([b.predict(cols) for b in fail_b[members]], axis=0))
+        rul, fail = np.mean(ruls, axis=0), np.mean(fails, axis=0)
+        return np.stack([rul, fail], axis=1).astype(np.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.predict_features(self.features(x)))
@@ -117,10 +145,23 @@ class BoostedTrees(nn.Module):
 
     def export_onnx(self, window: int) -> bytes:
         """The ONNX graph: window statistics, the trees, the members' mean."""
-        from pumpfleet.boosting_onnx import boosted_onnx
+        from pumpfleet.boosting_onnx import boosted_onnx, mean_of_graphs
 
         rul_b, fail_b = self.boosters()
-        return boosted_onnx(window, self.n_channels, rul_b, fail_b, OPSET, self.multiscale)
+        per = len(rul_b) // len(self.lookbacks)
+        graphs = [
+            boosted_onnx(
+                window,
+                self.n_channels,
+                rul_b[g * per : (g + 1) * per],
+                fail_b[g * per : (g + 1) * per],
+                OPSET,
+                self.multiscale,
+                lookback,
+            )
+            for g, lookback in enumerate(self.lookbacks)
+        ]
+        return graphs[0] if len(graphs) == 1 else mean_of_graphs(graphs)
 
 
 class Blended(nn.Module):
@@ -189,13 +230,19 @@ def float32_thresholds(model_str: str) -> str:
     return str(lgb.Booster(model_str="\n".join(lines) + "\n").model_to_string())
 
 
-def _window_features(x: np.ndarray, multiscale: bool, batch: int = 8192) -> np.ndarray:
+def _window_features(
+    x: np.ndarray, multiscale: bool, batch: int = 8192, model: BoostedTrees | None = None
+) -> np.ndarray:
+    """Features of windows ``x`` ``[N, W, C]``: ``model``'s groups' (or the whole window's)."""
     if len(x) == 0:
         return np.zeros((0, 0), dtype=np.float32)
-    stats = WindowStats(x.shape[1], multiscale)
+    stats = model.stats(x.shape[1]) if model is not None else [WindowStats(x.shape[1], multiscale)]
     with torch.no_grad():
         return np.concatenate(
-            [stats(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+            [
+                torch.cat([s(torch.from_numpy(x[i : i + batch])) for s in stats], dim=1).numpy()
+                for i in range(0, len(x), batch)
+            ]
         )
 
 
@@ -219,13 +266,22 @@ def fit_boosted(
         model.load_state_dict(resume["model"])
         return model, evaluate(model, val, spec)
     threads = max(1, torch.get_num_threads())
-    f_train = _window_features(train.x, model.multiscale)
-    f_val = _window_features(val.x, model.multiscale)
+    f_train = _window_features(train.x, model.multiscale, model=model)
+    f_val = _window_features(val.x, model.multiscale, model=model)
+    n_groups = len(model.lookbacks)
+    edges = np.cumsum(
+        [0]
+        + [
+            len(stat_names(s.window, s.multiscale)) * spec.n_channels
+            for s in model.stats(train.x.shape[1])
+        ]
+    )
     y_train = (train.rul / spec.rul_cap_hours).astype(np.float64)
     y_val = (val.rul / spec.rul_cap_hours).astype(np.float64)
     patience = cfg.patience or EARLY_STOP_ROUNDS
     rounds: list[int] = []
-    for m in range(cfg.model.members):
+    for g, m in ((g, m) for g in range(n_groups) for m in range(cfg.model.members)):
+        g_train, g_val = (f[:, edges[g] : edges[g + 1]] for f in (f_train, f_val))
         params = {
             "learning_rate": cfg.model.tree_lr,
             "num_leaves": cfg.model.leaves,
@@ -235,12 +291,12 @@ def fit_boosted(
             "bagging_freq": 1,
             "lambda_l2": 1.0,
             "num_threads": threads,
-            "seed": cfg.seed + 7919 * m,
+            "seed": cfg.seed + 7919 * (m + g * cfg.model.members),
             "deterministic": True,
             "verbose": -1,
         }
-        d_train = lgb.Dataset(f_train, y_train, free_raw_data=False)
-        d_val = lgb.Dataset(f_val, y_val, reference=d_train)
+        d_train = lgb.Dataset(g_train, y_train, free_raw_data=False)
+        d_val = lgb.Dataset(g_val, y_val, reference=d_train)
         rul = lgb.train(
             {**params, "objective": "l2", "metric": "l2"},
             d_train,
@@ -253,7 +309,7 @@ def fit_boosted(
         model.rul_models.append(float32_thresholds(rul.model_to_string(num_iteration=best)))
         fail = lgb.train(
             {**params, "objective": "binary"},
-            lgb.Dataset(f_train, train.failure.astype(np.float64)),
+            lgb.Dataset(g_train, train.failure.astype(np.float64)),
             max(1, min(best, cfg.model.trees)),
         )
         model.failure_models.append(float32_thresholds(fail.model_to_string()))

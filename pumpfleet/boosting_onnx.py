@@ -21,14 +21,16 @@ FEATURES = "features"
 CONVERTER_OPSET = 15
 
 
-def _stats_graph(window: int, n_channels: int, opset: int, multiscale: bool) -> onnx.ModelProto:
+def _stats_graph(
+    window: int, n_channels: int, opset: int, multiscale: bool, lookback: int | None = None
+) -> onnx.ModelProto:
     import torch
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         torch.onnx.export(
-            WindowStats(window, multiscale),
+            WindowStats(window, multiscale, lookback),
             (torch.zeros(1, window, n_channels),),
             buf,  # type: ignore[arg-type]
             input_names=[INPUT],
@@ -63,11 +65,13 @@ def boosted_onnx(
     failure: list[Any],
     opset: int,
     multiscale: bool = False,
+    lookback: int | None = None,
 ) -> bytes:
     """The graph of boosters ``rul`` (regression) and ``failure`` (binary) on
-    :class:`WindowStats` of ``[N, window, n_channels]`` windows."""
-    stats = _stats_graph(window, n_channels, opset, multiscale)
-    n_features = len(stat_names(window, multiscale)) * n_channels
+    :class:`WindowStats` of ``[N, window, n_channels]`` windows (of their last
+    ``lookback`` steps, where given)."""
+    stats = _stats_graph(window, n_channels, opset, multiscale, lookback)
+    n_features = len(stat_names(min(lookback or window, window), multiscale)) * n_channels
     nodes = list(stats.graph.node)
     inits = list(stats.graph.initializer)
     ml_opset = 1

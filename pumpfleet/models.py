@@ -68,6 +68,9 @@ class ModelConfig(BaseModel):
     # last steps) or "multiscale" (also recent means, slopes and exponentially weighted
     # means; :mod:`pumpfleet.window_stats`).
     stats: Literal["window", "multiscale"] = "window"
+    # gbm: 0, or as many boosters again reading only the last ``lookback`` steps of the
+    # window, averaged with the whole-window ones: two window lengths in one model.
+    lookback: int = Field(default=0, ge=0, le=10_000)
     # A network kind averaged with a gbm trained on the same windows (their errors
     # differ: trees read summaries, the network the sequence).
     blend_gbm: bool = False

@@ -60,14 +60,17 @@ def stat_names(window: int, multiscale: bool = False) -> list[str]:
 
 
 class WindowStats(nn.Module):
-    """Windows ``[N, W, C]`` → features ``[N, len(stat_names(W, multiscale)) * C]``."""
+    """Windows ``[N, W, C]`` → features ``[N, len(stat_names(L, multiscale)) * C]``, of
+    the last ``lookback`` steps ``L`` (None: the whole window, ``L = W``)."""
 
     slope_w: torch.Tensor
     recent_w: torch.Tensor
     ewm_w: torch.Tensor
 
-    def __init__(self, window: int, multiscale: bool = False) -> None:
+    def __init__(self, window: int, multiscale: bool = False, lookback: int | None = None) -> None:
         super().__init__()
+        self.lookback = min(lookback, window) if lookback else None
+        window = self.lookback or window
         self.window = window
         self.multiscale = multiscale
         self.tail = min(TAIL, window)
@@ -95,6 +98,8 @@ class WindowStats(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lookback is not None:
+            x = x[:, -self.lookback :, :]
         x = x.double()
         mean = x.mean(dim=1)
         centred = x - mean.unsqueeze(1)

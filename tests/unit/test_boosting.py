@@ -191,3 +191,41 @@ def test_a_multiscale_booster_exports_with_its_statistics_and_reloads() -> None:
     again = build_model(C, cfg.model)
     again.load_state_dict(model.state_dict())
     torch.testing.assert_close(again(torch.from_numpy(x)), model(torch.from_numpy(x)))
+
+
+def test_a_lookback_adds_boosters_on_the_last_steps_averaged_in_one_onnx() -> None:
+    cfg = TrainConfig(
+        model=ModelConfig(
+            kind="gbm", stats="multiscale", lookback=8, trees=80, leaves=7, min_leaf=10
+        ),
+        epochs=1,
+    )
+    model, report = fit(data(800, 0), data(200, 1), spec(), cfg)
+    assert isinstance(model, BoostedTrees)
+    assert model.lookbacks == [None, 8] and len(model.rul_models) == 2
+    assert report["rmse"] is not None and report["rmse"] < 10.0
+    x = data(300, 2).x
+    # The second group reads the statistics of the last 8 steps: earlier steps change
+    # the first group's features only.
+    f = model.features(torch.from_numpy(x))
+    width = len(stat_names(W, multiscale=True)) * C
+    assert f.shape[1] == width + len(stat_names(8, multiscale=True)) * C
+    y = x.copy()
+    y[:, :-8, :] += 5.0
+    g = model.features(torch.from_numpy(y))
+    assert not np.allclose(f[:, :width], g[:, :width])
+    np.testing.assert_array_equal(f[:, width:], g[:, width:])
+    # The mean of the two groups, each clipped, in torch and in one ONNX graph.
+    out = model(torch.from_numpy(x)).numpy()
+    rul_b, _ = model.boosters()
+    f64 = f.astype(np.float64)
+    parts = [
+        np.clip(b.predict(cols), 0, 1)
+        for b, cols in zip(rul_b, (f64[:, :width], f64[:, width:]), strict=True)
+    ]
+    np.testing.assert_allclose(out[:, 0], np.mean(parts, axis=0), atol=1e-6)
+    onnx_bytes = to_onnx(model, W, C)
+    assert check_parity(model, onnx_bytes, x) <= PARITY_ATOL
+    again = build_model(C, cfg.model)
+    again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again(torch.from_numpy(x)), model(torch.from_numpy(x)))
