@@ -9,11 +9,13 @@ one feature path, scores each test unit once, on its last window (a unit with fe
 cycles is padded by repeating its first reading, as the literature does), against
 ``RUL_FD00X`` capped at 125 cycles: RMSE and PHM08 score in cycles.
 
-The protocol: for the first seed, each window of ``--windows`` is ingested and trained;
-the one whose model scores best on the validation units (training units held out, cut
-like the test set, :func:`benchmarks.cmapss_scoring.score_val`) is the window, and the
-other seeds train at that window only. Nothing is chosen on the test set; the common
-30-cycle window's test figure is reported beside. The summary (mean and spread over the
+The protocol: the window and the gbm's lookback (``--options``: ``<window>`` or
+``<window>:<lookback>``) are chosen by 5-fold cross-validation over the training units,
+cut like the test set (:mod:`benchmarks.cmapss_cv`); every seed then runs the pipeline at
+the chosen option, and each model is also scored on the pipeline's validation units (held
+out of training, cut like the test set, :func:`benchmarks.cmapss_scoring.score_val`).
+Nothing is chosen on the test set; the common 30-cycle window's test figure (first seed)
+is reported beside. The summary (mean and spread over the
 seeds, the git commit, the load average) is written as JSON under the workspace's
 ``benchmarks/`` folder; the last line is ``rmse=<mean> score=<mean> minutes=<mean> ...``.
 """
@@ -44,10 +46,12 @@ from pumpfleet.tables import format_table
 
 log = logging.getLogger(__name__)
 
-# What the protocol chooses between, on validation units (never the test set): the common
-# 30-cycle window and the 50-cycle window this pipeline used before (docs/benchmarks.md
-# gives the figures behind both choices).
-WINDOWS = [30, 50]
+# What the protocol chooses between, by cross-validation over the training units (never
+# the test set): the common 30-cycle window, the 50-cycle window, and the 50-cycle window
+# with a second group of boosters on its last 30 cycles (docs/benchmarks.md gives the
+# figures behind the choices).
+OPTIONS = ["30", "50", "50:30"]
+COMMON = 30  # the literature's window, reported beside the chosen one
 SEEDS = [0, 1, 2]
 STRIDE = 1
 HORIZON = 30  # cycles: the failure head's "within the horizon"
@@ -85,10 +89,11 @@ PUBLISHED: list[tuple[str, dict[str, float]]] = [
 ]
 
 
-def _search_space(args: argparse.Namespace, seed: int) -> Any:
+def _search_space(args: argparse.Namespace, seed: int, lookback: int = 0) -> Any:
     from pumpfleet.search_space import SearchSpace
 
     space = {**SEARCH, "seed": seed}
+    space["architecture"] = {**SEARCH["architecture"], "lookback": [lookback]}
     for key in ("kind", "hidden", "lr", "dropout", "batch_size", "members"):
         if getattr(args, key) is not None:
             space[key] = getattr(args, key)
@@ -101,8 +106,9 @@ def _search_space(args: argparse.Namespace, seed: int) -> Any:
     return SearchSpace(**space)
 
 
-def run(args: argparse.Namespace, window: int, seed: int) -> dict[str, Any]:
-    """One ingest at ``window``, one search with ``seed``, scored on test and validation."""
+def run(args: argparse.Namespace, window: int, seed: int, lookback: int = 0) -> dict[str, Any]:
+    """One ingest at ``window``, one search with ``seed`` (the gbm's ``lookback``), scored
+    on test and validation."""
     from pumpfleet.adapters.cmapss import import_cmapss, pump_class
     from pumpfleet.schema import read_fleet_schema
     from pumpfleet.windows import WindowConfig
@@ -113,10 +119,10 @@ def run(args: argparse.Namespace, window: int, seed: int) -> dict[str, Any]:
     subset = args.subset.upper()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     bench_dir = get_settings().home / "benchmarks"
-    name = f"cmapss-{subset.lower()}-w{window}-s{seed}-{stamp}"
+    name = f"cmapss-{subset.lower()}-w{window}-l{lookback}-s{seed}-{stamp}"
     settings = Settings(home=bench_dir / name, num_cpus=args.cpus)
     datasets = settings.home / "datasets"
-    space = _search_space(args, seed)
+    space = _search_space(args, seed, lookback)
     load_before = os.getloadavg()[0]
 
     t0 = time.monotonic()
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace, window: int, seed: int) -> dict[str, Any]:
     return {
         "subset": subset,
         "window": window,
+        "lookback": lookback,
         "seed": seed,
         "workspace": str(settings.home),
         "counts": counts,
@@ -176,15 +183,25 @@ def run(args: argparse.Namespace, window: int, seed: int) -> dict[str, Any]:
 
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
-    """The window chosen on validation units with the first seed, then every seed at it:
-    each test figure, their mean and spread, and the 30-cycle window's beside."""
+    """The window and lookback chosen by cross-validation over the training units, then
+    every seed at them: each test figure, their mean and spread, and the 30-cycle
+    window's beside (first seed)."""
+    from benchmarks.cmapss_cv import FOLDS, choose, option_name, parse_option
     from pumpfleet.lineage import code_tags
 
-    seeds, windows = args.seeds, sorted(set(args.windows))
+    seeds = args.seeds
+    options = sorted(set(parse_option(o) for o in args.options))
     tags = code_tags()  # the code the runs start from
-    first = {w: run(args, w, seeds[0]) for w in windows}
-    chosen = min(windows, key=lambda w: first[w]["val"]["rmse"])
-    runs = [first[chosen]] + [run(args, chosen, s) for s in seeds[1:]]
+    if len(options) > 1:
+        stats = json.loads(args.architecture or "{}").get("stats", SEARCH["architecture"]["stats"])
+        cv = choose(Path(args.data_dir), args.subset.upper(), options, stats[0], FOLDS)
+        window, lookback = cv["window"], cv["lookback"]
+    else:
+        cv, (window, lookback) = None, options[0]
+    runs = [run(args, window, s, lookback) for s in seeds]
+    others = []
+    if (window, lookback) != (COMMON, 0) and args.common:
+        others.append(run(args, COMMON, seeds[0], 0))
     rmses = np.array([r["test"]["rmse"] for r in runs])
     scores = np.array([r["test"]["score"] for r in runs])
     minutes = np.array([r["minutes_training"] for r in runs])
@@ -193,18 +210,19 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m benchmarks.cmapss " + " ".join(args.argv),
         "git_commit": tags.get("git.commit"),
         "git_dirty": tags.get("git.dirty"),
-        "window": chosen,
-        "window_choice": {
-            str(w): {"val_rmse": first[w]["val"]["rmse"], "test_rmse": first[w]["test"]["rmse"]}
-            for w in windows
-        },
+        "window": window,
+        "lookback": lookback,
+        "option": option_name(window, lookback),
+        "choice": cv,
+        "val_rmse": [r["val"]["rmse"] for r in runs],
         "seeds": seeds,
         "rmse": {"mean": float(rmses.mean()), "std": float(rmses.std()), "each": rmses.tolist()},
         "score": {"mean": float(scores.mean()), "each": scores.tolist()},
         "minutes_training": {"mean": float(minutes.mean()), "max": float(minutes.max())},
-        "load_average": [la for r in runs for la in r["load_average"]],
+        "minutes_choice": cv["minutes"] if cv else 0.0,
+        "load_average": [la for r in runs + others for la in r["load_average"]],
         "runs": runs,
-        "others": [first[w] for w in windows if w != chosen],
+        "others": others,
     }
 
 
@@ -214,8 +232,9 @@ def report(summary: dict[str, Any]) -> str:
     cfg, size = run0["test"]["model_config"], run0["test"]["model"]
     members = f" x{cfg['members']}" if cfg.get("members", 1) > 1 else ""
     blend = " + gbm" if cfg.get("blend_gbm") else ""
+    lookback = f" + last {cfg['lookback']}" if cfg.get("lookback") else ""
     ours = (
-        f"pumpfleet: {cfg['kind']}{members}{blend}, window {summary['window']} "
+        f"pumpfleet: {cfg['kind']}{members}{blend}, window {summary['window']}{lookback} "
         f"({size['parameters'] / 1000:.1f}k params, {size['bytes'] / 1000:.0f} kB)"
     )
     rmse, score = summary["rmse"], summary["score"]
@@ -240,7 +259,16 @@ def report(summary: dict[str, Any]) -> str:
     rows.append(["training mean (this run)", f"{base['rmse']:.2f}", f"{base['score']:.0f}", ""])
     for name, figures in PUBLISHED:
         rows.append([name, f"{figures[subset]:.2f}" if subset in figures else "n/a", "", ""])
-    choice = ", ".join(f"{w}: {v['val_rmse']:.2f}" for w, v in summary["window_choice"].items())
+    cv = summary["choice"]
+    choice = (
+        f"chosen by {cv['folds']}-fold cross-validation over the {cv['units']} training units "
+        f"(cut like the test set at every cycle from {FIRST_CUT} on; window[:lookback] RMSE "
+        + ", ".join(f"{k}: {v['cv_rmse']:.2f}" for k, v in cv["options"].items())
+        + f"; {cv['minutes']:.1f} min)"
+        if cv
+        else "given (--window), not chosen"
+    )
+    vals = " ".join(f"{v:.2f}" for v in summary["val_rmse"])
     test = run0["test"]
     return "\n".join(
         [
@@ -248,9 +276,8 @@ def report(summary: dict[str, Any]) -> str:
             f"{test['units']} test units, each scored once on its last {summary['window']} "
             f"cycles ({test['padded']} shorter ones padded with their first reading), RUL "
             f"capped at {CAP}; model {cfg}",
-            f"window chosen on validation units ({run0['val']['units']} training units held "
-            f"out, cut like the test set at every cycle from {FIRST_CUT} on), RMSE by window: "
-            f"{choice}",
+            f"window {summary['option']} {choice}; the pipeline's validation units "
+            f"({run0['val']['units']} held out of training, cut alike) RMSE per seed: {vals}",
             f"seeds {summary['seeds']}; training (Ray Tune, {run0['trials']} trials a seed): "
             f"{summary['minutes_training']['mean']:.1f} min a seed (max "
             f"{summary['minutes_training']['max']:.1f}); load average "
@@ -259,7 +286,7 @@ def report(summary: dict[str, Any]) -> str:
             f"result: {summary['json']}",
             f"rmse={rmse['mean']:.2f} score={score['mean']:.1f} "
             f"minutes={summary['minutes_training']['mean']:.2f} sd={rmse['std']:.2f} "
-            f"window={summary['window']} seeds={len(summary['seeds'])}",
+            f"window={summary['option']} seeds={len(summary['seeds'])}",
         ]
     )
 
@@ -272,9 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", default="FD001")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument(
-        "--windows", nargs="+", type=int, default=WINDOWS, help="candidate windows (cycles)"
+        "--options",
+        nargs="+",
+        default=OPTIONS,
+        help="candidates, <window> or <window>:<lookback> (cycles), chosen by cross-validation",
     )
     parser.add_argument("--window", type=int, default=None, help="one window: no choice")
+    parser.add_argument("--lookback", type=int, default=0, help="with --window: the gbm's")
+    parser.add_argument(
+        "--no-common", dest="common", action="store_false", help="skip the 30-cycle run beside"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     parser.add_argument("--stride", type=int, default=STRIDE, help="cycles between windows")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
@@ -291,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.window is not None:
-        args.windows = [args.window]
+        args.options = [f"{args.window}:{args.lookback}"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     try:
