@@ -121,38 +121,41 @@ def _classes(spec: FeatureSpec) -> dict[str, ServedClass]:
     return {CLASS: ServedClass(arms, weight=0.2)}
 
 
-def _windows(items: batch.Items, spec: FeatureSpec, fast: bool) -> tuple[list[int], np.ndarray]:
-    rows = [i for i in range(len(items)) if i not in items.errors]
-    windows = items.windows
-    assert isinstance(windows, batch.ReadingsWindows | batch.FlatWindows)
-    if fast or not isinstance(windows, batch.ReadingsWindows):
-        ok, stacked, errors = windows.take(rows, spec, CLASS)
-    else:  # today's: each item's window built on its own, then checked
-        errors = {}
-        ok, stacked = windows.one_by_one(rows, spec, CLASS, True, errors)
+class TodayWindows:
+    """Today's JSON windows: each item's built on its own, then all checked."""
+
+    def __init__(self, windows: batch.ReadingsWindows) -> None:
+        self.windows = windows
+
+    def take(
+        self, rows: list[int], spec: FeatureSpec, pump_class: str, strict: bool = True
+    ) -> tuple[list[int], np.ndarray, batch.Problems]:
+        errors: batch.Problems = {}
+        ok, stacked = self.windows.one_by_one(rows, spec, pump_class, strict, errors)
         ok, stacked = batch.checked(ok, stacked, spec, "readings", errors)
-    items.errors.update(errors)
-    return ok, stacked
+        return ok, stacked, errors
 
 
-def decode_json(body: bytes, spec: FeatureSpec, fast: bool) -> tuple[batch.Items, np.ndarray]:
+def today_json(body: bytes) -> batch.Items:
+    """Today's decoding of a JSON batch: pydantic alone, windows one by one."""
+    items = batch.decode_json(body, fast=False)
+    assert isinstance(items.windows, batch.ReadingsWindows)
+    items.windows = TodayWindows(items.windows)
+    return items
+
+
+def _windows(items: batch.Items, spec: FeatureSpec) -> tuple[batch.Items, np.ndarray]:
     """Decode and validate: the items, their windows cut and checked."""
-    items = batch.decode_json(body, fast=fast)
-    return items, _windows(items, spec, fast)[1]
+    rows = [i for i in range(len(items)) if i not in items.errors]
+    _, stacked, errors = items.windows.take(rows, spec, CLASS)
+    items.errors.update(errors)
+    return items, stacked
 
 
-def decode_arrow(body: bytes, spec: FeatureSpec) -> tuple[batch.Items, np.ndarray]:
-    items = batch.decode_arrow(body)
-    return items, _windows(items, spec, True)[1]
-
-
-def whole_path(
-    decoded: tuple[batch.Items, np.ndarray], classes: dict[str, ServedClass], encode: str
-) -> Any:
+def whole_path(items: batch.Items, classes: dict[str, ServedClass], encode: str) -> Any:
     """Group, score and encode decoded items as the replica does (less the log):
     ``encode`` today's JSON (an answer per item, Starlette's ``json.dumps``), ``json``
     (msgspec) or ``arrow``."""
-    items = decoded[0]
     answers = batch.Answers(len(items))
     for g in batch.group(items, classes, "salt"):
         scores = batch.score(g)
@@ -188,19 +191,21 @@ def main(argv: list[str] | None = None) -> None:
     arrow = _arrow(spec, args.batch)
     classes = _classes(spec)
     for b in (body, mixed):
-        _same(decode_json(b, spec, False), decode_json(b, spec, True))
-    today = whole_path(decode_json(body, spec, False), classes, "today")
-    assert today == whole_path(decode_json(body, spec, True), classes, "json"), "answers differ"
+        _same(_windows(today_json(b), spec), _windows(batch.decode_json(b), spec))
+    today = whole_path(today_json(body), classes, "today")
+    assert today == whole_path(batch.decode_json(body), classes, "json"), "answers differ"
 
     arms: dict[str, Callable[[], object]] = {
-        "json decode, pydantic": lambda: decode_json(body, spec, False),
-        "json decode, msgspec": lambda: decode_json(body, spec, True),
-        f"json decode {args.bad:.0%} bad, pydantic": lambda: decode_json(mixed, spec, False),
-        f"json decode {args.bad:.0%} bad, msgspec": lambda: decode_json(mixed, spec, True),
-        "arrow decode": lambda: decode_arrow(arrow, spec),
-        "json path, pydantic": lambda: whole_path(decode_json(body, spec, False), classes, "today"),
-        "json path, msgspec": lambda: whole_path(decode_json(body, spec, True), classes, "json"),
-        "arrow path": lambda: whole_path(decode_arrow(arrow, spec), classes, "arrow"),
+        "json decode, pydantic": lambda: _windows(today_json(body), spec),
+        "json decode, msgspec": lambda: _windows(batch.decode_json(body), spec),
+        f"json decode {args.bad:.0%} bad, pydantic": lambda: _windows(today_json(mixed), spec),
+        f"json decode {args.bad:.0%} bad, msgspec": lambda: _windows(
+            batch.decode_json(mixed), spec
+        ),
+        "arrow decode": lambda: _windows(batch.decode_arrow(arrow), spec),
+        "json path, pydantic": lambda: whole_path(today_json(body), classes, "today"),
+        "json path, msgspec": lambda: whole_path(batch.decode_json(body), classes, "json"),
+        "arrow path": lambda: whole_path(batch.decode_arrow(arrow), classes, "arrow"),
     }
     times: dict[str, list[float]] = {k: [] for k in arms}
     for fn in arms.values():

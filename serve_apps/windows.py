@@ -173,6 +173,10 @@ class FlatWindows:
             for i in at[~fits]
         }
         ok = at[fits]
-        windows = self.flat[self.starts[ok][:, None] + np.arange(w * f)].reshape(-1, w, f)
+        if self.flat.size == len(self.lengths) * w * f and (self.lengths == w * f).all():
+            # the usual batch, every row's window of this size: rows of one matrix
+            windows = self.flat.reshape(-1, w, f)[ok]
+        else:
+            windows = self.flat[self.starts[ok][:, None] + np.arange(w * f)].reshape(-1, w, f)
         rows, windows = checked(ok.tolist(), windows, spec, "window", errors)
         return rows, windows, errors
