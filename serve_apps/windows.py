@@ -109,13 +109,16 @@ class ReadingsWindows:
         inputs, w = spec.inputs, spec.window
         whole: list[int] = []
         other: list[int] = []
+        exact, lengths = set(inputs), {w}
         for i in rows:
             r = self.readings[i] or {}
-            fits = all(len(r.get(c, ())) == w for c in inputs)
-            if fits and (len(r) == len(inputs) or not strict or r.keys() <= spec.accepted):
-                whole.append(i)
+            if r.keys() == exact:  # the usual item: its model's inputs, nothing else
+                fits = set(map(len, r.values())) == lengths
             else:
-                other.append(i)
+                fits = all(len(r.get(c, ())) == w for c in inputs) and (
+                    not strict or r.keys() <= spec.accepted
+                )
+            (whole if fits else other).append(i)
         # [k, C + S, W] → [k, W, C + S]; None becomes NaN, as readings_to_window has it
         stacked = _stack([self.readings[i] for i in whole], inputs, w)  # type: ignore[misc]
         stacked = np.ascontiguousarray(stacked.transpose(0, 2, 1))
