@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from enum import StrEnum
 
@@ -30,6 +31,7 @@ class Arm(StrEnum):
     CHALLENGER = "challenger"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a fleet's pumps: a batch hashes each id once
 def bucket(pump_id: str, salt: str = "") -> float:
     """A pump's fixed position in [0, 1), from a hash of the salt and its id."""
     digest = hashlib.sha256(f"{salt}\x00{pump_id}".encode()).digest()
