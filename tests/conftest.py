@@ -67,7 +67,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session() -> object:
-    """One local Ray for the whole test session (integration and e2e)."""
+    """One local Ray for the whole test session (integration and e2e); under ``make
+    test``'s two pytest-xdist workers (``--dist loadfile``), one per worker."""
     import ray
 
     # Serve as `pumpfleet serve` runs it, with no load balancer to drain for

@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+from pumpfleet.schema import PUMP_CLASSES
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.windows import WindowConfig
@@ -87,8 +89,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, ray_session: Any) -> dic
     cfg = WindowConfig()
     ingest = ingest_and_log(settings, str(settings.data_dir), str(settings.features_dir), cfg)
     train = run_train(settings, "latest", SearchSpace(lr=[1e-2], epochs=12))
+    reg = Registry(settings.tracking_uri)
+    challengers = {c: reg.version_by_alias(model_name(c), CHALLENGER) for c in PUMP_CLASSES}
     evaluate = run_evaluate(settings)
+    # the aliases as the fixture left them: the tests of other modules (in whatever order
+    # pytest-xdist runs the files) register and promote versions of their own
+    champions = {c: reg.version_by_alias(model_name(c), CHAMPION) for c in PUMP_CLASSES}
     return {
+        "challengers": challengers,
+        "champions": champions,
         "settings": settings,
         "simulated_rows": sim["readings"] - removed,
         "window_config": cfg,

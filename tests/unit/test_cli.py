@@ -151,10 +151,15 @@ def test_ingest_single_process_runs_without_ray(
 ) -> None:
     """``pumpfleet ingest --single-process``: the same array functions in this process,
     no Ray started; every row accounted for and the snapshot recorded in MLflow."""
-    import ray
-
+    import ray_jobs._ray
+    import ray_jobs.ingest
     from pumpfleet.settings import get_settings
 
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--single-process reached Ray")
+
+    monkeypatch.setattr(ray_jobs._ray, "init_ray", no_ray)
+    monkeypatch.setattr(ray_jobs.ingest, "run_ingest", no_ray)
     monkeypatch.setenv("PUMPFLEET_HOME", str(tmp_path))
     get_settings.cache_clear()
     try:
@@ -166,7 +171,6 @@ def test_ingest_single_process_runs_without_ray(
         summary = json.loads(capsys.readouterr().out)
     finally:
         get_settings.cache_clear()
-    assert not ray.is_initialized()
     assert summary["status"] == "success" and summary["pumps"] == 8
     assert summary["rows_in"] == 8 * 12 * 24 == summary["rows_valid"]
     assert summary["rows_quarantined"] == 0 and summary["mlflow_run_id"]
