@@ -26,14 +26,23 @@ from pumpfleet.errors import DataError
 from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.physics import runs_as_new
 from pumpfleet.predlog import read_log
+from pumpfleet.registry import Registry
 from pumpfleet.search_space import SearchSpace
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
-from pumpfleet.tables import format_table
+from pumpfleet.training_run import EXPERIMENT
 from pumpfleet.windows import WindowConfig
-from pumpfleet_cli.demo_fleet import work_list_after_scoring, work_list_lines
-from pumpfleet_cli.demo_loop import InProcessJobs, closed_loop, drift_harm
+from pumpfleet_cli.demo_fleet import work_list_after_scoring
+from pumpfleet_cli.demo_loop import (
+    DRIFT_CHANNEL,
+    DRIFT_CLASS,
+    DRIFT_FACTOR,
+    InProcessJobs,
+    closed_loop,
+    drift_harm,
+)
+from pumpfleet_cli.demo_summary import summary_text as summary_text  # re-exported
 from ray_jobs._ray import init_ray
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor
@@ -41,10 +50,6 @@ from ray_jobs.train import run_train
 from serve_apps.security import API_KEY_HEADER, Secrets, digest, new_key
 
 log = logging.getLogger(__name__)
-
-# The demo's story: ESP motor-temperature sensors were recalibrated and now read 15 %
-# high. The monitor should flag that class, and only that one.
-DRIFT_CLASS, DRIFT_CHANNEL, DRIFT_FACTOR = "esp", "motor_temp", 1.15
 
 
 @dataclass
@@ -223,22 +228,32 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
     init_ray(settings)
     ingest = ingest_and_log(settings, settings.data_uri, settings.features_uri, WindowConfig())
-    step(3, "training one model per class on Ray Tune")
-    # A network and boosted trees per class, the better on the validation pumps kept.
-    rul_space = SearchSpace(kind=["cnn", "gbm"], lr=[1e-2], epochs=cfg.epochs, seed=cfg.seed)
-    train = run_train(settings, ingest["snapshot_id"], rul_space)
-    step(4, "evaluating challengers against champions")
-    evaluation = run_evaluate(settings, ingest["snapshot_id"])
-    step(5, "training health (anomaly) models per class on Ray Tune, gated and promoted")
+    step(3, "training one RUL model per class, and beside it a health model per class, on Ray Tune")
+    snapshot = ingest["snapshot_id"]
+    # The two searches run at once and share the CPUs: alone, each leaves about one of two
+    # cores idle (trial start-up, checkpoints, registration). Their MLflow experiment is
+    # made here, once, so that the two do not race to create it.
+    Registry(settings.tracking_uri, settings.artifact_root).experiment(EXPERIMENT)
     space = AnomalySearchSpace(lr=[1e-2], epochs=cfg.health_epochs, seed=cfg.seed)
-    health = run_train_anomaly(settings, ingest["snapshot_id"], space, promote=True)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-health") as pool:
+        health_job = pool.submit(run_train_anomaly, settings, snapshot, space, promote=True)
+        # A network and boosted trees per class, the better on the validation pumps kept.
+        rul_space = SearchSpace(kind=["cnn", "gbm"], lr=[1e-2], epochs=cfg.epochs, seed=cfg.seed)
+        train = run_train(settings, snapshot, rul_space)
+        step(4, "evaluating challengers against champions")
+        evaluation = run_evaluate(settings, snapshot)
+        step(5, "health (anomaly) models per class: gated and promoted")
+        health = health_job.result()
     step(6, "exporting ONNX edge bundles")
     export = run_export(settings)
     step(7, "serving on Ray Serve and scoring over HTTP")
     # The demo makes its own API key (kept in memory; only its digest reaches Serve).
     api_key = new_key()
     secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(new_key()),))
-    url = serve_run.start(settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets)
+    # Production only: the demo never uses the /staging app that `pumpfleet serve` adds.
+    url = serve_run.start(
+        settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets, staging=False
+    )
     try:
         served = [c for c, r in evaluation["classes"].items() if r["champion"]]
         drifted = drift_class(settings, served)
@@ -293,140 +308,14 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         "drift_class": drifted,
         "demo_days": cfg.days,
         "seconds": round(time.monotonic() - t0, 1),
-    }
-
-
-def summary_text(result: dict[str, Any]) -> str:
-    ing = result["ingest"]
-    ev = result["evaluate"]["classes"]
-    tr = result["train"]["classes"]
-    ex = result["export"]["bundles"]
-    mon = result["monitor"]
-    rows = []
-    for cls in sorted(ev):
-        e = ev[cls]
-        m = mon["classes"].get(cls, {})
-        verdict = "DRIFT: " + ",".join(m["drifted_features"]) if m.get("drifted") else "ok"
-        rows.append(
-            [
-                cls,
-                sum(ing["windows"][cls].values()),
-                f"{tr[cls]['val_rmse']:.1f}" if cls in tr else "-",
-                f"{e['challenger_report']['rmse']:.1f}",
-                f"{e['baseline_report']['rmse']:.1f}",
-                f"v{e['champion']}" if e["champion"] else "-",
-                f"v{e['challenger']}",
-                ex[cls]["bundle"].rsplit("/", 1)[-1] if cls in ex else "-",
-                m.get("analysis_rows", 0),
-                verdict if m else "-",
-            ]
-        )
-    table = format_table(
-        [
-            "class",
-            "windows",
-            "val RMSE h",
-            "holdout RMSE h",
-            "baseline RMSE h",
-            "champion",
-            "challenger",
-            "bundle",
-            "served",
-            "drift",
+        # seconds from each step's start to the next's (the last: to the end)
+        "step_seconds": [
+            round(b - a, 1)
+            for (_, a), (_, b) in zip(
+                cfg.steps, [*cfg.steps[1:], ("end", time.monotonic())], strict=True
+            )
         ],
-        rows,
-    )
-    serve = result["serve"]
-    lines = [
-        "",
-        "pumpfleet demo: summary",
-        f"rows ingested: {ing['rows_in']} ({ing['rows_valid']} valid, "
-        f"{ing['rows_quarantined']} quarantined) · snapshot {ing['snapshot_id']}"
-        f"{' (up to date, reused)' if ing.get('up_to_date') else ''} · "
-        f"{result['train']['trials']} Tune trials",
-        "",
-        table,
-        "",
-        f"requests served per arm: {serve['arms']} · HTTP status counts: {serve['status']} · "
-        f"logged: {serve['logged']}",
-        f"drifted classes: {', '.join(mon['drifted_classes']) or 'none'} "
-        f"(demo injects +{DRIFT_FACTOR - 1:.0%} on {result['drift_class']} {DRIFT_CHANNEL} "
-        "in the later two thirds of the requests)",
-        *health_lines(result),
-        *work_list_lines(result.get("work_list"), result.get("board_url")),
-        *loop_lines(result),
-        f"bundles: {', '.join(b['bundle'] for b in ex.values())}",
-        f"bundle signing public key: {result['export']['public_key_file']}",
-        f"drift report: {mon['report']}",
-        f"fleet drift map: {mon['drift_map']}",
-        f"wall time: {result['seconds']} s",
-    ]
-    return "\n".join(lines)
-
-
-def health_lines(result: dict[str, Any]) -> list[str]:
-    """The health models: which were promoted, and what share of windows each flagged
-    before the drift and after."""
-    trained, rates = result["health"]["classes"], result["health_rates"]
-
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.0%}"
-
-    kept = [c for c in sorted(trained) if not trained[c].get("promoted")]
-    lines = [
-        f"health model: {c} v{r['version']} flags {pct(r['calm'])} of windows before the "
-        f"drift ({pct(r.get('calm_false'))} of those from pumps running as new), "
-        f"{pct(r['later'])} after"
-        f"{' (the drifted class)' if c == result['drift_class'] else ''}"
-        for c, r in sorted(rates.items())
-    ]
-    if kept:
-        why = [f"{c} ({trained[c].get('promotion') or trained[c].get('gate')})" for c in kept]
-        lines.append(f"health models kept out: {', '.join(why)}")
-    return lines
-
-
-def loop_lines(result: dict[str, Any]) -> list[str]:
-    """The closed loop in the summary: alert → retrain → A/B → promotion."""
-    mon, loop = result["monitor"], result["closed_loop"]
-    lines = []
-    for c in mon["alerting_classes"]:
-        s = mon["classes"][c]
-        lines.append(
-            f"monitor: {c} alerts from chunk {s['detected_at_chunk']} of {s['chunks']} "
-            f"({', '.join(s['drifted_features']) or 'multivariate'}); estimated RUL MAE "
-            f"{s['estimated'].get('mae', float('nan')):.1f} h in the last chunk"
-        )
-    for t in mon["triggers"]:
-        lines.append(f"trigger: {t['pump_class']}: {'retrain' if t['start'] else 'none'} "
-                     f"({t['reason']})")  # fmt: skip
-    if loop is None:
-        return [*lines, "closed loop: no retrain was triggered"]
-    ab = loop["ab"]
-    lo, hi = ab["ci"]
-    return [
-        *lines,
-        f"retrain: the next {result['demo_days']} days ({loop['new_readings']} readings, "
-        f"{loop['pump_class']} {DRIFT_CHANNEL} +{DRIFT_FACTOR - 1:.0%} throughout) → snapshot "
-        f"{loop['snapshot_id']} → {loop['pump_class']} challenger v{loop['challenger']}",
-        f"A/B on post-drift data ({ab['windows']} windows of {ab['pumps']} pumps, paired): "
-        f"champion v{ab['champion']} RMSE {ab['champion_rmse']:.1f} h, challenger "
-        f"v{ab['challenger']} {ab['challenger_rmse']:.1f} h, difference "
-        f"{ab['difference']:.1f} h [{lo:.1f}, {hi:.1f}] → {ab['verdict']}",
-        *(
-            [
-                f"health model retrained on the new data: {loop['pump_class']} "
-                f"v{loop['health']['version']} registered as challenger ({loop['health']['gate']})"
-                if loop["health"].get("registered")
-                else f"health model not retrained: {loop['health'].get('gate')}"
-            ]
-            if loop.get("health")
-            else []
-        ),
-        f"promotion: v{loop['challenger']} "
-        f"{'promoted' if loop['promoted'] else 'not promoted'} by the gates "
-        f"({loop['decision']}); champion now v{loop['champion_after']}",
-    ]
+    }
 
 
 def shutdown() -> None:

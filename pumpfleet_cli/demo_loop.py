@@ -22,6 +22,10 @@ from pumpfleet.snapshot import open_snapshot
 
 log = logging.getLogger(__name__)
 
+# The demo's story: ESP motor-temperature sensors were recalibrated and now read 15 %
+# high. The monitor should flag that class, and only that one.
+DRIFT_CLASS, DRIFT_CHANNEL, DRIFT_FACTOR = "esp", "motor_temp", 1.15
+
 
 class InProcessJobs:
     """The demo's job server: it records what the monitor submits, and the demo runs it

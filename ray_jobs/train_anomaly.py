@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 ANOMALY_METRICS = ("train_loss", "val_loss")  # logged per epoch
 
 
-def _trial(config: dict[str, Any], data: dict[str, Any]) -> None:
+# Named apart from ray_jobs.train's ``_trial``: Tune registers a trainable under its
+# function's name, so two searches at once (the demo's) would otherwise run one function.
+def _anomaly_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     torch.set_num_threads(1)  # one thread per trial: threads fight on shared cores
     d = data[config["pump_class"]]
     cfg = anomaly_config(config)
@@ -82,7 +84,7 @@ def run_train_anomaly(
     name = f"train-anomaly-{snap.id}-{int(time.time())}"
     tracking = MlflowTracking(settings, parent, tags, settings.tune_dir / name, ANOMALY_METRICS)
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(_trial, data=data), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(_anomaly_trial, data=data), {"cpu": 1}),
         param_space=space.param_space(names),
         tune_config=tune.TuneConfig(
             metric="val_loss", mode="min", max_concurrent_trials=cluster_cpus(), reuse_actors=False
