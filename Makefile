@@ -40,7 +40,7 @@ demo: $(STAMP)
 	$(BIN)/pumpfleet demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout=900 --durations=15 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q --timeout=900 --durations=15 -n 2
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

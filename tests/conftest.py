@@ -67,8 +67,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_session() -> object:
-    """One local Ray for the whole test session (integration and e2e); under ``make
-    test``'s two pytest-xdist workers (``--dist loadfile``), one per worker."""
+    """One local Ray for the whole test session (integration and e2e: under ``make
+    test``'s two pytest-xdist workers, all on one, :func:`pytest_xdist_make_scheduler`)."""
     import ray
 
     # Serve as `pumpfleet serve` runs it, with no load balancer to drain for
@@ -85,3 +85,21 @@ def ray_session() -> object:
     )
     yield ray
     ray.shutdown()
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``make test`` runs on two pytest-xdist workers: every integration and end-to-end
+    test on one of them, in collection order (they share that worker's one local Ray, a
+    docs page's blocks run in turn, and no two Serve instances or their HAProxy front
+    doors run at once), the unit tests (which never start Ray) file by file on either.
+    xdist's own ``--dist loadgroup`` would say so by marks, but it renames node ids in a
+    way pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.startswith("tests/unit/"):
+                return nodeid.split("::", 1)[0]
+            return "ray"
+
+    return RayTestsTogether(config, log)
