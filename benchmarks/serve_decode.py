@@ -26,43 +26,12 @@ from typing import Any
 import numpy as np
 from starlette.responses import JSONResponse
 
+from benchmarks.serve_harness import CLASS, WINDOW, arrow_batch, bodies, cnn, esp_spec
 from pumpfleet.features import FeatureSpec
 from pumpfleet.routing import Arm
-from pumpfleet.schema import CLASS_CHANNELS
 from pumpfleet.tables import format_table
 from serve_apps import batch
 from serve_apps.model_set import ServedClass, ServedModel
-
-WINDOW = 24
-CLASS = "esp"
-
-
-def _spec() -> FeatureSpec:
-    channels = [str(c) for c in CLASS_CHANNELS[CLASS]]
-    return FeatureSpec(
-        pump_class=CLASS,
-        channels=channels,
-        window=WINDOW,
-        stride=4,
-        interval_seconds=3600,
-        rul_cap_hours=168,
-        horizon_hours=48,
-        mean=[50.0] * len(channels),
-        std=[10.0] * len(channels),
-    )
-
-
-def _items(spec: FeatureSpec, n: int) -> list[dict[str, Any]]:
-    """The JSON batch of ``benchmarks.serve_load``: readings rounded to 3 decimals."""
-    rng = np.random.default_rng(1)
-    return [
-        {
-            "pump_id": f"{CLASS}-{i:05d}",
-            "pump_class": CLASS,
-            "readings": {c: list(rng.normal(50, 10, WINDOW).round(3)) for c in spec.inputs},
-        }
-        for i in range(n)
-    ]
 
 
 def _broken(items: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
@@ -86,37 +55,12 @@ def _broken(items: list[dict[str, Any]], share: float) -> list[dict[str, Any]]:
     return out
 
 
-def _arrow(spec: FeatureSpec, n: int) -> bytes:
-    """The Arrow batch of ``benchmarks.serve_load``."""
-    import pyarrow as pa
-
-    rng = np.random.default_rng(2)
-    windows = rng.normal(50, 10, (n, WINDOW * len(spec.inputs)))
-    table = pa.table(
-        {
-            "pump_id": [f"{CLASS}-{i:05d}" for i in range(n)],
-            "pump_class": [CLASS] * n,
-            "window": pa.array(list(windows), type=pa.list_(pa.float64())),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
 def _classes(spec: FeatureSpec) -> dict[str, ServedClass]:
     """The class served as ``benchmarks.serve_load`` serves it: one CNN of the default
     size as champion and challenger, in onnxruntime on one thread."""
-    import torch
+    from pumpfleet import runtime
 
-    from pumpfleet import onnx_io, runtime
-    from pumpfleet.models import ModelConfig, build_model
-
-    torch.manual_seed(0)
-    model = build_model(spec.n_channels, ModelConfig())
-    model.eval()
-    run = runtime.onnx_runner(onnx_io.to_onnx(model, WINDOW, spec.n_channels), threads=1)
+    run = runtime.onnx_runner(cnn(spec)[1], threads=1)
     arms = {Arm.CHAMPION: ServedModel("1", spec, run), Arm.CHALLENGER: ServedModel("2", spec, run)}
     return {CLASS: ServedClass(arms, weight=0.2)}
 
@@ -184,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bad", type=float, default=0.01, help="share of broken items")
     args = parser.parse_args(argv)
 
-    spec = _spec()
-    clean = _items(spec, args.batch)
+    spec = esp_spec()
+    clean = bodies(spec, args.batch)
     body = json.dumps({"items": clean}).encode()
     mixed = json.dumps({"items": _broken(clean, args.bad)}).encode()
-    arrow = _arrow(spec, args.batch)
+    arrow = arrow_batch(spec, args.batch)
     classes = _classes(spec)
     for b in (body, mixed):
         _same(_windows(today_json(b), spec), _windows(batch.decode_json(b), spec))

@@ -30,27 +30,40 @@ TIMEOUT = 30.0  # seconds a client waits for an answer before it counts it unans
 REPLICA_TITLE = b"ray::ServeReplica:pumpfleet:PumpScorer"
 
 
-def register_models(settings: Any) -> Any:
-    """An untrained CNN of the default size on the esp channels, registered twice
-    (champion and challenger: A/B routing sends pumps to both); its feature spec and
-    ONNX bytes."""
-    import torch
-
-    from pumpfleet import onnx_io
+def esp_spec() -> Any:
+    """The feature spec the serving benchmarks score: the esp channels, 24 steps."""
     from pumpfleet.features import FeatureSpec
-    from pumpfleet.models import ModelConfig, build_model
-    from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
     from pumpfleet.schema import CLASS_CHANNELS
 
-    torch.manual_seed(0)
-    channels = list(CLASS_CHANNELS[CLASS])
-    spec = FeatureSpec(
+    channels = [str(c) for c in CLASS_CHANNELS[CLASS]]
+    return FeatureSpec(
         pump_class=CLASS, channels=channels, window=WINDOW, stride=4, interval_seconds=3600,
         rul_cap_hours=168, horizon_hours=48, mean=[50.0] * len(channels),
         std=[10.0] * len(channels),
     )  # fmt: skip
+
+
+def cnn(spec: Any) -> tuple[Any, bytes]:
+    """An untrained CNN of the default size for ``spec`` (seeded) and its ONNX."""
+    import torch
+
+    from pumpfleet import onnx_io
+    from pumpfleet.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
     model = build_model(spec.n_channels, ModelConfig()).eval()
-    onnx = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
+    return model, onnx_io.to_onnx(model, WINDOW, spec.n_channels)
+
+
+def register_models(settings: Any) -> Any:
+    """An untrained CNN of the default size on the esp channels, registered twice
+    (champion and challenger: A/B routing sends pumps to both); its feature spec and
+    ONNX bytes."""
+    from pumpfleet.models import ModelConfig
+    from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
+
+    spec = esp_spec()
+    model, onnx = cnn(spec)
     reg = Registry(settings.tracking_uri, settings.artifact_root)
     run = reg.start_run("pumpfleet-bench", "front-door")
     uri = reg.log_model(run, onnx, spec, model.state_dict(), ModelConfig().model_dump())
@@ -72,6 +85,24 @@ def bodies(spec: Any, n: int = 256, seed: int = 1) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
+
+
+def arrow_batch(spec: Any, n: int = 1000) -> bytes:
+    """A batch of ``n`` windows as an Arrow IPC stream (pump id, class, flat window)."""
+    import pyarrow as pa
+
+    from pumpfleet.ingest_block import to_ipc
+
+    rng = np.random.default_rng(2)
+    windows = rng.normal(50, 10, (n, WINDOW * len(spec.inputs))).astype(np.float64)
+    table = pa.table(
+        {
+            "pump_id": [f"{CLASS}-{i:05d}" for i in range(n)],
+            "pump_class": [CLASS] * n,
+            "window": pa.array(list(windows), type=pa.list_(pa.float64())),
+        }
+    )
+    return to_ipc(table)
 
 
 def raw(

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.serve_harness import arrow_batch, bodies, register_models
 from benchmarks.serve_load_report import report
 
 WINDOW = 24
@@ -50,51 +51,11 @@ TIMEOUT = 10.0  # seconds a client waits for an answer before it counts a failur
 def _model(home: Path) -> tuple[Any, bytes, Any]:
     """A CNN of the default size on the esp channels, registered twice (champion and
     challenger) in a fresh MLflow under ``home``; its spec, ONNX and the settings."""
-    import torch
-
-    from pumpfleet import onnx_io
-    from pumpfleet.features import FeatureSpec
-    from pumpfleet.models import ModelConfig, build_model
-    from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
-    from pumpfleet.schema import CLASS_CHANNELS
     from pumpfleet.settings import Settings
 
-    torch.manual_seed(0)
-    channels = list(CLASS_CHANNELS[CLASS])
-    spec = FeatureSpec(
-        pump_class=CLASS,
-        channels=channels,
-        window=WINDOW,
-        stride=4,
-        interval_seconds=3600,
-        rul_cap_hours=168,
-        horizon_hours=48,
-        mean=[50.0] * len(channels),
-        std=[10.0] * len(channels),
-    )
-    model = build_model(spec.n_channels, ModelConfig()).eval()
-    onnx = onnx_io.to_onnx(model, WINDOW, spec.n_channels)
     settings = Settings(home=home)
-    reg = Registry(settings.tracking_uri, settings.artifact_root)
-    run = reg.start_run("pumpfleet-bench", "serve-load")
-    uri = reg.log_model(run, onnx, spec, model.state_dict(), ModelConfig().model_dump())
-    reg.end_run(run)
-    name = model_name(CLASS)
-    reg.set_alias(name, CHAMPION, reg.register(uri, name))
-    reg.set_alias(name, CHALLENGER, reg.register(uri, name))
+    spec, onnx = register_models(settings)
     return spec, onnx, settings
-
-
-def _bodies(spec: Any, n: int = 256) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(1)
-    return [
-        {
-            "pump_id": f"{CLASS}-{i:05d}",
-            "pump_class": CLASS,
-            "readings": {c: list(rng.normal(50, 10, WINDOW).round(3)) for c in spec.inputs},
-        }
-        for i in range(n)
-    ]
 
 
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
@@ -202,24 +163,6 @@ def _batch_rate(url: str, headers: dict[str, str], body: bytes, ctype: str, reps
         return BATCH * reps / (time.perf_counter() - t)
 
 
-def _arrow_batch(spec: Any) -> bytes:
-    import pyarrow as pa
-
-    rng = np.random.default_rng(2)
-    windows = rng.normal(50, 10, (BATCH, WINDOW * len(spec.inputs))).astype(np.float64)
-    table = pa.table(
-        {
-            "pump_id": [f"{CLASS}-{i:05d}" for i in range(BATCH)],
-            "pump_class": [CLASS] * BATCH,
-            "window": pa.array(list(windows), type=pa.list_(pa.float64())),
-        }
-    )
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
 def _in_process(spec: Any, onnx: bytes, seconds: float) -> dict[str, Any]:
     from pumpfleet import runtime
     from pumpfleet.features import decode_outputs, window_features
@@ -325,9 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     plain: subprocess.Popen[bytes] | None = None
     try:
         spec, onnx, settings = _model(home)
-        bodies = _bodies(spec)
-        json_batch = httpx.Request("POST", "/", json={"items": _bodies(spec, BATCH)}).content
-        arrow_batch = _arrow_batch(spec)
+        singles = bodies(spec)
+        json_batch = httpx.Request("POST", "/", json={"items": bodies(spec, BATCH)}).content
+        arrow_body = arrow_batch(spec)
         model_dir = home / "plain"
         model_dir.mkdir()
         (model_dir / "model.onnx").write_bytes(onnx)
@@ -346,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         plain_url = f"http://127.0.0.1:{port}"
         _wait_http(plain_url, plain)
         for n in args.concurrency:
-            rows[f"fastapi@{n}"] = asyncio.run(_load(plain_url, {}, bodies, n, args.seconds))
+            rows[f"fastapi@{n}"] = asyncio.run(_load(plain_url, {}, singles, n, args.seconds))
         rows["fastapi@batch"] = {
             "json": _batch_rate(plain_url, {}, json_batch, "application/json", args.batches)
         }
@@ -364,17 +307,19 @@ def main(argv: list[str] | None = None) -> None:
             settings, port, 0.5, secrets=secrets_, num_replicas=args.replicas, staging=False,
         )  # fmt: skip
         _wait_http(url)
-        httpx.post(f"{url}/v1/score", json=bodies[0], headers=headers).raise_for_status()
+        httpx.post(f"{url}/v1/score", json=singles[0], headers=headers).raise_for_status()
         direct = _direct_urls(args.replicas, headers)
         proxy = f"http://127.0.0.1:{os.environ['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT']}"
         for n in args.concurrency:
-            rows[f"door@{n}"] = asyncio.run(_load(url, headers, bodies, n, args.seconds))
-            rows[f"serve@{n}"] = asyncio.run(_load(direct or url, headers, bodies, n, args.seconds))
-            rows[f"proxy@{n}"] = asyncio.run(_load(proxy, headers, bodies, n, args.seconds))
+            rows[f"door@{n}"] = asyncio.run(_load(url, headers, singles, n, args.seconds))
+            rows[f"serve@{n}"] = asyncio.run(
+                _load(direct or url, headers, singles, n, args.seconds)
+            )
+            rows[f"proxy@{n}"] = asyncio.run(_load(proxy, headers, singles, n, args.seconds))
         rows["serve@batch"] = {
             "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
             "arrow": _batch_rate(
-                url, headers, arrow_batch, "application/vnd.apache.arrow.stream", args.batches
+                url, headers, arrow_body, "application/vnd.apache.arrow.stream", args.batches
             ),
         }
 
@@ -409,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.batches_only:
             rows["serve@chaos"] = asyncio.run(
-                _load(url, headers, bodies, 16, args.seconds * 1.5, chaos)
+                _load(url, headers, singles, 16, args.seconds * 1.5, chaos)
             )
             rows["serve@chaos"]["events"] = events
         serve_run.stop()

@@ -17,27 +17,16 @@ import pytest
 
 from pumpfleet import devices
 from pumpfleet import fleet_views as views
-from pumpfleet.features import FeatureSpec
 from pumpfleet.routing import Arm
 from serve_apps.model_set import ServedClass, ServedModel
 from serve_apps.schemas import FleetConfig
 from serve_apps.security import digest
 from tests.postgres_server import fleet_url, pg_server  # noqa: F401 (fixtures)
-from tests.serve_inproc import InProcessService, config
+from tests.serve_inproc import InProcessService, config, esp_spec
 
 KEY = "scoring-key-0123456789"
 W = 4
-SPEC = FeatureSpec(
-    pump_class="esp",
-    channels=["motor_temp", "flow"],
-    window=W,
-    stride=1,
-    interval_seconds=3600,
-    rul_cap_hours=100.0,
-    horizon_hours=24.0,
-    mean=[80.0, 1000.0],
-    std=[10.0, 100.0],
-)
+SPEC = esp_spec(W)
 
 
 def run(x: np.ndarray) -> np.ndarray:

@@ -16,23 +16,14 @@ from starlette.responses import JSONResponse
 from pumpfleet.features import FeatureSpec
 from serve_apps import batch, json_decode
 from serve_apps.errors import InvalidFields
+from tests.serve_inproc import esp_spec
 from tests.unit.test_serve_batch import run_batch, served
 
 W = 4
 
 
 def spec() -> FeatureSpec:
-    return FeatureSpec(
-        pump_class="esp",
-        channels=["motor_temp", "flow"],
-        window=W,
-        stride=1,
-        interval_seconds=3600,
-        rul_cap_hours=100.0,
-        horizon_hours=24.0,
-        mean=[80.0, 80.0],
-        std=[10.0, 10.0],
-    )
+    return esp_spec(W, mean=(80.0, 80.0), std=(10.0, 10.0))
 
 
 def good(pump: str = "p1", values: list[Any] | None = None) -> dict[str, Any]:

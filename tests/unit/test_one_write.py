@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -83,41 +85,36 @@ def impl(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _serve(mode: str, impl: str) -> tuple[subprocess.Popen[bytes], int]:
+@contextmanager
+def _server(mode: str, impl: str) -> Iterator[int]:
+    """The server of ``SERVER`` (``mode`` "joined" or "plain") on a free port, killed at
+    the end whatever happened to it."""
     port = _port()
     proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), mode, impl], cwd=ROOT)
-    return proc, port
-
-
-def test_a_server_killed_between_head_and_body_has_sent_nothing(impl: str) -> None:
-    proc, port = _serve("joined", impl)
     try:
-        (got,) = _ask(port, ["/die"])
+        yield port
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_server_killed_between_head_and_body_has_sent_nothing(impl: str) -> None:
+    with _server("joined", impl) as port:
+        (got,) = _ask(port, ["/die"])
     assert got == b""  # the front door's "empty response": it retries elsewhere
 
 
 def test_without_it_the_head_goes_out_alone(impl: str) -> None:
     """The failure this module exists for, reproduced on uvicorn as it is."""
-    proc, port = _serve("plain", impl)
-    try:
+    with _server("plain", impl) as port:
         (got,) = _ask(port, ["/die"])
-    finally:
-        proc.kill()
-        proc.wait()
     assert got.startswith(b"HTTP/1.1 200 OK\r\n") and got.endswith(b"\r\n\r\n")
     assert b"hello" not in got
 
 
 def test_answers_are_unchanged_whole_and_streamed(impl: str) -> None:
-    proc, port = _serve("joined", impl)
-    try:
+    with _server("joined", impl) as port:
         plain, streamed, again = _ask(port, ["/ok", "/stream", "/ok"])
-    finally:
-        proc.kill()
-        proc.wait()
     assert plain.startswith(b"HTTP/1.1 200 OK\r\n") and plain.endswith(b"\r\n\r\nhello")
     assert again.endswith(b"\r\n\r\nhello")  # the connection goes on as before
     assert streamed.startswith(b"HTTP/1.1 200 OK\r\n")

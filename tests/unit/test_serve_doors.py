@@ -21,7 +21,6 @@ import pyarrow as pa
 import pytest
 
 from pumpfleet import devices, records
-from pumpfleet.features import FeatureSpec
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.routing import Arm
 from serve_apps import doors
@@ -29,21 +28,12 @@ from serve_apps.model_set import ModelSet, ServedClass, ServedModel
 from serve_apps.schemas import ARROW_STREAM, ScoringConfig
 from serve_apps.scoring import PumpScorer
 from serve_apps.security import digest
+from tests.serve_inproc import esp_spec
 
 KEY = "scoring-key-0123456789"
 TOKEN = "admin-token-0123456789"
 W = 4
-SPEC = FeatureSpec(
-    pump_class="esp",
-    channels=["motor_temp", "flow"],
-    window=W,
-    stride=1,
-    interval_seconds=3600,
-    rul_cap_hours=100.0,
-    horizon_hours=24.0,
-    mean=[80.0, 1000.0],
-    std=[10.0, 100.0],
-)
+SPEC = esp_spec(W)
 SMALL = 4096  # the small body limit in these tests
 LARGE = 65536
 
