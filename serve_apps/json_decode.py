@@ -87,6 +87,19 @@ def _pump_id_ok(value: str) -> bool:
     return True
 
 
+def single(body: bytes) -> tuple[str, str, Readings] | None:
+    """A ``/v1/score`` body's pump id, class and readings, where msgspec proves it valid
+    (as :func:`decode` proves a batch's item) and it asks for no explanation; None for
+    any other body, which the route decodes with pydantic (and answers its errors)."""
+    try:
+        item = _ITEM.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if item.explain or not (_pump_id_ok(item.pump_id) and _class_ok(item.pump_class)):
+        return None
+    return item.pump_id, item.pump_class, item.readings
+
+
 class NotABatch(Exception):
     """msgspec could not split the body into items: pydantic decides."""
 

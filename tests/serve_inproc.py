@@ -92,6 +92,7 @@ class InProcessService:
         self._patch = mock.patch.object(serve, "get_replica_context", lambda: context)
         self._patch.start()
         self.app.state.config = config
+        self.app.state.score_one = scorer.score_body  # as the replica's __init__ sets it
         scorer._load_devices()
         port = _free_port()
         self.server = uvicorn.Server(

@@ -89,6 +89,8 @@ class Service:
         context = SimpleNamespace(servable_object=scorer)
         monkeypatch.setattr(serve, "get_replica_context", lambda: context)
         monkeypatch.setattr(app.state, "config", cfg, raising=False)
+        # the hot route's lean path, as the replica's __init__ sets it
+        monkeypatch.setattr(app.state, "score_one", scorer.score_body, raising=False)
         monkeypatch.setattr(
             app.state, "devices", devices.Verifier(devices.DeviceBook()), raising=False
         )
@@ -579,3 +581,94 @@ def test_a_failing_flush_or_refresh_is_logged_with_its_traceback_and_the_loop_go
     token = service.issue("dev-1")
     guarded("refresh", service.scorer._refresh)
     assert service.post("/v1/edge/upload", upload("dev-1", "b1"), {"x-api-key": token})[0] == 200
+
+
+# --- the hot route's lean path ----------------------------------------------------------
+
+
+def _raw(service: Service, payload: Any) -> tuple[int, bytes, dict[bytes, bytes]]:
+    """(status, body bytes, headers) of a /v1/score call."""
+    h = {"x-api-key": KEY, "content-type": "application/json"}
+    sent: list[dict[str, Any]] = []
+    data = json.dumps(payload).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/score", "raw_path": b"/v1/score", "root_path": "",
+        "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+        "headers": [(k.encode(), v.encode()) for k, v in h.items()]
+        + [(b"content-length", str(len(data)).encode())],
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": data, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return (
+        sent[0]["status"],
+        b"".join(m.get("body", b"") for m in sent[1:]),
+        dict(sent[0]["headers"]),
+    )
+
+
+def test_the_lean_path_answers_the_bytes_and_headers_of_the_route(service: Service) -> None:
+    readings = {"motor_temp": [80.5, None, 81.0, 82.25], "flow": [1000, 1001.5, 999.0, 1e3]}
+    taken: list[bytes] = []
+    lean = service.scorer.score_body
+
+    def counted(body: bytes) -> bytes | None:
+        out = lean(body)
+        if out is not None:
+            taken.append(out)
+        return out
+
+    app.state.score_one = counted
+    status, fast, fast_headers = _raw(service, item("esp-ü 7", readings))
+    assert status == 200 and len(taken) == 1
+    app.state.score_one = None  # the route alone, as before
+    try:
+        status, routed, routed_headers = _raw(service, item("esp-ü 7", readings))
+    finally:
+        app.state.score_one = lean
+    assert status == 200
+    assert fast == routed
+    assert fast_headers == routed_headers
+    assert json.loads(fast)["rul_hours"] == pytest.approx(25.0)
+    service.scorer.log.flush()
+    rows = pa.concat_tables(
+        pa.parquet.read_table(p) for p in sorted((service.root / "predictions").rglob("*.parquet"))
+    )
+    assert rows.column("pump_id").to_pylist() == ["esp-ü 7", "esp-ü 7"]  # each logged once
+
+
+@pytest.mark.parametrize(
+    "payload, loc, words",
+    [
+        (item(readings={"motor_temp": ["80"] * W, "flow": [1000.0] * W}), "motor_temp", "number"),
+        ({**item(), "extra": 1}, "extra", "Extra inputs"),
+        (item(pump=""), "pump_id", ""),
+        ({**item(), "pump_class": "esp\n"}, "pump_class", "pattern"),
+        (item(readings={"motor_temp": [80.0] * (W - 1), "flow": [1000.0] * W}), "readings", ""),
+        ({**item(), "pump_class": "rod"}, "pump_class", "unserved"),
+    ],
+)
+def test_what_the_lean_path_does_not_take_the_route_answers_as_before(
+    service: Service, payload: dict[str, Any], loc: str, words: str
+) -> None:
+    taken: list[bytes | None] = []
+    lean = service.scorer.score_body
+    app.state.score_one = lambda body: taken.append(lean(body)) or taken[-1]
+    status, answer = service.post("/v1/score", payload)
+    assert taken == [None]
+    assert status == 422
+    detail = answer["detail"][0]
+    assert loc in detail["loc"] and words in detail["msg"]
+    service.scorer.log.flush()
+    assert not list((service.root / "predictions").rglob("*.parquet"))  # nothing logged
+
+
+def test_an_explanation_is_the_routes_to_give(service: Service) -> None:
+    status, answer = service.post("/v1/score", {**item(), "explain": True})
+    assert status == 200 and answer["explanation"] is not None
