@@ -255,40 +255,65 @@ def stuck_in_pumps(values: np.ndarray, same_pump: np.ndarray, after: int) -> np.
 
 # A sorting network of five (Knuth's nine comparators): after it, a[0] <= ... <= a[4].
 _NETWORK = ((0, 1), (3, 4), (2, 4), (2, 3), (0, 3), (0, 2), (1, 4), (1, 3), (1, 2))
+# The bound test's margin, far above float rounding (2**-53 per operation): a row it
+# passes is no spike however the exact median's test rounds.
+_SURE = 1.0 - 2.0**-20
+
+
+def _clear_of_spikes(values: np.ndarray, same_pump: np.ndarray, ratio: float) -> np.ndarray:
+    """Rows that no median of their five can make a spike, found without the median:
+    five present positive values of one pump, the centre within ``ratio`` (less a
+    margin) of both their least and their greatest. ``|v - m| - ratio * m`` is convex
+    in ``m``, so it is no greater at the median, which lies between them."""
+    n = len(values)
+    sure = np.zeros(n, dtype=bool)
+    if n < 5:
+        return sure
+    lo = np.minimum(values[:-1], values[1:])  # NaN propagates: a missing value decides nothing
+    hi = np.maximum(values[:-1], values[1:])
+    lo = np.minimum(np.minimum(lo[:-2], lo[2:])[:-1], values[4:])  # rows i-2..i+2 of row i
+    hi = np.maximum(np.maximum(hi[:-2], hi[2:])[:-1], values[4:])
+    one = same_pump[:-1] & same_pump[1:]
+    one = one[:-2] & one[2:]
+    centre = values[2:-2]
+    limit = ratio * _SURE
+    with np.errstate(invalid="ignore"):
+        ok = one & (lo > 0) & (hi < np.inf)
+        ok &= np.abs(centre - lo) <= limit * lo
+        ok &= np.abs(centre - hi) <= limit * hi
+    sure[2:-2] = ok
+    return sure
 
 
 def spikes_in_pumps(values: np.ndarray, same_pump: np.ndarray, ratio: float) -> np.ndarray:
     """:func:`pumpfleet.validation.spikes` of each pump's run of rows at once: the
     centred median of five (of three or four at a pump's ends, or where neighbours are
-    missing; none below three), as pandas' rolling median gives it, bit for bit."""
+    missing; none below three), as pandas' rolling median gives it, bit for bit. The
+    median is sorted out only for the rows a bound test cannot clear (a spike, a pump's
+    ends, missing neighbours)."""
     n = len(values)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
+    out = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(~_clear_of_spikes(values, same_pump, ratio))
+    if not len(rows):
+        return out
     # Neighbours at -2..2 within the pump; a missing one is +inf, which sorts last, so
-    # the k present values are the k smallest.
-    present = ~np.isnan(values)
-    lanes = []
+    # the k present values are the k smallest. Padded by two on each side.
+    padded = np.full(n + 4, np.nan)
+    padded[2:-2] = values
+    linked = np.zeros(n + 3, dtype=bool)  # linked[i + 2]: rows i and i + 1 are one pump's
+    linked[2 : n + 1] = same_pump
+    at = rows + 2
+    own = padded[at]
+    present = ~np.isnan(own)
     count = present.astype(np.int8)
-    for d in (-2, -1, 1, 2):
-        lane = np.full(n, np.inf)
-        ok = np.zeros(n, dtype=bool)
-        if d < 0:
-            k = -d
-            if n > k:
-                inside = same_pump[k - 1 :] if k == 1 else same_pump[1:] & same_pump[:-1]
-                ok[k:] = inside & present[:-k]
-                lane[k:] = values[:-k]
-        else:
-            k = d
-            if n > k:
-                inside = same_pump[: n - k] if k == 1 else same_pump[1:] & same_pump[:-1]
-                ok[:-k] = inside & present[k:]
-                lane[:-k] = values[k:]
-        lane[~ok] = np.inf
+    lanes = []
+    for d, path in ((-2, (-1, -2)), (-1, (-1,)), (1, (0,)), (2, (0, 1))):
+        ok = ~np.isnan(padded[at + d])
+        for step in path:
+            ok &= linked[at + step]
         count += ok
-        lanes.append(lane)
-    own = np.where(present, values, np.inf)
-    a = [lanes[0], lanes[1], own, lanes[2], lanes[3]]
+        lanes.append(np.where(ok, padded[at + d], np.inf))
+    a = [lanes[0], lanes[1], np.where(present, own, np.inf), lanes[2], lanes[3]]
     for i, j in _NETWORK:
         lo = np.minimum(a[i], a[j])
         np.maximum(a[i], a[j], out=a[j])
@@ -296,7 +321,8 @@ def spikes_in_pumps(values: np.ndarray, same_pump: np.ndarray, ratio: float) -> 
     with np.errstate(invalid="ignore"):
         med = np.where(count == 5, a[2], np.where(count == 4, (a[2] + a[1]) / 2, a[1]))
         med[count < 3] = np.nan
-        return np.asarray(np.abs(values - med) > ratio * np.abs(med))
+        out[rows] = np.abs(own - med) > ratio * np.abs(med)
+    return out
 
 
 def to_ipc(table: pa.Table) -> bytes:

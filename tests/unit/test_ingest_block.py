@@ -158,6 +158,38 @@ def test_neighbour_rules_stop_at_a_pump_boundary() -> None:
         assert np.array_equal(spikes_in_pumps(values, same, ratio), expected)
 
 
+def test_spike_medians_where_the_bound_test_decides_and_where_it_cannot() -> None:
+    """The bound test clears rows without their median: on noise, steps, spikes, values
+    on the threshold, zeros, negative values and gaps, in pumps of 1 to 12 rows, the
+    result is pandas' rolling median's, row for row."""
+    rng = np.random.default_rng(7)
+    pumps = []
+    for i in range(400):
+        v = rng.normal(50, rng.choice([0.1, 5, 40]), rng.integers(1, 13))
+        kind = i % 8
+        if kind == 1:
+            v[rng.integers(len(v))] *= rng.choice([1.999999, 2.0, 2.000001, 3.0])
+        elif kind == 2:
+            v[rng.integers(len(v)) :] += 60  # a step
+        elif kind == 3:
+            v[rng.random(len(v)) < 0.3] = np.nan
+        elif kind == 4:
+            v -= 50  # around zero, either sign
+        elif kind == 5:
+            v[:] = rng.choice([0.0, 1.0, 2.0], len(v))  # exact ties and the threshold
+        elif kind == 6:
+            v = -np.abs(v)
+        pumps.append(v)
+    values = np.concatenate(pumps)
+    owner = np.repeat(np.arange(len(pumps)), [len(v) for v in pumps])
+    same = owner[1:] == owner[:-1]
+    for ratio in (0.05, 0.5, 1.0, 3.0):
+        expected = np.concatenate([spikes(v, ratio) for v in pumps])
+        got = spikes_in_pumps(values, same, ratio)
+        assert np.array_equal(got, expected)
+        assert 0 < expected.sum() < len(values)
+
+
 def test_the_streaming_ingest_writes_what_the_pandas_one_does(fleet: Path, tmp_path: Path) -> None:
     cfg = WindowConfig()
     expected = single_process(fleet, tmp_path / "pandas", cfg)
