@@ -27,7 +27,7 @@ import sklearn.cluster
 import sklearn.metrics  # noqa: F401
 
 from benchmarks.ingest_single import single_process
-from pumpfleet.ingest_stream import ROW_GROUP, STRINGS, run_ingest_stream
+from pumpfleet.ingest_stream import ROW_GROUP, WRITE_OPTIONS, run_ingest_stream
 from pumpfleet.settings import Settings, quiet_telemetry
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import WindowConfig
@@ -75,7 +75,7 @@ def _floor(source: Path, out: Path, windows: Path) -> dict[str, Any]:
         for f in sorted(part.glob("*.parquet")):
             src = pq.ParquetFile(f)
             target = out / part.name / f.name
-            with pq.ParquetWriter(target, src.schema_arrow, use_dictionary=STRINGS) as writer:
+            with pq.ParquetWriter(target, src.schema_arrow, **WRITE_OPTIONS) as writer:
                 for i in range(src.num_row_groups):
                     group = src.read_row_group(i)  # not timed: the windows exist already
                     t, c = time.perf_counter(), time.process_time()

@@ -69,17 +69,31 @@ def groups(pump: np.ndarray, cls: np.ndarray) -> Groups:
     return Groups(of_seg[seg], pump[first], cls[first])
 
 
+def _sums(
+    key: np.ndarray, v: np.ndarray, m: int, empty_mean: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per key in ``range(m)``: count of values, mean (``empty_mean`` where none; None:
+    NaN) and sum of squared deviations, summed in row order. Where no value is missing
+    the masks are left out: the sums are the same, bit for bit."""
+    seen = ~np.isnan(v)
+    if seen.all():
+        n = np.bincount(key, minlength=m).astype(np.float64)
+        total = np.bincount(key, weights=v, minlength=m)
+    else:
+        n = np.bincount(key, weights=seen, minlength=m)
+        total = np.bincount(key, weights=np.where(seen, v, 0.0), minlength=m)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / n if empty_mean is None else np.where(n > 0, total / n, empty_mean)
+    dev = v - mean[key]
+    if not seen.all():
+        dev = np.where(seen, dev, 0.0)
+    m2 = np.bincount(key, weights=dev * dev, minlength=m)
+    return n, mean, m2
+
+
 def _group_sums(g: Groups, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group: count of values, mean (NaN where none) and sum of squared deviations."""
-    seen = ~np.isnan(v)
-    m = len(g)
-    n = np.bincount(g.ids, weights=seen, minlength=m)
-    total = np.bincount(g.ids, weights=np.where(seen, v, 0.0), minlength=m)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / n
-    dev = np.where(seen, v - mean[g.ids], 0.0)
-    m2 = np.bincount(g.ids, weights=dev * dev, minlength=m)
-    return n, mean, m2
+    return _sums(g.ids, v, len(g), None)
 
 
 def stats_table(
@@ -201,6 +215,12 @@ def decode_readings(table: pa.Table) -> Readings:
     )
 
 
+def _of_rows(r: Readings, name: str, rows: np.ndarray | None) -> np.ndarray:
+    """A column's values at ``rows`` (None: all), float32 as windows hold them, as float64."""
+    v = r.column(name)
+    return (v if rows is None else v[rows]).astype(np.float64)
+
+
 def regime_stats_frame(
     readings: pa.Table,
     fits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -218,10 +238,11 @@ def regime_stats_frame(
             continue
         center, scale = fits[str(cls)]
         k = len(center)
-        rows = np.flatnonzero(g.cls[g.ids] == cls_code)
-        found = np.stack([r.column(s, np.float64)[rows] for s in settings], axis=1)
+        of_class = g.cls[g.ids] == cls_code
+        rows = None if of_class.all() else np.flatnonzero(of_class)
+        found = np.stack([_of_rows(r, s, rows) for s in settings], axis=1)
         regime = nearest_regime(found, center, scale)
-        local = np.unique(g.ids[rows], return_inverse=True)
+        local = np.unique(g.ids if rows is None else g.ids[rows], return_inverse=True)
         pumps, slot = local[0], local[1]
         key = np.where(regime >= 0, slot * k + regime, len(pumps) * k)
         m = len(pumps) * k + 1
@@ -231,14 +252,7 @@ def regime_stats_frame(
             "regime": np.tile(np.arange(k), len(pumps)),
         }
         for c in channels:
-            v = r.column(c, np.float64)[rows]
-            seen = ~np.isnan(v)
-            n = np.bincount(key, weights=seen, minlength=m)
-            total = np.bincount(key, weights=np.where(seen, v, 0.0), minlength=m)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = np.where(n > 0, total / n, 0.0)
-            dev = np.where(seen, v - mean[key], 0.0)
-            m2 = np.bincount(key, weights=dev * dev, minlength=m)
+            n, mean, m2 = _sums(key, _of_rows(r, c, rows), m, 0.0)
             out |= {f"n:{c}": n[:-1], f"mean:{c}": mean[:-1], f"m2:{c}": m2[:-1]}
         frames.append(pd.DataFrame(out))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
