@@ -268,12 +268,14 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         logged = _wait_for_log(settings, n + sum(second.arms.values())) - before
         scored = {r["pump_id"] for r in calm + later}
         work = work_list_after_scoring(settings, len(scored))
-        step(8, "monitoring drift and performance with NannyML")
-        jobs = InProcessJobs()
-        monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
     finally:
-        step(9, "shutting Serve down")
+        step(8, "shutting Serve down")
         serve_run.stop()
+    # After Serve: its replica holds half a CPU, which left the monitor's class tasks (one
+    # CPU each) one at a time on two CPUs.
+    step(9, "monitoring drift and performance with NannyML")
+    jobs = InProcessJobs()
+    monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
     loop = None
     if jobs.submitted:
         classes, reason = jobs.submitted[0]

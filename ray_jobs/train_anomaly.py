@@ -86,8 +86,10 @@ def run_train_anomaly(
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_anomaly_trial, data=data), {"cpu": 1}),
         param_space=space.param_space(names),
+        # A trial's process goes on to the next trial (as ray_jobs.train's do): a new one
+        # per trial would import torch and fetch the data again.
         tune_config=tune.TuneConfig(
-            metric="val_loss", mode="min", max_concurrent_trials=cluster_cpus(), reuse_actors=False
+            metric="val_loss", mode="min", max_concurrent_trials=cluster_cpus(), reuse_actors=True
         ),
         run_config=tune.RunConfig(
             name=name,
