@@ -76,17 +76,16 @@ def _sums(
     NaN) and sum of squared deviations, summed in row order. Where no value is missing
     the masks are left out: the sums are the same, bit for bit."""
     seen = ~np.isnan(v)
-    if seen.all():
-        n = np.bincount(key, minlength=m).astype(np.float64)
-        total = np.bincount(key, weights=v, minlength=m)
-    else:
-        n = np.bincount(key, weights=seen, minlength=m)
-        total = np.bincount(key, weights=np.where(seen, v, 0.0), minlength=m)
+    whole = bool(seen.all())
+    n: np.ndarray = (
+        np.bincount(key, minlength=m).astype(np.float64)
+        if whole
+        else np.bincount(key, weights=seen, minlength=m)
+    )
+    total = np.bincount(key, weights=v if whole else np.where(seen, v, 0.0), minlength=m)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / n if empty_mean is None else np.where(n > 0, total / n, empty_mean)
-    dev = v - mean[key]
-    if not seen.all():
-        dev = np.where(seen, dev, 0.0)
+    dev = v - mean[key] if whole else np.where(seen, v - mean[key], 0.0)
     m2 = np.bincount(key, weights=dev * dev, minlength=m)
     return n, mean, m2
 

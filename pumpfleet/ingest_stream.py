@@ -32,6 +32,7 @@ from pumpfleet import storage
 from pumpfleet.block_stats import class_regime_statistics, regime_stats_frame
 from pumpfleet.block_windows import class_windows
 from pumpfleet.feature_specs import fit_class_regimes
+from pumpfleet.ingest_memory import reused_memory
 from pumpfleet.ingest_parts import PATH, parts_of
 from pumpfleet.ingestion import (
     IngestPlan,
@@ -211,6 +212,17 @@ def run_ingest_stream(
 ) -> dict[str, Any]:
     """Turn a fleet dataset into a feature snapshot in this process, as
     ``ray_jobs.ingest.run_ingest`` does on Ray; returns the job summary."""
+    with reused_memory():
+        return _ingest(source, features_root, cfg, stages, block_rows)
+
+
+def _ingest(
+    source: str,
+    features_root: str,
+    cfg: WindowConfig,
+    stages: dict[str, float] | None,
+    block_rows: int,
+) -> dict[str, Any]:
     started = time.monotonic()
     stage = Stages(stages)
     plan = plan_ingest(source, features_root, cfg)
