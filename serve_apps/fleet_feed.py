@@ -8,6 +8,12 @@ counted (``pumpfleet_loop_errors{loop="fleet feed"}``), never raised to a reques
 The windows of a cloud batch that reach their class's alert threshold are explained
 here too (occlusion, :func:`pumpfleet.explain.occlusion`), at most ``explain_per_batch``
 of a drain, so the work list says which sensors drive each risky pump.
+
+A drain follows the last one by at least ``gather_seconds``: under a stream of single
+windows a drain held a few rows, so the database committed and the budget explained
+nearly every risky window, several per request, on the replica's cores (a third of a
+replica's CPU under load, with the GIL held against its event loop). The fleet state is
+that much later; the budget and the queue's bound are unchanged.
 """
 
 from __future__ import annotations
@@ -121,10 +127,12 @@ class FleetFeed:
         explain_per_batch: int,
         on_error: Callable[[str], None] = lambda loop: None,
         on_drop: Callable[[int], None] = lambda n: None,
+        gather_seconds: float = 0.0,
     ) -> None:
         self.db = db
         self.max_rows = max_rows
         self.explain_per_batch = explain_per_batch
+        self.gather_seconds = gather_seconds
         self.dropped = 0
         self._jobs: deque[tuple[Job, int]] = deque()
         self._rows = 0
@@ -183,3 +191,5 @@ class FleetFeed:
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
+            if self.gather_seconds > 0:  # what comes meanwhile goes in the next drain
+                self._stop.wait(self.gather_seconds)

@@ -104,7 +104,13 @@ def open_hub(config: ScoringConfig, stop: threading.Event) -> FleetHub:
     rules = AlertRules(f.open_after, f.clear_after, f.lower_band, f.escalate_at)
     db = FleetDB(url, rules, f.webhook_urls, f.default_horizon_hours)
     feed = FleetFeed(
-        db, stop, f.queue_rows, f.explain_per_batch, metrics.loop_failed, metrics.fleet_dropped
+        db,
+        stop,
+        f.queue_rows,
+        f.explain_per_batch,
+        metrics.loop_failed,
+        metrics.fleet_dropped,
+        gather_seconds=f.feed_seconds,
     )
 
     def chores() -> None:

@@ -57,6 +57,9 @@ class FleetConfig(BaseModel):
     # never waited for: scoring does not wait on the fleet database
     queue_rows: int = Field(default=50_000, ge=1)
     explain_per_batch: int = Field(default=16, ge=0, le=10_000)
+    # a drain of the queue into the fleet database at most this often (its explanations
+    # and its commit are per drain): the fleet state is at most this much later
+    feed_seconds: float = Field(default=0.25, ge=0, le=60)
     # score history and delivered webhook events older than these are dropped
     score_retention_days: float = Field(default=90.0, gt=0)
     outbox_retention_days: float = Field(default=7.0, gt=0)
