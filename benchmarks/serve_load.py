@@ -33,12 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.serve_cpu import CpuMeter
 from benchmarks.serve_harness import arrow_batch, bodies, register_models
 from benchmarks.serve_load_report import report
 
@@ -146,7 +147,16 @@ async def _load(
         "p99": float(np.percentile(ms, 99)),
         "errors": sum(errors.values()),
         "error_kinds": errors,
+        "requests": len(lat) + sum(errors.values()),
     }
+
+
+def _measured(root: int, serve: bool, load: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """A load run with the CPU each request cost the servers under ``root``
+    (:mod:`benchmarks.serve_cpu`)."""
+    meter = CpuMeter(root, serve)
+    out = asyncio.run(load)
+    return out | meter.per_request_us(out["requests"])
 
 
 def _batch_rate(url: str, headers: dict[str, str], body: bytes, ctype: str, reps: int) -> float:
@@ -289,7 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         plain_url = f"http://127.0.0.1:{port}"
         _wait_http(plain_url, plain)
         for n in args.concurrency:
-            rows[f"fastapi@{n}"] = asyncio.run(_load(plain_url, {}, singles, n, args.seconds))
+            load = _load(plain_url, {}, singles, n, args.seconds)
+            rows[f"fastapi@{n}"] = _measured(plain.pid, False, load)
         rows["fastapi@batch"] = {
             "json": _batch_rate(plain_url, {}, json_batch, "application/json", args.batches)
         }
@@ -311,11 +322,13 @@ def main(argv: list[str] | None = None) -> None:
         direct = _direct_urls(args.replicas, headers)
         proxy = f"http://127.0.0.1:{os.environ['RAY_SERVE_FALLBACK_PROXY_HTTP_PORT']}"
         for n in args.concurrency:
-            rows[f"door@{n}"] = asyncio.run(_load(url, headers, singles, n, args.seconds))
-            rows[f"serve@{n}"] = asyncio.run(
-                _load(direct or url, headers, singles, n, args.seconds)
+            me = os.getpid()  # Ray's processes and HAProxy are this one's descendants
+            rows[f"door@{n}"] = _measured(me, True, _load(url, headers, singles, n, args.seconds))
+            load = _load(direct or url, headers, singles, n, args.seconds)
+            rows[f"serve@{n}"] = _measured(me, True, load)
+            rows[f"proxy@{n}"] = _measured(
+                me, True, _load(proxy, headers, singles, n, args.seconds)
             )
-            rows[f"proxy@{n}"] = asyncio.run(_load(proxy, headers, singles, n, args.seconds))
         rows["serve@batch"] = {
             "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
             "arrow": _batch_rate(

@@ -14,6 +14,10 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
 def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     if not concurrency:  # --batches-only
         batch_table(rows)
@@ -30,11 +34,15 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
             r = rows[f"{arm}@{n}"]
             ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
             row = [names[arm], n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
-            table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio])
+            cpu = [_us(r.get("cpu_us")), _us(r.get("replica_cpu_us"))]
+            plain_cpu = rows[f"fastapi@{n}"].get("cpu_us")
+            cpu_ratio = _ratio(plain_cpu, r["cpu_us"]) if plain_cpu and r.get("cpu_us") else "-"
+            table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio, *cpu, cpu_ratio])
     ip = rows["in-process"]
     row = ["onnxruntime in-process", 1, f"{ip['rps']:,.0f}", f"{ip['p50']:.2f}"]
-    table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"])])
-    head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi"]
+    table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"]), "", "", ""])
+    head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi",
+            "CPU us/req", "replicas us/req", "fastapi CPU / arm's"]  # fmt: skip
     print(format_table(head, table))
     print()
     batch_table(rows)
@@ -52,7 +60,8 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     print(
         f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / base['rps']:.2f} "
         f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
-        f"chaos_errors={ch['errors']}"
+        f"chaos_errors={ch['errors']} cpu_us={_us(d16.get('cpu_us'))} "
+        f"fastapi_cpu_us={_us(base.get('cpu_us'))}"
     )
 
 
