@@ -206,7 +206,7 @@ def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> i
 def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from edge_export.export import run_export
     from pumpfleet.search_space import AnomalySearchSpace
-    from ray_jobs.train_anomaly import run_train_anomaly
+    from ray_jobs.train_anomaly import BesideSearch
     from serve_apps import run as serve_run
 
     t0 = time.monotonic()
@@ -226,18 +226,20 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
     init_ray(settings)
     ingest = ingest_and_log(settings, settings.data_uri, settings.features_uri, WindowConfig())
-    step(3, "training one RUL model per class on Ray Tune")
+    step(3, "training one RUL model per class, and beside it a health model per class, on Ray Tune")
     snapshot = ingest["snapshot_id"]
+    # The health search runs in a process of its own beside the RUL search and the
+    # evaluation, and their trials share the CPUs: alone, each search left about one of
+    # two cores idle (trial start-up, checkpoints, registration).
+    space = AnomalySearchSpace(lr=[1e-2], epochs=cfg.health_epochs, seed=cfg.seed)
+    health_search = BesideSearch(settings, snapshot, space, promote=True)
     # A network and boosted trees per class, the better on the validation pumps kept.
     rul_space = SearchSpace(kind=["cnn", "gbm"], lr=[1e-2], epochs=cfg.epochs, seed=cfg.seed)
     train = run_train(settings, snapshot, rul_space)
     step(4, "evaluating challengers against champions")
     evaluation = run_evaluate(settings, snapshot)
-    # One search at a time: Ray Tune's registry of trainables is not safe for two searches
-    # started at once from one driver (in CI: "dictionary changed size during iteration").
-    step(5, "training health (anomaly) models per class on Ray Tune, gated and promoted")
-    space = AnomalySearchSpace(lr=[1e-2], epochs=cfg.health_epochs, seed=cfg.seed)
-    health = run_train_anomaly(settings, snapshot, space, promote=True)
+    step(5, "health (anomaly) models per class: gated and promoted")
+    health = health_search.result()
     step(6, "exporting ONNX edge bundles")
     export = run_export(settings)
     step(7, "serving on Ray Serve and scoring over HTTP")

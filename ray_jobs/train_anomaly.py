@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -122,6 +123,50 @@ def run_train_anomaly(
         "classes": out,
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+@ray.remote(num_cpus=0)  # its trials ask for the CPUs
+class _SearchDriver:
+    def run(
+        self,
+        settings: Settings,
+        snapshot: str,
+        space: AnomalySearchSpace | None,
+        classes: list[str] | None,
+        promote: bool,
+    ) -> dict[str, Any]:
+        return run_train_anomaly(settings, snapshot, space, classes, promote)
+
+
+class BesideSearch:
+    """:func:`run_train_anomaly`, run beside another search of this driver in a process of
+    its own (a Ray actor) so that the two searches' trials share the CPUs. Tune keeps its
+    registry of trainables per process and is not safe for two searches started at once
+    from one (in CI: "dictionary changed size during iteration"); each process is its own
+    Tune driver here. The search's own log stays in its worker's log file; its result (or
+    its error) is :meth:`result`'s."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        snapshot: str,
+        space: AnomalySearchSpace | None = None,
+        classes: list[str] | None = None,
+        promote: bool = False,
+    ) -> None:
+        # Both searches record their runs in one MLflow experiment: made here, once, so
+        # that the two processes do not race to create it.
+        Registry(settings.tracking_uri, settings.artifact_root).experiment(EXPERIMENT)
+        self._driver = _SearchDriver.remote()  # type: ignore[attr-defined]
+        self._ref = self._driver.run.remote(settings, snapshot, space, classes, promote)
+
+    def result(self) -> dict[str, Any]:
+        try:
+            return dict(ray.get(self._ref))
+        finally:
+            # Killed, not left to exit: an exiting Tune driver's atexit hook unregisters
+            # every trainable of the Ray job, those of a search still to come included.
+            ray.kill(self._driver)
 
 
 def _winner(result: Any, tracking: MlflowTracking) -> AnomalyWinner:
