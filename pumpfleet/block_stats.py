@@ -69,30 +69,36 @@ def groups(pump: np.ndarray, cls: np.ndarray) -> Groups:
     return Groups(of_seg[seg], pump[first], cls[first])
 
 
+class _Counts:
+    """Rows per key, counted once for every column that misses no value."""
+
+    def __init__(self, key: np.ndarray, m: int) -> None:
+        self.key, self.m = key, m
+        self._rows: np.ndarray | None = None
+
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            self._rows = np.bincount(self.key, minlength=self.m).astype(np.float64)
+        return self._rows
+
+
 def _sums(
-    key: np.ndarray, v: np.ndarray, m: int, empty_mean: float | None
+    counts: _Counts, v: np.ndarray, empty_mean: float | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per key in ``range(m)``: count of values, mean (``empty_mean`` where none; None:
     NaN) and sum of squared deviations, summed in row order. Where no value is missing
     the masks are left out: the sums are the same, bit for bit."""
+    key, m = counts.key, counts.m
     seen = ~np.isnan(v)
     whole = bool(seen.all())
-    n: np.ndarray = (
-        np.bincount(key, minlength=m).astype(np.float64)
-        if whole
-        else np.bincount(key, weights=seen, minlength=m)
-    )
+    n = counts.rows if whole else np.bincount(key, weights=seen, minlength=m)
     total = np.bincount(key, weights=v if whole else np.where(seen, v, 0.0), minlength=m)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / n if empty_mean is None else np.where(n > 0, total / n, empty_mean)
     dev = v - mean[key] if whole else np.where(seen, v - mean[key], 0.0)
     m2 = np.bincount(key, weights=dev * dev, minlength=m)
     return n, mean, m2
-
-
-def _group_sums(g: Groups, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group: count of values, mean (NaN where none) and sum of squared deviations."""
-    return _sums(g.ids, v, len(g), None)
 
 
 def stats_table(
@@ -120,8 +126,9 @@ def stats_table(
     else:
         _ends(t_min, t_max, g, ms)
     out["t_min"], out["t_max"] = t_min, t_max
-    for c in channels:
-        n, mean, m2 = _group_sums(g, values[c])
+    counts = _Counts(g.ids, m)
+    for c in channels:  # per group: count, mean (NaN where none) and m2
+        n, mean, m2 = _sums(counts, values[c], None)
         out |= {f"n:{c}": n.astype(np.int64), f"mean:{c}": mean, f"m2:{c}": m2}
     return pa.table(out)
 
@@ -250,8 +257,9 @@ def regime_stats_frame(
             "pump_class": str(cls),
             "regime": np.tile(np.arange(k), len(pumps)),
         }
+        counts = _Counts(key, m)
         for c in channels:
-            n, mean, m2 = _sums(key, _of_rows(r, c, rows), m, 0.0)
+            n, mean, m2 = _sums(counts, _of_rows(r, c, rows), 0.0)
             out |= {f"n:{c}": n[:-1], f"mean:{c}": mean[:-1], f"m2:{c}": m2[:-1]}
         frames.append(pd.DataFrame(out))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -269,18 +269,26 @@ def _clear_of_spikes(values: np.ndarray, same_pump: np.ndarray, ratio: float) ->
     sure = np.zeros(n, dtype=bool)
     if n < 5:
         return sure
-    lo = np.minimum(values[:-1], values[1:])  # NaN propagates: a missing value decides nothing
+    # Least and greatest of rows i-2..i+2 for each row i (NaN propagates: a missing
+    # value decides nothing), in place where it can be.
+    lo = np.minimum(values[:-1], values[1:])
     hi = np.maximum(values[:-1], values[1:])
-    lo = np.minimum(np.minimum(lo[:-2], lo[2:])[:-1], values[4:])  # rows i-2..i+2 of row i
-    hi = np.maximum(np.maximum(hi[:-2], hi[2:])[:-1], values[4:])
+    lo = np.minimum(lo[:-2], lo[2:])[:-1]
+    hi = np.maximum(hi[:-2], hi[2:])[:-1]
+    np.minimum(lo, values[4:], out=lo)
+    np.maximum(hi, values[4:], out=hi)
     one = same_pump[:-1] & same_pump[1:]
-    one = one[:-2] & one[2:]
+    ok = one[:-2] & one[2:]
     centre = values[2:-2]
     limit = ratio * _SURE
+    gap = np.empty_like(lo)
+    bound = np.empty_like(lo)
     with np.errstate(invalid="ignore"):
-        ok = one & (lo > 0) & (hi < np.inf)
-        ok &= np.abs(centre - lo) <= limit * lo
-        ok &= np.abs(centre - hi) <= limit * hi
+        ok &= lo > 0
+        ok &= hi < np.inf
+        for end in (lo, hi):
+            np.abs(np.subtract(centre, end, out=gap), out=gap)
+            ok &= gap <= np.multiply(end, limit, out=bound)
     sure[2:-2] = ok
     return sure
 

@@ -127,7 +127,7 @@ def read_files(plan: IngestPlan, files: Sequence[str]) -> pa.Table:
     tables = []
     for f in files:
         # The keys as Parquet stores them, dictionaries: no string per row.
-        t = pq.read_table(f, filesystem=plan.fs, read_dictionary=KEYS)
+        t = pq.read_table(f, filesystem=plan.fs, read_dictionary=KEYS, use_threads=False)
         for k, v in _hive_keys(f, plan.base_dir).items():
             if k not in t.column_names:
                 t = t.append_column(k, _constant(v, len(t)))
