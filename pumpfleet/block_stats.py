@@ -227,6 +227,20 @@ def _of_rows(r: Readings, name: str, rows: np.ndarray | None) -> np.ndarray:
     return (v if rows is None else v[rows]).astype(np.float64)
 
 
+def _regimes(found: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """:func:`pumpfleet.features.nearest_regime` of each row, found once per run of
+    identical settings (setpoints change seldom; a row with a missing one is a run of
+    its own, NaN being unequal to itself): the same regime, row by row."""
+    if len(found) < 2:
+        return nearest_regime(found, center, scale)
+    change = np.ones(len(found), dtype=bool)
+    change[1:] = (found[1:] != found[:-1]).any(axis=1)
+    starts = np.flatnonzero(change)
+    if len(starts) == len(found):
+        return nearest_regime(found, center, scale)
+    return nearest_regime(found[starts], center, scale)[np.cumsum(change) - 1]
+
+
 def regime_stats_frame(
     readings: pa.Table,
     fits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -247,7 +261,7 @@ def regime_stats_frame(
         of_class = g.cls[g.ids] == cls_code
         rows = None if of_class.all() else np.flatnonzero(of_class)
         found = np.stack([_of_rows(r, s, rows) for s in settings], axis=1)
-        regime = nearest_regime(found, center, scale)
+        regime = _regimes(found, center, scale)
         local = np.unique(g.ids if rows is None else g.ids[rows], return_inverse=True)
         pumps, slot = local[0], local[1]
         key = np.where(regime >= 0, slot * k + regime, len(pumps) * k)

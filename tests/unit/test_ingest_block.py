@@ -29,6 +29,7 @@ from pumpfleet import block_stats
 from pumpfleet import ingest_parts as new
 from pumpfleet import ingest_reference as ref
 from pumpfleet.feature_specs import class_regime_statistics, fit_class_regimes
+from pumpfleet.features import nearest_regime
 from pumpfleet.ingest_block import spikes_in_pumps, stuck_in_pumps
 from pumpfleet.ingest_stream import file_blocks, run_ingest_stream
 from pumpfleet.ingestion import IngestPlan, failures, plan_ingest, split_pumps
@@ -188,6 +189,22 @@ def test_spike_medians_where_the_bound_test_decides_and_where_it_cannot() -> Non
         got = spikes_in_pumps(values, same, ratio)
         assert np.array_equal(got, expected)
         assert 0 < expected.sum() < len(values)
+
+
+def test_regimes_found_once_per_run_of_settings_are_each_rows_own() -> None:
+    """Runs of identical setpoints, a missing setting, zeros of either sign and noise:
+    the regime of every row is :func:`nearest_regime`'s of that row."""
+    rng = np.random.default_rng(5)
+    center = np.array([[1000.0, 0.5], [2000.0, 1.0], [3000.0, 1.5]])
+    scale = np.array([800.0, 0.4])
+    runs = center[rng.integers(0, 3, 300)].repeat(rng.integers(1, 40, 300), axis=0)
+    runs[rng.random(len(runs)) < 0.02] = np.nan
+    runs[5:9] = [[0.0, -0.0], [-0.0, 0.0], [0.0, 0.0], [-0.0, -0.0]]
+    noisy = runs + rng.normal(0, 300, runs.shape)
+    for found in (runs, noisy, runs[:1], runs[:0]):
+        expected = nearest_regime(found, center, scale)
+        assert np.array_equal(block_stats._regimes(found, center, scale), expected)
+    assert len(np.unique(nearest_regime(runs, center, scale))) == 4  # three and -1
 
 
 def test_the_streaming_ingest_writes_what_the_pandas_one_does(fleet: Path, tmp_path: Path) -> None:
