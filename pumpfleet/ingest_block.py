@@ -224,20 +224,29 @@ def validate_block(block: Block, fleet: FleetSchema) -> np.ndarray:
         # Sorted by pump and time, a repeated timestamp is the row before's.
         dup[1:] = (pump[1:] == pump[:-1]) & (block.ts[1:] == block.ts[:-1])
     _mark(reason, dup & ~block.ts_missing, code["duplicate_timestamp"])
+    # The good rows so far, and whether each is its pump's next after the one before;
+    # a channel's rules see the rows still good when it starts, and only the rows they
+    # mark leave the set (no pass over the block per channel).
+    rows = np.flatnonzero(reason == 0)
+    p = pump[rows]
+    same_pump = p[1:] == p[:-1]
     for ch, spec in fleet.channels.items():
         if spec.stuck_after is None and spec.spike_ratio is None:
             continue
-        rows = np.flatnonzero(reason == 0)
-        v, p = block.values[ch][rows], pump[rows]
-        same_pump = p[1:] == p[:-1]
+        v = block.values[ch][rows]
+        hit = np.zeros(len(rows), dtype=bool)
         if spec.stuck_after is not None:
-            hit = np.zeros(n, dtype=bool)
-            hit[rows[stuck_in_pumps(v, same_pump, spec.stuck_after)]] = True
-            _mark(reason, hit, code[f"stuck:{ch}"])
+            stuck = stuck_in_pumps(v, same_pump, spec.stuck_after)
+            reason[rows[stuck]] = code[f"stuck:{ch}"]
+            hit |= stuck
         if spec.spike_ratio is not None:
-            hit = np.zeros(n, dtype=bool)
-            hit[rows[spikes_in_pumps(v, same_pump, spec.spike_ratio)]] = True
-            _mark(reason, hit, code[f"spike:{ch}"])
+            spiked = spikes_in_pumps(v, same_pump, spec.spike_ratio) & ~hit
+            reason[rows[spiked]] = code[f"spike:{ch}"]
+            hit |= spiked
+        if hit.any():
+            rows = rows[~hit]
+            p = pump[rows]
+            same_pump = p[1:] == p[:-1]
     return reason
 
 
