@@ -87,19 +87,49 @@ def ray_session() -> object:
     ray.shutdown()
 
 
+# Integration tests that bring their own servers or clusters and touch neither the
+# session's Ray nor a Serve instance (whose HAProxy front doors must not start two at
+# once): they run beside the session's tests, each file (or test) a unit of its own.
+ON_THEIR_OWN = (
+    "tests/integration/test_board.py",
+    "tests/integration/test_cluster_loop.py",
+    "tests/integration/test_edge_agent.py",
+    "tests/integration/test_edge_mqtt.py",
+    "tests/integration/test_edge_rollout.py",
+    "tests/integration/test_failover.py::test_training_trials",
+    "tests/integration/test_failover.py::test_ingest_completes",
+    "tests/integration/test_remote.py::test_entry_points",
+    "tests/integration/test_webhooks.py",
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under ``make test``: a unit test's file, an
+    integration test of :data:`ON_THEIR_OWN` on its own, else ``"ray"``: every test
+    that uses the session's Ray or starts Serve, all on one worker, in order."""
+    if nodeid.startswith("tests/unit/"):
+        return nodeid.split("::", 1)[0]
+    for prefix in ON_THEIR_OWN:
+        if nodeid.startswith(prefix):
+            return prefix
+    return "ray"
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """``make test`` runs on two pytest-xdist workers: every integration and end-to-end
-    test on one of them, in collection order (they share that worker's one local Ray, a
-    docs page's blocks run in turn, and no two Serve instances or their HAProxy front
-    doors run at once), the unit tests (which never start Ray) file by file on either.
+    """``make test`` runs on two pytest-xdist workers. The tests that use the session's
+    one local Ray or start Serve go to one worker, in collection order (a docs page's
+    blocks run in turn, and no two Serve instances or their HAProxy front doors run at
+    once); the integration tests that bring their own clusters and servers
+    (:data:`ON_THEIR_OWN`) and then the unit tests (which never start Ray), file by
+    file, go to whichever worker is free. Units are handed out in collection order (not
+    largest first), so the session's tests start first and the ones on their own next.
     xdist's own ``--dist loadgroup`` would say so by marks, but it renames node ids in a
     way pytest 9 no longer reads."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class RayTestsTogether(LoadScopeScheduling):
+    class ByWorkUnit(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if nodeid.startswith("tests/unit/"):
-                return nodeid.split("::", 1)[0]
-            return "ray"
+            return work_unit(nodeid)
 
-    return RayTestsTogether(config, log)
+    config.option.loadscopereorder = False
+    return ByWorkUnit(config, log)
