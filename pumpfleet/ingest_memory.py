@@ -50,7 +50,7 @@ def reused_memory() -> Iterator[None]:
     pa.set_memory_pool(pa.system_memory_pool())
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, _KEEP)
-        libc.mallopt(_M_TRIM_THRESHOLD, 4 * _KEEP)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)  # an int: 1 GB, not more
     try:
         yield
     finally:
