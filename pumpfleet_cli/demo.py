@@ -127,6 +127,21 @@ def _requests(
     return out
 
 
+def _story_requests(
+    settings: Settings, cfg: DemoConfig, served: list[str]
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """The class that drifts, and the requests before and after its drift: partway
+    through, its sensors start reading high (the first requests are as the fleet was, the
+    later ones carry the drift)."""
+    drifted = drift_class(settings, served)
+    if drifted is None:
+        raise DataError("no class passed the promotion gates: nothing to serve")
+    calm = _requests(settings, cfg.requests_per_class, cfg.seed, served, None)
+    # twice as many after: enough chunks for the alert's 2 in a row to show
+    later = _requests(settings, 2 * cfg.requests_per_class, cfg.seed + 1, served, drifted)
+    return drifted, calm, later
+
+
 # The demo's own mark on a request (stripped before it is sent): the window's pump still
 # runs as new (pumpfleet.physics.runs_as_new), so a health flag on it is a false alarm.
 NORMAL = "_normal"
@@ -246,20 +261,17 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     # The demo makes its own API key (kept in memory; only its digest reaches Serve).
     api_key = new_key()
     secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(new_key()),))
-    # Production only: the demo never uses the /staging app that `pumpfleet serve` adds.
-    url = serve_run.start(
-        settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets, staging=False
-    )
+    served = [c for c, r in evaluation["classes"].items() if r["champion"]]
+    # The requests are made while Serve starts (its processes start one after another,
+    # leaving a core to spare).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-requests") as pool:
+        made = pool.submit(_story_requests, settings, cfg, served)
+        # Production only: the demo never uses the /staging app that `pumpfleet serve` adds.
+        url = serve_run.start(
+            settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets, staging=False
+        )
     try:
-        served = [c for c, r in evaluation["classes"].items() if r["champion"]]
-        drifted = drift_class(settings, served)
-        if drifted is None:
-            raise DataError("no class passed the promotion gates: nothing to serve")
-        # Partway through, the drifted class's sensors start reading high: the first
-        # requests are as the fleet was, the later ones carry the drift.
-        calm = _requests(settings, cfg.requests_per_class, cfg.seed, served, None)
-        # twice as many after: enough chunks for the alert's 2 in a row to show
-        later = _requests(settings, 2 * cfg.requests_per_class, cfg.seed + 1, served, drifted)
+        drifted, calm, later = made.result()
         before = len(read_log(settings.predictions_uri))  # an earlier demo's rows
         first = _send(url, calm + BAD_REQUESTS, api_key)
         n = _wait_for_log(settings, before + sum(first.arms.values()))

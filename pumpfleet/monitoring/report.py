@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -149,8 +150,13 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def report_html(
-    summary: dict[str, Any], results: dict[str, ClassAnalysis], map_png: bytes | None
+    summary: dict[str, Any],
+    results: dict[str, ClassAnalysis],
+    map_png: bytes | None,
+    figures: Mapping[str, bytes] | None = None,
 ) -> str:
+    """The report page; each class's figure from ``figures`` (drawn where the class was
+    analysed), else drawn here."""
     esc = html.escape
     rows = "".join(
         f"<tr><td>{esc(c)}</td><td>{_verdict(s)}</td>"
@@ -170,8 +176,10 @@ def report_html(
     notes = "".join(
         f"<li>{esc(c)}: {esc(m)}</li>" for c, m in sorted(summary["skipped"].items())
     ) + "".join(f"<li>{esc(n)}</li>" for n in summary["notes"])
-    figures = "".join(
-        f"<h2>{esc(c)}</h2>{_img(class_png(r), c)}" for c, r in sorted(results.items())
+    drawn = figures or {}
+    class_figures = "".join(
+        f"<h2>{esc(c)}</h2>{_img(drawn.get(c) or class_png(r), c)}"
+        for c, r in sorted(results.items())
     )
     fleet_map = _img(map_png, "fleet drift map") if map_png else "<p>nothing to map</p>"
     return (
@@ -189,7 +197,7 @@ def report_html(
         f"{rows}</table><h2>Triggers</h2><ul>{triggers or '<li>none</li>'}</ul>"
         f"<h2>Notes</h2><ul>{notes or '<li>none</li>'}</ul>"
         f"<h2>Fleet drift map</h2>{fleet_map}{drivers_html(summary)}{health_html(summary)}"
-        f"{figures}</body></html>"
+        f"{class_figures}</body></html>"
     )
 
 

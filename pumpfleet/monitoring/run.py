@@ -38,7 +38,7 @@ from pumpfleet.monitoring.incremental import (
     write_watermark,
 )
 from pumpfleet.monitoring.reference import analysis_frame, class_reference
-from pumpfleet.monitoring.report import drift_map_png, report_html
+from pumpfleet.monitoring.report import class_png, drift_map_png, report_html
 from pumpfleet.monitoring.summary import class_meta, class_summary
 from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "pumpfleet-monitor"
 
+FIGURE = "figure_png"  # a class's report figure in its outcome's meta (not in the summary)
 ClassInput = tuple[pd.DataFrame, pd.DataFrame]  # a class's logged rows, their feedback
 # A class's analysis and what its summary needs besides, or why it was skipped.
 ClassOutcome = tuple[ClassAnalysis, dict[str, Any]] | str
@@ -65,7 +66,9 @@ def analyse_one(
     feedback: pd.DataFrame,
     cfg: AnalysisConfig,
 ) -> ClassOutcome:
-    """One class's analysis against its reference, or why it was skipped."""
+    """One class's analysis against its reference, or why it was skipped; its report
+    figure (PNG) is drawn here too, under ``meta[FIGURE]``, so that classes analysed in
+    parallel draw theirs in parallel."""
     try:
         ref = class_reference(settings, snapshot, cls)
         analysis = analysis_frame(rows, feedback, ref)
@@ -77,6 +80,7 @@ def analyse_one(
     if cfg.fleet_daily:
         snap = open_snapshot(settings.features_uri, ref.snapshot)
         meta["fleet_daily"] = fleet_daily(snap, cls, snap.spec(cls), rows)
+    meta[FIGURE] = class_png(result)
     return result, meta
 
 
@@ -181,6 +185,7 @@ def run_monitor(
                 fb = fb[fb["pump_id"].isin(rows["pump_id"])]
             inputs[cls] = (rows, fb)
     results: dict[str, ClassAnalysis] = {}
+    figures: dict[str, bytes] = {}
     outs = analyse(settings, snap.id, inputs, cfg) if inputs else {}
     for cls in inputs:
         out = outs[cls]
@@ -190,6 +195,8 @@ def run_monitor(
             continue
         result, meta = out
         results[cls] = result
+        if FIGURE in meta:
+            figures[cls] = meta.pop(FIGURE)
         summary["classes"][cls] = class_summary(result, policy, meta)
     for m in summary["skipped"].values():
         log.warning(m)
@@ -226,7 +233,7 @@ def run_monitor(
             {"pump_class": c, "start": False, "reason": f"{w}; triggers off"}
             for c, w in wanted.items()
         ]
-    reported = write_reports(settings, {**summary, "status": "ok"}, results, None)
+    reported = write_reports(settings, {**summary, "status": "ok"}, results, None, figures)
     write_watermark(mark_uri, window.mark)  # last: a run that dies before it is repeated
     return reported
 
@@ -241,10 +248,15 @@ def _rows_since(settings: Settings, snapshot: str) -> int:
 
 
 def write_reports(
-    settings: Settings, summary: dict[str, Any], results: dict[str, ClassAnalysis], msg: str | None
+    settings: Settings,
+    summary: dict[str, Any],
+    results: dict[str, ClassAnalysis],
+    msg: str | None,
+    figures: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """The summary as JSON (and, with results, the HTML report, the drift map, the
-    per-chunk signals and an MLflow run) under the workspace's reports."""
+    """The summary as JSON (and, with results, the HTML report with the classes'
+    ``figures``, the drift map, the per-chunk signals and an MLflow run) under the
+    workspace's reports."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     reports = settings.reports_uri
     summary["message"] = msg
@@ -255,7 +267,7 @@ def write_reports(
     png = drift_map_png(results)
     report = storage.join(reports, f"drift-{stamp}.html")
     drift_map = storage.join(reports, f"drift-map-{stamp}.png")
-    storage.write_bytes(report, report_html(summary, results, png).encode())
+    storage.write_bytes(report, report_html(summary, results, png, figures).encode())
     storage.write_bytes(drift_map, png)
     storage.write_bytes(storage.join(reports, "drift-map-latest.png"), png)
     chunks = pd.concat([r.chunks.assign(pump_class=c) for c, r in results.items()])

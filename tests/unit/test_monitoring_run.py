@@ -159,6 +159,9 @@ def test_a_drifting_class_alerts_and_one_retrain_is_submitted(monitored: Setting
     assert latest["alerting_classes"] == ["esp"] and latest["triggers"] == out["triggers"]
     html = Path(out["report"]).read_text()
     assert "pumpfleet drift report" in html and "retrain submitted" in html
+    # the class's figure, drawn where it was analysed, is in the page and not the summary
+    assert html.count("<img alt='esp' src='data:image/png;base64,") == 1
+    assert run.FIGURE not in esp and run.FIGURE not in latest["classes"]["esp"]
     assert Path(out["drift_map"]).read_bytes().startswith(b"\x89PNG")
     (chunks,) = reports.glob("drift-*-chunks.parquet")
     assert set(pd.read_parquet(chunks)["pump_class"]) == {"esp"}
