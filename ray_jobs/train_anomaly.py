@@ -65,9 +65,11 @@ def run_train_anomaly(
     space: AnomalySearchSpace | None = None,
     classes: list[str] | None = None,
     promote: bool = False,
+    concurrent_trials: int | None = None,
 ) -> dict[str, Any]:
     """Tune a conv-AE per class; calibrate, gate and register each class's best; with
-    ``promote``, make it champion where ``promote_anomaly`` says it is no worse."""
+    ``promote``, make it champion where ``promote_anomaly`` says it is no worse. At most
+    ``concurrent_trials`` trials at once (None: one per CPU of the cluster)."""
     started = time.monotonic()
     space = space or AnomalySearchSpace()
     snap = open_snapshot(settings.features_uri, snapshot)
@@ -90,7 +92,10 @@ def run_train_anomaly(
         # A trial's process goes on to the next trial (as ray_jobs.train's do): a new one
         # per trial would import torch and fetch the data again.
         tune_config=tune.TuneConfig(
-            metric="val_loss", mode="min", max_concurrent_trials=cluster_cpus(), reuse_actors=True
+            metric="val_loss",
+            mode="min",
+            max_concurrent_trials=concurrent_trials or cluster_cpus(),
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -135,7 +140,10 @@ class _SearchDriver:
         classes: list[str] | None,
         promote: bool,
     ) -> dict[str, Any]:
-        return run_train_anomaly(settings, snapshot, space, classes, promote)
+        # One trial at a time, on one CPU: the other search keeps the rest. (A trial's
+        # process goes on to the next, so a search that took every CPU first would keep
+        # them until its last trial, and the other would wait rather than run beside.)
+        return run_train_anomaly(settings, snapshot, space, classes, promote, concurrent_trials=1)
 
 
 class BesideSearch:
