@@ -58,9 +58,15 @@ def test_every_port_the_service_opens_is_on_loopback(svc: h.Service) -> None:
     # its files in the front door's folder and its sockets in a private one (0700), not in
     # the system temp folder's shared /tmp/haproxy-serve
     root = Path(os.environ[front_door.DIR_VAR])
+    seen = 0
     for pid in door:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except FileNotFoundError:  # an old HAProxy that a reload let exit meanwhile
+            continue
+        seen += 1
         assert Path(args[args.index("-f") + 1]).parent.parent == root, args
+    assert seen, "every HAProxy listed had exited"
     sockets = Path(os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"]).parent
     assert sockets.stat().st_mode & 0o777 == 0o700
 
