@@ -49,16 +49,6 @@ class RetrainSteps:
     train_anomaly: Callable[
         [Settings, str, AnomalySearchSpace | None, list[str] | None, bool], Summary
     ]
-    # The anomaly search started at once beside the RUL search, with train_anomaly's
-    # arguments; what it returns gives the search's summary (or raises its error) when
-    # called. None: the searches run one after the other.
-    start_anomaly: (
-        Callable[
-            [Settings, str, AnomalySearchSpace | None, list[str] | None, bool],
-            Callable[[], Summary],
-        ]
-        | None
-    ) = None
 
 
 @dataclass(frozen=True)
@@ -152,12 +142,6 @@ def run_retrain(
     )
     ingest = steps.ingest(settings, data.source, data.features_root, data.config)
     snapshot = ingest["snapshot_id"]
-    beside: Callable[[], Summary] | None = None
-    if health and steps.start_anomaly is not None:
-        # the classes asked for (every class if None) that have a health model
-        have = _with_health(settings, classes or Registry(settings.tracking_uri).classes())
-        if have:
-            beside = steps.start_anomaly(settings, snapshot, health_space, have, promote)
     train = steps.train(settings, snapshot, space, classes)
     trained = sorted(train["classes"])
     if not trained:
@@ -166,11 +150,9 @@ def run_retrain(
         settings, snapshot, who=current_user(), classes=trained, promote=promote
     )
     tests = start_tests(settings, evaluate["classes"], ab_weight, shadow)
-    health_models = {}
-    if beside is not None:
-        health_models = _health_models(have, beside)
-    elif health and steps.start_anomaly is None:
-        health_models = retrain_health(settings, steps, snapshot, trained, promote, health_space)
+    health_models = (
+        retrain_health(settings, steps, snapshot, trained, promote, health_space) if health else {}
+    )
     return {
         "reason": reason,
         "source": data.source,
@@ -225,23 +207,11 @@ def retrain_health(
 ) -> dict[str, Any]:
     """New health models for those of ``classes`` that have one. A class whose new data
     cannot train one (too few normal windows) keeps its model; the RUL retrain stands."""
-    have = _with_health(settings, classes)
+    have = sorted(set(classes) & set(Registry(settings.tracking_uri).anomaly_classes()))
     if not have:
         return {}
-    return _health_models(
-        have, lambda: steps.train_anomaly(settings, snapshot, space, have, promote)
-    )
-
-
-def _with_health(settings: Settings, classes: list[str]) -> list[str]:
-    """Those of ``classes`` that have a health model."""
-    return sorted(set(classes) & set(Registry(settings.tracking_uri).anomaly_classes()))
-
-
-def _health_models(have: list[str], search: Callable[[], Summary]) -> dict[str, Any]:
-    """What ``search`` (the anomaly search of ``have``) registered, per class."""
     try:
-        out = search()
+        out = steps.train_anomaly(settings, snapshot, space, have, promote)
     except DataError as e:
         log.warning("health models of %s not retrained: %s", ", ".join(have), e)
         return {c: {"registered": False, "gate": str(e)} for c in have}

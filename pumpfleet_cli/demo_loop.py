@@ -139,16 +139,7 @@ def closed_loop(
     sim = new_data(settings, demo.pumps, demo.days, demo.seed, cls, channel, factor)
     space = SearchSpace(epochs=demo.epochs, seed=demo.seed)
     health = AnomalySearchSpace(lr=[1e-2], epochs=demo.health_epochs, seed=demo.seed)
-    # the new health model's search beside the RUL model's
-    retrain = run_retrain(
-        settings,
-        [cls],
-        space,
-        reason=reason,
-        promote=False,
-        health_space=health,
-        health_beside=True,
-    )
+    retrain = run_retrain(settings, [cls], space, reason=reason, promote=False, health_space=health)
     challenger = retrain["classes"][cls]["challenger"]
     ab = post_drift_ab(settings, retrain["snapshot_id"], cls, str(champion), challenger)
     log.info("A/B on post-drift data: %s", ab)

@@ -17,7 +17,6 @@ challenger: a person (``pumpfleet promote``) or an online A/B test decides.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from pumpfleet import retraining
@@ -28,26 +27,13 @@ from pumpfleet.settings import Settings, get_settings
 from ray_jobs._ray import init_ray
 
 
-def ray_steps(health_beside: bool = False) -> retraining.RetrainSteps:
-    """The retrain's Ray steps: the ingest, training and anomaly-training jobs; with
-    ``health_beside``, the anomaly search runs in a process of its own beside the RUL
-    search (``ray_jobs.train_anomaly.BesideSearch``)."""
+def ray_steps() -> retraining.RetrainSteps:
+    """The retrain's Ray steps: the ingest, training and anomaly-training jobs."""
     from ray_jobs.ingest import ingest_and_log
     from ray_jobs.train import run_train
-    from ray_jobs.train_anomaly import BesideSearch, run_train_anomaly
+    from ray_jobs.train_anomaly import run_train_anomaly
 
-    def start_anomaly(
-        settings: Settings,
-        snapshot: str,
-        space: AnomalySearchSpace | None,
-        classes: list[str] | None,
-        promote: bool,
-    ) -> Callable[[], dict[str, Any]]:
-        return BesideSearch(settings, snapshot, space, classes, promote).result
-
-    return retraining.RetrainSteps(
-        ingest_and_log, run_train, run_train_anomaly, start_anomaly if health_beside else None
-    )
+    return retraining.RetrainSteps(ingest_and_log, run_train, run_train_anomaly)
 
 
 def run_retrain(
@@ -61,13 +47,11 @@ def run_retrain(
     health_space: AnomalySearchSpace | None = None,
     ab_weight: float | None = None,
     shadow: bool | None = None,
-    health_beside: bool = False,
 ) -> dict[str, Any]:
-    """:func:`pumpfleet.retraining.run_retrain` with the Ray steps (``health_beside``: see
-    :func:`ray_steps`)."""
+    """:func:`pumpfleet.retraining.run_retrain` with the Ray steps."""
     return retraining.run_retrain(
         settings,
-        ray_steps(health_beside),
+        ray_steps(),
         classes,
         space,
         source,

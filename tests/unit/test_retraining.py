@@ -105,31 +105,6 @@ def test_a_class_with_a_health_model_gets_a_new_one(ws: Workspace) -> None:
     assert run_retrain(settings, FakeSteps(reg).steps(), health=False)["health"] == {}
 
 
-def test_the_health_search_can_start_beside_the_rul_search(ws: Workspace) -> None:
-    settings, reg = ws
-    register_anomaly(reg)
-    fake = FakeSteps(reg)
-
-    def start_anomaly(*args: Any) -> Any:
-        fake.calls.append(("start_anomaly", args[1:]))
-        return lambda: fake.train_anomaly(*args)
-
-    steps = RetrainSteps(fake.ingest, fake.train, fake.train_anomaly, start_anomaly)
-    health = AnomalySearchSpace(epochs=1)
-    out = run_retrain(settings, steps, ["esp"], health_space=health)
-    # started before the RUL search, collected after it
-    assert [name for name, _ in fake.calls] == ["ingest", "start_anomaly", "train", "train_anomaly"]
-    assert fake.calls[1] == ("start_anomaly", ("snap1", health, ["esp"], False))
-    assert out["health"] == {"esp": {"version": "2", "registered": True, "threshold": 1.0}}
-    # its error comes when it is collected, and is handled as the one-after-the-other's
-    fake = FakeSteps(reg, health=DataError("no class has enough windows of normal operation"))
-    steps = RetrainSteps(fake.ingest, fake.train, fake.train_anomaly, start_anomaly)
-    out = run_retrain(settings, steps, ["esp"])
-    assert out["health"]["esp"]["registered"] is False
-    assert run_retrain(settings, steps, ["esp"], health=False)["health"] == {}
-    assert "start_anomaly" not in [name for name, _ in fake.calls[-2:]]
-
-
 def test_nothing_trained_is_an_error(ws: Workspace) -> None:
     settings, reg = ws
 
