@@ -18,6 +18,11 @@ def _us(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
+def _key_us(x: float | None) -> str:
+    """A ``key=value`` figure a script reads: no thousands separator, ``nan`` if none."""
+    return "nan" if x is None else f"{x:.0f}"
+
+
 def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     if not concurrency:  # --batches-only
         batch_table(rows)
@@ -60,8 +65,8 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     print(
         f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / base['rps']:.2f} "
         f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
-        f"chaos_errors={ch['errors']} cpu_us={_us(d16.get('cpu_us'))} "
-        f"fastapi_cpu_us={_us(base.get('cpu_us'))}"
+        f"chaos_errors={ch['errors']} cpu_us={_key_us(d16.get('cpu_us'))} "
+        f"fastapi_cpu_us={_key_us(base.get('cpu_us'))}"
     )
 
 
