@@ -17,14 +17,34 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a live process; None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rindex(b")") + 2 :].split()  # the name may hold spaces
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+def _stats() -> dict[int, tuple[int, float]]:
+    """(parent pid, CPU seconds) of every live process, from one scan of ``/proc``."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry.name}/stat").read_bytes()
+        except OSError:  # gone since the scan
+            continue
+        fields = raw[raw.rindex(b")") + 2 :].split()  # the name may hold spaces
+        out[int(entry.name)] = int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def descendants(root: int, stats: dict[int, tuple[int, float]] | None = None) -> set[int]:
+    """Every process below ``root`` (from ``/proc``, or from a scan already made)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (stats if stats is not None else _stats()).items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid not in out:
+            out.add(pid)
+            todo.extend(children.get(pid, []))
+    return out
 
 
 def _cmdline(pid: int) -> bytes:
@@ -32,35 +52,6 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def tree_cpu(root: int, named: bytes | None = None, with_root: bool = False) -> float | None:
-    """CPU seconds of ``root``'s descendants (and of ``root`` ``with_root``), or of those
-    of them whose command line holds ``named``; None without ``/proc``."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    stats = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            found = _stat(int(entry.name))
-            if found is not None:
-                stats[int(entry.name)] = found
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in stats.items():
-        children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, list(children.get(root, []))
-    if with_root and root in stats:
-        todo.append(root)
-    while todo:
-        pid = todo.pop()
-        if pid != root:
-            todo.extend(children.get(pid, []))
-        if named is None or named in _cmdline(pid):
-            total += stats[pid][1]
-    return total
-
-
-REPLICAS = b"ServeReplica:pumpfleet:"
 
 
 class CpuMeter:
@@ -72,9 +63,17 @@ class CpuMeter:
         self.start = self._now()
 
     def _now(self) -> tuple[float | None, float | None]:
+        """CPU seconds so far of the server's processes and of Serve's replicas."""
+        if not Path("/proc/self/stat").exists():
+            return None, None
+        stats = _stats()
+        below = descendants(self.root, stats)
         if not self.replicas:  # a plain server: its own process and its workers
-            return tree_cpu(self.root, with_root=True), None
-        return tree_cpu(self.root), tree_cpu(self.root, REPLICAS)
+            return sum(stats[p][1] for p in below | ({self.root} & stats.keys())), None
+        from benchmarks.serve_harness import REPLICA_TITLE
+
+        replicas = [p for p in below if _cmdline(p).startswith(REPLICA_TITLE)]
+        return sum(stats[p][1] for p in below), sum(stats[p][1] for p in replicas)
 
     def per_request_us(self, requests: int) -> dict[str, float | None]:
         """µs of CPU per request since this meter began: ``cpu_us`` (every process),

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.serve_cpu import descendants
+
 CLASS = "esp"
 WINDOW = 24
 TIMEOUT = 30.0  # seconds a client waits for an answer before it counts it unanswered
@@ -280,29 +282,11 @@ def by_status(outcomes: list[Outcome]) -> dict[str, int]:
 # --- the replicas ---------------------------------------------------------------------
 
 
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root`` (from /proc)."""
-    parent: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {p for p, pp in parent.items() if pp in frontier} - out
-        out |= frontier
-    return out
-
-
 def replica_pids() -> list[int]:
     """The pumpfleet app's replicas among this process's descendants (the Ray it
     started): never another Ray's on the machine."""
     out = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -386,7 +370,7 @@ def haproxy_pids() -> list[int]:
     """HAProxy processes among this process's descendants (Serve's, of the Ray it
     started)."""
     out = []
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:

@@ -231,8 +231,6 @@ def _regimes(found: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.nda
     """:func:`pumpfleet.features.nearest_regime` of each row, found once per run of
     identical settings (setpoints change seldom; a row with a missing one is a run of
     its own, NaN being unequal to itself): the same regime, row by row."""
-    if len(found) < 2:
-        return nearest_regime(found, center, scale)
     change = np.ones(len(found), dtype=bool)
     change[1:] = (found[1:] != found[:-1]).any(axis=1)
     starts = np.flatnonzero(change)

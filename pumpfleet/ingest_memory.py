@@ -7,15 +7,16 @@ pool hands freed pages back, so the kernel zeroes every page again (transparent 
 pages: 2 MB at a time), and that, not the arithmetic, was most of the ingest's system
 time. :func:`reused_memory` keeps freed memory for the next block while the ingest
 runs: Arrow allocates from the C heap (its system pool), and glibc serves large
-allocations from its heap and keeps what is freed; on the way out Arrow's pool and
-glibc's thresholds are put back and the heap is trimmed. Where the C library is not
-glibc, only Arrow's pool is switched.
+allocations from its heap and keeps what is freed; on the way out Arrow's pool is put
+back, glibc's two thresholds are set to their initial values and the heap is trimmed.
+(Setting a threshold turns glibc's own adjustment of them off for the rest of the
+process, mallopt(3): after an ingest they stay at those initial 128 kB.) Where the C
+library is not glibc, only Arrow's pool is switched.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,11 +31,8 @@ _KEEP = 1 << 30  # allocations under this come from the heap, and freed ones sta
 
 
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
     try:
-        libc = ctypes.CDLL(name)
+        libc = ctypes.CDLL(None)  # the process's own symbols: the C library is loaded
         libc.gnu_get_libc_version  # noqa: B018  (glibc only: mallopt's parameters are its own)
     except (OSError, AttributeError):
         return None

@@ -59,12 +59,7 @@ STRINGS = ["pump_id", "site", "split"]
 WRITE_OPTIONS: dict[str, Any] = {
     "use_dictionary": STRINGS,
     "write_statistics": [
-        "pump_id",
-        "site",
-        "split",
-        "end_time",
-        "rul_hours",
-        "failure_within_horizon",
+        n for n in window_schema(WindowConfig()).names if n not in ("pump_class", "window")
     ],
     "data_page_version": "2.0",
 }

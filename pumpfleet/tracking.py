@@ -48,11 +48,21 @@ class Tracking:
     # --- tracking -------------------------------------------------------------------
 
     def experiment(self, name: str) -> str:
+        """The id of experiment ``name``, made if there is none yet (two processes may
+        both find none: the one whose create fails reads the other's)."""
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
         location = f"{self.artifact_root}/{name}" if self.artifact_root else None
-        return str(self.client.create_experiment(name, artifact_location=location))
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
 
     def start_run(
         self,

@@ -365,7 +365,8 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
-    from pumpfleet_cli.demo import DemoConfig, run_demo, shutdown, summary_text
+    from pumpfleet_cli.demo import DemoConfig, run_demo, shutdown
+    from pumpfleet_cli.demo_summary import summary_text
 
     cfg = DemoConfig(pumps=args.pumps, days=args.days, seed=args.seed, port=args.port)
     try:

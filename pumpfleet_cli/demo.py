@@ -40,7 +40,6 @@ from pumpfleet_cli.demo_loop import (
     closed_loop,
     drift_harm,
 )
-from pumpfleet_cli.demo_summary import summary_text as summary_text  # re-exported
 from ray_jobs._ray import init_ray
 from ray_jobs.ingest import ingest_and_log
 from ray_jobs.monitor import run_monitor

@@ -162,9 +162,6 @@ class BesideSearch:
         classes: list[str] | None = None,
         promote: bool = False,
     ) -> None:
-        # Both searches record their runs in one MLflow experiment: made here, once, so
-        # that the two processes do not race to create it.
-        Registry(settings.tracking_uri, settings.artifact_root).experiment(EXPERIMENT)
         self._driver = _SearchDriver.remote()  # type: ignore[attr-defined]
         self._ref = self._driver.run.remote(settings, snapshot, space, classes, promote)
 

@@ -17,30 +17,10 @@ from typing import Any
 from unittest import mock
 
 from pumpfleet import records
-from pumpfleet.features import FeatureSpec
 from pumpfleet.predlog import PredictionLog
 from serve_apps.model_set import ModelSet, ServedClass
 from serve_apps.schemas import ScoringConfig
 from serve_apps.scoring import PumpScorer
-
-
-def esp_spec(
-    window: int = 4,
-    mean: tuple[float, float] = (80.0, 1000.0),
-    std: tuple[float, float] = (10.0, 100.0),
-) -> FeatureSpec:
-    """A small esp spec of two channels (motor temperature, flow), hourly windows."""
-    return FeatureSpec(
-        pump_class="esp",
-        channels=["motor_temp", "flow"],
-        window=window,
-        stride=1,
-        interval_seconds=3600,
-        rul_cap_hours=100.0,
-        horizon_hours=24.0,
-        mean=list(mean),
-        std=list(std),
-    )
 
 
 def served_app() -> Any:

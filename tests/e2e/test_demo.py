@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ray, pytest.mark.slow]
 
 
 def test_demo_loop(demo_run: DemoRun) -> None:
-    from pumpfleet_cli.demo import BAD_REQUESTS, summary_text
+    from pumpfleet_cli.demo import BAD_REQUESTS
+    from pumpfleet_cli.demo_summary import summary_text
 
     # The session's one demo run (tests/e2e/conftest.py): 32 pumps over 45 days, 100
     # requests per class, 8 epochs. The docs' commands run against its workspace after.

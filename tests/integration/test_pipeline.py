@@ -140,11 +140,7 @@ def test_a_second_challenger_faces_the_champion(workspace: dict[str, Any]) -> No
     s = workspace["settings"]
     reg = Registry(s.tracking_uri)
     # the next version of each class's model (other modules may have registered some)
-    before = {
-        c: max((int(v.version) for v in reg.client.search_model_versions(
-            f"name='{model_name(c)}'")), default=0)
-        for c in PUMP_CLASSES
-    }  # fmt: skip
+    before = {c: max(map(int, reg.versions(model_name(c))), default=0) for c in PUMP_CLASSES}
     run_train(s, "latest", SearchSpace(lr=[3e-3], epochs=2, seed=1))
     second = run_evaluate(s)["classes"]
     for cls, r in second.items():

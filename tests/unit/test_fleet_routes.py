@@ -22,11 +22,12 @@ from serve_apps.model_set import ServedClass, ServedModel
 from serve_apps.schemas import FleetConfig
 from serve_apps.security import digest
 from tests.postgres_server import fleet_url, pg_server  # noqa: F401 (fixtures)
-from tests.serve_inproc import InProcessService, config, esp_spec
+from tests.serve_inproc import InProcessService, config
+from tests.unit.test_features import spec
 
 KEY = "scoring-key-0123456789"
 W = 4
-SPEC = esp_spec(W)
+SPEC = spec(window=W)
 
 
 def run(x: np.ndarray) -> np.ndarray:

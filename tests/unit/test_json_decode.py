@@ -13,17 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.responses import JSONResponse
 
-from pumpfleet.features import FeatureSpec
 from serve_apps import batch, json_decode
 from serve_apps.errors import InvalidFields
-from tests.serve_inproc import esp_spec
-from tests.unit.test_serve_batch import run_batch, served
+from tests.unit.test_serve_batch import run_batch, served, spec
 
 W = 4
-
-
-def spec() -> FeatureSpec:
-    return esp_spec(W, mean=(80.0, 80.0), std=(10.0, 10.0))
 
 
 def good(pump: str = "p1", values: list[Any] | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import pytest
 from pumpfleet.alerts import AlertPolicy
 from pumpfleet.drift import AnalysisConfig
 from pumpfleet.features import FeatureSpec
-from pumpfleet.monitoring import run
+from pumpfleet.monitoring import report, run
 from pumpfleet.predlog import PredictionLog
 from pumpfleet.registry import Registry
 from pumpfleet.settings import Settings
@@ -128,7 +128,11 @@ def monitored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return settings
 
 
-def test_a_drifting_class_alerts_and_one_retrain_is_submitted(monitored: Settings) -> None:
+def test_a_drifting_class_alerts_and_one_retrain_is_submitted(
+    monitored: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The report must use the figure drawn where the class was analysed, not redraw it.
+    monkeypatch.setattr(report, "class_png", lambda r: pytest.fail("figure drawn again"))
     server = FakeServer()
     policy = AlertPolicy(consecutive=2, clear_after=2)
     out = run.run_monitor(monitored, chunk_size=100, policy=policy, server=server, now=NOW)

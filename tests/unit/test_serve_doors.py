@@ -28,12 +28,12 @@ from serve_apps.model_set import ModelSet, ServedClass, ServedModel
 from serve_apps.schemas import ARROW_STREAM, ScoringConfig
 from serve_apps.scoring import PumpScorer
 from serve_apps.security import digest
-from tests.serve_inproc import esp_spec
+from tests.unit.test_features import spec
 
 KEY = "scoring-key-0123456789"
 TOKEN = "admin-token-0123456789"
 W = 4
-SPEC = esp_spec(W)
+SPEC = spec(window=W)
 SMALL = 4096  # the small body limit in these tests
 LARGE = 65536
 
