@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -52,6 +53,35 @@ def test_a_full_queue_drops_and_counts_rather_than_waits(tmp_path: Path) -> None
     assert dropped == [40, 40, 40]
     gate.set()
     assert feed.drain()
+    stop.set()
+    db.close()
+
+
+def test_jobs_offered_within_the_gather_interval_go_in_one_drain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = FleetDB(f"sqlite:///{tmp_path / 'fleet.db'}")
+    written: list[list[str]] = []
+    ingest = db.ingest
+
+    def counted(rows: list[ScoredRow]) -> None:
+        written.append([r.pump_id for r in rows])
+        ingest(rows)
+
+    monkeypatch.setattr(db, "ingest", counted)
+    stop = threading.Event()
+
+    def row(pump: str) -> Callable[[FleetDB, list[int]], list[ScoredRow]]:
+        return lambda db, budget: [ScoredRow(pump, "esp", 1.0, 10.0, 0.2)]
+
+    feed = FleetFeed(db, stop, max_rows=100, explain_per_batch=0, gather_seconds=2.0)
+    assert feed.offer(row("p1"), 1) and feed.drain()
+    time.sleep(0.3)
+    assert feed.offer(row("p2"), 1)
+    time.sleep(0.2)  # a feed that did not wait would have written p2 on its own by now
+    assert feed.offer(row("p3"), 1) and feed.offer(row("p4"), 1)
+    assert feed.drain()
+    assert written == [["p1"], ["p2", "p3", "p4"]]  # one commit for the three
     stop.set()
     db.close()
 
