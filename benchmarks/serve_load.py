@@ -14,7 +14,7 @@ p50, p99, errors); batches of 1,000 windows as JSON and as Arrow IPC (windows/s)
 chaos under load, through the front door: promote the challenger, change the split and
 kill a replica while 16 clients keep scoring (failed requests).
 
-    python -m benchmarks.serve_load [--seconds 10] [--replicas 2] [--batches-only]
+    python -m benchmarks.serve_load [--seconds 10] [--replicas 2] [--batches-only | --door-only]
 
 The load comes from an asyncio client in this process, on the same 2 cores as the
 servers: every arm pays for it alike, so read the ratios.
@@ -258,6 +258,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batches-only", action="store_true", help="the batch paths alone: no load, no chaos"
     )
+    parser.add_argument(
+        "--door-only",
+        action="store_true",
+        help="single windows through the front door and FastAPI alone: no batches, no chaos",
+    )
     args = parser.parse_args(argv)
     if args.batches_only:
         args.concurrency = []
@@ -301,9 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.concurrency:
             load = _load(plain_url, {}, singles, n, args.seconds)
             rows[f"fastapi@{n}"] = _measured(plain.pid, False, load)
-        rows["fastapi@batch"] = {
-            "json": _batch_rate(plain_url, {}, json_batch, "application/json", args.batches)
-        }
+        if not args.door_only:
+            rows["fastapi@batch"] = {
+                "json": _batch_rate(plain_url, {}, json_batch, "application/json", args.batches)
+            }
         os.killpg(plain.pid, signal.SIGTERM)
         plain.wait(30)
         plain = None
@@ -324,11 +330,16 @@ def main(argv: list[str] | None = None) -> None:
         for n in args.concurrency:
             me = os.getpid()  # Ray's processes and HAProxy are this one's descendants
             rows[f"door@{n}"] = _measured(me, True, _load(url, headers, singles, n, args.seconds))
+            if args.door_only:
+                continue
             load = _load(direct or url, headers, singles, n, args.seconds)
             rows[f"serve@{n}"] = _measured(me, True, load)
             rows[f"proxy@{n}"] = _measured(
                 me, True, _load(proxy, headers, singles, n, args.seconds)
             )
+        if args.door_only:  # no batches, no chaos
+            serve_run.stop()
+            return report(rows, args.concurrency, door_only=True)
         rows["serve@batch"] = {
             "json": _batch_rate(url, headers, json_batch, "application/json", args.batches),
             "arrow": _batch_rate(

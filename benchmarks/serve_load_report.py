@@ -9,6 +9,9 @@ from typing import Any
 
 from pumpfleet.tables import format_table
 
+HEAD = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi",
+        "CPU us/req", "replicas us/req", "fastapi CPU / arm's"]  # fmt: skip
+
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
@@ -23,7 +26,9 @@ def _key_us(x: float | None) -> str:
     return "nan" if x is None else f"{x:.0f}"
 
 
-def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
+def report(
+    rows: dict[str, dict[str, Any]], concurrency: list[int], door_only: bool = False
+) -> None:
     if not concurrency:  # --batches-only
         batch_table(rows)
         sb = rows["serve@batch"]
@@ -35,7 +40,7 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
     names = {"door": "serve, front door (HAProxy)", "serve": "serve, replicas' own ports",
              "proxy": "serve, Python proxy", "fastapi": "fastapi, 2 workers"}  # fmt: skip
     for n in concurrency:
-        for arm in ("door", "serve", "proxy", "fastapi"):
+        for arm in ("door", "fastapi") if door_only else ("door", "serve", "proxy", "fastapi"):
             r = rows[f"{arm}@{n}"]
             ratio = _ratio(r["rps"], rows[f"fastapi@{n}"]["rps"])
             row = [names[arm], n, f"{r['rps']:,.0f}", f"{r['p50']:.1f}"]
@@ -43,12 +48,13 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
             plain_cpu = rows[f"fastapi@{n}"].get("cpu_us")
             cpu_ratio = _ratio(plain_cpu, r["cpu_us"]) if plain_cpu and r.get("cpu_us") else "-"
             table.append([*row, f"{r['p99']:.1f}", r["errors"], ratio, *cpu, cpu_ratio])
+    if door_only:
+        door_summary(rows, concurrency, table)
+        return
     ip = rows["in-process"]
     row = ["onnxruntime in-process", 1, f"{ip['rps']:,.0f}", f"{ip['p50']:.2f}"]
     table.append([*row, f"{ip['p99']:.2f}", 0, _ratio(ip["rps"], base["rps"]), "", "", ""])
-    head = ["arm", "clients", "req/s", "p50 ms", "p99 ms", "errors", "vs fastapi",
-            "CPU us/req", "replicas us/req", "fastapi CPU / arm's"]  # fmt: skip
-    print(format_table(head, table))
+    print(format_table(HEAD, table))
     print()
     batch_table(rows)
     sb = rows["serve@batch"]
@@ -67,6 +73,20 @@ def report(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> None:
         f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
         f"chaos_errors={ch['errors']} cpu_us={_key_us(d16.get('cpu_us'))} "
         f"fastapi_cpu_us={_key_us(base.get('cpu_us'))}"
+    )
+
+
+def door_summary(rows: dict[str, dict[str, Any]], concurrency: list[int], table: list[Any]) -> None:
+    """``--door-only``: the front door's and FastAPI's rows and their key=value line."""
+    print(format_table(HEAD, table))
+    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
+    f16, f64 = rows[f"fastapi@{concurrency[0]}"], rows[f"fastapi@{concurrency[-1]}"]
+    print(
+        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / f16['rps']:.2f} "
+        f"ratio64={d64['rps'] / f64['rps']:.2f} cpu_us={_key_us(d16.get('cpu_us'))} "
+        f"replica_cpu_us={_key_us(d16.get('replica_cpu_us'))} "
+        f"fastapi_cpu_us={_key_us(f16.get('cpu_us'))}"
     )
 
 
