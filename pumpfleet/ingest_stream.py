@@ -75,6 +75,11 @@ def _hive_keys(path: str, base_dir: str) -> dict[str, str]:
 def file_blocks(plan: IngestPlan, block_rows: int = BLOCK_ROWS) -> list[list[str]]:
     """The input files in groups that share no pump, each group's files in the plan's
     order, groups merged (in order) up to ``block_rows`` rows."""
+    return [files for files, _ in file_groups(plan, block_rows)]
+
+
+def file_groups(plan: IngestPlan, block_rows: int = BLOCK_ROWS) -> list[tuple[list[str], int]]:
+    """:func:`file_blocks` with each block's rows."""
     parent = list(range(len(plan.files)))
 
     def root(i: int) -> int:
@@ -98,16 +103,13 @@ def file_blocks(plan: IngestPlan, block_rows: int = BLOCK_ROWS) -> list[list[str
     groups: dict[int, list[int]] = {}
     for i in range(len(plan.files)):
         groups.setdefault(root(i), []).append(i)
-    blocks: list[list[str]] = []
-    rows = 0
+    blocks: list[tuple[list[str], int]] = []
     for members in sorted(groups.values()):
         n = sum(sizes[i] for i in members)
-        if not blocks or rows + n > block_rows:
-            blocks.append([])
-            rows = 0
-        blocks[-1] += [plan.files[i] for i in members]
-        rows += n
-    return [sorted(b, key=plan.files.index) for b in blocks]
+        if not blocks or blocks[-1][1] + n > block_rows:
+            blocks.append(([], 0))
+        blocks[-1] = (blocks[-1][0] + [plan.files[i] for i in members], blocks[-1][1] + n)
+    return [(sorted(b, key=plan.files.index), n) for b, n in blocks]
 
 
 def _constant(value: str, n: int) -> pa.Array:
@@ -131,11 +133,12 @@ def read_files(plan: IngestPlan, files: Sequence[str]) -> pa.Table:
 
 
 class ClassWriters:
-    """One Parquet file per class under ``windows/pump_class=<c>/``, row groups of
+    """One Parquet file (``name``) per class under ``windows/pump_class=<c>/``, row groups of
     ``ROW_GROUP`` windows, counting the windows per class and split as they are written."""
 
-    def __init__(self, run: str, schema: pa.Schema) -> None:
+    def __init__(self, run: str, schema: pa.Schema, name: str = "part-0.parquet") -> None:
         self.fs, self.root = storage.resolve(storage.join(run, "windows"))
+        self.name = name
         self.schema = schema.remove(schema.get_field_index("pump_class"))
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.pending: dict[str, list[pa.Table]] = {}
@@ -158,7 +161,7 @@ class ClassWriters:
             folder = f"{self.root}/pump_class={cls}"
             self.fs.create_dir(folder, recursive=True)
             self.writers[cls] = pq.ParquetWriter(
-                f"{folder}/part-0.parquet",
+                f"{folder}/{self.name}",
                 self.schema,
                 filesystem=self.fs,
                 **WRITE_OPTIONS,

@@ -3,12 +3,16 @@ per pump → a feature snapshot (Parquet, partitioned by pump class) with its sp
 
     python -m ray_jobs.ingest --source DATASET [--out FEATURES_DIR] [--single-process]
 
-Two passes over the data, one shuffle: the readings are sorted by pump once, so that each
-block holds whole pumps, and each block is validated there by the vectorised core
-(``pumpfleet.ingest_parts.block_parts``, the functions ``pumpfleet.ingest_stream`` calls
-directly in one process); the counts, splits and statistics come from the small
-per-block parts (``pumpfleet.ingestion``), and the windows are cut while they are
-written.
+Validation and windowing need a pump's rows together. Where the input files hold whole
+pumps (the groups of files that share pumps, ``pumpfleet.ingest_stream.file_groups``,
+are all small: a simulated fleet's files each hold whole pumps), there is no shuffle:
+Ray Data maps the groups, a few per CPU, and each task validates its group with the
+functions the single process calls and, in a second pass once the splits are decided,
+writes its windows itself (``pumpfleet.ingest_tasks``); the driver gets small parts
+only. Otherwise there is one shuffle: the readings are sorted by pump, so that each
+block holds whole pumps, and each block is validated (``pumpfleet.ingest_parts``);
+its windows are cut as Ray Data writes them. Either way the counts, splits and
+statistics come from the small per-block parts (``pumpfleet.ingestion``).
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ from pumpfleet.ingest_parts import (
     regime_statistics_of,
     windows_of,
 )
-from pumpfleet.ingest_stream import run_ingest_stream
+from pumpfleet.ingest_stream import BLOCK_ROWS, file_groups, run_ingest_stream
+from pumpfleet.ingest_tasks import SCRATCH, block_items, validate_blocks, window_blocks
 from pumpfleet.ingestion import (
+    IngestPlan,
+    Pumps,
     Stages,
     class_specs,
     failures,
@@ -49,11 +56,16 @@ from pumpfleet.ingestion import (
     window_counts,
 )
 from pumpfleet.job_options import add_ingest_args, window_config
+from pumpfleet.regimes import RegimeFit
 from pumpfleet.settings import Settings, get_settings
 from pumpfleet.windows import WindowConfig
 from ray_jobs._ray import cluster_cpus, init_ray
 
 log = logging.getLogger(__name__)
+
+# The most rows of a group of files sharing pumps that one task takes; where pumps span
+# more (files by day, say), the readings are shuffled by pump instead.
+MAX_BLOCK_ROWS = 4 * BLOCK_ROWS
 
 
 def _read(files: list[str], fs: Any, base_dir: str, blocks: int) -> ray.data.Dataset:
@@ -87,6 +99,12 @@ def _blocks(rows: int, cpus: int) -> int:
     return max(1, min(8 * cpus, rows // 250_000))
 
 
+def _block_rows(rows: int, cpus: int) -> int:
+    """Rows a task of the shuffle-free path takes at most (whole file groups): the
+    single process's block, or fewer, so that every CPU gets four or more."""
+    return max(10_000, min(BLOCK_ROWS, -(-rows // (4 * cpus))))
+
+
 def _parts_table(parts: ray.data.Dataset, column: str) -> pd.DataFrame:
     tables = [
         t
@@ -95,6 +113,8 @@ def _parts_table(parts: ray.data.Dataset, column: str) -> pd.DataFrame:
         )
         for t in from_ipc(batch.column(column))  # type: ignore[union-attr,operator]
     ]
+    if not tables:
+        return pd.DataFrame()
     return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
@@ -108,11 +128,80 @@ def run_ingest(
     plan = plan_ingest(source, features_root, cfg)
     if plan.up_to_date is not None:
         return plan.up_to_date
+    groups = file_groups(plan, _block_rows(plan.rows_in, cluster_cpus()))
     stage("scan")
+    if max(rows for _, rows in groups) <= MAX_BLOCK_ROWS:
+        done = _by_blocks(plan, [files for files, _ in groups], stage)
+    else:
+        done = _shuffled(plan, stage)
+    tmp, pumps, fits, regime_stats = done
+    specs = class_specs(plan, pumps, fits, regime_stats)
+    wfs, wpath = storage.resolve(storage.join(tmp, "windows"))
+    windows = window_counts(wfs, wpath)
+    summary = publish_snapshot(plan, tmp, pumps, specs, fits, windows, started)
+    stage("publish")
+    log.info("snapshot %s written: %s", plan.snapshot_id, summary)
+    return {**summary, "snapshot_id": plan.snapshot_id, "up_to_date": False}
 
-    # One shuffle: sorted by pump, every block holds whole pumps (the range partitioning
-    # sends a key to one block), and each block is validated at once; what comes out is
-    # small but for the good readings (float32), which the windows are cut from.
+
+Done = tuple[str, Pumps, dict[str, RegimeFit], dict[str, Any]]
+
+
+def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done:
+    """No shuffle: each task takes a group of files that holds whole pumps, validates
+    it, and (once the splits are known) writes its windows itself; the driver gets the
+    small parts only (``pumpfleet.ingest_tasks``)."""
+    tmp = plan.staging()
+    items = block_items(blocks)
+    parts = (
+        ray.data.from_items(items, override_num_blocks=len(items))
+        .map_batches(
+            cast(Any, validate_blocks),
+            fn_kwargs={"plan": plan, "run": tmp},
+            batch_format="pyarrow",
+            batch_size=None,
+        )
+        .drop_columns(["quarantined"])
+        .materialize()
+    )
+    stage("validate")
+    pumps = split_pumps(plan, _parts_table(parts, "counts"), _parts_table(parts, "stats"))
+    fleet = plan.fleet
+    fits = (
+        fit_class_regimes(_parts_table(parts, "sample"), pumps.splits, fleet.settings)
+        if plan.cfg.regimes
+        else {}
+    )
+    stage("splits_and_stats")
+    done = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        cast(Any, window_blocks),
+        fn_kwargs={
+            "plan": plan,
+            "run": tmp,
+            "failures": failures(plan.source),
+            "splits": pumps.splits,
+            "cutoff_ms": pumps.cutoff,
+            "centres": {c: (f.center, f.scale) for c, f in fits.items()},
+        },
+        batch_format="pyarrow",
+        batch_size=None,
+    )
+    per_regime = _parts_table(done, "regime_stats")
+    storage.delete(storage.join(tmp, SCRATCH))
+    regime_stats = (
+        class_regime_statistics(per_regime, pumps.splits, fleet.channel_names)
+        if len(per_regime)
+        else {}
+    )
+    stage("windows")
+    return tmp, pumps, fits, regime_stats
+
+
+def _shuffled(plan: IngestPlan, stage: Stages) -> Done:
+    """One shuffle, where pumps span files: sorted by pump, every block holds whole
+    pumps (the range partitioning sends a key to one block), and each block is
+    validated at once; what comes out is small but for the good readings (float32),
+    which the windows are cut from."""
     parts = (
         _read(plan.files, plan.fs, plan.base_dir, _blocks(plan.rows_in, cluster_cpus()))
         .sort("pump_id")
@@ -148,7 +237,6 @@ def run_ingest(
         regime_stats = class_regime_statistics(
             _parts_table(per_pump, "regime_stats"), pumps.splits, fleet.channel_names
         )
-    specs = class_specs(plan, pumps, fits, regime_stats)
     stage("splits_and_stats")
 
     tmp = plan.staging()
@@ -156,7 +244,7 @@ def run_ingest(
     parts.select_columns(["readings"]).map_batches(
         windows_of,
         fn_kwargs={
-            "failures": failures(source),
+            "failures": failures(plan.source),
             "splits": pumps.splits,
             "cfg": plan.cfg,
             "channels": plan.layout,
@@ -172,11 +260,7 @@ def run_ingest(
             quarantined_rows, batch_format="pyarrow", batch_size=None
         ).write_parquet(qpath, filesystem=qfs)
     stage("quarantine")
-    windows = window_counts(wfs, wpath)
-    summary = publish_snapshot(plan, tmp, pumps, specs, fits, windows, started)
-    stage("publish")
-    log.info("snapshot %s written: %s", plan.snapshot_id, summary)
-    return {**summary, "snapshot_id": plan.snapshot_id, "up_to_date": False}
+    return tmp, pumps, fits, regime_stats
 
 
 def ingest_and_log(

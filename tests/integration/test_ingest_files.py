@@ -164,3 +164,32 @@ def test_every_fault_kind_injected_reconciles(tmp_path: Path, ray_session: Any) 
     q1 = pd.read_parquet(_quarantine(tmp_path / "single", single["snapshot_id"]))
     reasons = q["quarantine_reason"].value_counts().sort_index()
     assert q1["quarantine_reason"].value_counts().sort_index().equals(reasons)
+
+
+def test_the_shuffle_where_pumps_span_files_writes_the_same(
+    tmp_path: Path, ray_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a group of files sharing pumps is too large for one task, the readings are
+    sorted by pump once instead: the same counts and windows as the path without it."""
+    import ray_jobs.ingest
+    from benchmarks.ingest_check import COUNTED, compare, every_fault
+
+    data = tmp_path / "fleet"
+    simulate(SimulationConfig(pumps=8, days=10, seed=5, faults=every_fault(10)), str(data))
+    blocks = ray_jobs.ingest.run_ingest(str(data), str(tmp_path / "blocks"), WindowConfig())
+    monkeypatch.setattr(ray_jobs.ingest, "MAX_BLOCK_ROWS", 0)  # every group too large
+    stages: dict[str, float] = {}
+    sorted_ = ray_jobs.ingest.run_ingest(
+        str(data), str(tmp_path / "sorted"), WindowConfig(), stages
+    )
+    assert "quarantine" in stages  # the shuffle's path (it writes the quarantine apart)
+    assert sorted_["rows_quarantined"] > 0
+    keys = (*COUNTED, "per_file")
+    assert {k: sorted_[k] for k in keys} == {k: blocks[k] for k in keys}
+    check = compare(
+        Path(open_snapshot(str(tmp_path / "sorted")).data) / "windows",
+        Path(open_snapshot(str(tmp_path / "blocks")).data) / "windows",
+    )
+    assert check["same"] and check["windows"] > 0, check
+    q = pd.read_parquet(_quarantine(tmp_path / "blocks", blocks["snapshot_id"]))
+    assert len(q) == blocks["rows_quarantined"]
