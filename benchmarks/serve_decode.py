@@ -3,12 +3,16 @@ validate (the body into items, each item's window cut for its model and checked)
 group, score with the ONNX model, and encode the answer. Today's JSON decoder (pydantic
 alone, each item's window built one at a time) is the baseline, run on the same body in
 the same run, against the msgspec decoder with its batched windows (and the answer
-written by msgspec, not ``json.dumps``); the Arrow IPC path is timed beside them.
+written by msgspec, not ``json.dumps``); the Arrow IPC path is timed beside them, alone
+and with the prediction log written ahead as a replica writes it before it answers. The
+last arm is what a replica's fleet feed does with the batch's rows off the request path
+(explained where risky, into the fleet database on SQLite), on the same cores.
 
     python -m benchmarks.serve_decode [--batch 1000] [--repeats 15] [--bad 0.01]
 
 Arms are interleaved, one run of each in turn, and each figure is the median of
-``--repeats`` runs: a busy machine slows every arm alike. Both decoders are checked to
+``--repeats`` runs: a busy machine slows every arm alike; each arm's CPU time (this
+process's) is printed beside, which a busy machine moves far less. Both decoders are checked to
 give the same items, windows and errors (on the clean batch and on one with ``--bad``
 of its items broken in the ways the tests name) before anything is timed. The last line
 is ``json_decode_ratio=<x> json_path_ratio=<x> arrow_wps=<x> ...``.
@@ -18,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +37,7 @@ from benchmarks.serve_harness import CLASS, WINDOW, arrow_batch, bodies, cnn, es
 from pumpfleet.features import FeatureSpec
 from pumpfleet.routing import Arm
 from pumpfleet.tables import format_table
-from serve_apps import batch
+from serve_apps import batch, prediction_log
 from serve_apps.model_set import ServedClass, ServedModel
 
 
@@ -96,14 +103,21 @@ def _windows(items: batch.Items, spec: FeatureSpec) -> tuple[batch.Items, np.nda
     return items, stacked
 
 
-def whole_path(items: batch.Items, classes: dict[str, ServedClass], encode: str) -> Any:
-    """Group, score and encode decoded items as the replica does (less the log):
-    ``encode`` today's JSON (an answer per item, Starlette's ``json.dumps``), ``json``
-    (msgspec) or ``arrow``."""
+def whole_path(
+    items: batch.Items, classes: dict[str, ServedClass], encode: str, log: Any = None
+) -> Any:
+    """Group, score and encode decoded items as the replica does (the prediction log
+    written ahead into ``log`` where one is given, as the replica does before it
+    answers): ``encode`` today's JSON (an answer per item, Starlette's ``json.dumps``),
+    ``json`` (msgspec) or ``arrow``."""
     answers = batch.Answers(len(items))
     for g in batch.group(items, classes, "salt"):
         scores = batch.score(g)
-        answers.fill(g, scores, batch.health_columns(None, scores, len(g.rows)))
+        health = batch.health_columns(None, scores, len(g.rows))
+        answers.fill(g, scores, health)
+        if log is not None:
+            columns = prediction_log.log_columns(g, items, scores, health, 1.0)
+            prediction_log.write(log, columns, len(g.rows))
     if encode == "arrow":
         return batch.encode_arrow(items, answers)
     if encode == "json":
@@ -111,6 +125,30 @@ def whole_path(items: batch.Items, classes: dict[str, ServedClass], encode: str)
     errors = batch.error_list(items)
     results = [batch.result(items, answers, i) for i in range(len(items))]
     return JSONResponse({"results": results, "errors": errors}).body
+
+
+def fleet_rows(
+    items: batch.Items, classes: dict[str, ServedClass], db: Any, explain: int
+) -> Callable[[], object]:
+    """What a replica's fleet feed does with a scored batch, off the request path: each
+    group's prediction-log columns as fleet rows (``explain`` risky windows explained,
+    a drain's budget) into the fleet database ``db``, stamped anew at each call (each
+    call is the pumps' next window)."""
+    from serve_apps.fleet_feed import cloud_rows
+
+    scored = []
+    for g in batch.group(items, classes, "salt"):
+        scores = batch.score(g)
+        health = batch.health_columns(None, scores, len(g.rows))
+        scored.append((g, prediction_log.log_columns(g, items, scores, health, 1.0)))
+
+    def feed() -> None:
+        budget = [explain]
+        for g, columns in scored:
+            stamp = np.full(len(g.rows), time.time_ns(), dtype="datetime64[ns]")
+            db.ingest(cloud_rows(columns | {"timestamp": stamp}, g.model, g.windows, budget))
+
+    return feed
 
 
 def _same(a: tuple[batch.Items, np.ndarray], b: tuple[batch.Items, np.ndarray]) -> None:
@@ -138,6 +176,31 @@ def main(argv: list[str] | None = None) -> None:
         _same(_windows(today_json(b), spec), _windows(batch.decode_json(b), spec))
     today = whole_path(today_json(body), classes, "today")
     assert today == whole_path(batch.decode_json(body), classes, "json"), "answers differ"
+    scratch = Path(tempfile.mkdtemp(prefix="pumpfleet-serve-decode-"))
+    try:
+        _timed(args, spec, body, mixed, arrow, classes, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _timed(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    body: bytes,
+    mixed: bytes,
+    arrow: bytes,
+    classes: dict[str, ServedClass],
+    scratch: Path,
+) -> None:
+    from pumpfleet.fleet_store import FleetDB
+    from serve_apps.durable_log import DurableLog
+    from serve_apps.schemas import FleetConfig
+
+    log = DurableLog(str(scratch / "predictions"), max_rows=10**9)  # flushed by no one
+    db = FleetDB(f"sqlite:///{scratch / 'fleet.db'}")
+    feed = fleet_rows(batch.decode_arrow(arrow), classes, db, FleetConfig().explain_per_batch)
+    for _ in range(5):  # the alerts the first windows open (an untrained model's risk)
+        feed()
 
     arms: dict[str, Callable[[], object]] = {
         "json decode, pydantic": lambda: _windows(today_json(body), spec),
@@ -150,30 +213,39 @@ def main(argv: list[str] | None = None) -> None:
         "json path, pydantic": lambda: whole_path(today_json(body), classes, "today"),
         "json path, msgspec": lambda: whole_path(batch.decode_json(body), classes, "json"),
         "arrow path": lambda: whole_path(batch.decode_arrow(arrow), classes, "arrow"),
+        "arrow path, logged": lambda: whole_path(batch.decode_arrow(arrow), classes, "arrow", log),
+        "fleet rows of a batch (SQLite)": feed,
     }
     times: dict[str, list[float]] = {k: [] for k in arms}
+    cpu: dict[str, list[float]] = {k: [] for k in arms}  # this process's CPU seconds
     for fn in arms.values():
         fn()  # warm up
     for _ in range(args.repeats):
         for name, fn in arms.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     median = {k: statistics.median(v) for k, v in times.items()}
+    cpu_ms = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
     wps = {k: args.batch / v for k, v in median.items()}
     base = {
         k: median[k.replace("msgspec", "pydantic")] if "msgspec" in k else median[k] for k in arms
     }
     rows = [
-        [k, f"{median[k] * 1e3:.2f}", f"{wps[k]:,.0f}", f"{base[k] / median[k]:.2f}x"] for k in arms
+        [k, f"{median[k] * 1e3:.2f}", f"{cpu_ms[k]:.2f}", f"{wps[k]:,.0f}", ratio]
+        for k in arms
+        for ratio in [f"{base[k] / median[k]:.2f}x"]
     ]
     print(
         f"a batch of {args.batch} windows ({WINDOW} x {len(spec.inputs)}) through a replica "
         f"in process, no HTTP: JSON body {len(body):,} bytes, Arrow {len(arrow):,} bytes; "
-        f"median of {args.repeats} interleaved runs; path = decode, group, score (ONNX, "
-        "1 thread), encode"
+        f"median of {args.repeats} interleaved runs (wall and CPU time); path = decode, "
+        "group, score (ONNX, 1 thread), encode; logged: and the prediction log written "
+        "ahead; fleet rows: what the replica's fleet feed does with the batch's rows, off "
+        "the request path"
     )
-    print(format_table(["arm", "ms", "windows/s", "x pydantic"], rows))
+    print(format_table(["arm", "ms", "CPU ms", "windows/s", "x pydantic"], rows))
     figures = {
         "json_decode_ratio": median["json decode, pydantic"] / median["json decode, msgspec"],
         "json_bad_decode_ratio": median[f"json decode {args.bad:.0%} bad, pydantic"]
@@ -182,8 +254,17 @@ def main(argv: list[str] | None = None) -> None:
         "json_path_wps": wps["json path, msgspec"],
         "arrow_decode_wps": wps["arrow decode"],
         "arrow_wps": wps["arrow path"],
+        "arrow_logged_wps": wps["arrow path, logged"],
+        "arrow_cpu_ms": cpu_ms["arrow path"],
+        "arrow_logged_cpu_ms": cpu_ms["arrow path, logged"],
+        "fleet_rows_cpu_ms": cpu_ms["fleet rows of a batch (SQLite)"],
     }
-    print(" ".join(f"{k}={v:.2f}" if "ratio" in k else f"{k}={v:.0f}" for k, v in figures.items()))
+    print(
+        " ".join(
+            f"{k}={v:.2f}" if "ratio" in k or "ms" in k else f"{k}={v:.0f}"
+            for k, v in figures.items()
+        )
+    )
 
 
 if __name__ == "__main__":

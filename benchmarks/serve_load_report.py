@@ -91,13 +91,21 @@ def door_summary(rows: dict[str, dict[str, Any]], concurrency: list[int], table:
 
 
 def batch_table(rows: dict[str, dict[str, Any]]) -> None:
-    """The batch paths' windows per second against plain FastAPI's JSON."""
+    """The batch paths' windows per second against plain FastAPI's JSON, and the CPU a
+    batch cost the servers (every Ray process and HAProxy for Serve)."""
     fb, sb, ip = rows["fastapi@batch"], rows["serve@batch"], rows["in-process"]
     via = "front door"
+
+    def cpu(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
     batches = [
-        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x"],
-        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"])],
-        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"])],
-        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"])],
-    ]
-    print(format_table(["batch of 1,000", "windows/s", "vs fastapi JSON"], batches))
+        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x", cpu(fb.get("json_cpu_ms"))],
+        [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"]),
+         cpu(sb.get("json_cpu_ms"))],
+        [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"]),
+         cpu(sb.get("arrow_cpu_ms"))],
+        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"]), ""],
+    ]  # fmt: skip
+    head = ["batch of 1,000", "windows/s", "vs fastapi JSON", "server CPU ms/batch"]
+    print(format_table(head, batches))
