@@ -27,7 +27,7 @@ from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.physics import runs_as_new
 from pumpfleet.predlog import read_log
 from pumpfleet.search_space import SearchSpace
-from pumpfleet.settings import Settings
+from pumpfleet.settings import Settings, apply_engine_env
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import WindowConfig
@@ -217,6 +217,21 @@ def _wait_for_log(settings: Settings, expected: int, timeout: float = 30.0) -> i
     raise DataError(f"prediction log holds {n} rows after {timeout:.0f} s, expected {expected}")
 
 
+def _reload_health(url: str, api_key: str, admin_token: str, health: dict[str, Any]) -> None:
+    """Have the replica reload its models (``POST /v1/admin/reload``), and check that it
+    serves each promoted health model (``GET /v1/models``)."""
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        client.post(
+            "/v1/admin/reload", headers={"authorization": f"Bearer {admin_token}"}
+        ).raise_for_status()
+        listed = client.get("/v1/models", headers={API_KEY_HEADER: api_key})
+        listed.raise_for_status()
+    serving = {c: m.get("anomaly") for c, m in listed.json()["classes"].items()}
+    for cls, r in health["classes"].items():
+        if r.get("promoted") and cls in serving and serving[cls] != str(r["version"]):
+            raise DataError(f"{cls}: Serve has health model {serving[cls]}, not v{r['version']}")
+
+
 def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from edge_export.export import run_export
     from pumpfleet.search_space import AnomalySearchSpace
@@ -236,10 +251,23 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         settings.data_uri,
         overwrite=True,
     )
-    step(2, "ingesting on Ray Data")
+    step(2, "ingesting (the vectorised ingest in this process, while Ray starts)")
     serve_run.use_serve_env(local=True)  # before Ray starts: the scoring step serves on it
-    init_ray(settings)
-    ingest = ingest_and_log(settings, settings.data_uri, settings.features_uri, WindowConfig())
+    apply_engine_env(settings)  # before the ingest's thread reads it (init_ray does too)
+    # A small fleet's ingest needs no cluster: its array functions, called here, take
+    # about a second, while Ray's start (mostly waiting on its processes) takes several.
+    # The retrain ingests on Ray Data, as a job submitted to a cluster would.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-ingest") as pool:
+        ingesting = pool.submit(
+            ingest_and_log,
+            settings,
+            settings.data_uri,
+            settings.features_uri,
+            WindowConfig(),
+            single_process=True,
+        )
+        init_ray(settings)
+        ingest = ingesting.result()
     step(3, "training one RUL model per class, and beside it a health model per class, on Ray Tune")
     snapshot = ingest["snapshot_id"]
     # The health search runs in a process of its own beside the RUL search and the
@@ -252,24 +280,34 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     train = run_train(settings, snapshot, rul_space)
     step(4, "evaluating challengers against champions")
     evaluation = run_evaluate(settings, snapshot)
-    step(5, "health (anomaly) models per class: gated and promoted")
-    health = health_search.result()
-    step(6, "exporting ONNX edge bundles")
-    export = run_export(settings)
-    step(7, "serving on Ray Serve and scoring over HTTP")
-    # The demo makes its own API key (kept in memory; only its digest reaches Serve).
-    api_key = new_key()
-    secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(new_key()),))
+    # The demo makes its own keys (kept in memory; only their digests reach Serve).
+    api_key, admin_token = new_key(), new_key()
+    secrets = Secrets(api_keys=(digest(api_key),), admin_tokens=(digest(admin_token),))
     served = [c for c, r in evaluation["classes"].items() if r["champion"]]
-    # The requests are made while Serve starts (its processes start one after another,
-    # leaving a core to spare).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-requests") as pool:
-        made = pool.submit(_story_requests, settings, cfg, served)
-        # Production only: the demo never uses the /staging app that `pumpfleet serve` adds.
-        url = serve_run.start(
-            settings, cfg.port or free_port(), cfg.challenger_weight, secrets=secrets, staging=False
-        )
+    # Serve starts as soon as the champions are known, while the health search finishes
+    # and the export runs (its processes start one after another, and the health search's
+    # one trial at a time leaves a core to spare), and the requests are made beside it.
+    # Production only: the demo never uses the /staging app that `pumpfleet serve` adds.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="demo-serve")
+    starting = pool.submit(
+        serve_run.start,
+        settings,
+        cfg.port or free_port(),
+        cfg.challenger_weight,
+        secrets=secrets,
+        staging=False,
+    )
+    made = pool.submit(_story_requests, settings, cfg, served)
     try:
+        step(5, "health (anomaly) models per class: gated and promoted")
+        health = health_search.result()
+        step(6, "exporting ONNX edge bundles")
+        export = run_export(settings)
+        step(7, "serving on Ray Serve and scoring over HTTP")
+        url = starting.result()
+        # The health models were promoted while Serve started: the replica picks them
+        # up as it would a promotion (the admin route), before the first request.
+        _reload_health(url, api_key, admin_token, health)
         drifted, calm, later = made.result()
         before = len(read_log(settings.predictions_uri))  # an earlier demo's rows
         first = _send(url, calm + BAD_REQUESTS, api_key)
@@ -282,6 +320,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         scored = {r["pump_id"] for r in calm + later}
         work = work_list_after_scoring(settings, len(scored))
     finally:
+        pool.shutdown(wait=True)  # Serve's start finished (or failed) before it stops
         step(8, "shutting Serve down")
         serve_run.stop()
     # After Serve: its replica holds half a CPU, which left the monitor's class tasks (one
