@@ -194,8 +194,11 @@ def window_features(raw: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         mean = np.vstack([spec.regimes.mean, spec.mean])
         std = np.vstack([spec.regimes.std, spec.std])
         z = (x - mean[regime]) / std[regime]
-    z = np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP)
-    return np.clip(z, -CLIP, CLIP).astype(np.float32)
+    # ±inf clipped to ±CLIP, NaN to 0: nan_to_num's answer, with its isposinf and
+    # isneginf passes left out (1.3 ms of a 500-window batch's 6 ms in a replica)
+    z = np.clip(z, -CLIP, CLIP)
+    np.copyto(z, 0.0, where=np.isnan(z))
+    return z.astype(np.float32)
 
 
 def readings_to_window(readings: dict[str, list[float | None]], spec: FeatureSpec) -> np.ndarray:
