@@ -9,8 +9,11 @@ import importlib.machinery
 import os
 import socket
 import sys
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +136,68 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     config.option.loadscopereorder = False
     return ByWorkUnit(config, log)
+
+
+# The edge agent's unit tests, which tests/unit/test_edge_ray_free.py runs again in an
+# interpreter where Ray cannot be imported.
+EDGE_TESTS = (
+    "tests/unit/test_edge_agent.py",
+    "tests/unit/test_edge_doors.py",
+    "tests/unit/test_manifest.py",
+    "tests/unit/test_window_rule.py",
+    "tests/unit/test_scoring.py",
+    "tests/unit/test_bundle.py",
+    "tests/unit/test_edge_mqtt.py",
+    "tests/unit/test_edge_trust.py",
+    "tests/unit/test_edge_rollout.py",
+    "tests/unit/test_edge_explain.py",
+)
+RAY_FREE_RUN = "tests/unit/test_edge_ray_free.py::test_edge_unit_tests_pass_with_ray_blocked"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Where the Ray-blocked run of the edge unit tests is selected, it is the one run of
+    them: it reports each test's outcome, and fails naming any that did not pass. Run
+    on their own (``pytest tests/unit/test_edge_agent.py``), they run as usual. After
+    ``-m`` and ``-k`` have deselected theirs (trylast), so ``-m "not slow"`` keeps them."""
+    if not any(item.nodeid == RAY_FREE_RUN for item in items):
+        return
+    edge = [item for item in items if item.nodeid.split("::", 1)[0] in EDGE_TESTS]
+    if edge:
+        config.hook.pytest_deselected(items=edge)
+        items[:] = [item for item in items if item not in edge]
+
+
+class WorkerClock:
+    """Under ``make test``'s two workers: each worker's busy seconds (setup, call and
+    teardown of its tests) and when it finished, from the session's start, so the
+    summary says which worker the run waited for."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.busy: dict[str, float] = defaultdict(float)
+        self.done: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        node: Any = getattr(report, "node", None)
+        worker = getattr(getattr(node, "gateway", None), "id", None)
+        if worker is None:
+            return
+        self.busy[worker] += report.duration
+        self.done[worker] = time.monotonic() - self.start
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.busy:
+            return
+        terminalreporter.section("time per worker")
+        for worker in sorted(self.busy):
+            terminalreporter.write_line(
+                f"{worker}: busy {self.busy[worker]:.0f} s, "
+                f"last test done at {self.done[worker]:.0f} s"
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(WorkerClock(), "pumpfleet-worker-clock")

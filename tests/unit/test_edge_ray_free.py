@@ -13,21 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BLOCK_IMPORTS, BlockImports
+from tests.conftest import BLOCK_IMPORTS, EDGE_TESTS, BlockImports
 
 ROOT = Path(__file__).resolve().parents[2]
-EDGE_TESTS = [
-    "tests/unit/test_edge_agent.py",
-    "tests/unit/test_edge_doors.py",
-    "tests/unit/test_manifest.py",
-    "tests/unit/test_window_rule.py",
-    "tests/unit/test_scoring.py",
-    "tests/unit/test_bundle.py",
-    "tests/unit/test_edge_mqtt.py",
-    "tests/unit/test_edge_trust.py",
-    "tests/unit/test_edge_rollout.py",
-    "tests/unit/test_edge_explain.py",
-]
 
 # pytest in-process, then what the interpreter holds afterwards: the run's exit code,
 # the outcome of every test, every ray module loaded at any point, and what `import ray`
@@ -91,7 +79,10 @@ def test_edge_unit_tests_pass_with_ray_blocked() -> None:
         for t, o in result["outcomes"].items()
         if o != "passed" and not (o.startswith("skipped: ") and "ray" not in o.lower())
     }
-    assert failed == {}, done.stdout[-3000:]
+    assert failed == {}, (
+        f"edge unit tests that did not pass with Ray blocked: {sorted(failed)}\n"
+        + done.stdout[-3000:]
+    )
     assert result["rc"] == 0, done.stdout[-3000:]
     files = {t.partition("::")[0] for t in result["outcomes"]}
     assert files == set(EDGE_TESTS)
