@@ -233,8 +233,11 @@ def window_summary(raw: np.ndarray, spec: FeatureSpec) -> dict[str, np.ndarray]:
     """Per-window summary of raw inputs (mean of each channel) that the prediction log
     keeps and the drift monitor compares with the training reference."""
     raw = np.asarray(raw, dtype=np.float64)[..., : spec.n_channels]
-    with np.errstate(invalid="ignore"), _quiet_nanmean():
-        means = np.nanmean(raw, axis=-2)
+    if not np.isnan(raw).any():  # nanmean's answer, a third of its time (no NaN copy)
+        means = raw.mean(axis=-2)
+    else:
+        with np.errstate(invalid="ignore"), _quiet_nanmean():
+            means = np.nanmean(raw, axis=-2)
     return {c: means[..., i] for i, c in enumerate(spec.channels)}
 
 
