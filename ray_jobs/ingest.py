@@ -153,8 +153,12 @@ def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done
     small parts only (``pumpfleet.ingest_tasks``)."""
     tmp = plan.staging()
     items = block_items(blocks)
+    # A task takes several blocks in turn, so that the memory it keeps between blocks
+    # (pumpfleet.ingest_memory) is not given back and asked for again per block; four
+    # tasks per CPU keep the CPUs busy to the end.
+    tasks = min(len(items), 4 * cluster_cpus())
     parts = (
-        ray.data.from_items(items, override_num_blocks=len(items))
+        ray.data.from_items(items, override_num_blocks=tasks)
         .map_batches(
             cast(Any, validate_blocks),
             fn_kwargs={"plan": plan, "run": tmp},
@@ -173,7 +177,7 @@ def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done
         else {}
     )
     stage("splits_and_stats")
-    done = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    done = ray.data.from_items(items, override_num_blocks=tasks).map_batches(
         cast(Any, window_blocks),
         fn_kwargs={
             "plan": plan,
