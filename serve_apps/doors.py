@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from pumpfleet.devices import DeviceBook, Verifier
 from pumpfleet.errors import PumpfleetError
+from serve_apps.front_door import RequestIds
 from serve_apps.schemas import ARROW_STREAM, JSON, ScoringConfig
 from serve_apps.security import Access, check_admin, check_scoring, matches
 
@@ -302,6 +305,16 @@ class Doors:
                 await _ok_json(answer, send)
                 return
         await self.inner(scope, _replay(body, receive), send)
+
+
+class DoorsFirst(FastAPI):
+    """FastAPI with the front door's request id (:class:`RequestIds`) and :class:`Doors`
+    ahead of all its own middleware (its error, telemetry and body-limit layers): a
+    request a door refuses, and the hot route's lean path, pass through nothing else;
+    what the doors let through goes on to FastAPI's stack as it would without them."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIds(Doors(super().build_middleware_stack()))
 
 
 async def _ok_json(body: bytes, send: Any) -> None:

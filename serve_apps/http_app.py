@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pumpfleet.errors import ConflictError, InputError, NotFoundError
-from serve_apps.doors import CALLER, Caller, Doors, Who
+from serve_apps.doors import CALLER, Caller, DoorsFirst, Who
 from serve_apps.errors import (
     BodyTooLarge,
     Forbidden,
@@ -25,9 +25,9 @@ from serve_apps.errors import (
     Unauthorized,
     Unavailable,
 )
-from serve_apps.front_door import RequestIds
 
-app = FastAPI(title="pumpfleet scoring", version="1")
+# the doors and the front door's request id ahead of FastAPI's own middleware
+app = DoorsFirst(title="pumpfleet scoring", version="1")
 
 
 def _detail(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -88,11 +88,7 @@ async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
     return _detail(503, str(exc))
 
 
-# --- who may call, and how much it reads --------------------------------------------
-
-app.add_middleware(Doors)
-# the front door's id of each request, for its rows in the prediction log
-app.add_middleware(RequestIds)
+# --- who may call, and how much it reads (checked by the doors, ahead of FastAPI) -----
 
 
 def _let_in(request: Request, who: Who) -> Caller:

@@ -7,6 +7,7 @@ dashboard and the alert rules under cluster/ query these names
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,35 @@ DRIFT_REPORT = "drift-latest.json"  # what the monitor writes last under its rep
 log = logging.getLogger(__name__)
 
 
+# Scored windows by (class, arm), counted into _REQUESTS at the next flush(): a Ray metric
+# record is a good part of what a single window costs a replica, and the latency
+# histogram (one record a request) counts the requests already. The replica flushes
+# with its prediction log (every flush_seconds) and when it stops.
+_SCORED: dict[tuple[str, str], int] = {}
+_SCORED_LOCK = threading.Lock()
+_TAGS: dict[tuple[str, str], dict[str, str]] = {}
+
+
 def scored(pump_class: str, arm: str, windows: int, latency_ms: float) -> None:
-    """``windows`` scored together by one arm's model in ``latency_ms``."""
-    tags = {"pump_class": pump_class, "arm": arm}
-    _REQUESTS.inc(windows, tags={**tags, "outcome": "ok"})
+    """``windows`` scored together by one arm's model in ``latency_ms`` (the windows
+    counted at the next :func:`flush`)."""
+    key = (pump_class, arm)
+    tags = _TAGS.get(key)
+    if tags is None:
+        tags = _TAGS.setdefault(key, {"pump_class": pump_class, "arm": arm})
+    with _SCORED_LOCK:
+        _SCORED[key] = _SCORED.get(key, 0) + windows
     _LATENCY.observe(latency_ms, tags=tags)
+
+
+def flush() -> None:
+    """Count the windows scored since the last flush into ``pumpfleet_scoring_requests``."""
+    with _SCORED_LOCK:
+        counts = dict(_SCORED)
+        _SCORED.clear()
+    for (pump_class, arm), n in counts.items():
+        if n > 0:  # Ray's counters refuse an increment of 0
+            _REQUESTS.inc(n, tags={"pump_class": pump_class, "arm": arm, "outcome": "ok"})
 
 
 def rejected() -> None:

@@ -153,6 +153,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
     def _flush_once(self) -> None:
         guarded("prediction log flush", self.log.flush)
         guarded("feedback log flush", self.feedback_log.flush)
+        guarded("metrics flush", metrics.flush)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
@@ -171,6 +172,7 @@ class PumpScorer(EdgeFleetRoutes, BoardRoutes, FleetRoutes):
         self._shadow.shutdown(wait=True)
         self.log.flush()
         self.feedback_log.flush()
+        metrics.flush()
 
     # --- probes and listing --------------------------------------------------------
 

@@ -44,6 +44,7 @@ def record_metrics(reports: str) -> None:
 
     for arm in ("champion", "challenger"):
         metrics.scored("esp", arm, 4, 3.0)
+    metrics.flush()  # as the replica's flush loop does
     metrics.rejected()
     metrics.loop_failed("refresh")
     arms = {
