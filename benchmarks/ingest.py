@@ -6,7 +6,8 @@ injected) in one run, each in a fresh interpreter of its own (``benchmarks.inges
 - ``vectorised``: the array core in one process (``pumpfleet.ingest_stream``), end to
   end: plan and input digests, quarantine, per-file counts, atomic publication;
 - ``ray``: Ray Data on a local Ray of ``--cpus`` CPUs (``ray_jobs.ingest``), the same
-  array functions in ``map_batches`` over whole-pump blocks after one sort by pump;
+  array functions in ``map_batches`` over groups of files that hold whole pumps, no
+  shuffle (``pumpfleet.ingest_tasks``);
 - ``floor``: read the input into Arrow and write the same windows, no compute.
 
     python -m benchmarks.ingest [--rows 1000000] [--arms reference,vectorised,ray,floor]

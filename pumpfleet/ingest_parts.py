@@ -1,6 +1,8 @@
 """What one pass over a block of whole pumps yields, as plain functions that the ingest
-maps: Ray Data over the blocks of its one shuffle (by pump), the single process
-(``pumpfleet.ingest_stream``) over groups of files.
+maps over groups of files that share no pump: the single process
+(``pumpfleet.ingest_stream``) one after another, Ray Data's tasks
+(``pumpfleet.ingest_tasks``) side by side, and, where pumps span files, Ray Data over
+the blocks of its one shuffle (by pump).
 
 Validation needs a pump's rows together, and so does windowing, so each block holds
 whole pumps. :func:`parts_of` validates a block (``pumpfleet.ingest_block``) and gives
