@@ -239,7 +239,7 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
     from serve_apps import run as serve_run
 
     t0 = time.monotonic()
-    total = 10
+    total = 9
 
     def step(i: int, name: str) -> None:
         cfg.steps.append((name, time.monotonic()))
@@ -319,19 +319,24 @@ def run_demo(settings: Settings, cfg: DemoConfig) -> dict[str, Any]:
         logged = _wait_for_log(settings, n + sum(second.arms.values())) - before
         scored = {r["pump_id"] for r in calm + later}
         work = work_list_after_scoring(settings, len(scored))
-    finally:
+    except BaseException:
         pool.shutdown(wait=True)  # Serve's start finished (or failed) before it stops
-        step(8, "shutting Serve down")
         serve_run.stop()
-    # After Serve: its replica holds half a CPU, which left the monitor's class tasks (one
-    # CPU each) one at a time on two CPUs.
-    step(9, "monitoring drift and performance with NannyML")
-    jobs = InProcessJobs()
-    monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
+        raise
+    pool.shutdown(wait=True)
+    step(8, "shutting Serve down, and beside it monitoring drift and performance with NannyML")
+    # Serve goes down while the monitor reads the log (every row is in it) and starts its
+    # class tasks: the replica's half CPU, once freed, lets the second task start (one CPU
+    # each: with the replica up, they ran one at a time on two CPUs).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-serve-stop") as stopper:
+        stopping = stopper.submit(serve_run.stop)
+        jobs = InProcessJobs()
+        monitor = run_monitor(settings, ingest["snapshot_id"], server=jobs)
+        stopping.result()
     loop = None
     if jobs.submitted:
         classes, reason = jobs.submitted[0]
-        step(10, f"retraining {classes[0]} on new data, A/B on post-drift data, gates")
+        step(9, f"retraining {classes[0]} on new data, A/B on post-drift data, gates")
         loop = closed_loop(settings, cfg, classes[0], reason, DRIFT_CHANNEL, DRIFT_FACTOR)
     return {
         "simulation": sim,
