@@ -189,22 +189,35 @@ def _batch_rate(
         conns = [await asyncio.open_connection(host, int(port)) for _ in range(connections)]
         left = reps
 
-        async def send(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-            status = await asyncio.wait_for(_request(*conn, request), 120)
-            if status != 200:
-                raise RuntimeError(f"a batch to {url} was answered {status}")
+        async def send(k: int) -> None:
+            """A batch on connection ``k``, reopened where the server closed it (an
+            answer with ``connection: close``, or a kept-alive connection it dropped
+            before answering: sent once more on a new one)."""
+            for again in (False, True):
+                if conns[k][1].is_closing():
+                    conns[k] = await asyncio.open_connection(host, int(port))
+                try:
+                    status = await asyncio.wait_for(_request(*conns[k], request), 120)
+                except asyncio.IncompleteReadError as e:
+                    if e.partial or again:
+                        raise
+                    conns[k][1].close()
+                    continue
+                if status != 200:
+                    raise RuntimeError(f"a batch to {url} was answered {status}")
+                return
 
-        async def one(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
+        async def one(k: int) -> None:
             nonlocal left
             while left > 0:
                 left -= 1
-                await send(conn)
+                await send(k)
 
         try:
-            await asyncio.gather(*(send(c) for c in conns))  # warm
+            await asyncio.gather(*(send(k) for k in range(connections)))  # warm
             meter = CpuMeter(*cpu)
             t = time.perf_counter()
-            await asyncio.gather(*(one(c) for c in conns))
+            await asyncio.gather(*(one(k) for k in range(connections)))
             elapsed = time.perf_counter() - t
             if cpu[1]:  # what the batches left running (the fleet feed) is theirs too
                 _settle(cpu[0])
