@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--cpus", type=int, default=2)
     args = parser.parse_args(argv)
+    import ray  # noqa: I001  (psutil comes with Ray, in its thirdparty_files)
     import psutil
-    import ray
 
     from ray_jobs.ingest import run_ingest
 
