@@ -100,12 +100,14 @@ def batch_table(rows: dict[str, dict[str, Any]]) -> None:
         return "-" if x is None else f"{x:.1f}"
 
     batches = [
-        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x", cpu(fb.get("json_cpu_ms"))],
+        ["fastapi, JSON", f"{fb['json']:,.0f}", "1.00x", cpu(fb.get("json_cpu_ms")), ""],
         [f"serve, JSON ({via})", f"{sb['json']:,.0f}", _ratio(sb["json"], fb["json"]),
-         cpu(sb.get("json_cpu_ms"))],
+         cpu(sb.get("json_cpu_ms")), cpu(sb.get("json_replica_cpu_ms"))],
         [f"serve, Arrow IPC ({via})", f"{sb['arrow']:,.0f}", _ratio(sb["arrow"], fb["json"]),
-         cpu(sb.get("arrow_cpu_ms"))],
-        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"]), ""],
+         cpu(sb.get("arrow_cpu_ms")), cpu(sb.get("arrow_replica_cpu_ms"))],
+        ["onnxruntime in-process", f"{ip['batch']:,.0f}", _ratio(ip["batch"], fb["json"]), "",
+         ""],
     ]  # fmt: skip
-    head = ["batch of 1,000", "windows/s", "vs fastapi JSON", "server CPU ms/batch"]
+    head = ["batch of 1,000", "windows/s", "vs fastapi JSON", "server CPU ms/batch",
+            "replicas CPU ms/batch"]  # fmt: skip
     print(format_table(head, batches))
