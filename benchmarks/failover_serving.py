@@ -155,8 +155,8 @@ def serving(quick: bool) -> dict[str, Any]:
     import httpx
     from ray import serve
 
+    from pumpfleet.ports import free_port
     from pumpfleet.simulator import SimulationConfig
-    from pumpfleet_cli.demo import free_port
     from serve_apps import run as serve_run
     from serve_apps.security import Secrets, digest
 

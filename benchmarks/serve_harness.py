@@ -148,8 +148,8 @@ def service(home: Path, replicas: int = 2) -> Iterator[Service]:
     shut down (its HAProxy with it) however it ends."""
     import httpx
 
+    from pumpfleet.ports import free_port
     from pumpfleet.settings import Settings
-    from pumpfleet_cli.demo import free_port
     from serve_apps import run as serve_run
     from serve_apps.security import Secrets, digest
 

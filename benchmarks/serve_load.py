@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     import httpx
     import ray
 
+    from pumpfleet.ports import free_port
     from pumpfleet.registry import CHALLENGER, CHAMPION, Registry, model_name
-    from pumpfleet_cli.demo import free_port
     from ray_jobs._ray import init_ray
     from serve_apps import run as serve_run
     from serve_apps.security import Secrets, digest

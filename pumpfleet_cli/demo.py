@@ -9,7 +9,6 @@ post-drift data → promotion by the gates.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from pumpfleet import storage
 from pumpfleet.errors import DataError
 from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.physics import runs_as_new
+from pumpfleet.ports import free_port
 from pumpfleet.predlog import read_log
 from pumpfleet.search_space import SearchSpace
 from pumpfleet.settings import Settings, apply_engine_env
@@ -60,12 +60,6 @@ class DemoConfig:
     epochs: int = 8
     health_epochs: int = 3
     steps: list[tuple[str, float]] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def drift_class(settings: Settings, served: list[str]) -> str | None:

@@ -24,13 +24,13 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import sys
 import tempfile
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from pumpfleet.ports import free_port as _free_port
 from serve_apps import haproxy_config
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ WRAPPER = "haproxy"
 # first. A workspace's folder is usually too long for that, so the sockets get a short
 # private folder of their own.
 SOCKET_DIR_PREFIX = "pf-door-"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _real_binary() -> str:

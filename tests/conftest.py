@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import os
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -48,6 +47,7 @@ _blocked = {n.strip() for n in os.environ.get(BLOCK_IMPORTS, "").split(",") if n
 if _blocked:
     block_imports(_blocked)
 
+from pumpfleet.ports import free_port  # noqa: E402, F401  (the tests import it from here)
 from pumpfleet.settings import TELEMETRY_OFF, Settings  # noqa: E402
 
 for _k, _v in TELEMETRY_OFF.items():
@@ -60,12 +60,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def settings(tmp_path: Path) -> Settings:
     """Settings on a fresh workspace under the test's temp folder."""
     return Settings(home=tmp_path / "ws")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

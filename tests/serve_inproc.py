@@ -7,7 +7,6 @@ need many routes at once; stopped by ``close``."""
 from __future__ import annotations
 
 import inspect
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 from unittest import mock
 
 from pumpfleet import records
+from pumpfleet.ports import free_port as _free_port
 from pumpfleet.predlog import PredictionLog
 from serve_apps.model_set import ModelSet, ServedClass
 from serve_apps.schemas import ScoringConfig
@@ -33,12 +33,6 @@ def served_app() -> Any:
 class _NoRegistry:
     def set_model_tags(self, name: str, tags: dict[str, Any]) -> None:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class InProcessService:

@@ -29,7 +29,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from pumpfleet.ports import free_port as _free_port
 from tests.conftest import SHARED_DATA
 
 if TYPE_CHECKING:
@@ -380,12 +380,6 @@ def _stop_group(pgid: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- what can be checked of a block that is not run ----------------------------------------

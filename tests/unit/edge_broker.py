@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from pumpfleet.ports import free_port
+
 INSTALL = "the mosquitto broker is not installed (make system-deps, or apt-get install mosquitto)"
 
 
@@ -34,12 +36,6 @@ def mosquitto_binary() -> str:
             pytest.fail(f"{INSTALL}; CI must have it")
         pytest.skip(INSTALL)
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Broker:
