@@ -147,6 +147,19 @@ def run_ingest(
 Done = tuple[str, Pumps, dict[str, RegimeFit], dict[str, Any]]
 
 
+def _splits_and_regimes(
+    plan: IngestPlan, parts: ray.data.Dataset
+) -> tuple[Pumps, dict[str, RegimeFit]]:
+    """The pumps' splits from the blocks' counts and statistics, and each class's
+    regimes from their samples (none where the config asks for none)."""
+    pumps = split_pumps(plan, _parts_table(parts, "counts"), _parts_table(parts, "stats"))
+    if not plan.cfg.regimes:
+        return pumps, {}
+    return pumps, fit_class_regimes(
+        _parts_table(parts, "sample"), pumps.splits, plan.fleet.settings
+    )
+
+
 def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done:
     """No shuffle: each task takes a group of files that holds whole pumps, validates
     it, and (once the splits are known) writes its windows itself; the driver gets the
@@ -169,13 +182,8 @@ def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done
         .materialize()
     )
     stage("validate")
-    pumps = split_pumps(plan, _parts_table(parts, "counts"), _parts_table(parts, "stats"))
+    pumps, fits = _splits_and_regimes(plan, parts)
     fleet = plan.fleet
-    fits = (
-        fit_class_regimes(_parts_table(parts, "sample"), pumps.splits, fleet.settings)
-        if plan.cfg.regimes
-        else {}
-    )
     stage("splits_and_stats")
     done = ray.data.from_items(items, override_num_blocks=tasks).map_batches(
         cast(Any, window_blocks),
@@ -219,13 +227,8 @@ def _shuffled(plan: IngestPlan, stage: Stages) -> Done:
     )
     stage("validate")
 
-    pumps = split_pumps(plan, _parts_table(parts, "counts"), _parts_table(parts, "stats"))
+    pumps, fits = _splits_and_regimes(plan, parts)
     fleet = plan.fleet
-    fits = (
-        fit_class_regimes(_parts_table(parts, "sample"), pumps.splits, fleet.settings)
-        if plan.cfg.regimes
-        else {}
-    )
     regime_stats = {}
     if fits:
         per_pump = parts.select_columns(["readings"]).map_batches(
