@@ -12,9 +12,9 @@ import time
 
 from benchmarks.serve_cpu import CpuMeter
 from benchmarks.serve_harness import exchange, raw
+from serve_apps.schemas import ARROW_STREAM as ARROW
 
 BATCH = 1000
-ARROW = "application/vnd.apache.arrow.stream"
 
 
 def batch_rate(
@@ -101,7 +101,6 @@ def serve_batches(
     reps = max(1, batches // 2)
     for order in (("json", "arrow"), ("arrow", "json")):
         for kind in order:
-            _settle(me)  # the last arm's fleet feed and log flushes done
             body, ctype = kinds[kind]
             wps, ms = batch_rate(url, headers, body, ctype, reps, connections, (me, True))
             seconds[kind] += reps * BATCH / wps

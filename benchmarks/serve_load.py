@@ -43,13 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.serve_batches import batch_rate, serve_batches
+from benchmarks.serve_batches import BATCH, batch_rate, serve_batches
 from benchmarks.serve_cpu import CpuMeter
 from benchmarks.serve_harness import arrow_batch, bodies, register_models
 from benchmarks.serve_load_report import report
 
 WINDOW = 24
-BATCH = 1000
 CLASS = "esp"
 TIMEOUT = 10.0  # seconds a client waits for an answer before it counts a failure
 
@@ -249,10 +248,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch-connections", type=int, default=4, help="connections the batch arms send on"
     )
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--batches-only", action="store_true", help="the batch paths alone: no load, no chaos"
     )
-    parser.add_argument(
+    only.add_argument(
         "--door-only",
         action="store_true",
         help="single windows through the front door and FastAPI alone: no batches, no chaos",

@@ -103,13 +103,16 @@ def file_groups(plan: IngestPlan, block_rows: int = BLOCK_ROWS) -> list[tuple[li
     groups: dict[int, list[int]] = {}
     for i in range(len(plan.files)):
         groups.setdefault(root(i), []).append(i)
-    blocks: list[tuple[list[str], int]] = []
+    blocks: list[list[str]] = []
+    rows: list[int] = []
     for members in sorted(groups.values()):
         n = sum(sizes[i] for i in members)
-        if not blocks or blocks[-1][1] + n > block_rows:
-            blocks.append(([], 0))
-        blocks[-1] = (blocks[-1][0] + [plan.files[i] for i in members], blocks[-1][1] + n)
-    return [(sorted(b, key=plan.files.index), n) for b, n in blocks]
+        if not blocks or rows[-1] + n > block_rows:
+            blocks.append([])
+            rows.append(0)
+        blocks[-1] += [plan.files[i] for i in members]
+        rows[-1] += n
+    return [(sorted(b, key=plan.files.index), n) for b, n in zip(blocks, rows, strict=True)]
 
 
 def _constant(value: str, n: int) -> pa.Array:

@@ -128,12 +128,13 @@ def run_ingest(
     plan = plan_ingest(source, features_root, cfg)
     if plan.up_to_date is not None:
         return plan.up_to_date
-    groups = file_groups(plan, _block_rows(plan.rows_in, cluster_cpus()))
+    cpus = cluster_cpus()
+    groups = file_groups(plan, _block_rows(plan.rows_in, cpus))
     stage("scan")
     if max(rows for _, rows in groups) <= MAX_BLOCK_ROWS:
-        done = _by_blocks(plan, [files for files, _ in groups], stage)
+        done = _by_blocks(plan, [files for files, _ in groups], cpus, stage)
     else:
-        done = _shuffled(plan, stage)
+        done = _shuffled(plan, cpus, stage)
     tmp, pumps, fits, regime_stats = done
     specs = class_specs(plan, pumps, fits, regime_stats)
     wfs, wpath = storage.resolve(storage.join(tmp, "windows"))
@@ -160,7 +161,7 @@ def _splits_and_regimes(
     )
 
 
-def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done:
+def _by_blocks(plan: IngestPlan, blocks: list[list[str]], cpus: int, stage: Stages) -> Done:
     """No shuffle: each task takes a group of files that holds whole pumps, validates
     it, and (once the splits are known) writes its windows itself; the driver gets the
     small parts only (``pumpfleet.ingest_tasks``)."""
@@ -169,7 +170,7 @@ def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done
     # A task takes several blocks in turn, so that the memory it keeps between blocks
     # (pumpfleet.ingest_memory) is not given back and asked for again per block; four
     # tasks per CPU keep the CPUs busy to the end.
-    tasks = min(len(items), 4 * cluster_cpus())
+    tasks = min(len(items), 4 * cpus)
     parts = (
         ray.data.from_items(items, override_num_blocks=tasks)
         .map_batches(
@@ -209,13 +210,13 @@ def _by_blocks(plan: IngestPlan, blocks: list[list[str]], stage: Stages) -> Done
     return tmp, pumps, fits, regime_stats
 
 
-def _shuffled(plan: IngestPlan, stage: Stages) -> Done:
+def _shuffled(plan: IngestPlan, cpus: int, stage: Stages) -> Done:
     """One shuffle, where pumps span files: sorted by pump, every block holds whole
     pumps (the range partitioning sends a key to one block), and each block is
     validated at once; what comes out is small but for the good readings (float32),
     which the windows are cut from."""
     parts = (
-        _read(plan.files, plan.fs, plan.base_dir, _blocks(plan.rows_in, cluster_cpus()))
+        _read(plan.files, plan.fs, plan.base_dir, _blocks(plan.rows_in, cpus))
         .sort("pump_id")
         .map_batches(
             cast(Any, block_parts),
