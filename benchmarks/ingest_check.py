@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pumpfleet.faults import FaultKind, FaultSpec
+from pumpfleet.simulator import SimulationConfig, simulate
 
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "dropout",
@@ -34,6 +35,20 @@ def every_fault(days: int) -> list[FaultSpec]:
         FaultSpec(kind=k, pumps=0.3, start_day=round(i * step, 2), duration_days=1.5, rate=0.1)
         for i, k in enumerate(FAULT_KINDS)
     ]
+
+
+def faulted_fleet(path: Path, pumps: int, days: int, seed: int, batch_rows: int) -> Path:
+    """A fleet simulated at ``path`` with every fault kind injected (:func:`every_fault`),
+    ``batch_rows`` readings a file (a few pumps each where that is small); raises if a
+    kind changed no row, for then validation had nothing of that kind to find."""
+    cfg = SimulationConfig(
+        pumps=pumps, days=days, seed=seed, faults=every_fault(days), batch_rows=batch_rows
+    )
+    counts = simulate(cfg, str(path))
+    missing = [k for k in FAULT_KINDS if counts[f"fault_{k}"] <= 0]
+    if missing:
+        raise ValueError(f"no rows with fault {', '.join(missing)} in {pumps} pumps x {days} days")
+    return path
 
 
 def same_column(a: pa.ChunkedArray, b: pa.ChunkedArray) -> bool:

@@ -17,11 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.ingest_check import (
-    FAULT_KINDS,
     compare,
     different_counts,
     differing_columns,
-    every_fault,
+    faulted_fleet,
     same_specs,
 )
 from benchmarks.ingest_single import single_process
@@ -33,7 +32,6 @@ from pumpfleet.features import nearest_regime
 from pumpfleet.ingest_block import spikes_in_pumps, stuck_in_pumps
 from pumpfleet.ingest_stream import file_blocks, run_ingest_stream
 from pumpfleet.ingestion import IngestPlan, failures, plan_ingest, split_pumps
-from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.validation import spikes, stuck
 from pumpfleet.windows import WindowConfig
@@ -45,10 +43,7 @@ DAYS = 12
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 pumps in files of a few pumps each, every fault kind injected."""
     path = tmp_path_factory.mktemp("faulted") / "fleet"
-    cfg = SimulationConfig(pumps=16, days=DAYS, seed=3, faults=every_fault(DAYS), batch_rows=1500)
-    counts = simulate(cfg, str(path))
-    assert all(counts[f"fault_{k}"] > 0 for k in FAULT_KINDS)
-    return path
+    return faulted_fleet(path, pumps=16, days=DAYS, seed=3, batch_rows=1500)
 
 
 def _readings(plan: IngestPlan) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from benchmarks.ingest_check import FAULT_KINDS, compare, every_fault
+from benchmarks.ingest_check import compare, faulted_fleet
 from pumpfleet import storage
 from pumpfleet.feature_specs import fit_class_regimes
 from pumpfleet.ingest_block import from_ipc
@@ -23,7 +23,6 @@ from pumpfleet.ingest_tasks import (
     window_blocks,
 )
 from pumpfleet.ingestion import failures, plan_ingest, split_pumps
-from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import WindowConfig
 
@@ -34,10 +33,7 @@ DAYS = 20
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 pumps in files of a few pumps each, every fault kind injected."""
     path = tmp_path_factory.mktemp("tasks") / "fleet"
-    cfg = SimulationConfig(pumps=12, days=DAYS, seed=7, faults=every_fault(DAYS), batch_rows=1500)
-    counts = simulate(cfg, str(path))
-    assert all(counts[f"fault_{k}"] > 0 for k in FAULT_KINDS)
-    return path
+    return faulted_fleet(path, pumps=12, days=DAYS, seed=7, batch_rows=1500)
 
 
 def _frame(results: list[pa.Table], column: str) -> pd.DataFrame:
