@@ -85,14 +85,18 @@ def ray_session() -> object:
 
 
 # Integration tests that bring their own servers or clusters and touch neither the
-# session's Ray nor a Serve instance (whose HAProxy front doors must not start two at
-# once): they run beside the session's tests, each file (or test) a unit of its own.
+# session's Ray nor its Serve: they run beside the session's tests, each file (or test)
+# a unit of its own. The serving failover starts Serve on a cluster of its own, in a
+# process of its own: its HAProxy front door has its own folder (serve_apps.front_door)
+# and ports (pumpfleet.ports, never the kernel's ephemeral range), so it runs beside
+# the session's Serve.
 ON_THEIR_OWN = (
     "tests/integration/test_board.py",
     "tests/integration/test_cluster_loop.py",
     "tests/integration/test_edge_agent.py",
     "tests/integration/test_edge_mqtt.py",
     "tests/integration/test_edge_rollout.py",
+    "tests/integration/test_failover.py::test_serving_keeps_answering",
     "tests/integration/test_failover.py::test_training_trials",
     "tests/integration/test_failover.py::test_ingest_completes",
     "tests/integration/test_remote.py::test_entry_points",
