@@ -6,7 +6,8 @@ Each input channel (and each block of time steps of each channel) is replaced by
 attribution is the score minus the occluded score: how much that channel, reading what it
 read instead of a normal value, moved the failure risk (and the RUL, in hours). It needs
 only a function that scores raw windows, so the cloud's onnxruntime session and the
-device's engine explain the same way; all variants are scored as one batch.
+device's engine explain the same way; all variants are scored as one batch, and
+:func:`occlusion_many` scores many windows' variants in one call.
 
 Wiring (for the scoring API's ``explain: true``): build the scorer from the served
 model, ``score = rul_scorer(run, spec)``, and return
@@ -74,30 +75,50 @@ def occlusion(score: Scorer, raw: np.ndarray, spec: FeatureSpec, blocks: int = 4
     """Attributions of one raw window ``[W, C + S]`` (settings are never occluded: they
     pick the regime whose mean stands in for a missing reading)."""
     raw = np.asarray(raw, dtype=np.float64)
+    return occlusion_many(score, raw[np.newaxis], spec, blocks)[0]
+
+
+def occlusion_many(
+    score: Scorer, raws: np.ndarray, spec: FeatureSpec, blocks: int = 4, per_call: int = 256
+) -> list[Attribution]:
+    """:func:`occlusion` of each raw window of ``raws [N, W, C + S]``, every window's
+    variants stacked into one scoring call (of at most ``per_call`` windows' variants):
+    a call per window costs its overhead (features, the runtime's dispatch) N times over.
+    The attributions are :func:`occlusion`'s wherever the scorer scores each window the
+    same in any batch (the feature code and onnxruntime on CPU do)."""
+    raws = np.asarray(raws, dtype=np.float64)
     w, c = spec.window, spec.n_channels
     block = max(1, -(-w // blocks))
     spans = [(a, min(a + block, w)) for a in range(0, w, block)]
-    variants = [raw]
+    # variant v of a window: the window with mask[v] missing; 0 the window itself, then
+    # each channel whole, then each block of time steps of each channel
+    mask = np.zeros((1 + c + len(spans) * c, w, raws.shape[-1]), dtype=bool)
     for j in range(c):
-        x = raw.copy()
-        x[:, j] = np.nan
-        variants.append(x)
-    for a, b in spans:
+        mask[1 + j, :, j] = True
+    for k, (a, b) in enumerate(spans):
         for j in range(c):
-            x = raw.copy()
-            x[a:b, j] = np.nan
-            variants.append(x)
-    rul, risk = score(np.stack(variants))
-    by_time = risk[0] - risk[1 + c :].reshape(len(spans), c)
-    return Attribution(
-        rul_hours=float(rul[0]),
-        failure_probability=float(risk[0]),
-        channels=list(spec.channels),
-        risk_by_channel=risk[0] - risk[1 : 1 + c],
-        rul_by_channel=rul[0] - rul[1 : 1 + c],
-        risk_by_time=by_time,
-        block=block,
-    )
+            mask[1 + c + k * c + j, a:b, j] = True
+    v = len(mask)
+    out: list[Attribution] = []
+    for s in range(0, len(raws), max(1, per_call)):
+        part = raws[s : s + max(1, per_call)]
+        variants = np.repeat(part[:, np.newaxis], v, axis=1)  # [n, V, W, C + S]
+        variants[:, mask] = np.nan
+        rul, risk = score(variants.reshape(-1, *raws.shape[1:]))
+        rul, risk = np.reshape(rul, (len(part), v)), np.reshape(risk, (len(part), v))
+        for i in range(len(part)):
+            out.append(
+                Attribution(
+                    rul_hours=float(rul[i, 0]),
+                    failure_probability=float(risk[i, 0]),
+                    channels=list(spec.channels),
+                    risk_by_channel=risk[i, 0] - risk[i, 1 : 1 + c],
+                    rul_by_channel=rul[i, 0] - rul[i, 1 : 1 + c],
+                    risk_by_time=risk[i, 0] - risk[i, 1 + c :].reshape(len(spans), c),
+                    block=block,
+                )
+            )
+    return out
 
 
 def summary(a: Attribution, window: int, n: int = 3) -> dict[str, Any]:
@@ -183,7 +204,7 @@ def flagged_drivers(
     risk = np.asarray(risk, dtype=np.float64).reshape(-1)
     flagged = np.flatnonzero(risk >= threshold)
     chosen = flagged[np.argsort(-risk[flagged], kind="stable")][:limit]
-    attributions = [occlusion(score, raw[i], spec) for i in chosen]
+    attributions = occlusion_many(score, np.asarray(raw)[chosen], spec)
     drivers = fleet_drivers(attributions)
     rul = np.mean([a.rul_by_channel for a in attributions], axis=0) if attributions else []
     rul_by = dict(zip(spec.channels, np.asarray(rul, float).tolist(), strict=False))

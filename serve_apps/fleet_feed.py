@@ -6,8 +6,10 @@ counted (``pumpfleet_fleet_rows_dropped``), and a database that fails is logged 
 counted (``pumpfleet_loop_errors{loop="fleet feed"}``), never raised to a request.
 
 The windows of a cloud batch that reach their class's alert threshold are explained
-here too (occlusion, :func:`pumpfleet.explain.occlusion`), at most ``explain_per_batch``
-of a drain, so the work list says which sensors drive each risky pump.
+here too (occlusion, :func:`pumpfleet.explain.occlusion_many`), at most
+``explain_per_batch`` of a drain, so the work list says which sensors drive each risky
+pump: the first ones in the order they came, all of a drain's windows of one model in
+one scoring call (:class:`Explanations`) before the drain's rows are written.
 
 A drain follows the last one by at least ``gather_seconds``: under a stream of single
 windows a drain held a few rows, so the database committed and the budget explained
@@ -18,6 +20,7 @@ that much later; the budget and the queue's bound are unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -42,11 +45,48 @@ def drivers_of(risk_by_channel: Mapping[str, float], n: int = TOP_DRIVERS) -> li
     return [{"sensor": c, "weight": round(float(w), 6)} for c, w in ranked[:n] if w > 0]
 
 
+class Explanations(list[int]):
+    """A drain's explanation budget, ``self[0]`` the windows it may still explain (what a
+    job is handed), and the windows chosen so far: :meth:`settle` explains them, one
+    scoring call per model, and gives their rows the drivers found."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__([budget])
+        # id(model) -> (model, its chosen windows, where each one's row is)
+        self._asked: dict[int, tuple[Any, list[np.ndarray], list[tuple[list[ScoredRow], int]]]]
+        self._asked = {}
+
+    def ask(self, model: Any, window: np.ndarray, rows: list[ScoredRow], at: int) -> None:
+        """Explain ``window`` (scored by ``model``) for the row ``rows[at]``."""
+        _, windows, places = self._asked.setdefault(id(model), (model, [], []))
+        windows.append(window)
+        places.append((rows, at))
+
+    def settle(self) -> None:
+        """Explain every window asked for and set its row's drivers."""
+        for model, windows, places in self._asked.values():
+            found = explained(model, np.stack(windows))
+            for (rows, at), drivers in zip(places, found, strict=True):
+                rows[at] = dataclasses.replace(rows[at], drivers=drivers)
+        self._asked.clear()
+
+
+def explained(model: Any, windows: np.ndarray) -> list[list[dict[str, Any]]]:
+    """The drivers of each of ``windows`` by ``model``: occlusion, in one scoring call."""
+    scorer = explain.rul_scorer(model.run, model.spec)
+    found = explain.occlusion_many(scorer, windows, model.spec)
+    return [
+        drivers_of(dict(zip(a.channels, a.risk_by_channel.tolist(), strict=True))) for a in found
+    ]
+
+
 def cloud_rows(
     columns: Mapping[str, Any], model: Any, windows: np.ndarray, budget: list[int]
 ) -> list[ScoredRow]:
     """A scored group's prediction-log columns as fleet rows; the windows at or above
-    the class's threshold are explained while ``budget[0]`` lasts."""
+    the class's threshold are explained, in order, while ``budget[0]`` lasts: now (one
+    scoring call for the group), or when the drain settles, where ``budget`` is its
+    :class:`Explanations`."""
     spec = model.spec
     stamps = np.asarray(columns["timestamp"]).astype("datetime64[ns]").astype(np.int64)
     risk = [float(x) for x in columns["failure_probability"]]
@@ -55,12 +95,6 @@ def cloud_rows(
     anomaly = columns.get("anomaly") or [None] * len(risk)
     out = []
     for j, pump_id in enumerate(columns["pump_id"]):
-        drivers = None
-        if risk[j] >= spec.alert_threshold and budget[0] > 0:
-            budget[0] -= 1
-            scorer = explain.rul_scorer(model.run, spec)
-            a = explain.occlusion(scorer, windows[j], spec)
-            drivers = drivers_of(dict(zip(a.channels, a.risk_by_channel.tolist(), strict=True)))
         out.append(
             ScoredRow(
                 pump_id=str(pump_id),
@@ -72,11 +106,24 @@ def cloud_rows(
                 arm=str(columns["arm"][j]),
                 health_score=None if health[j] is None else float(health[j]),
                 anomaly=None if anomaly[j] is None else bool(anomaly[j]),
-                drivers=drivers,
                 threshold=spec.alert_threshold,
                 horizon_hours=spec.horizon_hours,
             )
         )
+    chosen = []
+    for j, r in enumerate(risk):
+        if budget[0] <= 0:
+            break
+        if r >= spec.alert_threshold:
+            budget[0] -= 1
+            chosen.append(j)
+    if isinstance(budget, Explanations):
+        for j in chosen:
+            budget.ask(model, windows[j], out, j)
+    elif chosen:
+        found = explained(model, np.asarray(windows)[chosen])
+        for j, drivers in zip(chosen, found, strict=True):
+            out[j] = dataclasses.replace(out[j], drivers=drivers)
     return out
 
 
@@ -175,17 +222,18 @@ class FleetFeed:
             jobs = self._take()
             if not jobs:
                 continue
-            budget = [self.explain_per_batch]
-            rows: list[ScoredRow] = []
+            budget = Explanations(self.explain_per_batch)
+            rows: list[list[ScoredRow]] = []  # each job's, drivers given when settled
             try:
                 for job in jobs:
                     if rows and getattr(job, "writes", False):  # keep the order of events
-                        self.db.ingest(rows)
+                        self._write(rows, budget)
                         rows = []
-                    rows.extend(job(self.db, budget))
-                self.db.ingest(rows)
+                    rows.append(job(self.db, budget))
+                self._write(rows, budget)
             except Exception:  # a database that is down: logged and counted, scoring goes on
-                log.exception("the fleet feed failed to write %d rows; carrying on", len(rows))
+                n = sum(map(len, rows))
+                log.exception("the fleet feed failed to write %d rows; carrying on", n)
                 self._on_error("fleet feed")
             finally:
                 with self._cv:
@@ -193,3 +241,7 @@ class FleetFeed:
                     self._cv.notify_all()
             if self.gather_seconds > 0:  # what comes meanwhile goes in the next drain
                 self._stop.wait(self.gather_seconds)
+
+    def _write(self, rows: list[list[ScoredRow]], budget: Explanations) -> None:
+        budget.settle()
+        self.db.ingest([r for job in rows for r in job])
