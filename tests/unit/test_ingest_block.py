@@ -36,14 +36,12 @@ from pumpfleet.snapshot import open_snapshot
 from pumpfleet.validation import spikes, stuck
 from pumpfleet.windows import WindowConfig
 
-DAYS = 12
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 pumps in files of a few pumps each, every fault kind injected."""
     path = tmp_path_factory.mktemp("faulted") / "fleet"
-    return faulted_fleet(path, pumps=16, days=DAYS, seed=3, batch_rows=1500)
+    return faulted_fleet(path, pumps=16, days=12, seed=3, batch_rows=1500)
 
 
 def _readings(plan: IngestPlan) -> pd.DataFrame:

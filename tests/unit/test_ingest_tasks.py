@@ -11,29 +11,21 @@ import pyarrow as pa
 import pytest
 
 from benchmarks.ingest_check import compare, faulted_fleet
+from pumpfleet import ingest_tasks as tasks
 from pumpfleet import storage
 from pumpfleet.feature_specs import fit_class_regimes
 from pumpfleet.ingest_block import from_ipc
 from pumpfleet.ingest_stream import file_blocks, run_ingest_stream
-from pumpfleet.ingest_tasks import (
-    SCRATCH,
-    block_items,
-    scratch_file,
-    validate_blocks,
-    window_blocks,
-)
 from pumpfleet.ingestion import failures, plan_ingest, split_pumps
 from pumpfleet.snapshot import open_snapshot
 from pumpfleet.windows import WindowConfig
-
-DAYS = 20
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 pumps in files of a few pumps each, every fault kind injected."""
     path = tmp_path_factory.mktemp("tasks") / "fleet"
-    return faulted_fleet(path, pumps=12, days=DAYS, seed=7, batch_rows=1500)
+    return faulted_fleet(path, pumps=12, days=20, seed=7, batch_rows=1500)
 
 
 def _frame(results: list[pa.Table], column: str) -> pd.DataFrame:
@@ -45,12 +37,12 @@ def test_the_tasks_write_what_the_single_process_writes(fleet: Path, tmp_path: P
     cfg = WindowConfig()
     single = run_ingest_stream(str(fleet), str(tmp_path / "single"), cfg)
     plan = plan_ingest(str(fleet), str(tmp_path / "tasks"), cfg)
-    items = block_items(file_blocks(plan, block_rows=2000))
+    items = tasks.block_items(file_blocks(plan, block_rows=2000))
     assert len(items) > 2
     run = plan.staging()
 
     def validate(item: dict[str, object]) -> pa.Table:
-        return validate_blocks(pa.Table.from_pylist([item]), plan, run)
+        return tasks.validate_blocks(pa.Table.from_pylist([item]), plan, run)
 
     parts = [validate(item) for item in items]
     assert sum(p.column("quarantined")[0].as_py() for p in parts) == single["rows_quarantined"]
@@ -63,7 +55,7 @@ def test_the_tasks_write_what_the_single_process_writes(fleet: Path, tmp_path: P
 
     def windows(item: dict[str, object]) -> pa.Table:
         batch = pa.Table.from_pylist([item])
-        return window_blocks(batch, plan, run, fail, pumps.splits, pumps.cutoff, centres)
+        return tasks.window_blocks(batch, plan, run, fail, pumps.splits, pumps.cutoff, centres)
 
     stats = [windows(item) for item in items]
     assert sum(len(t) for s in stats for t in from_ipc(s.column("regime_stats"))) > 0
@@ -82,5 +74,5 @@ def test_the_tasks_write_what_the_single_process_writes(fleet: Path, tmp_path: P
     windows(items[1])
     assert sorted(p.relative_to(run) for p in Path(run).rglob("*.parquet")) == files_before
     assert compare(Path(run) / "windows", expected)["same"]
-    assert Path(scratch_file(run, 1)).exists()  # the driver removes the spilled readings
-    assert Path(run, SCRATCH).is_dir()
+    assert Path(tasks.scratch_file(run, 1)).exists()  # the driver removes the spilled readings
+    assert Path(run, tasks.SCRATCH).is_dir()
