@@ -44,6 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks._local_ray import local_ray
 from benchmarks.ingest import MemorySampler
 from pumpfleet import fleet_drift, onnx_io, runtime
 from pumpfleet.features import FeatureSpec, window_summary
@@ -79,18 +80,11 @@ def measured(name: str, fn: Callable[[], Any], out: dict[str, dict[str, Any]]) -
 
 
 def ingest(source: Path, features: Path, cpus: int) -> dict[str, Any]:
-    import ray
-
     from ray_jobs.ingest import run_ingest
 
     quiet_telemetry(Settings())
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")  # fmt: skip
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with local_ray(cpus, progress_bars=False):
         return run_ingest(str(source), str(features), WindowConfig())
-    finally:
-        ray.shutdown()
 
 
 def train_class(snap: Snapshot, cls: str, epochs: int, threads: int) -> Runner:

@@ -21,6 +21,7 @@ from typing import Any
 import sklearn.cluster
 import sklearn.metrics  # noqa: F401
 
+from benchmarks._local_ray import local_ray
 from benchmarks.ingest import fleet_dataset
 from pumpfleet.settings import Settings, quiet_telemetry
 from pumpfleet.tables import format_table
@@ -70,26 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     root = Settings().home / "benchmarks"
     source, _ = fleet_dataset(args.rows, 180, 0, root)
     quiet_telemetry(Settings())
-    ray.init(
-        address="local",
-        num_cpus=args.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
     out = Path(tempfile.mkdtemp(prefix="ingest-ray-", dir=root))
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        items = [{"i": i} for i in range(4 * args.cpus)]
-        ray.data.from_items(items, override_num_blocks=len(items)).map_batches(_warm).materialize()
-        time.sleep(2)
-        floor = _processes(psutil)
-        t = time.perf_counter()
-        summary = run_ingest(str(source), str(out / "features"), WindowConfig())
-        wall = time.perf_counter() - t
-        after = _processes(psutil)
+        with local_ray(args.cpus, progress_bars=False):
+            items = [{"i": i} for i in range(4 * args.cpus)]
+            ds = ray.data.from_items(items, override_num_blocks=len(items))
+            ds.map_batches(_warm).materialize()
+            time.sleep(2)
+            floor = _processes(psutil)
+            t = time.perf_counter()
+            summary = run_ingest(str(source), str(out / "features"), WindowConfig())
+            wall = time.perf_counter() - t
+            after = _processes(psutil)
     finally:
-        ray.shutdown()
         shutil.rmtree(out, ignore_errors=True)
     rows_in = summary["rows_in"]
     kinds: dict[str, list[float]] = {}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._local_ray import local_ray
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.tables import format_table
@@ -59,23 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kind", nargs="+", default=["cnn"], help="model kinds searched")
     args = parser.parse_args(argv)
 
-    import ray
-
     root = Settings().home / "benchmarks" / f"regimes-{int(time.time())}"
     data = root / "data"
     simulate(SimulationConfig(pumps=args.pumps, days=args.days, seed=args.seed), str(data))
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
-    try:
+    with local_ray(2):
         on = _arm(root / "per-regime", data, True, args.epochs, args.seed, args.kind)
         off = _arm(root / "per-class", data, False, args.epochs, args.seed, args.kind)
-    finally:
-        ray.shutdown()
     rows = []
     for cls in sorted(on["classes"]):
         a, b = on["classes"][cls], off["classes"].get(cls)

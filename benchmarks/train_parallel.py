@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._local_ray import local_ray
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from pumpfleet.windows import WindowConfig
@@ -47,8 +48,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-warmup", action="store_true", help="time the arms cold")
     args = parser.parse_args(argv)
 
-    import ray
-
     from pumpfleet.search_space import SearchSpace
     from ray_jobs.ingest import run_ingest
     from ray_jobs.train import run_train
@@ -56,14 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     root = Settings().home / "benchmarks" / f"train-parallel-{int(time.time())}"
     settings = Settings(home=root)
     simulate(SimulationConfig(pumps=args.pumps, days=args.days, seed=0), str(settings.data_dir))
-    ray.init(
-        address="local",
-        num_cpus=args.cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
-    try:
+    with local_ray(args.cpus):
         snap = run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig())
         classes = sorted(snap["windows"])
         space = SearchSpace(lr=args.lr, epochs=args.epochs)
@@ -84,8 +76,6 @@ def main(argv: list[str] | None = None) -> None:
         for cls in classes:
             sequential |= run_train(settings, snap["snapshot_id"], space, [cls])["classes"]
         t_sequential = time.perf_counter() - t
-    finally:
-        ray.shutdown()
     same = all(
         abs(parallel["classes"][c]["val_rmse"] - sequential[c]["val_rmse"]) < 1e-9 for c in classes
     )
