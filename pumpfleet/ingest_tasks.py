@@ -41,9 +41,13 @@ def block_file(block: int) -> str:
     return f"part-{block:05d}.parquet"
 
 
+def scratch_name(block: int) -> str:
+    return f"block-{block:05d}.arrow"
+
+
 def scratch_file(run: str, block: int) -> str:
     """Where a block's good readings wait between the passes."""
-    return storage.join(run, SCRATCH, f"block-{block:05d}.arrow")
+    return storage.join(run, SCRATCH, scratch_name(block))
 
 
 def block_items(blocks: Sequence[Sequence[str]]) -> list[dict[str, Any]]:
@@ -62,17 +66,26 @@ def validate_blocks(batch: pa.Table, plan: IngestPlan, run: str) -> pa.Table:
     out: dict[str, list[Any]] = {"block": [], "counts": [], "stats": [], "sample": []}
     out["quarantined"] = []
     files = batch.column("files").to_pylist()
+    # the batch's two folders (one run: one filesystem), resolved and made once each
+    # (a round trip on S3), not once a block
+    fs, quarantine = storage.resolve(storage.join(run, "quarantine"))
+    scratch = storage.resolve(storage.join(run, SCRATCH))[1]
+    made: set[str] = set()
+
+    def folder(path: str) -> str:
+        if path not in made:
+            fs.create_dir(path, recursive=True)
+            made.add(path)
+        return path
+
     with reused_memory():
         for block, names in zip(_blocks(batch), files, strict=True):
             parts = parts_of(read_files(plan, names), plan.fleet, plan.files)
             q = parts.quarantine
             if q is not None:
-                fs, folder = storage.resolve(storage.join(run, "quarantine"))
-                fs.create_dir(folder, recursive=True)
-                pq.write_table(q, f"{folder}/{block_file(block)}", filesystem=fs)
+                pq.write_table(q, f"{folder(quarantine)}/{block_file(block)}", filesystem=fs)
             if parts.readings.num_rows:
-                fs, path = storage.resolve(scratch_file(run, block))
-                fs.create_dir(path.rpartition("/")[0], recursive=True)
+                path = f"{folder(scratch)}/{scratch_name(block)}"
                 with (
                     fs.open_output_stream(path) as f,
                     pa.ipc.new_stream(f, parts.readings.schema) as writer,
