@@ -32,7 +32,7 @@ def report(
     if not concurrency:  # --batches-only
         batch_table(rows)
         sb = rows["serve@batch"]
-        print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(_load())
         print(f"json_wps={sb['json']:.0f} arrow_wps={sb['arrow']:.0f}")
         return
     base = rows[f"fastapi@{concurrency[0]}"]
@@ -65,26 +65,37 @@ def report(
     print(
         f"  {ch['rps']:,.0f} req/s, p99 {ch['p99']:.1f} ms, failed requests {ch['errors']} {kinds}"
     )
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
-    f64 = rows[f"fastapi@{concurrency[-1]}"]
+    print(_load())
+    d16, f16 = rows[f"door@{concurrency[0]}"], rows[f"fastapi@{concurrency[0]}"]
     print(
-        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / base['rps']:.2f} "
-        f"ratio64={d64['rps'] / f64['rps']:.2f} arrow_wps={sb['arrow']:.0f} "
+        f"{_door_keys(rows, concurrency)} arrow_wps={sb['arrow']:.0f} "
         f"chaos_errors={ch['errors']} cpu_us={_key_us(d16.get('cpu_us'))} "
-        f"fastapi_cpu_us={_key_us(base.get('cpu_us'))}"
+        f"fastapi_cpu_us={_key_us(f16.get('cpu_us'))}"
+    )
+
+
+def _load() -> str:
+    return f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+
+
+def _door_keys(rows: dict[str, dict[str, Any]], concurrency: list[int]) -> str:
+    """The front door's p99 at the fewest clients and its ratios to FastAPI at the
+    fewest and the most, as the issue's key=value pairs."""
+    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
+    f16, f64 = rows[f"fastapi@{concurrency[0]}"], rows[f"fastapi@{concurrency[-1]}"]
+    return (
+        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / f16['rps']:.2f} "
+        f"ratio64={d64['rps'] / f64['rps']:.2f}"
     )
 
 
 def door_summary(rows: dict[str, dict[str, Any]], concurrency: list[int], table: list[Any]) -> None:
     """``--door-only``: the front door's and FastAPI's rows and their key=value line."""
     print(format_table(HEAD, table))
-    print(f"load average (1, 5, 15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    d16, d64 = rows[f"door@{concurrency[0]}"], rows[f"door@{concurrency[-1]}"]
-    f16, f64 = rows[f"fastapi@{concurrency[0]}"], rows[f"fastapi@{concurrency[-1]}"]
+    print(_load())
+    d16, f16 = rows[f"door@{concurrency[0]}"], rows[f"fastapi@{concurrency[0]}"]
     print(
-        f"serve_p99_ms={d16['p99']:.1f} ratio={d16['rps'] / f16['rps']:.2f} "
-        f"ratio64={d64['rps'] / f64['rps']:.2f} cpu_us={_key_us(d16.get('cpu_us'))} "
+        f"{_door_keys(rows, concurrency)} cpu_us={_key_us(d16.get('cpu_us'))} "
         f"replica_cpu_us={_key_us(d16.get('replica_cpu_us'))} "
         f"fastapi_cpu_us={_key_us(f16.get('cpu_us'))}"
     )
