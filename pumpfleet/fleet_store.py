@@ -24,6 +24,7 @@ from pumpfleet import fleet_alerts as rules
 from pumpfleet import fleet_views as views
 from pumpfleet.errors import InputError, NotFoundError
 from pumpfleet.fleet_alerts import Action, AlertRules, AlertView, Streak
+from pumpfleet.fleet_batch import Prepared, PumpState, among, statements
 from pumpfleet.fleet_schema import (
     alert_events,
     alerts,
@@ -89,6 +90,7 @@ class FleetDB:
         self.default_horizon = default_horizon_hours
         self.default_threshold = default_threshold
         self.clock = clock
+        self._prepared: dict[str, dict[str, Prepared]] = {}  # by dialect
 
     def close(self) -> None:
         self.engine.dispose()
@@ -99,116 +101,114 @@ class FleetDB:
         """Scored windows into the state and the score history (oldest first); returns
         the alert events they caused, ``(event, alert_id)``. A window older than the
         pump's latest is history only. One transaction; the batch's pumps and their live
-        alerts are read (and locked, on PostgreSQL) once, and written back at the end."""
+        alerts are read (and locked, on PostgreSQL) once, and written back at the end:
+        each pump only what its windows changed (:mod:`pumpfleet.fleet_batch`)."""
         ordered = sorted(rows, key=lambda r: r.at)
         events: list[tuple[str, int]] = []
         if not ordered:
             return events
         now = self.clock()
         with self.engine.begin() as conn:
-            conn.execute(
-                scores.insert(),
+            put = self._statements(conn)
+            put["scores"].run(
+                conn,
                 [
-                    {
-                        "pump_id": r.pump_id,
-                        "at": r.at,
-                        "rul_hours": r.rul_hours,
-                        "failure_probability": r.failure_probability,
-                        "model_version": r.model_version,
-                        "arm": r.arm,
-                        "health_score": r.health_score,
-                        "anomaly": r.anomaly,
-                    }
+                    [r.pump_id, r.at, r.rul_hours, r.failure_probability, r.model_version,
+                     r.arm, r.health_score, r.anomaly]
                     for r in ordered
                 ],
-            )
+            )  # fmt: skip
             ids = sorted({r.pump_id for r in ordered})  # one lock order: no deadlocks
-            old: dict[str, dict[str, Any]] = {}
+            state: dict[str, PumpState] = {}
             live: dict[tuple[str, float], dict[str, Any]] = {}
+            p, a = pumps.c, alerts.c
+            cols = (p.pump_id, p.pump_class, p.site, p.device_id, p.last_reading_at, p.threshold,
+                    p.horizon_hours, p.above, p.below, p.drivers.is_(None))  # fmt: skip
             for k in range(0, len(ids), CHUNK):
                 chunk = ids[k : k + CHUNK]
-                q = sa.select(pumps).where(pumps.c.pump_id.in_(chunk)).order_by(pumps.c.pump_id)
-                old |= {p.pump_id: dict(p._mapping) for p in conn.execute(q.with_for_update())}
-                q = sa.select(alerts).where(views.LIVE, alerts.c.pump_id.in_(chunk))
-                live |= {
-                    (a.pump_id, a.horizon_hours): dict(a._mapping)
-                    for a in conn.execute(q.order_by(alerts.c.id).with_for_update())
-                }
-            known = set(old)
+                q = sa.select(*cols).where(among(p.pump_id, chunk, conn.dialect))
+                for x in conn.execute(q.order_by(p.pump_id).with_for_update()):
+                    s = PumpState(x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], no_drivers=x[9])
+                    s.was = s.sticky()
+                    state[x[0]] = s
+                q = sa.select(a.id, a.pump_id, a.horizon_hours, a.status, a.escalated, a.risk)
+                q = q.where(views.LIVE, among(a.pump_id, chunk, conn.dialect))
+                for x in conn.execute(q.order_by(a.id).with_for_update()):
+                    live[(x[1], x[2])] = {
+                        "id": x[0],
+                        "status": x[3],
+                        "escalated": x[4],
+                        "risk": x[5],
+                    }
             touched: set[int] = set()
             for r in ordered:
-                events.extend(self._one(conn, r, now, old, live, touched))
-            fresh = [{"pump_id": i, **old[i]} for i in old if i not in known]
-            if fresh:
-                conn.execute(pumps.insert(), fresh)
-            kept = [{"b_id": i, **old[i]} for i in old if i in known]
-            if kept:
-                cols: dict[str, Any] = {
-                    c: sa.bindparam(c) for c in kept[0] if c not in ("b_id", "pump_id")
-                }
-                conn.execute(
-                    pumps.update().where(pumps.c.pump_id == sa.bindparam("b_id")).values(cols),
-                    kept,
-                )
-            risks = [
-                {"b_id": a["id"], "risk": a["risk"], "updated_at": now}
-                for a in live.values()
-                if a["id"] in touched
-            ]
-            if risks:
-                conn.execute(
-                    alerts.update()
-                    .where(alerts.c.id == sa.bindparam("b_id"))
-                    .values(risk=sa.bindparam("risk"), updated_at=sa.bindparam("updated_at")),
-                    risks,
-                )
+                events.extend(self._one(conn, r, now, state, live, touched))
+            fresh, hot, sticky, drivers = [], [], [], []
+            for pid, s in state.items():
+                if s.newest is None:  # history only: as it was
+                    continue
+                r = s.newest
+                if s.was is None:
+                    fresh.append(
+                        [pid, *s.sticky(), r.at, r.rul_hours, r.failure_probability,
+                         r.model_version, r.arm, r.health_score, r.anomaly, s.above, s.below,
+                         now, [] if s.drivers is None else s.drivers]
+                    )  # fmt: skip
+                    continue
+                hot.append(
+                    [r.at, r.rul_hours, r.failure_probability, r.model_version, r.arm,
+                     r.health_score, r.anomaly, s.above, s.below, now, pid]
+                )  # fmt: skip
+                if s.sticky() != s.was:
+                    sticky.append([*s.sticky(), pid])
+                if s.drivers is not None or s.no_drivers:
+                    drivers.append([[] if s.drivers is None else s.drivers, pid])
+            put["new pump"].run(conn, fresh)
+            put["hot"].run(conn, hot)
+            put["sticky"].run(conn, sticky)
+            put["drivers"].run(conn, drivers)
+            risks = [[x["risk"], now, x["id"]] for x in live.values() if x["id"] in touched]
+            put["risk"].run(conn, risks)
         return events
+
+    def _statements(self, conn: sa.Connection) -> dict[str, Prepared]:
+        name = conn.dialect.name
+        if name not in self._prepared:
+            self._prepared[name] = statements(conn.dialect)
+        return self._prepared[name]
 
     def _one(
         self,
         conn: sa.Connection,
         r: ScoredRow,
         now: float,
-        old_: dict[str, dict[str, Any]],
+        state: dict[str, PumpState],
         lives: dict[tuple[str, float], dict[str, Any]],
         touched: set[int],
     ) -> list[tuple[str, int]]:
-        old = old_.get(r.pump_id)
-        last_at = None if old is None else old["last_reading_at"]
-        if last_at is not None and r.at < last_at:
+        s = state.get(r.pump_id)
+        if s is not None and s.last_at is not None and r.at < s.last_at:
             return []
-        get = (lambda k: old[k]) if old is not None else (lambda k: None)
-        threshold = r.threshold or get("threshold") or self.default_threshold
-        horizon = r.horizon_hours or get("horizon_hours") or self.default_horizon
+        if s is None:
+            s = state[r.pump_id] = PumpState(r.pump_class, None, None, None, None, None, 0, 0)
+        threshold = r.threshold or s.threshold or self.default_threshold
+        horizon = r.horizon_hours or s.horizon or self.default_horizon
         live = lives.get((r.pump_id, horizon))
-        streak = Streak(old["above"], old["below"]) if old is not None else Streak()
         streak, action = rules.step(
-            streak,
+            Streak(s.above, s.below),
             r.failure_probability,
             threshold,
             self.rules,
             live is not None,
             bool(live is not None and live["escalated"]),
         )
-        site = r.site or get("site")
-        old_[r.pump_id] = {
-            "pump_class": r.pump_class,
-            "site": site,
-            "device_id": r.device_id or get("device_id"),
-            "last_reading_at": r.at,
-            "rul_hours": r.rul_hours,
-            "failure_probability": r.failure_probability,
-            "model_version": r.model_version,
-            "arm": r.arm,
-            "health_score": r.health_score,
-            "anomaly": r.anomaly,
-            "drivers": r.drivers if r.drivers is not None else (get("drivers") or []),
-            "threshold": threshold,
-            "horizon_hours": horizon,
-            "above": streak.above,
-            "below": streak.below,
-            "updated_at": now,
-        }
+        s.pump_class, s.site = r.pump_class, r.site or s.site
+        s.device_id, s.last_at = r.device_id or s.device_id, r.at
+        s.threshold, s.horizon, s.above, s.below = threshold, horizon, streak.above, streak.below
+        s.newest = r
+        if r.drivers is not None:
+            s.drivers = r.drivers
+        site = s.site
         if live is not None:
             live["risk"] = r.failure_probability
             touched.add(live["id"])

@@ -1,0 +1,129 @@
+"""How :meth:`pumpfleet.fleet_store.FleetDB.ingest` writes a batch cheaply: statements
+compiled once per database and run by the driver's own executemany on plain values
+(each value through its column type's bind processor, as SQLAlchemy would pass it, so
+the values stored are the same), a batch's ids looked up through one parameter rather
+than one per id, and the state of each pump of a batch as a small record.
+
+SQLAlchemy's executemany of dictionaries builds and processes every row's parameters
+again, and an ``IN`` of a thousand ids renders a thousand parameters at each execution;
+for a batch of a thousand windows that was most of its cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    from pumpfleet.fleet_store import ScoredRow
+
+SCORES = ("pump_id", "at", "rul_hours", "failure_probability", "model_version", "arm",
+          "health_score", "anomaly")  # fmt: skip
+# what each window of a pump changes, and what changes only now and then
+HOT = ("last_reading_at", "rul_hours", "failure_probability", "model_version", "arm",
+       "health_score", "anomaly", "above", "below", "updated_at")  # fmt: skip
+STICKY = ("pump_class", "site", "device_id", "threshold", "horizon_hours")
+PUMP = ("pump_id", *STICKY, *HOT, "drivers")
+
+
+class Prepared:
+    """``stmt`` (its parameters named ``names``, of the columns ``types``) compiled for
+    ``dialect`` once; :meth:`run` passes rows of values in ``names`` order straight to
+    the driver's executemany."""
+
+    def __init__(
+        self, stmt: sa.Executable, names: Sequence[str], types: dict[str, Any], dialect: Any
+    ) -> None:
+        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+        self.sql: str = compiled.string
+        self.names = list(names)
+        at = {n: i for i, n in enumerate(self.names)}
+        order = compiled.positiontup
+        self.order = None if order is None else [at[n] for n in order]
+        processors = [types[n].dialect_impl(dialect).bind_processor(dialect) for n in names]
+        self.processors = [(i, p) for i, p in enumerate(processors) if p is not None]
+
+    def run(self, conn: sa.Connection, rows: list[list[Any]]) -> None:
+        if not rows:
+            return
+        for i, process in self.processors:
+            for r in rows:
+                r[i] = process(r[i])
+        if self.order is None:  # named parameters (psycopg)
+            params: list[Any] = [dict(zip(self.names, r, strict=True)) for r in rows]
+        elif self.order == list(range(len(self.names))):
+            params = [tuple(r) for r in rows]
+        else:
+            params = [tuple([r[i] for i in self.order]) for r in rows]
+        conn.exec_driver_sql(self.sql, params)
+
+
+def statements(dialect: Any) -> dict[str, Prepared]:
+    """The batch's statements for ``dialect``: the score history's insert, a new pump's
+    insert, and a known pump's updates (each window's columns, the columns that change
+    only now and then, its drivers), and a live alert's risk."""
+    from pumpfleet.fleet_schema import alerts, pumps, scores
+
+    def update(table: sa.Table, key: str, cols: Sequence[str]) -> sa.Executable:
+        values: dict[str, Any] = {c: sa.bindparam(c) for c in cols}
+        return table.update().where(table.c[key] == sa.bindparam("b_key")).values(values)
+
+    def types(table: sa.Table, cols: Sequence[str]) -> dict[str, Any]:
+        return {c: table.c[c].type for c in cols}
+
+    def insert(table: sa.Table, cols: Sequence[str]) -> Prepared:
+        stmt = table.insert().values({c: sa.bindparam(c) for c in cols})
+        return Prepared(stmt, cols, types(table, cols), dialect)
+
+    def updating(table: sa.Table, key: str, cols: Sequence[str]) -> Prepared:
+        ty = types(table, cols) | {"b_key": table.c[key].type}
+        return Prepared(update(table, key, cols), [*cols, "b_key"], ty, dialect)
+
+    return {
+        "scores": insert(scores, SCORES),
+        "new pump": insert(pumps, PUMP),
+        "hot": updating(pumps, "pump_id", HOT),
+        "sticky": updating(pumps, "pump_id", STICKY),
+        "drivers": updating(pumps, "pump_id", ("drivers",)),
+        "risk": updating(alerts, "id", ("risk", "updated_at")),
+    }
+
+
+def among(column: sa.ColumnElement[Any], ids: list[str], dialect: Any) -> sa.ColumnElement[bool]:
+    """``column IN ids`` through one parameter: a JSON array on SQLite, an array on
+    PostgreSQL (an expanding ``IN`` renders one parameter per id at every execution)."""
+    if dialect.name == "sqlite":
+        values = sa.func.json_each(sa.bindparam("ids", json.dumps(ids))).table_valued("value")
+        return column.in_(sa.select(values.c.value))
+    if dialect.name == "postgresql":
+        array = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String()))
+        return column == sa.any_(array)
+    return column.in_(ids)
+
+
+@dataclass(slots=True)
+class PumpState:
+    """A pump's state as the batch goes (the stored one first, where it is known):
+    ``rows`` says whether a window of the batch became its newest, ``drivers`` the
+    newest drivers the batch gave (None: none), ``was`` its sticky columns as stored."""
+
+    pump_class: str
+    site: str | None
+    device_id: str | None
+    last_at: float | None
+    threshold: float | None
+    horizon: float | None
+    above: int
+    below: int
+    was: tuple[Any, ...] | None = None  # None: a new pump
+    no_drivers: bool = False  # stored with none (NULL)
+    newest: ScoredRow | None = None
+    drivers: list[dict[str, Any]] | None = None
+
+    def sticky(self) -> tuple[Any, ...]:
+        return (self.pump_class, self.site, self.device_id, self.threshold, self.horizon)
