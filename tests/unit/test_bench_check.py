@@ -39,7 +39,11 @@ def test_a_run_without_the_figure_fails() -> None:
 
 def test_the_committed_references_name_their_commit_and_tolerance() -> None:
     checks = load()
-    assert {c.module for c in checks} == {"benchmarks.cmapss", "benchmarks.skab"}
+    assert {c.module for c in checks} == {
+        "benchmarks.cmapss",
+        "benchmarks.skab",
+        "benchmarks.fleet_feed",
+    }
     for c in checks:
         assert c.value > 0 and 0 < c.tolerance < 0.05 * c.value + 0.2
         assert c.commit and len(c.commit) == 40, c.name
