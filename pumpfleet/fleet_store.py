@@ -208,10 +208,26 @@ class FleetDB:
         s.newest = r
         if r.drivers is not None:
             s.drivers = r.drivers
-        site = s.site
         if live is not None:
             live["risk"] = r.failure_probability
             touched.add(live["id"])
+        return self._alert(conn, r, now, action, streak, threshold, horizon, s.site, lives)
+
+    def _alert(
+        self,
+        conn: sa.Connection,
+        r: ScoredRow,
+        now: float,
+        action: Action | None,
+        streak: Streak,
+        threshold: float,
+        horizon: float,
+        site: str | None,
+        lives: dict[tuple[str, float], dict[str, Any]],
+    ) -> list[tuple[str, int]]:
+        """What the rules' ``action`` on window ``r`` does to the pump's alert (opens,
+        escalates, clears or expires it, with its event); the events it caused."""
+        live = lives.get((r.pump_id, horizon))
         if action is Action.OPEN:
             values = {
                 "pump_id": r.pump_id,

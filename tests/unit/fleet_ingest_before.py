@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from pumpfleet import fleet_alerts as rules
 from pumpfleet import fleet_views as views
-from pumpfleet.fleet_alerts import Action, Streak
-from pumpfleet.fleet_schema import alert_events, alerts, pumps, scores
-from pumpfleet.fleet_store import CHUNK, SYSTEM, FleetDB, ScoredRow
+from pumpfleet.fleet_alerts import Streak
+from pumpfleet.fleet_schema import alerts, pumps, scores
+from pumpfleet.fleet_store import CHUNK, FleetDB, ScoredRow
 
 
 class FleetDBBefore(FleetDB):
@@ -62,7 +62,7 @@ class FleetDBBefore(FleetDB):
             known = set(old)
             touched: set[int] = set()
             for r in ordered:
-                events.extend(self._one(conn, r, now, old, live, touched))
+                events.extend(self._one_before(conn, r, now, old, live, touched))
             fresh = [{"pump_id": i, **old[i]} for i in old if i not in known]
             if fresh:
                 conn.execute(pumps.insert(), fresh)
@@ -92,7 +92,7 @@ class FleetDBBefore(FleetDB):
                 )
         return events
 
-    def _one(
+    def _one_before(
         self,
         conn: sa.Connection,
         r: ScoredRow,
@@ -140,44 +140,5 @@ class FleetDBBefore(FleetDB):
         if live is not None:
             live["risk"] = r.failure_probability
             touched.add(live["id"])
-        if action is Action.OPEN:
-            values = {
-                "pump_id": r.pump_id,
-                "pump_class": r.pump_class,
-                "site": site,
-                "horizon_hours": horizon,
-                "status": rules.OPEN,
-                "opened_at": r.at,
-                "risk": r.failure_probability,
-                "escalated": False,
-                "updated_at": now,
-            }
-            new = conn.execute(alerts.insert().values(**values))
-            alert_id = int(new.inserted_primary_key[0])  # type: ignore[index]
-            lives[(r.pump_id, horizon)] = {"id": alert_id, **values}
-            note = f"risk {r.failure_probability:.3f} >= {threshold:g} for {streak.above} windows"
-            self._event(conn, alert_id, "opened", now, SYSTEM, note)
-            return [("opened", alert_id)]
-        if live is None or action is None:
-            return []
-        if action is Action.ESCALATE:
-            live["escalated"] = True
-            conn.execute(alerts.update().where(alerts.c.id == live["id"]).values(escalated=True))
-            note = f"risk {r.failure_probability:.3f} >= {max(self.rules.escalate_at, threshold):g}"
-            self._event(conn, live["id"], "escalated", now, SYSTEM, note)
-            return [("escalated", live["id"])]
-        note = f"risk below {threshold * self.rules.lower_band:g} for {streak.below} windows"
-        if live["status"] == rules.OPEN:  # nobody took it: it expires
-            conn.execute(alerts.update().where(alerts.c.id == live["id"]).values(risk=live["risk"]))
-            self._close(conn, live["id"], now, SYSTEM, f"expired: {note}", "expired")
-            del lives[(r.pump_id, horizon)]
-            return [("closed", live["id"])]
-        last = conn.execute(
-            sa.select(alert_events.c.event)
-            .where(alert_events.c.alert_id == live["id"])
-            .order_by(alert_events.c.id.desc())
-            .limit(1)
-        ).scalar_one()
-        if last != "cleared":  # taken by a crew: it stays theirs to close
-            self._event(conn, live["id"], "cleared", now, SYSTEM, note)
-        return []
+        # what the action does to the alert: unchanged, the same code as the new ingest's
+        return self._alert(conn, r, now, action, streak, threshold, horizon, site, lives)
