@@ -244,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per load measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--replicas", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=5, help="1,000-window batches per arm")
+    parser.add_argument(
+        "--batches", type=int, default=200, help="1,000-window batches per arm (two rounds)"
+    )
     parser.add_argument(
         "--batch-connections", type=int, default=4, help="connections the batch arms send on"
     )
