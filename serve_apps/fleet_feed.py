@@ -9,7 +9,9 @@ The windows of a cloud batch that reach their class's alert threshold are explai
 here too (occlusion, :func:`pumpfleet.explain.occlusion_many`), at most
 ``explain_per_batch`` of a drain, so the work list says which sensors drive each risky
 pump: the first ones in the order they came, all of a drain's windows of one model in
-one scoring call (:class:`Explanations`) before the drain's rows are written.
+one scoring call (:class:`Explanations`) before the drain's rows are written. A model
+that fails to explain leaves its rows without drivers (logged, and counted as the feed's
+error): they still go in.
 
 A drain follows the last one by at least ``gather_seconds``: under a stream of single
 windows a drain held a few rows, so the database committed and the budget explained
@@ -62,13 +64,24 @@ class Explanations(list[int]):
         windows.append(window)
         places.append((rows, at))
 
-    def settle(self) -> None:
-        """Explain every window asked for and set its row's drivers."""
-        for model, windows, places in self._asked.values():
-            found = explained(model, np.stack(windows))
-            for (rows, at), drivers in zip(places, found, strict=True):
-                rows[at] = dataclasses.replace(rows[at], drivers=drivers)
-        self._asked.clear()
+    def settle(self) -> int:
+        """Explain every window asked for and set its row's drivers; returns how many
+        models failed to explain theirs (logged; their rows keep no drivers: the rows
+        still go in, an explanation is not worth a drain's fleet state)."""
+        failed = 0
+        try:
+            for model, windows, places in self._asked.values():
+                try:
+                    found = explained(model, np.stack(windows))
+                except Exception:
+                    log.exception("explaining %d risky windows failed; no drivers", len(windows))
+                    failed += 1
+                    continue
+                for (rows, at), drivers in zip(places, found, strict=True):
+                    rows[at] = dataclasses.replace(rows[at], drivers=drivers)
+        finally:
+            self._asked.clear()
+        return failed
 
 
 def explained(model: Any, windows: np.ndarray) -> list[list[dict[str, Any]]]:
@@ -243,5 +256,6 @@ class FleetFeed:
                 self._stop.wait(self.gather_seconds)
 
     def _write(self, rows: list[list[ScoredRow]], budget: Explanations) -> None:
-        budget.settle()
+        if budget.settle():
+            self._on_error("fleet feed")
         self.db.ingest([r for job in rows for r in job])

@@ -96,3 +96,27 @@ def test_a_list_budget_explains_at_once_as_a_drain_does_when_settled() -> None:
     assert rows == now and len(run.calls) == 2
     assert [r.drivers is not None for r in now] == [True, False, True, True, False]
     assert isinstance(now[0], ScoredRow) and now[0].threshold == SPEC.alert_threshold
+
+
+def test_a_model_that_fails_to_explain_loses_no_row(tmp_path: Path) -> None:
+    """Explaining is worth less than the fleet state: where the model fails on the
+    occluded windows, the drain's rows still go in (without drivers), and the failure is
+    counted as the feed's error."""
+
+    def broken(x: np.ndarray) -> np.ndarray:
+        if len(x) > 1:  # the occlusion variants; scoring one window works
+            raise RuntimeError("onnxruntime: out of memory")
+        return Model()(x)
+
+    model = ServedModel("1", SPEC, broken)
+    a, wa = group(3, [0.9, 0.95, 0.1], 0, seed=3)
+    db = FleetDB(f"sqlite:///{tmp_path / 'fleet.db'}")
+    stop, errors = threading.Event(), []
+    feed = FleetFeed(db, stop, max_rows=100, explain_per_batch=4, on_error=errors.append)
+    assert feed.offer(lambda db, budget: cloud_rows(a, model, wa, budget), 3)
+    assert feed.drain()
+    stop.set()
+    pumps = {p["pump_id"]: p for p in views.fleet(db.engine, 4e3, 1e9)["pumps"]}
+    assert sorted(pumps) == ["esp-0", "esp-1", "esp-2"]
+    assert all(p["drivers"] == [] for p in pumps.values())
+    assert errors == ["fleet feed"]
