@@ -22,11 +22,12 @@ from sqlalchemy.dialects import postgresql
 if TYPE_CHECKING:
     from pumpfleet.fleet_store import ScoredRow
 
-SCORES = ("pump_id", "at", "rul_hours", "failure_probability", "model_version", "arm",
-          "health_score", "anomaly")  # fmt: skip
+# a window's reading, as the score history and a pump's row both hold it (after the time)
+READING = ("rul_hours", "failure_probability", "model_version", "arm", "health_score",
+           "anomaly")  # fmt: skip
+SCORES = ("pump_id", "at", *READING)
 # what each window of a pump changes, and what changes only now and then
-HOT = ("last_reading_at", "rul_hours", "failure_probability", "model_version", "arm",
-       "health_score", "anomaly", "above", "below", "updated_at")  # fmt: skip
+HOT = ("last_reading_at", *READING, "above", "below", "updated_at")
 STICKY = ("pump_class", "site", "device_id", "threshold", "horizon_hours")
 PUMP = ("pump_id", *STICKY, *HOT, "drivers")
 
@@ -106,10 +107,16 @@ def among(column: sa.ColumnElement[Any], ids: list[str], dialect: Any) -> sa.Col
     return column.in_(ids)
 
 
+def reading(r: ScoredRow) -> list[Any]:
+    """``r``'s time and its :data:`READING` values, in that order."""
+    return [r.at, r.rul_hours, r.failure_probability, r.model_version, r.arm, r.health_score,
+            r.anomaly]  # fmt: skip
+
+
 @dataclass(slots=True)
 class PumpState:
     """A pump's state as the batch goes (the stored one first, where it is known):
-    ``rows`` says whether a window of the batch became its newest, ``drivers`` the
+    ``newest`` the batch's window that became its newest (None: none did), ``drivers`` the
     newest drivers the batch gave (None: none), ``was`` its sticky columns as stored."""
 
     pump_class: str

@@ -24,7 +24,7 @@ from pumpfleet import fleet_alerts as rules
 from pumpfleet import fleet_views as views
 from pumpfleet.errors import InputError, NotFoundError
 from pumpfleet.fleet_alerts import Action, AlertRules, AlertView, Streak
-from pumpfleet.fleet_batch import Prepared, PumpState, among, statements
+from pumpfleet.fleet_batch import Prepared, PumpState, among, reading, statements
 from pumpfleet.fleet_schema import (
     alert_events,
     alerts,
@@ -90,7 +90,7 @@ class FleetDB:
         self.default_horizon = default_horizon_hours
         self.default_threshold = default_threshold
         self.clock = clock
-        self._prepared: dict[str, dict[str, Prepared]] = {}  # by dialect
+        self._prepared: dict[str, Prepared] | None = None  # the engine's one dialect
 
     def close(self) -> None:
         self.engine.dispose()
@@ -110,14 +110,7 @@ class FleetDB:
         now = self.clock()
         with self.engine.begin() as conn:
             put = self._statements(conn)
-            put["scores"].run(
-                conn,
-                [
-                    [r.pump_id, r.at, r.rul_hours, r.failure_probability, r.model_version,
-                     r.arm, r.health_score, r.anomaly]
-                    for r in ordered
-                ],
-            )  # fmt: skip
+            put["scores"].run(conn, [[r.pump_id, *reading(r)] for r in ordered])
             ids = sorted({r.pump_id for r in ordered})  # one lock order: no deadlocks
             state: dict[str, PumpState] = {}
             live: dict[tuple[str, float], dict[str, Any]] = {}
@@ -148,17 +141,13 @@ class FleetDB:
                 if s.newest is None:  # history only: as it was
                     continue
                 r = s.newest
+                changed = [*reading(r), s.above, s.below, now]  # HOT's columns
                 if s.was is None:
                     fresh.append(
-                        [pid, *s.sticky(), r.at, r.rul_hours, r.failure_probability,
-                         r.model_version, r.arm, r.health_score, r.anomaly, s.above, s.below,
-                         now, [] if s.drivers is None else s.drivers]
-                    )  # fmt: skip
+                        [pid, *s.sticky(), *changed, [] if s.drivers is None else s.drivers]
+                    )
                     continue
-                hot.append(
-                    [r.at, r.rul_hours, r.failure_probability, r.model_version, r.arm,
-                     r.health_score, r.anomaly, s.above, s.below, now, pid]
-                )  # fmt: skip
+                hot.append([*changed, pid])
                 if s.sticky() != s.was:
                     sticky.append([*s.sticky(), pid])
                 if s.drivers is not None or s.no_drivers:
@@ -172,10 +161,9 @@ class FleetDB:
         return events
 
     def _statements(self, conn: sa.Connection) -> dict[str, Prepared]:
-        name = conn.dialect.name
-        if name not in self._prepared:
-            self._prepared[name] = statements(conn.dialect)
-        return self._prepared[name]
+        if self._prepared is None:
+            self._prepared = statements(conn.dialect)
+        return self._prepared
 
     def _one(
         self,
