@@ -100,11 +100,18 @@ def test_slow_clients_are_cut_off_and_oversized_bodies_refused_at_once(svc: h.Se
         for i, s in enumerate(clients):
             if i in answers:
                 continue
+            # What the door sent is read before the next line goes out: a line sent
+            # after its 408 and close is answered by a reset, which drops the 408.
             try:
-                s.send(b"x-more: 1\r\n" if s is not trickle else b" ")
                 got = s.recv(64)
             except BlockingIOError:
-                continue
+                try:
+                    s.send(b"x-more: 1\r\n" if s is not trickle else b" ")
+                    got = s.recv(64)
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    got = type(e).__name__.encode()
             except OSError as e:
                 got = type(e).__name__.encode()
             answers[i] = (time.monotonic() - started, got)
@@ -114,7 +121,8 @@ def test_slow_clients_are_cut_off_and_oversized_bodies_refused_at_once(svc: h.Se
     for s in clients:
         s.close()
     assert len(answers) == len(clients), f"{len(clients) - len(answers)} never cut off"
-    assert all(b.startswith(b"HTTP/1.1 408") for _, b in answers.values()), answers
+    not_408 = {i: a for i, a in answers.items() if not a[1].startswith(b"HTTP/1.1 408")}
+    assert not not_408, not_408
     assert max(t for t, _ in answers.values()) < 2 * timeout + 3
     assert r.status_code == 200, r.text
 
