@@ -40,7 +40,7 @@ from pumpfleet import storage
 from pumpfleet.settings import Settings
 from pumpfleet.simulator import SimulationConfig, simulate
 from tests.conftest import free_port
-from tests.integration.test_remote import BIN, ROOT, last_json, stop, wait_for
+from tests.integration.test_remote import BIN, RAY_NODE_GRACE, ROOT, last_json, stop, wait_for
 from tests.s3_server import S3Server, s3_server, use_s3
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -139,8 +139,8 @@ def cluster(
         yield {"url": url, "auth": auth, "home": home, "token": token, "env": env}
     finally:
         if worker is not None:
-            stop(worker, str(temps[1]), grace=10)
-        stop(head, str(temps[0]), token, grace=10)
+            stop(worker, str(temps[1]), grace=RAY_NODE_GRACE)
+        stop(head, str(temps[0]), token, grace=RAY_NODE_GRACE)
         for t in temps:
             shutil.rmtree(t, ignore_errors=True)
 
