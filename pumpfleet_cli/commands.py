@@ -272,20 +272,29 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
     if not 0.0 <= args.challenger_weight <= 1.0:
         raise InputError(f"--challenger-weight must be in [0, 1], got {args.challenger_weight}")
-    serve_run.use_serve_env(home=settings.home)
+    # On a Ray of its own (no cluster to join), only its own front door is in front of
+    # the replicas: no 30 s drain at every stop for a load balancer that is not there.
+    serve_run.use_serve_env(local=settings.ray_address is None, home=settings.home)
     init_ray(settings)
-    url = serve_run.start(
-        settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
-    )
-    print(f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True)
-    print(f"fleet board at {url}/board (log in with a scoring key)", flush=True)
     # SIGTERM (kill, docker stop, systemd) stops it as Ctrl-C does: Serve shut down, the
-    # replicas' logs flushed, its HAProxy stopped
+    # replicas' logs flushed, its HAProxy stopped. From before Serve starts: /readyz
+    # answers before start() returns, and a SIGTERM in between met Ray's handler, which
+    # aborts the process and leaves Serve's processes to Ray's reaper.
     before = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        url = serve_run.start(
+            settings, args.port, args.challenger_weight, args.host, insecure_dev=args.insecure_dev
+        )
+        print(
+            f"scoring service at {url}/v1/score (docs at {url}/docs); Ctrl-C stops it", flush=True
+        )
+        print(f"fleet board at {url}/board (log in with a scoring key)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        # a second SIGTERM while Serve drains (a supervisor repeating itself) would cut
+        # the flush short; SIGKILL still ends it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         serve_run.stop()
     finally:
         signal.signal(signal.SIGTERM, before)
