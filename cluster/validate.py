@@ -43,6 +43,7 @@ K8S = CLUSTER / "k8s"
 CRDS = ROOT.parent / "shared" / "specs" / "kuberay"
 K8S_VERSION = "1.34.0"  # the Kubernetes schemas checked against (kubernetes-validate)
 RAY_KINDS = {"RayCluster", "RayJob", "RayService", "RayCronJob"}
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 Doc = dict[str, Any]
 
 
@@ -104,7 +105,9 @@ def crds() -> dict[tuple[str, str], dict[str, Any]]:
         raise CRDsMissing(f"{CRDS} not found: the KubeRay CRDs live in ../shared, not here")
     out = {}
     for path in sorted(CRDS.glob("*.yaml.gz")):
-        crd = yaml.safe_load(gzip.decompress(path.read_bytes()))
+        # libyaml's loader (PyYAML's wheels carry it): the CRDs are megabytes of YAML,
+        # about 4 s in the pure-Python one
+        crd = yaml.load(gzip.decompress(path.read_bytes()), Loader=SAFE_LOADER)
         for version in crd["spec"]["versions"]:
             if version.get("served"):
                 key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
