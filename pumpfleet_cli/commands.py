@@ -75,15 +75,22 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
+    from pumpfleet.ingestion import plan_ingest
     from ray_jobs._ray import init_ray
     from ray_jobs.ingest import ingest_and_log
 
     source = _existing(args.source or settings.data_uri, "--source")
     cfg = window_config(args)
-    if not args.single_process:
-        init_ray(settings)
     out = args.out or settings.features_uri
-    code = _print(ingest_and_log(settings, source, out, cfg, args.single_process))
+    if args.single_process:
+        summary = ingest_and_log(settings, source, out, cfg, single_process=True)
+    else:
+        # A snapshot that exists already needs no Ray: said so without starting it.
+        plan = plan_ingest(source, out, cfg)
+        if plan.up_to_date is None:
+            init_ray(settings)
+        summary = plan.up_to_date or ingest_and_log(settings, source, out, cfg, plan=plan)
+    code = _print(summary)
     if code:
         raise SystemExit(code)
 

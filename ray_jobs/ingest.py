@@ -119,13 +119,18 @@ def _parts_table(parts: ray.data.Dataset, column: str) -> pd.DataFrame:
 
 
 def run_ingest(
-    source: str, features_root: str, cfg: WindowConfig, stages: dict[str, float] | None = None
+    source: str,
+    features_root: str,
+    cfg: WindowConfig,
+    stages: dict[str, float] | None = None,
+    plan: IngestPlan | None = None,
 ) -> dict[str, Any]:
     """Turn a fleet dataset into a feature snapshot; returns the job summary. ``stages``,
-    if given, receives the seconds each stage took."""
+    if given, receives the seconds each stage took; ``plan``, the caller's
+    :func:`plan_ingest` of the same arguments (its files hashed once)."""
     started = time.monotonic()
     stage = Stages(stages)
-    plan = plan_ingest(source, features_root, cfg)
+    plan = plan or plan_ingest(source, features_root, cfg)
     if plan.up_to_date is not None:
         return plan.up_to_date
     cpus = cluster_cpus()
@@ -277,12 +282,15 @@ def ingest_and_log(
     features_root: str,
     cfg: WindowConfig,
     single_process: bool = False,
+    plan: IngestPlan | None = None,
 ) -> dict[str, Any]:
     """:func:`run_ingest` (or, with ``single_process``, the same array functions called
     in this process: :func:`pumpfleet.ingest_stream.run_ingest_stream`), and a new
-    snapshot's summary recorded in MLflow."""
-    run = run_ingest_stream if single_process else run_ingest
-    summary = run(source, features_root, cfg)
+    snapshot's summary recorded in MLflow. ``plan``: as :func:`run_ingest` takes it."""
+    if single_process:
+        summary = run_ingest_stream(source, features_root, cfg)
+    else:
+        summary = run_ingest(source, features_root, cfg, plan=plan)
     if not summary["up_to_date"]:
         summary["mlflow_run_id"] = log_summary(settings, summary)
     return summary

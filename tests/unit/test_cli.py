@@ -169,6 +169,9 @@ def test_ingest_single_process_runs_without_ray(
         argv = ["ingest", "--source", str(tmp_path / "f"), "--out", out, "--single-process"]
         assert main(argv) == 0
         summary = json.loads(capsys.readouterr().out)
+        # The same on Ray Data: the snapshot exists, which is said without starting Ray.
+        assert main(argv[:-1]) == 0
+        again = json.loads(capsys.readouterr().out)
     finally:
         get_settings.cache_clear()
     assert summary["status"] == "success" and summary["pumps"] == 8
@@ -177,3 +180,6 @@ def test_ingest_single_process_runs_without_ray(
     # a pump is labelled where 168 h (the RUL cap) of its future are known: 12 days do
     windows = sum(n for splits in summary["windows"].values() for n in splits.values())
     assert windows > 0 and list(Path(out, summary["snapshot_id"]).rglob("*.parquet"))
+    assert again["up_to_date"] is True and "mlflow_run_id" not in again
+    same = ("snapshot_id", "status", "rows_in", "rows_valid", "rows_quarantined", "windows")
+    assert {k: again[k] for k in same} == {k: summary[k] for k in same}
