@@ -605,7 +605,9 @@ def test_fuzzing_the_openapi_spec_gets_no_5xx(service: dict[str, Any]) -> None:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             if op.path == "/v1/admin/retrain" and mode is GenerationMode.POSITIVE:
                 continue  # a valid one is a real submission: tested above
-            examples = 150 if op.method == "post" else 10
+            # 75 valid and 75 invalid bodies a write: 1,401 requests in all, 23 s on a
+            # quiet machine (150 each took twice as long and found nothing more)
+            examples = 75 if op.method == "post" else 10
 
             @settings(
                 max_examples=examples, deadline=None, database=None, derandomize=True,
