@@ -122,10 +122,11 @@ def auth_ini(database_uri: str) -> str:
     return re.sub(r"(?m)^database_uri = .*$", f"database_uri = {database_uri}", ini)
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def mlflow_boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """An MLflow server with basic-auth, started with the module: it boots (tens of
-    seconds on 2 cores) while the Ray job test runs, and the MLflow test waits for it."""
+    """An MLflow server with basic-auth, for the MLflow test alone: under ``make test``
+    the Ray job test runs on the other worker (tests/conftest.py: ON_THEIR_OWN), where
+    a server started with the module booted for nothing."""
     root = tmp_path_factory.mktemp("mlflow-server")
     (root / "basic_auth.ini").write_text(auth_ini(f"sqlite:///{root}/auth.db"))
     admin = secrets.token_urlsafe(16)
