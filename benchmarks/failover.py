@@ -82,10 +82,7 @@ def training(quick: bool) -> dict[str, Any]:
         lr=[3e-3, 1e-2], batch_size=[8], epochs=epochs, asha=Asha(grace_period=epochs)
     )
     classes = ["esp"] if quick else ["esp", "rod"]
-    with (
-        _workspace(SimulationConfig(pumps=24, days=30, seed=7)) as settings,
-        local_cluster(quick=quick) as lc,
-    ):
+    with _workspace(SimulationConfig(pumps=24, days=30, seed=7)) as settings, local_cluster() as lc:
         run_ingest(str(settings.data_dir), str(settings.features_dir), WindowConfig(stride=8))
         if not quick:  # first-use costs (imports, ONNX export, MLflow) out of the baseline
             run_train(settings, "latest", SearchSpace(lr=[1e-2], epochs=1), classes[:1])
@@ -156,6 +153,8 @@ def ingest(quick: bool) -> dict[str, Any]:
     faults = [FaultSpec(kind="duplicate", rate=0.02), FaultSpec(kind="spike", rate=0.01)]
     fleet = SimulationConfig(pumps=48 if quick else 200, days=60, seed=11, faults=faults)
     cfg = WindowConfig(stride=4)
+    # --quick: the node is noticed in seconds (QUICK_DETECTION); the training and serving
+    # scenarios keep Ray's defaults, their recovery waits on a restart, not on that
     with _workspace(fleet) as settings, local_cluster(quick=quick) as lc:
         src = str(settings.data_dir)
         stages: dict[str, float] = {}

@@ -162,10 +162,7 @@ def serving(quick: bool) -> dict[str, Any]:
 
     seconds, clients = (6.0, 4) if quick else (20.0, 8)
     key = secrets.token_urlsafe(24)
-    with (
-        _workspace(SimulationConfig(pumps=1, days=1)) as settings,
-        local_cluster(quick=quick) as lc,
-    ):
+    with _workspace(SimulationConfig(pumps=1, days=1)) as settings, local_cluster() as lc:
         spec = _register_model(settings)
         port = free_port()
         keys = Secrets(api_keys=(digest(key),), admin_tokens=(digest(secrets.token_hex(8)),))
