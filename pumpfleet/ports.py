@@ -7,17 +7,28 @@ test's HTTP client) may take it, and the server fails with "Address already in u
 HAProxy's front door did, while Ray Tune trials ran beside it. So the port is drawn at
 random from below that range and above Ray's worker ports (10002-19999 by default),
 where nothing is handed out unasked, and checked free by binding it.
+
+A port handed out is free when it is drawn, not until its server binds it, which may be
+minutes later (Serve's front-door ports are fixed when Ray starts). So a process never
+hands out the same port twice, and ``PUMPFLEET_PORT_RANGE`` (``LOW-HIGH``) narrows the
+draw: processes that pick ports side by side (the test suite's two workers, each with
+the servers it starts) draw from ranges of their own and cannot take each other's.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from pathlib import Path
 
+from pumpfleet.errors import InputError
+
 LOW = 20_000  # above Ray's default worker ports
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+RANGE_VAR = "PUMPFLEET_PORT_RANGE"
 TRIES = 64
+_given: set[int] = set()  # handed out by this process
 
 
 def ephemeral_low(path: Path = EPHEMERAL_RANGE) -> int:
@@ -28,18 +39,40 @@ def ephemeral_low(path: Path = EPHEMERAL_RANGE) -> int:
         return 32768
 
 
+def draw_range() -> tuple[int, int]:
+    """Where :func:`free_port` draws from, ``[low, high)``: ``PUMPFLEET_PORT_RANGE`` where
+    set, else from :data:`LOW` to the ephemeral range."""
+    text = os.environ.get(RANGE_VAR)
+    if not text:
+        return LOW, ephemeral_low()
+    low, sep, high = text.partition("-")
+    try:
+        lo, hi = int(low), int(high) + 1
+    except ValueError:
+        lo = hi = 0
+    if not sep or not 1024 <= lo < hi <= 65536:
+        raise InputError(f"{RANGE_VAR} must be LOW-HIGH within 1024-65535, got {text!r}")
+    return lo, hi
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that is free now and outside the ephemeral range; the kernel's
-    pick where that range leaves no room below it or no port there is free."""
-    high = ephemeral_low()
-    for _ in range(TRIES if high - LOW >= 1000 else 0):
-        port = LOW + secrets.randbelow(high - LOW)
+    """A port on ``host`` that is free now, never handed out before by this process, and
+    in :func:`draw_range`; the kernel's pick where that range has fewer than 1,000 ports
+    or none of those drawn is free."""
+    low, high = draw_range()
+    for _ in range(TRIES if high - low >= 1000 else 0):
+        port = low + secrets.randbelow(high - low)
+        if port in _given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
-            return port
+        _given.add(port)
+        return port
     with socket.socket() as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _given.add(port)
+    return port

@@ -47,6 +47,7 @@ _blocked = {n.strip() for n in os.environ.get(BLOCK_IMPORTS, "").split(",") if n
 if _blocked:
     block_imports(_blocked)
 
+from pumpfleet import ports  # noqa: E402
 from pumpfleet.ports import free_port  # noqa: E402, F401  (the tests import it from here)
 from pumpfleet.settings import TELEMETRY_OFF, Settings  # noqa: E402
 
@@ -196,6 +197,22 @@ class WorkerClock:
             )
 
 
+def worker_port_range(worker: int, workers: int) -> str:
+    """The worker's share of the ports :func:`pumpfleet.ports.free_port` draws from, as
+    ``PUMPFLEET_PORT_RANGE``: a port one worker's session holds for a server that binds
+    it minutes later (Serve's front-door ports, fixed when its Ray starts) is never
+    drawn by the other worker's servers. Once, the session's fallback proxy port was
+    taken by the time Serve bound it, and the demo fixture's Serve could not start."""
+    low, high = ports.draw_range()
+    size = (high - low) // workers
+    return f"{low + worker * size}-{low + (worker + 1) * size - 1}"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         config.pluginmanager.register(WorkerClock(), "pumpfleet-worker-clock")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and ports.RANGE_VAR not in os.environ:
+        # set before any fixture starts a server; subprocesses inherit it
+        worker = int(workerinput["workerid"].removeprefix("gw"))
+        os.environ[ports.RANGE_VAR] = worker_port_range(worker, workerinput["workercount"])
