@@ -153,8 +153,7 @@ def ingest(quick: bool) -> dict[str, Any]:
     faults = [FaultSpec(kind="duplicate", rate=0.02), FaultSpec(kind="spike", rate=0.01)]
     fleet = SimulationConfig(pumps=48 if quick else 200, days=60, seed=11, faults=faults)
     cfg = WindowConfig(stride=4)
-    # --quick: the node is noticed in seconds (QUICK_DETECTION); the training and serving
-    # scenarios keep Ray's defaults, their recovery waits on a restart, not on that
+    # --quick: the lost node noticed in seconds (failover_cluster.QUICK_DETECTION)
     with _workspace(fleet) as settings, local_cluster(quick=quick) as lc:
         src = str(settings.data_dir)
         stages: dict[str, float] = {}

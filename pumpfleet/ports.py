@@ -46,13 +46,9 @@ def draw_range() -> tuple[int, int]:
     if not text:
         return LOW, ephemeral_low()
     low, sep, high = text.partition("-")
-    try:
-        lo, hi = int(low), int(high) + 1
-    except ValueError:
-        lo = hi = 0
-    if not sep or not 1024 <= lo < hi <= 65536:
-        raise InputError(f"{RANGE_VAR} must be LOW-HIGH within 1024-65535, got {text!r}")
-    return lo, hi
+    if sep and low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high) + 1
+    raise InputError(f"{RANGE_VAR} must be LOW-HIGH within 1024-65535, got {text!r}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
