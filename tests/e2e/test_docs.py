@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from pumpfleet import ports
 from pumpfleet.ports import free_port as _free_port
 from tests.conftest import SHARED_DATA
 
@@ -292,11 +293,15 @@ class PageSession:
             if entry.name not in NOT_MIRRORED:
                 (folder / entry.name).symlink_to(entry)
         (folder / ".pumpfleet").symlink_to(home)
+        # A user's shell, but the ports stay the test worker's share (tests/conftest.py:
+        # worker_port_range): a page's servers run beside the other worker's.
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith("PUMPFLEET_") and k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")
         }
+        if ports.RANGE_VAR in os.environ:
+            env[ports.RANGE_VAR] = os.environ[ports.RANGE_VAR]
         env["PUMPFLEET_HOME"] = str(folder / ".pumpfleet")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PORT"] = str(_free_port())
