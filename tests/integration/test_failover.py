@@ -59,9 +59,12 @@ def test_training_trials_restart_from_their_checkpoints_on_another_node() -> Non
     r = run_scenario("training")
     assert r["trials"] == 2 and r["failed_trials"] == {"esp": 0}
     epochs = r["trial_epochs"]
-    # The killed trial went on after its last checkpoint, not from its first epoch, and
-    # finished all of them.
-    assert r["resumed_at_epoch"] > 1 and epochs.count(1) == 1, epochs
+    # The killed trial went on after its last checkpoint, not from its first epoch (the
+    # first epoch its new process ran is past 1, and epoch 1 never ran twice), and
+    # finished all of them. Epoch 1 may be missing from the log: twice, under load, the
+    # killed trial's result.json began at epoch 2 or 3 (Tune's log, not the checkpoints,
+    # lost the first process's early lines), so "went on, not over" is what it can show.
+    assert r["resumed_at_epoch"] > 1 and epochs.count(1) <= 1, epochs
     assert epochs[-1] == max(epochs) == 10, epochs
     assert r["recovery_s"] is not None
     # Same quality as the undisturbed run of the same seed. The checkpoint holds the whole
