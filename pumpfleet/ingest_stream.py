@@ -210,11 +210,13 @@ def run_ingest_stream(
     cfg: WindowConfig,
     stages: dict[str, float] | None = None,
     block_rows: int = BLOCK_ROWS,
+    plan: IngestPlan | None = None,
 ) -> dict[str, Any]:
     """Turn a fleet dataset into a feature snapshot in this process, as
-    ``ray_jobs.ingest.run_ingest`` does on Ray; returns the job summary."""
+    ``ray_jobs.ingest.run_ingest`` does on Ray; returns the job summary. ``plan``: the
+    caller's :func:`plan_ingest` of the same arguments, so the inputs are hashed once."""
     with reused_memory():
-        return _ingest(source, features_root, cfg, stages, block_rows)
+        return _ingest(source, features_root, cfg, stages, block_rows, plan)
 
 
 def _ingest(
@@ -223,10 +225,11 @@ def _ingest(
     cfg: WindowConfig,
     stages: dict[str, float] | None,
     block_rows: int,
+    plan: IngestPlan | None,
 ) -> dict[str, Any]:
     started = time.monotonic()
     stage = Stages(stages)
-    plan = plan_ingest(source, features_root, cfg)
+    plan = plan or plan_ingest(source, features_root, cfg)
     if plan.up_to_date is not None:
         return plan.up_to_date
     blocks = file_blocks(plan, block_rows)

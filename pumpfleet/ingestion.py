@@ -24,6 +24,7 @@ from pumpfleet import storage
 from pumpfleet.errors import DataError, InputError
 from pumpfleet.feature_specs import class_statistics, specs_from_statistics
 from pumpfleet.inputs import RejectedFile, scan
+from pumpfleet.job_options import LOCAL_INGEST_MAX_ROWS
 from pumpfleet.lineage import feature_code_hash
 from pumpfleet.regimes import RegimeFit
 from pumpfleet.schema import EventType, FleetSchema, read_fleet_schema
@@ -84,6 +85,14 @@ class IngestPlan:
         """A new prefix of this run's own to write the snapshot's data into, which its
         manifest, written last, publishes (:func:`pumpfleet.snapshot.publish`)."""
         return new_run(self.final)
+
+
+def in_process(plan: IngestPlan, ray_address: str | None, ray_data: bool = False) -> bool:
+    """Whether `pumpfleet ingest` runs ``plan`` in its own process rather than on Ray
+    Data: never when asked for Ray Data (``ray_data``) or joined to a cluster
+    (``ray_address``, as in a Ray job); else when the input has at most
+    :data:`~pumpfleet.job_options.LOCAL_INGEST_MAX_ROWS` rows."""
+    return not ray_data and not ray_address and plan.rows_in <= LOCAL_INGEST_MAX_ROWS
 
 
 def plan_ingest(source: str, features_root: str, cfg: WindowConfig) -> IngestPlan:

@@ -65,6 +65,14 @@ def weight(text: str) -> float:
 # --- ingest ---------------------------------------------------------------------------
 
 
+# Up to this many input rows, `pumpfleet ingest` on a local Ray (not joined to a
+# cluster) runs in its own process (pumpfleet.ingestion.in_process): the single process
+# ingests about 600,000 rows a second on one core, so 2M rows take a few seconds, less
+# than Ray and Ray Data take to start; on this project's 2-core machine Ray Data did not
+# beat it at any size measured (0.95x at 10M rows, docs/benchmarks.md#ingest).
+LOCAL_INGEST_MAX_ROWS = 2_000_000
+
+
 def add_ingest_args(p: argparse.ArgumentParser) -> None:
     """``pumpfleet ingest`` and ``python -m ray_jobs.ingest``; defaults from WindowConfig."""
     d = WindowConfig()

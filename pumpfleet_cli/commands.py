@@ -6,6 +6,7 @@ use it (inside the function), so ``pumpfleet --help`` and the edge commands star
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import time
 from pathlib import Path
@@ -16,8 +17,10 @@ from pydantic import ValidationError
 from pumpfleet import jsontext
 from pumpfleet.adapters import shared_data_dir
 from pumpfleet.errors import InputError, one_line
-from pumpfleet.job_options import RetrainOptions, window_config
+from pumpfleet.job_options import LOCAL_INGEST_MAX_ROWS, RetrainOptions, window_config
 from pumpfleet.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PARTIAL = 3  # the job finished but set some input aside (e.g. unreadable files)
 
@@ -75,21 +78,31 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
-    from pumpfleet.ingestion import plan_ingest
+    from pumpfleet.ingestion import in_process, plan_ingest
     from ray_jobs._ray import init_ray
     from ray_jobs.ingest import ingest_and_log
 
+    if args.single_process and args.ray_data:
+        raise InputError("--single-process and --ray-data: choose one")
     source = _existing(args.source or settings.data_uri, "--source")
     cfg = window_config(args)
     out = args.out or settings.features_uri
-    if args.single_process:
-        summary = ingest_and_log(settings, source, out, cfg, single_process=True)
-    else:
-        # A snapshot that exists already needs no Ray: said so without starting it.
-        plan = plan_ingest(source, out, cfg)
-        if plan.up_to_date is None:
+    # A snapshot that exists already needs no Ray: said so without starting it.
+    plan = plan_ingest(source, out, cfg)
+    local = args.single_process or in_process(plan, settings.ray_address, args.ray_data)
+    if plan.up_to_date is None:
+        if local:
+            log.info(
+                "%s rows: ingesting in this process, not on Ray Data (by itself up to %s rows "
+                "on a local Ray; --ray-data for Ray Data)",
+                f"{plan.rows_in:,}",
+                f"{LOCAL_INGEST_MAX_ROWS:,}",
+            )
+        else:
             init_ray(settings)
-        summary = plan.up_to_date or ingest_and_log(settings, source, out, cfg, plan=plan)
+    summary = plan.up_to_date or ingest_and_log(
+        settings, source, out, cfg, single_process=local, plan=plan
+    )
     code = _print(summary)
     if code:
         raise SystemExit(code)

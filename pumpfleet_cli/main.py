@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from edge_export.cli import add_commands as add_edge_commands
 from pumpfleet.errors import PumpfleetError, one_line
 from pumpfleet.job_options import (
+    LOCAL_INGEST_MAX_ROWS,
     add_ingest_args,
     add_monitor_args,
     add_retrain_args,
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="Ray Data: validate, window, label → feature snapshot")
     add_ingest_args(s)
+    s.add_argument(
+        "--ray-data",
+        action="store_true",
+        help="Ray Data even on a local Ray for a small input (by itself, unless joined to a "
+        f"cluster, ingest runs up to {LOCAL_INGEST_MAX_ROWS:,} input rows in this process)",
+    )
     s.set_defaults(func=commands.cmd_ingest)
 
     s = sub.add_parser("import", help="map a public dataset into a fleet dataset")

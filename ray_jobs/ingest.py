@@ -288,7 +288,7 @@ def ingest_and_log(
     in this process: :func:`pumpfleet.ingest_stream.run_ingest_stream`), and a new
     snapshot's summary recorded in MLflow. ``plan``: as :func:`run_ingest` takes it."""
     if single_process:
-        summary = run_ingest_stream(source, features_root, cfg)
+        summary = run_ingest_stream(source, features_root, cfg, plan=plan)
     else:
         summary = run_ingest(source, features_root, cfg, plan=plan)
     if not summary["up_to_date"]:

@@ -183,3 +183,78 @@ def test_ingest_single_process_runs_without_ray(
     assert again["up_to_date"] is True and "mlflow_run_id" not in again
     same = ("snapshot_id", "status", "rows_in", "rows_valid", "rows_quarantined", "windows")
     assert {k: again[k] for k in same} == {k: summary[k] for k in same}
+
+
+class RayReached(Exception):
+    """What the test's stand-in for ``init_ray`` raises: the ingest chose Ray Data."""
+
+
+def _ingest_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *flags: str, ray_address: str = ""
+) -> str:
+    """Which engine ``pumpfleet ingest`` picks for a small fleet: "process" (it ingested
+    here) or "ray" (it went to start Ray)."""
+    import ray_jobs._ray
+    from pumpfleet.settings import get_settings
+
+    def ray_reached(*args: object, **kwargs: object) -> None:
+        raise RayReached
+
+    monkeypatch.setattr(ray_jobs._ray, "init_ray", ray_reached)
+    monkeypatch.setenv("PUMPFLEET_HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("PUMPFLEET_RAY_ADDRESS", raising=False)
+    get_settings.cache_clear()
+    try:
+        if not (tmp_path / "f").exists():
+            assert (
+                main(["simulate", "--pumps", "4", "--days", "10", "--out", str(tmp_path / "f")])
+                == 0
+            )
+        if ray_address:
+            monkeypatch.setenv("PUMPFLEET_RAY_ADDRESS", ray_address)
+            get_settings.cache_clear()
+        out = str(tmp_path / f"features{len(flags)}{bool(ray_address)}")
+        try:
+            assert main(["ingest", "--source", str(tmp_path / "f"), "--out", out, *flags]) == 0
+        except RayReached:
+            return "ray"
+    finally:
+        get_settings.cache_clear()
+    assert list(Path(out).rglob("*.parquet"))
+    return "process"
+
+
+def test_a_small_fleet_on_a_local_ray_is_ingested_in_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """By itself, ``pumpfleet ingest`` runs a small input (at most
+    LOCAL_INGEST_MAX_ROWS rows) in its own process when it would start a local Ray, and
+    goes to Ray Data when asked to (``--ray-data``) or when joined to a cluster."""
+    assert _ingest_engine(monkeypatch, tmp_path) == "process"
+    assert _ingest_engine(monkeypatch, tmp_path, "--ray-data") == "ray"
+    assert _ingest_engine(monkeypatch, tmp_path, ray_address="ray://head:10001") == "ray"
+
+
+def test_in_process_goes_by_the_input_rows() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from pumpfleet.ingestion import in_process
+    from pumpfleet.job_options import LOCAL_INGEST_MAX_ROWS
+
+    def plan(rows: int) -> Any:
+        return cast(Any, SimpleNamespace(rows_in=rows))
+
+    assert in_process(plan(LOCAL_INGEST_MAX_ROWS), None)
+    assert not in_process(plan(LOCAL_INGEST_MAX_ROWS + 1), None)
+    assert not in_process(plan(10), "auto") and not in_process(plan(10), None, ray_data=True)
+
+
+def test_single_process_and_ray_data_together_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, err = run(capsys, "ingest", "--source", str(tmp_path), "--single-process", "--ray-data")
+    assert code == 2 and err == [
+        "pumpfleet ingest: error: --single-process and --ray-data: choose one"
+    ], err
