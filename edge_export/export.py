@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_export import anomaly, trt, variants
 from pumpfleet import bundle, lifecycle, storage
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.errors import InputError, RegistryError
 from pumpfleet.features import window_features
 from pumpfleet.manifest import FEATURE_SPEC, GOLDEN, GOLDEN_ANOMALY_KEY
@@ -249,4 +249,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

@@ -1,5 +1,5 @@
 """``python -m pumpfleet_cli`` is the ``pumpfleet`` command."""
 
-from pumpfleet_cli.main import main
+from pumpfleet_cli.main import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -15,6 +15,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from edge_export.cli import add_commands as add_edge_commands
+from pumpfleet.entry import exiting
 from pumpfleet.errors import PumpfleetError, one_line
 from pumpfleet.job_options import (
     LOCAL_INGEST_MAX_ROWS,
@@ -232,5 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    """The ``pumpfleet`` program: :func:`main`, then the exit without its collections
+    (:func:`pumpfleet.entry.exiting`). Tests call :func:`main`."""
+    return exiting(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

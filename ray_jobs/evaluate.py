@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.evaluation_run import run_evaluate
 from pumpfleet.settings import get_settings
 
@@ -21,4 +21,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

@@ -31,7 +31,7 @@ from ray.data.datasource.partitioning import PartitionStyle
 
 from pumpfleet import storage
 from pumpfleet.block_stats import class_regime_statistics
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.feature_specs import fit_class_regimes
 from pumpfleet.ingest_parts import (
     block_parts,
@@ -314,4 +314,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

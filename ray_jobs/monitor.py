@@ -21,7 +21,7 @@ import ray
 
 from pumpfleet.alerts import AlertPolicy
 from pumpfleet.drift import AnalysisConfig
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.job_options import add_monitor_args, alert_policy
 from pumpfleet.monitoring import run
 from pumpfleet.monitoring.run import ClassInput, ClassOutcome
@@ -115,4 +115,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

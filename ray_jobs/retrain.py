@@ -20,7 +20,7 @@ import argparse
 from typing import Any
 
 from pumpfleet import retraining
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.job_options import RetrainOptions, add_retrain_args
 from pumpfleet.search_space import AnomalySearchSpace, SearchSpace
 from pumpfleet.settings import Settings, get_settings
@@ -84,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

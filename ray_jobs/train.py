@@ -24,7 +24,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.features import FeatureSpec
 from pumpfleet.job_options import add_train_args
 from pumpfleet.registry import Registry
@@ -358,4 +358,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

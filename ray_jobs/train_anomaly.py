@@ -29,7 +29,7 @@ from pumpfleet.anomaly_training import (
     promote_anomaly,
     register_anomaly,
 )
-from pumpfleet.entry import run_main
+from pumpfleet.entry import exiting, run_main
 from pumpfleet.registry import Registry
 from pumpfleet.search_space import AnomalySearchSpace, anomaly_config, config_hash
 from pumpfleet.settings import Settings, get_settings
@@ -211,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exiting(main()))

@@ -1,0 +1,40 @@
+"""How the programs exit: the code they return, with their exit handlers run and their
+heap left out of the interpreter's last collections (pumpfleet.entry.exiting)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+from pathlib import Path
+
+from pumpfleet.entry import exiting
+
+
+def test_exiting_returns_the_code_and_freezes_the_heap() -> None:
+    try:
+        assert exiting(3) == 3
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_a_program_that_exits_through_it_still_runs_its_exit_handlers(tmp_path: Path) -> None:
+    done, logged = tmp_path / "atexit.txt", tmp_path / "log.txt"
+    script = f"""
+import atexit, logging, sys
+from pumpfleet.entry import exiting
+logging.basicConfig(filename={str(logged)!r}, level=logging.INFO)
+atexit.register(lambda: open({str(done)!r}, "w").write("ran"))
+cycles = []
+for i in range(1000):
+    a = {{"i": i}}
+    a["self"] = a
+    cycles.append(a)
+logging.getLogger("p").info("last line")
+raise SystemExit(exiting(5))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 5, proc.stderr
+    assert done.read_text() == "ran"
+    assert "last line" in logged.read_text()
