@@ -396,8 +396,10 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from pumpfleet_cli.demo import DemoConfig, run_demo, shutdown
     from pumpfleet_cli.demo_summary import summary_text
+    from pumpfleet_cli.demo_workspace import set_aside
 
     cfg = DemoConfig(pumps=args.pumps, days=args.days, seed=args.seed, port=args.port)
+    set_aside(settings)
     try:
         result = run_demo(settings, cfg)
     finally:

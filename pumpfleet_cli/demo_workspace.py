@@ -1,0 +1,67 @@
+"""The demo's workspace: each `pumpfleet demo` starts from an empty one.
+
+An earlier run's state changes the story the demo tells: its champions, its prediction
+log (the monitor then sees two runs' requests at once), its monitor watermark and its
+alert cooldowns. A second `make demo` on the same workspace reported drift on a class the
+demo never shifted and retrained nothing ("cooling down (23.5 h left)"). So the earlier
+run is moved aside, to ``<workspace>.previous``, before the demo begins.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from pumpfleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".previous"
+
+
+def outside_stores(settings: Settings) -> list[str]:
+    """The stores of ``settings`` that do not lie in its workspace folder (object
+    storage, an MLflow server, a fleet database elsewhere), by the setting's name."""
+    home = settings.home
+    places = {
+        "data_uri": settings.data_uri,
+        "features_uri": settings.features_uri,
+        "predictions_uri": settings.predictions_uri,
+        "reports_uri": settings.reports_uri,
+        "bundles_uri": settings.bundles_uri,
+        "mlflow_tracking_uri": settings.tracking_uri.removeprefix("sqlite:///"),
+        "fleet_db_url": settings.fleet_db.removeprefix("sqlite:///"),
+    }
+    return [name for name, place in places.items() if not Path(place).is_relative_to(home)]
+
+
+def set_aside(settings: Settings) -> Path | None:
+    """Move the workspace an earlier run filled to ``<workspace>.previous`` (replacing the
+    one there) and return where it went; None when there was nothing to move.
+
+    Only a workspace that holds all of the demo's stores: where some lie elsewhere
+    (``outside_stores``) nothing is moved, since the earlier run's state there would stay,
+    and a line says so."""
+    home = settings.home
+    if not home.is_dir() or not any(home.iterdir()):
+        return None
+    elsewhere = outside_stores(settings)
+    if elsewhere:
+        log.warning(
+            "the workspace %s is not moved aside: %s lie outside it, so an earlier "
+            "run's state there carries over into this one",
+            home,
+            ", ".join(elsewhere),
+        )
+        return None
+    previous = home.with_name(home.name + SUFFIX)
+    if previous.exists():
+        shutil.rmtree(previous)
+    home.rename(previous)
+    log.info(
+        "an earlier run's workspace is now %s; this run starts from an empty %s",
+        previous,
+        home,
+    )
+    return previous
