@@ -64,6 +64,10 @@ def test_training_trials_restart_from_their_checkpoints_on_another_node() -> Non
     # finished all of them. Epoch 1 may be missing from the log: twice, under load, the
     # killed trial's result.json began at epoch 2 or 3 (Tune's log, not the checkpoints,
     # lost the first process's early lines), so "went on, not over" is what it can show.
+    # The likely cause is Tune's: when a trial restarts from a checkpoint, its JSON logger
+    # (ray/tune/logger/json.py, log_trial_start) first copies the trial's result.json
+    # from the experiment's storage over the driver's own copy, and the storage's copy is
+    # only as new as the driver's last sync of it (empty if it came before the first result).
     assert r["resumed_at_epoch"] > 1 and epochs.count(1) <= 1, epochs
     assert epochs[-1] == max(epochs) == 10, epochs
     assert r["recovery_s"] is not None
