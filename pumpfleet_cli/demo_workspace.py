@@ -19,6 +19,38 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".previous"
 
+# What pumpfleet writes in a workspace (the demo, and the commands the docs run in its
+# workspace after it). A folder holding anything else is not a workspace to move: a
+# PUMPFLEET_HOME of "." or of a home folder stays where it is.
+OWN = frozenset(
+    {
+        "bundles",
+        "data",
+        "datasets",
+        "devices.json",
+        "features",
+        "keys",
+        "mlartifacts",
+        "monitor",
+        "predictions",
+        "reports",
+        "schedule.json",
+        "serve",
+        "triggers.json",
+        "trust",
+        "tune",
+        "wal",
+    }
+)
+OWN_PREFIXES = ("fleet.db", "mlflow.db", "predictions-", "staging-predictions")
+
+
+def foreign(home: Path) -> list[str]:
+    """The entries of ``home`` that pumpfleet does not write, sorted."""
+    return sorted(
+        p.name for p in home.iterdir() if p.name not in OWN and not p.name.startswith(OWN_PREFIXES)
+    )
+
 
 def outside_stores(settings: Settings) -> list[str]:
     """The stores of ``settings`` that do not lie in its workspace folder (object
@@ -40,9 +72,9 @@ def set_aside(settings: Settings) -> Path | None:
     """Move the workspace an earlier run filled to ``<workspace>.previous`` (replacing the
     one there) and return where it went; None when there was nothing to move.
 
-    Only a workspace that holds all of the demo's stores: where some lie elsewhere
-    (``outside_stores``) nothing is moved, since the earlier run's state there would stay,
-    and a line says so."""
+    Only a workspace that holds all of the demo's stores and nothing but what pumpfleet
+    writes: where some store lies elsewhere (``outside_stores``), or the folder holds
+    anything else (``foreign``), nothing is moved and a line says so."""
     home = settings.home
     if not home.is_dir() or not any(home.iterdir()):
         return None
@@ -53,6 +85,15 @@ def set_aside(settings: Settings) -> Path | None:
             "run's state there carries over into this one",
             home,
             ", ".join(elsewhere),
+        )
+        return None
+    others = foreign(home)
+    if others:
+        log.warning(
+            "the workspace %s is not moved aside: it holds what pumpfleet did not write "
+            "(%s), so an earlier run's state there carries over into this one",
+            home,
+            ", ".join(others[:5]) + (", ..." if len(others) > 5 else ""),
         )
         return None
     previous = home.with_name(home.name + SUFFIX)

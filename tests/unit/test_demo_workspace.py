@@ -42,6 +42,20 @@ def test_a_missing_or_empty_workspace_is_left_alone(tmp_path: Path) -> None:
     assert not (tmp_path / "empty.previous").exists()
 
 
+def test_a_folder_holding_what_pumpfleet_did_not_write_stays_in_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "project"
+    _filled(home, "run")
+    (home / "README.md").write_text("mine")
+    (home / ".git").mkdir()
+    with caplog.at_level(logging.WARNING, logger="pumpfleet_cli.demo_workspace"):
+        assert set_aside(Settings(home=home)) is None
+    assert (home / "README.md").read_text() == "mine"
+    assert not (tmp_path / "project.previous").exists()
+    assert "(.git, README.md)" in caplog.text
+
+
 def test_stores_outside_the_workspace_keep_it_in_place(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
