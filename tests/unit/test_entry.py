@@ -38,3 +38,12 @@ raise SystemExit(exiting(5))
     assert proc.returncode == 5, proc.stderr
     assert done.read_text() == "ran"
     assert "last line" in logged.read_text()
+
+
+def test_the_exit_benchmark_times_the_tail_after_the_last_line() -> None:
+    from benchmarks.cli_exit import timed
+
+    program = "import time; print('a', flush=True); time.sleep(0.2); print('b', flush=True); "
+    to_last, tail, code = timed([sys.executable, "-c", program + "time.sleep(0.4)"], {})
+    assert code == 0
+    assert 0.2 <= to_last < 5 and 0.4 <= tail < 5
