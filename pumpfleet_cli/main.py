@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import NoReturn
 
@@ -233,10 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The exit status of a program the pipe's reader left (128 + SIGPIPE), as a shell reports
+# `yes | head`.
+BROKEN_PIPE = 141
+
+
 def run() -> int:
     """The ``pumpfleet`` program: :func:`main`, then the exit without its collections
-    (:func:`pumpfleet.entry.exiting`). Tests call :func:`main`."""
-    return exiting(main())
+    (:func:`pumpfleet.entry.exiting`). Tests call :func:`main`.
+
+    A reader that stops early (`pumpfleet history --class esp | head -3`) ends the
+    program quietly with :data:`BROKEN_PIPE`, not with a traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # What is left in stdout's buffer would fail again as the interpreter exits.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = BROKEN_PIPE
+    return exiting(code)
 
 
 if __name__ == "__main__":

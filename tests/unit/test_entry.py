@@ -47,3 +47,20 @@ def test_the_exit_benchmark_times_the_tail_after_the_last_line() -> None:
     to_last, tail, code = timed([sys.executable, "-c", program + "time.sleep(0.4)"], {})
     assert code == 0
     assert 0.2 <= to_last < 5 and 0.4 <= tail < 5
+
+
+def test_a_reader_that_stops_early_ends_the_cli_quietly() -> None:
+    from pumpfleet_cli.main import BROKEN_PIPE
+
+    # what `pumpfleet history --class esp | head -3` meets when head exits first
+    program = (
+        "import pumpfleet_cli.main as cli\n"
+        "def printing(argv=None):\n"
+        "    print('x' * 100)\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "cli.main = printing\n"
+        "raise SystemExit(cli.run())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert proc.returncode == BROKEN_PIPE == 141
+    assert proc.stderr == ""
