@@ -97,7 +97,15 @@ def set_aside(settings: Settings) -> Path | None:
         )
         return None
     previous = home.with_name(home.name + SUFFIX)
-    if previous.exists():
+    if previous.is_symlink() or previous.exists():
+        if previous.is_symlink() or not previous.is_dir() or foreign(previous):
+            log.warning(
+                "the workspace %s is not moved aside: %s is not a workspace an earlier "
+                "demo left, so it is not replaced; an earlier run's state carries over",
+                home,
+                previous,
+            )
+            return None
         shutil.rmtree(previous)
     home.rename(previous)
     log.info(

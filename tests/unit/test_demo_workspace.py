@@ -34,6 +34,24 @@ def test_an_earlier_run_is_moved_aside_and_the_one_before_it_replaced(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ws.previous"]
 
 
+def test_a_previous_that_is_not_a_demo_workspace_is_never_replaced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "ws"
+    settings = _filled(home, "run")
+    (tmp_path / "ws.previous").mkdir()
+    (tmp_path / "ws.previous" / "notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="pumpfleet_cli.demo_workspace"):
+        assert set_aside(settings) is None
+    (tmp_path / "ws.previous" / "notes.txt").unlink()
+    (tmp_path / "ws.previous").rmdir()
+    (tmp_path / "ws.previous").write_text("a file")
+    assert set_aside(settings) is None
+    assert (tmp_path / "ws.previous").read_text() == "a file"
+    assert (home / "mlflow.db").read_text() == "run"
+    assert "is not replaced" in caplog.text
+
+
 def test_a_missing_or_empty_workspace_is_left_alone(tmp_path: Path) -> None:
     assert set_aside(Settings(home=tmp_path / "missing")) is None
     (tmp_path / "empty").mkdir()
