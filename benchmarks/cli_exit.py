@@ -29,8 +29,8 @@ from pathlib import Path
 
 from pumpfleet.tables import format_table
 
-PLAIN = "import sys; from pumpfleet_cli.main import main; raise SystemExit(main())"
-FROZEN = "import sys; from pumpfleet_cli.main import run; raise SystemExit(run())"
+PLAIN = "from pumpfleet_cli.main import main; raise SystemExit(main())"
+FROZEN = "from pumpfleet_cli.main import run; raise SystemExit(run())"
 IMPORTS = (
     "import nannyml, mlflow, pandas, ray, ray.tune, torch; "
     "from pumpfleet.entry import exiting; print('imported', flush=True); "

@@ -13,42 +13,50 @@ import logging
 import shutil
 from pathlib import Path
 
+from pumpfleet import devices, trust_repo
 from pumpfleet.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".previous"
 
-# What pumpfleet writes in a workspace (the demo, and the commands the docs run in its
-# workspace after it). A folder holding anything else is not a workspace to move: a
-# PUMPFLEET_HOME of "." or of a home folder stays where it is.
-OWN = frozenset(
-    {
-        "bundles",
-        "data",
-        "datasets",
-        "devices.json",
-        "features",
-        "keys",
-        "mlartifacts",
-        "monitor",
-        "predictions",
-        "reports",
-        "schedule.json",
-        "serve",
-        "triggers.json",
-        "trust",
-        "tune",
-        "wal",
-    }
-)
-OWN_PREFIXES = ("fleet.db", "mlflow.db", "predictions-", "staging-predictions")
+# Top-level names that modules other than Settings write in a workspace: C-MAPSS and
+# SKAB imports (pumpfleet_cli.commands), the monitor's state (pumpfleet.triggers,
+# pumpfleet.scheduling), the front door's folder (serve_apps.front_door), the replicas'
+# write-ahead files (serve_apps.durable_log), MLflow's artifacts (Settings.artifact_root).
+WRITTEN_ELSEWHERE = frozenset({"datasets", "monitor", "serve", "wal", "mlartifacts"})
 
 
-def foreign(home: Path) -> list[str]:
-    """The entries of ``home`` that pumpfleet does not write, sorted."""
+def own_names(settings: Settings) -> tuple[frozenset[str], tuple[str, ...]]:
+    """What pumpfleet writes at the top of ``settings``' workspace (the demo, and the
+    commands the docs run in its workspace after it): names, and name prefixes (SQLite's
+    -wal and -shm files, the prediction logs' write-ahead and feedback folders)."""
+    folders = (
+        settings.data_dir,
+        settings.features_dir,
+        settings.bundles_dir,
+        settings.predictions_dir,
+        settings.reports_dir,
+        settings.keys_dir,
+        settings.tune_dir,
+        trust_repo.folder(settings.home),
+    )
+    databases = (settings.tracking_uri, settings.fleet_db)
+    names = WRITTEN_ELSEWHERE | {p.name for p in folders} | {devices.FILE}
+    prefixes = (
+        *(Path(db.removeprefix("sqlite:///")).name for db in databases),
+        f"{settings.predictions_dir.name}-",
+        f"staging-{settings.predictions_dir.name}",
+    )
+    return names, prefixes
+
+
+def foreign(settings: Settings, folder: Path) -> list[str]:
+    """The entries of ``folder`` that pumpfleet does not write, sorted: a folder with any
+    (a ``PUMPFLEET_HOME`` of ``.`` or of a home folder) is never moved or replaced."""
+    names, prefixes = own_names(settings)
     return sorted(
-        p.name for p in home.iterdir() if p.name not in OWN and not p.name.startswith(OWN_PREFIXES)
+        p.name for p in folder.iterdir() if p.name not in names and not p.name.startswith(prefixes)
     )
 
 
@@ -87,7 +95,7 @@ def set_aside(settings: Settings) -> Path | None:
             ", ".join(elsewhere),
         )
         return None
-    others = foreign(home)
+    others = foreign(settings, home)
     if others:
         log.warning(
             "the workspace %s is not moved aside: it holds what pumpfleet did not write "
@@ -98,7 +106,7 @@ def set_aside(settings: Settings) -> Path | None:
         return None
     previous = home.with_name(home.name + SUFFIX)
     if previous.is_symlink() or previous.exists():
-        if previous.is_symlink() or not previous.is_dir() or foreign(previous):
+        if previous.is_symlink() or not previous.is_dir() or foreign(settings, previous):
             log.warning(
                 "the workspace %s is not moved aside: %s is not a workspace an earlier "
                 "demo left, so it is not replaced; an earlier run's state carries over",
