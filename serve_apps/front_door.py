@@ -13,7 +13,9 @@ Ray starts (:func:`prepare`), plus what Ray cannot be told (``serve_apps/haproxy
   every route may be retried so, which scoring (idempotent) needs; feedback and retrain
   may then be recorded twice in the rare case that a replica dies while doing them;
 - every port it opens on loopback (the front door itself on ``--host``), its files in a
-  folder of the workspace and its sockets in a private folder (0700).
+  folder of the workspace and its sockets in a private folder (0700);
+- no access log line a request unless the operator names where it goes
+  (:func:`access_log`).
 """
 
 from __future__ import annotations
@@ -118,9 +120,24 @@ def prepare(home: Path | None = None) -> dict[str, str]:
     }
 
 
+def access_log() -> bool:
+    """Whether the door writes an access log line a request: only where the operator
+    gives HAProxy a log target (``RAY_SERVE_HAPROXY_LOG_TARGET``) or turns Serve's HAProxy
+    metrics on, which are parsed from it. Serve's default target is syslog on
+    127.0.0.1:514, where a Ray node usually runs no syslog; formatting and sending each
+    line cost HAProxy a tenth to a fifth of its CPU a request (docs/serving.md)."""
+    return bool(os.environ.get("RAY_SERVE_HAPROXY_LOG_TARGET")) or (
+        os.environ.get("RAY_SERVE_HAPROXY_METRICS_ENABLED") == "1"
+    )
+
+
 def write_options(root: Path, max_body_bytes: int) -> None:
     """The options the HAProxy script reads each time it starts."""
-    opts = {"request_timeout_s": REQUEST_TIMEOUT_S, "max_body_bytes": max_body_bytes}
+    opts = {
+        "request_timeout_s": REQUEST_TIMEOUT_S,
+        "max_body_bytes": max_body_bytes,
+        "access_log": access_log(),
+    }
     (root / OPTIONS).write_text(json.dumps(opts))
 
 

