@@ -19,12 +19,11 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.serve_harness import bodies, cnn, esp_spec
+from benchmarks.serve_harness import bodies, cnn, esp_spec, plain_app
 from benchmarks.serve_load import _load, _wait_http
 from pumpfleet.ports import free_port
 from pumpfleet.tables import format_table
@@ -109,13 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         (folder / "model.onnx").write_bytes(onnx)
         (folder / "feature_spec.json").write_text(spec.to_json())
         app_port = free_port()
-        plain = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--workers", "2",
-             "--host", "127.0.0.1", "--port", str(app_port), "--log-level", "warning",
-             "--no-access-log"],
-            env={**os.environ, "PLAIN_MODEL_DIR": str(folder)},
-            start_new_session=True,
-        )  # fmt: skip
+        plain = plain_app(folder, app_port)
         runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         try:
             _wait_http(f"http://127.0.0.1:{app_port}", plain)

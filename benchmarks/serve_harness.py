@@ -15,6 +15,8 @@ import json
 import os
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +57,19 @@ def cnn(spec: Any) -> tuple[Any, bytes]:
     torch.manual_seed(0)
     model = build_model(spec.n_channels, ModelConfig()).eval()
     return model, onnx_io.to_onnx(model, WINDOW, spec.n_channels)
+
+
+def plain_app(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """The baseline: ``benchmarks/plain_app.py`` under uvicorn with 2 workers on ``port``,
+    serving the ``model.onnx`` and ``feature_spec.json`` in ``model_dir``; in a session
+    of its own (stop it with ``os.killpg``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--workers", "2",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+         "--no-access-log"],
+        env={**os.environ, "PLAIN_MODEL_DIR": str(model_dir)},
+        start_new_session=True,
+    )  # fmt: skip
 
 
 def register_models(settings: Any) -> Any:

@@ -34,7 +34,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -45,7 +44,7 @@ import numpy as np
 
 from benchmarks.serve_batches import BATCH, batch_rate, serve_batches
 from benchmarks.serve_cpu import CpuMeter
-from benchmarks.serve_harness import arrow_batch, bodies, register_models
+from benchmarks.serve_harness import arrow_batch, bodies, plain_app, register_models
 from benchmarks.serve_load_report import report
 
 WINDOW = 24
@@ -290,13 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         rows: dict[str, dict[str, Any]] = {}
         # (b) plain FastAPI + uvicorn, 2 workers
         port = free_port()
-        plain = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "benchmarks.plain_app:app", "--workers", "2",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--no-access-log"],
-            env={**os.environ, "PLAIN_MODEL_DIR": str(model_dir)},
-            start_new_session=True,
-        )  # fmt: skip
+        plain = plain_app(model_dir, port)
         plain_url = f"http://127.0.0.1:{port}"
         _wait_http(plain_url, plain)
         for n in args.concurrency:
