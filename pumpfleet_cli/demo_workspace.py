@@ -27,6 +27,11 @@ SUFFIX = ".previous"
 WRITTEN_ELSEWHERE = frozenset({"datasets", "monitor", "serve", "wal", "mlartifacts"})
 
 
+def _db_file(url: str) -> Path:
+    """The file of a SQLite URL (any other URL as a path, which no workspace holds)."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
 def own_names(settings: Settings) -> tuple[frozenset[str], tuple[str, ...]]:
     """What pumpfleet writes at the top of ``settings``' workspace (the demo, and the
     commands the docs run in its workspace after it): names, and name prefixes (SQLite's
@@ -44,7 +49,7 @@ def own_names(settings: Settings) -> tuple[frozenset[str], tuple[str, ...]]:
     databases = (settings.tracking_uri, settings.fleet_db)
     names = WRITTEN_ELSEWHERE | {p.name for p in folders} | {devices.FILE}
     prefixes = (
-        *(Path(db.removeprefix("sqlite:///")).name for db in databases),
+        *(_db_file(db).name for db in databases),
         f"{settings.predictions_dir.name}-",
         f"staging-{settings.predictions_dir.name}",
     )
@@ -64,14 +69,14 @@ def outside_stores(settings: Settings) -> list[str]:
     """The stores of ``settings`` that do not lie in its workspace folder (object
     storage, an MLflow server, a fleet database elsewhere), by the setting's name."""
     home = settings.home
-    places = {
+    places: dict[str, str | Path] = {
         "data_uri": settings.data_uri,
         "features_uri": settings.features_uri,
         "predictions_uri": settings.predictions_uri,
         "reports_uri": settings.reports_uri,
         "bundles_uri": settings.bundles_uri,
-        "mlflow_tracking_uri": settings.tracking_uri.removeprefix("sqlite:///"),
-        "fleet_db_url": settings.fleet_db.removeprefix("sqlite:///"),
+        "mlflow_tracking_uri": _db_file(settings.tracking_uri),
+        "fleet_db_url": _db_file(settings.fleet_db),
     }
     return [name for name, place in places.items() if not Path(place).is_relative_to(home)]
 
@@ -105,15 +110,17 @@ def set_aside(settings: Settings) -> Path | None:
         )
         return None
     previous = home.with_name(home.name + SUFFIX)
-    if previous.is_symlink() or previous.exists():
-        if previous.is_symlink() or not previous.is_dir() or foreign(settings, previous):
-            log.warning(
-                "the workspace %s is not moved aside: %s is not a workspace an earlier "
-                "demo left, so it is not replaced; an earlier run's state carries over",
-                home,
-                previous,
-            )
-            return None
+    if previous.is_symlink() or (
+        previous.exists() and (not previous.is_dir() or foreign(settings, previous))
+    ):
+        log.warning(
+            "the workspace %s is not moved aside: %s is not a workspace an earlier "
+            "demo left, so it is not replaced; an earlier run's state carries over",
+            home,
+            previous,
+        )
+        return None
+    if previous.exists():
         shutil.rmtree(previous)
     home.rename(previous)
     log.info(
