@@ -14,6 +14,9 @@ Ray starts (:func:`prepare`), plus what Ray cannot be told (``serve_apps/haproxy
   may then be recorded twice in the rare case that a replica dies while doing them;
 - every port it opens on loopback (the front door itself on ``--host``), its files in a
   folder of the workspace and its sockets in a private folder (0700);
+- a bounded queue per replica, kept by HAProxy: past a replica's ``max_ongoing_requests``
+  in progress and ``max_queued_requests`` waiting, 503 with Retry-After at once
+  (:func:`configure`, ``haproxy_config.Shed``);
 - no access log line a request unless the operator names where it goes
   (:func:`access_log`).
 """
@@ -131,21 +134,29 @@ def access_log() -> bool:
     )
 
 
-def write_options(root: Path, max_body_bytes: int) -> None:
+def write_options(root: Path, max_body_bytes: int, shed: haproxy_config.Shed | None = None) -> None:
     """The options the HAProxy script reads each time it starts."""
-    opts = {
+    opts: dict[str, Any] = {
         "request_timeout_s": REQUEST_TIMEOUT_S,
         "max_body_bytes": max_body_bytes,
         "access_log": access_log(),
+        "shed": shed.as_dict() if shed else None,
     }
     (root / OPTIONS).write_text(json.dumps(opts))
 
 
-def configure(max_body_bytes: int) -> None:
-    """Before Serve starts: the body limit the door enforces (the app's own)."""
+def shed(max_ongoing: int, max_queued: int, retry_after_s: int) -> haproxy_config.Shed:
+    """The door's load shedding for a deployment's limits; a queued request waits for a
+    replica no longer than one in progress waits for its answer."""
+    return haproxy_config.Shed(max_ongoing, max_queued, retry_after_s, SERVER_TIMEOUT_S)
+
+
+def configure(max_body_bytes: int, limits: haproxy_config.Shed | None = None) -> None:
+    """Before Serve starts: the body limit the door enforces (the app's own) and the
+    replicas' limits it sheds load by."""
     root = os.environ.get(DIR_VAR)
     if root:
-        write_options(Path(root), max_body_bytes)
+        write_options(Path(root), max_body_bytes, limits)
 
 
 # The front door's id of the request being served (None: it came another way).

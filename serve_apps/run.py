@@ -13,7 +13,7 @@ from pumpfleet.registry import CHAMPION, Registry, model_name
 from pumpfleet.settings import Settings
 from serve_apps import front_door
 from serve_apps.schemas import FleetConfig, ScoringConfig
-from serve_apps.scoring import build_app
+from serve_apps.scoring import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS, RETRY_AFTER_S, build_app
 from serve_apps.security import Secrets, load_secrets
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,10 @@ def start(
         raise RegistryError(
             f"no champion model in {settings.tracking_uri}; run `pumpfleet evaluate` first"
         )
-    front_door.configure(cfg.max_body_bytes)
+    front_door.configure(
+        cfg.max_body_bytes,
+        front_door.shed(MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS, RETRY_AFTER_S),
+    )
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", blocking=False)
     if staging:

@@ -85,13 +85,20 @@ def _shadow_done(future: Future[Any]) -> None:
         metrics.loop_failed("shadow")
 
 
+# A bounded queue per replica: past 64 requests in progress and 32 waiting, a request is
+# answered 503 with Retry-After at once rather than left waiting. The front door keeps the
+# same bound in HAProxy (front_door.configure), where a request waits before the replica
+# reads it; Serve's own applies on the replicas' other ways in.
+MAX_ONGOING_REQUESTS = 64
+MAX_QUEUED_REQUESTS = 32
+RETRY_AFTER_S = 1
+
+
 @serve.deployment(
     name="PumpScorer",
-    max_ongoing_requests=64,
-    # A bounded queue per replica: past 64 requests in progress and 32 waiting, a request
-    # is answered 503 with Retry-After at once rather than left waiting (front_door.py).
-    max_queued_requests=32,
-    backpressure_config={"status_code": 503, "retry_after_s": 1},
+    max_ongoing_requests=MAX_ONGOING_REQUESTS,
+    max_queued_requests=MAX_QUEUED_REQUESTS,
+    backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
     logging_config={"enable_access_log": False},
 )
 @serve.ingress(app)

