@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -120,6 +120,18 @@ def instant(url: str, expr: str) -> list[dict[str, Any]]:
     return list(r.json()["data"]["result"])
 
 
+def settled(url: str, expr: str, read: Callable[[list[dict[str, Any]]], Any], want: Any) -> Any:
+    """What ``read`` makes of ``expr``'s answer once it is ``want``, else after 60 s. A
+    scrape that times out on a loaded machine (1 s here) marks every series of the node
+    stale until the next one: an instant query between the two finds none."""
+    deadline = time.monotonic() + 60
+    got = read(instant(url, expr))
+    while got != want and time.monotonic() < deadline:
+        time.sleep(1)
+        got = read(instant(url, expr))
+    return got
+
+
 def test_the_dashboard_queries_return_the_services_series(prometheus: str) -> None:
     queries = [
         (where, grafana(q))
@@ -133,13 +145,20 @@ def test_the_dashboard_queries_return_the_services_series(prometheus: str) -> No
         empty = [w for w, q in queries if not instant(prometheus, q)]
         time.sleep(2)
     assert empty == []
-    versions = instant(prometheus, "max by (pump_class, arm) (ray_pumpfleet_model_version)")
-    assert {(s["metric"]["arm"], s["value"][1]) for s in versions} == {
-        ("champion", "3"),
-        ("challenger", "4"),
-    }
-    drift = instant(prometheus, "max by (pump_class) (ray_pumpfleet_drift_alert)")
-    assert [(s["metric"]["pump_class"], s["value"][1]) for s in drift] == [("esp", "1")]
+    versions = settled(
+        prometheus,
+        "max by (pump_class, arm) (ray_pumpfleet_model_version)",
+        lambda found: {(s["metric"]["arm"], s["value"][1]) for s in found},
+        {("champion", "3"), ("challenger", "4")},
+    )
+    assert versions == {("champion", "3"), ("challenger", "4")}
+    drift = settled(
+        prometheus,
+        "max by (pump_class) (ray_pumpfleet_drift_alert)",
+        lambda found: [(s["metric"]["pump_class"], s["value"][1]) for s in found],
+        [("esp", "1")],
+    )
+    assert drift == [("esp", "1")]
 
 
 def test_the_rules_load_and_the_drift_alert_fires(prometheus: str) -> None:
