@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import http.server
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -169,6 +170,20 @@ def test_the_door_logs_each_request_only_where_the_operator_asked(
     assert len(lines[True]) == 1 and lines[False] == []
 
 
+def _responses(url: str) -> dict[tuple[str, str], int]:
+    """HAProxy's answers of the app's backend and of its servers, by class of status,
+    from its Prometheus exporter."""
+    import httpx
+
+    found = re.findall(
+        r'^haproxy_(backend|server)_http_responses_total\{proxy="http-pumpfleet"'
+        r'[^}]*code="(\dxx)"\} (\d+)$',
+        httpx.get(url, timeout=5).text,
+        re.MULTILINE,
+    )
+    return {(kind, code): int(n) for kind, code, n in found}
+
+
 def test_the_door_sheds_what_its_replicas_cannot_hold_with_503_and_retry_after(
     tmp_path: Path,
 ) -> None:
@@ -191,8 +206,14 @@ def test_the_door_sheds_what_its_replicas_cannot_hold_with_503_and_retry_after(
             served = [_read_to_end(c) for c in clients[:3]]
             for c in clients:
                 c.close()
+            # counted by HAProxy's own exporter: the app's 5xx, none of them its replica's
+            exporter = re.search(r"frontend prometheus\n\s+bind ([\d.:]+)", text)
+            assert exporter is not None
+            counts = _responses(f"http://{exporter.group(1)}/metrics")
     finally:
         replica.stop()
+    assert counts["backend", "5xx"] == 3 and counts["server", "5xx"] == 0
+    assert counts["backend", "2xx"] == counts["server", "2xx"] == 4  # with _haproxy's probe
     for answer in shed_now:
         head = answer.split(b"\r\n\r\n")[0].lower()
         assert head.startswith(b"http/1.1 503") and b"\r\nretry-after: 1" in head, answer
