@@ -24,6 +24,7 @@ Ray starts (:func:`prepare`), plus what Ray cannot be told (``serve_apps/haproxy
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import logging
 import os
@@ -140,7 +141,7 @@ def write_options(root: Path, max_body_bytes: int, shed: haproxy_config.Shed | N
         "request_timeout_s": REQUEST_TIMEOUT_S,
         "max_body_bytes": max_body_bytes,
         "access_log": access_log(),
-        "shed": shed.as_dict() if shed else None,
+        "shed": dataclasses.asdict(shed) if shed else None,
     }
     (root / OPTIONS).write_text(json.dumps(opts))
 

@@ -42,7 +42,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 MARKER = "# pumpfleet front door (serve_apps/haproxy_config.py)"
 REQUEST_ID_HEADER = "x-pumpfleet-request-id"
@@ -64,9 +64,6 @@ class Shed:
     max_queued: int
     retry_after_s: int
     queue_timeout_s: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def _app_backend(section: str) -> bool:

@@ -222,23 +222,6 @@ def test_the_door_sheds_what_its_replicas_cannot_hold_with_503_and_retry_after(
     assert replica.most_held == 2
 
 
-def test_the_script_passes_the_deployments_limits_to_the_door(tmp_path: Path) -> None:
-    cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(_ray_config(tmp_path))
-    front_door.write_options(tmp_path, 5000, front_door.shed(64, 32, 1))
-    fake = tmp_path / "fake-haproxy"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o700)
-    options = str(tmp_path / front_door.OPTIONS)
-    script = haproxy_config.__file__
-    args = [sys.executable, "-I", script, str(fake), options, "-f", str(cfg)]
-    subprocess.run(args, check=True)
-    text = cfg.read_text()
-    assert "server replica 127.0.0.1:30000 check " in text and text.count(" maxconn 64") == 1
-    assert "if { avg_queue() ge 32 }" in text
-    assert f"timeout queue {front_door.SERVER_TIMEOUT_S}s" in text
-
-
 def test_a_configuration_without_what_it_amends_is_refused() -> None:
     text = "global\n    maxconn 10\ndefaults\n    mode http\nfrontend http_frontend\n    bind :80\n"
     with pytest.raises(haproxy_config.TemplateChanged, match="'frontend prometheus'"):
@@ -248,7 +231,7 @@ def test_a_configuration_without_what_it_amends_is_refused() -> None:
 def test_the_script_amends_the_file_serve_names_and_runs_the_real_binary(tmp_path: Path) -> None:
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(_ray_config(tmp_path))
-    front_door.write_options(tmp_path, max_body_bytes=5000)
+    front_door.write_options(tmp_path, 5000, front_door.shed(64, 32, 1))
     options = tmp_path / front_door.OPTIONS
     fake = tmp_path / "fake-haproxy"
     fake.write_text('#!/bin/sh\necho "ran with $*"\n')
@@ -261,7 +244,12 @@ def test_the_script_amends_the_file_serve_names_and_runs_the_real_binary(tmp_pat
         check=True,
     ).stdout
     assert out == f"ran with -db -f {cfg} -x s\n"
-    assert "gt 5000 }" in cfg.read_text() and haproxy_config.MARKER in cfg.read_text()
+    text = cfg.read_text()
+    assert "gt 5000 }" in text and haproxy_config.MARKER in text
+    # the deployment's limits, through the options file
+    assert "server replica 127.0.0.1:30000 check " in text and text.count(" maxconn 64") == 1
+    assert "if { avg_queue() ge 32 }" in text
+    assert f"timeout queue {front_door.SERVER_TIMEOUT_S}s" in text
 
 
 def test_prepare_gives_the_door_its_own_folders_and_free_ports(
