@@ -24,7 +24,7 @@ from pumpfleet import fleet_alerts as rules
 from pumpfleet import fleet_views as views
 from pumpfleet.errors import InputError, NotFoundError
 from pumpfleet.fleet_alerts import Action, AlertRules, AlertView, Streak
-from pumpfleet.fleet_batch import Prepared, PumpState, among, reading, statements
+from pumpfleet.fleet_batch import Lookup, Prepared, PumpState, lookups, reading, statements
 from pumpfleet.fleet_schema import (
     alert_events,
     alerts,
@@ -91,6 +91,7 @@ class FleetDB:
         self.default_threshold = default_threshold
         self.clock = clock
         self._prepared: dict[str, Prepared] | None = None  # the engine's one dialect
+        self._lookup: tuple[Lookup, Lookup] | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -114,23 +115,20 @@ class FleetDB:
             ids = sorted({r.pump_id for r in ordered})  # one lock order: no deadlocks
             state: dict[str, PumpState] = {}
             live: dict[tuple[str, float], dict[str, Any]] = {}
-            p, a = pumps.c, alerts.c
-            cols = (p.pump_id, p.pump_class, p.site, p.device_id, p.last_reading_at, p.threshold,
-                    p.horizon_hours, p.above, p.below, p.drivers.is_(None))  # fmt: skip
+            known, alerting = self._lookups(conn)
             for k in range(0, len(ids), CHUNK):
                 chunk = ids[k : k + CHUNK]
-                q = sa.select(*cols).where(among(p.pump_id, chunk, conn.dialect))
-                for x in conn.execute(q.order_by(p.pump_id).with_for_update()):
-                    s = PumpState(x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], no_drivers=x[9])
+                for x in known.rows(conn, chunk):
+                    s = PumpState(
+                        x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], no_drivers=bool(x[9])
+                    )
                     s.was = s.sticky()
                     state[x[0]] = s
-                q = sa.select(a.id, a.pump_id, a.horizon_hours, a.status, a.escalated, a.risk)
-                q = q.where(views.LIVE, among(a.pump_id, chunk, conn.dialect))
-                for x in conn.execute(q.order_by(a.id).with_for_update()):
+                for x in alerting.rows(conn, chunk):
                     live[(x[1], x[2])] = {
                         "id": x[0],
                         "status": x[3],
-                        "escalated": x[4],
+                        "escalated": bool(x[4]),
                         "risk": x[5],
                     }
             touched: set[int] = set()
@@ -164,6 +162,11 @@ class FleetDB:
         if self._prepared is None:
             self._prepared = statements(conn.dialect)
         return self._prepared
+
+    def _lookups(self, conn: sa.Connection) -> tuple[Lookup, Lookup]:
+        if self._lookup is None:
+            self._lookup = lookups(conn.dialect)
+        return self._lookup
 
     def _one(
         self,
