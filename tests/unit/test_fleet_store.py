@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from pumpfleet import fleet_views as views
 from pumpfleet.errors import ConflictError, NotFoundError
 from pumpfleet.fleet_alerts import AlertRules
+from pumpfleet.fleet_batch import lookups
 from pumpfleet.fleet_schema import VERSION_TABLE, outbox
 from pumpfleet.fleet_store import FleetDB, ScoredRow
 from pumpfleet.simulator import SimulationConfig, simulate_fleet
@@ -265,3 +266,15 @@ def test_a_simulated_fleet_hits_misses_false_alarms_and_lead_times(fleet_url: st
     # a model whose risk rises a day before failures: most alerts are right, hours ahead
     assert f.precision > 0.6 and 4 < f.median_lead_time_hours < 48
     db.close()
+
+
+def test_the_batch_reads_say_which_engines_they_run_on() -> None:
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+    for dialect in (sqlite.dialect(), postgresql.psycopg.dialect()):
+        known, live = lookups(dialect)
+        assert "ids" in known.params and "ids" in live.params
+    with pytest.raises(
+        ValueError, match=r"^the fleet database runs on SQLite or PostgreSQL, not mysql$"
+    ):
+        lookups(mysql.dialect())
