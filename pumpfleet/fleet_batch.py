@@ -7,9 +7,9 @@ than one per id, and the state of each pump of a batch as a small record.
 SQLAlchemy's executemany of dictionaries builds and processes every row's parameters
 again, and an ``IN`` of a thousand ids renders a thousand parameters at each execution;
 for a batch of a thousand windows that was most of its cost. The batch's reads of its
-pumps and their live alerts are compiled once too (:class:`Lookup`): built and executed
-through SQLAlchemy's statement cache for each chunk of ids, with a row object per pump,
-they took about as long as the insert of the batch's scores.
+pumps and their live alerts are compiled once too (:class:`Lookup`), rather than built
+and looked up in SQLAlchemy's statement cache for each chunk of ids, with a row object
+per pump.
 """
 
 from __future__ import annotations
