@@ -100,23 +100,21 @@ def statements(dialect: Any) -> dict[str, Prepared]:
 
 class Lookup:
     """A SELECT by a chunk of ids (:func:`among`'s ``ids`` parameter), compiled for
-    ``dialect`` once; :meth:`rows` runs it by the driver and returns plain tuples. Its
-    columns must need no result processing (strings, numbers; a boolean comes back as
-    the driver gives it, 0 or 1 on SQLite)."""
+    ``dialect`` once; :meth:`rows` runs it by the driver. Its columns must need no result
+    processing (strings, numbers; a boolean comes back as the driver gives it, 0 or 1 on
+    SQLite)."""
 
     def __init__(self, stmt: sa.Select[Any], dialect: Any) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql: str = compiled.string
-        self.sqlite = dialect.name == "sqlite"
+        self.dialect = dialect
         self.params = compiled.construct_params()  # the statement's own values, and ids
         self.order = compiled.positiontup  # None: named parameters (psycopg)
-        if "ids" not in self.params:
-            raise ValueError(f"the fleet database runs on SQLite or PostgreSQL, not {dialect.name}")
 
-    def rows(self, conn: sa.Connection, ids: list[str]) -> list[tuple[Any, ...]]:
-        params = {**self.params, "ids": json.dumps(ids) if self.sqlite else ids}
+    def rows(self, conn: sa.Connection, ids: list[str]) -> Sequence[Sequence[Any]]:
+        params = {**self.params, "ids": ids_value(ids, self.dialect)}
         args: Any = params if self.order is None else tuple(params[n] for n in self.order)
-        return [tuple(r) for r in conn.exec_driver_sql(self.sql, args)]
+        return conn.exec_driver_sql(self.sql, args).fetchall()
 
 
 def lookups(dialect: Any) -> tuple[Lookup, Lookup]:
@@ -130,25 +128,30 @@ def lookups(dialect: Any) -> tuple[Lookup, Lookup]:
     p, a = pumps.c, alerts.c
     cols = (p.pump_id, p.pump_class, p.site, p.device_id, p.last_reading_at, p.threshold,
             p.horizon_hours, p.above, p.below, p.drivers.is_(None))  # fmt: skip
-    known = sa.select(*cols).where(among(p.pump_id, [], dialect)).order_by(p.pump_id)
+    known = sa.select(*cols).where(among(p.pump_id, dialect)).order_by(p.pump_id)
     live = sa.select(a.id, a.pump_id, a.horizon_hours, a.status, a.escalated, a.risk)
-    live = live.where(views.LIVE, among(a.pump_id, [], dialect)).order_by(a.id)
+    live = live.where(views.LIVE, among(a.pump_id, dialect)).order_by(a.id)
     return (
         Lookup(known.with_for_update(), dialect),
         Lookup(live.with_for_update(), dialect),
     )
 
 
-def among(column: sa.ColumnElement[Any], ids: list[str], dialect: Any) -> sa.ColumnElement[bool]:
-    """``column IN ids`` through one parameter: a JSON array on SQLite, an array on
-    PostgreSQL (an expanding ``IN`` renders one parameter per id at every execution)."""
+def among(column: sa.ColumnElement[Any], dialect: Any) -> sa.ColumnElement[bool]:
+    """``column IN`` a chunk of ids through one parameter, ``ids`` (its value:
+    :func:`ids_value`): a JSON array on SQLite, an array on PostgreSQL (an expanding ``IN``
+    renders one parameter per id at every execution)."""
     if dialect.name == "sqlite":
-        values = sa.func.json_each(sa.bindparam("ids", json.dumps(ids))).table_valued("value")
-        return column.in_(sa.select(values.c.value))
+        ids = sa.bindparam("ids", None, type_=sa.String())
+        return column.in_(sa.select(sa.func.json_each(ids).table_valued("value").c.value))
     if dialect.name == "postgresql":
-        array = sa.bindparam("ids", ids, type_=postgresql.ARRAY(sa.String()))
-        return column == sa.any_(array)
-    return column.in_(ids)
+        return column == sa.any_(sa.bindparam("ids", None, type_=postgresql.ARRAY(sa.String())))
+    raise ValueError(f"the fleet database runs on SQLite or PostgreSQL, not {dialect.name}")
+
+
+def ids_value(ids: list[str], dialect: Any) -> Any:
+    """The value of :func:`among`'s ``ids`` parameter for ``dialect``."""
+    return json.dumps(ids) if dialect.name == "sqlite" else ids
 
 
 def reading(r: ScoredRow) -> list[Any]:
