@@ -55,6 +55,9 @@ for _k, _v in TELEMETRY_OFF.items():
     os.environ.setdefault(_k, _v)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# How often the tests' own http.server servers look for their shutdown (serve_forever's
+# poll interval): at its default, 0.5 s, every test that stopped one waited that long.
+POLL_S = 0.05
 
 
 @pytest.fixture

@@ -188,7 +188,7 @@ class Jobs:
         deadline = started + timeout
         while (status := str(self.client.get_job_status(job_id))) in ("PENDING", "RUNNING"):
             assert time.monotonic() < deadline, f"job {job_id} still {status} after {timeout} s"
-            time.sleep(1)
+            time.sleep(0.25)
         self.seconds[job_id.rsplit("-", 1)[0]] = round(time.monotonic() - started, 1)
         logs = self.client.get_job_logs(job_id)
         assert status == "SUCCEEDED", f"{job_id}: {status}\n{logs[-4000:]}"

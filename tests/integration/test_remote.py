@@ -53,7 +53,7 @@ def wait_for(check: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(0.25)
     pytest.fail(f"server not up after {s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
@@ -295,7 +295,7 @@ def test_entry_points_run_as_ray_jobs_on_a_started_head(ray_head: dict[str, Any]
         "PENDING", "RUNNING",
     ):  # fmt: skip
         assert time.monotonic() < deadline, "the retrain job did not finish in 300 s"
-        time.sleep(2)
+        time.sleep(0.5)
     logs = ray_cli(env, "job", "logs", "--address", url, job_id, timeout=60).stdout
     assert status == "SUCCEEDED", logs[-3000:]
     retrain = last_json(logs)

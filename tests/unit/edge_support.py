@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from pumpfleet.features import FeatureSpec
 from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
+from tests.conftest import POLL_S
 
 CLS = "esp"
 W = 12
@@ -333,7 +334,9 @@ class Cloud:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(POLL_S,), daemon=True
+        )
         self.thread.start()
 
     def close(self) -> None:
