@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from pumpfleet import fleet_views as views
+from pumpfleet.fleet_schema import alerts, pumps, scores
+
 if TYPE_CHECKING:
     from pumpfleet.fleet_store import ScoredRow
 
@@ -71,7 +74,6 @@ def statements(dialect: Any) -> dict[str, Prepared]:
     """The batch's statements for ``dialect``: the score history's insert, a new pump's
     insert, and a known pump's updates (each window's columns, the columns that change
     only now and then, its drivers), and a live alert's risk."""
-    from pumpfleet.fleet_schema import alerts, pumps, scores
 
     def update(table: sa.Table, key: str, cols: Sequence[str]) -> sa.Executable:
         values: dict[str, Any] = {c: sa.bindparam(c) for c in cols}
@@ -122,9 +124,6 @@ def lookups(dialect: Any) -> tuple[Lookup, Lookup]:
     :class:`PumpState` starts from, and whether the pump has no drivers stored) and the
     live alerts of its pumps, each in one order (on PostgreSQL locked, in that order, for
     the batch's transaction)."""
-    from pumpfleet import fleet_views as views
-    from pumpfleet.fleet_schema import alerts, pumps
-
     p, a = pumps.c, alerts.c
     cols = (p.pump_id, p.pump_class, p.site, p.device_id, p.last_reading_at, p.threshold,
             p.horizon_hours, p.above, p.below, p.drivers.is_(None))  # fmt: skip

@@ -8,10 +8,12 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from socketserver import BaseServer
 from typing import Any
 
 import pytest
@@ -55,9 +57,15 @@ for _k, _v in TELEMETRY_OFF.items():
     os.environ.setdefault(_k, _v)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# How often the tests' own http.server servers look for their shutdown (serve_forever's
-# poll interval): at its default, 0.5 s, every test that stopped one waited that long.
-POLL_S = 0.05
+
+
+def serve_in_background(server: BaseServer) -> threading.Thread:
+    """A test's own http.server ``server``, serving from a daemon thread (started). It
+    looks for its ``shutdown()`` every 50 ms: at serve_forever's default, 0.5 s, every
+    test that stopped one waited that long."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from pumpfleet.routing import Arm
 from serve_apps.model_set import ServedClass, ServedModel
 from serve_apps.schemas import FleetConfig
 from serve_apps.security import digest
-from tests.conftest import POLL_S
+from tests.conftest import serve_in_background
 from tests.postgres_server import fleet_url, pg_server  # noqa: F401 (fixtures)
 from tests.serve_inproc import InProcessService, config
 
@@ -75,10 +75,7 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, args=(POLL_S,), daemon=True
-        )
-        self.thread.start()
+        self.thread = serve_in_background(self.server)
 
     def seen(self, mode: str) -> int:
         with self.lock:

@@ -16,7 +16,7 @@ from typing import Any
 from pumpfleet import fleet_devices
 from pumpfleet.edge_ingest import handle_upload
 from pumpfleet.errors import InputError
-from tests.conftest import POLL_S
+from tests.conftest import serve_in_background
 
 
 class FleetCloud:
@@ -76,10 +76,7 @@ class FleetCloud:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, args=(POLL_S,), daemon=True
-        )
-        self.thread.start()
+        self.thread = serve_in_background(self.server)
 
     def pull(self, device_id: str, root_version: int) -> tuple[int, dict[str, Any]]:
         if not self.assignments_online:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pumpfleet.features import FeatureSpec
 from pumpfleet.registry import CHAMPION, Registry, anomaly_model_name, model_name
 from pumpfleet.settings import Settings
-from tests.conftest import POLL_S
+from tests.conftest import serve_in_background
 
 CLS = "esp"
 W = 12
@@ -282,7 +282,6 @@ class Cloud:
 
     def __init__(self, root: Path, token: str = DEVICE_TOKEN) -> None:
         import hashlib
-        import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         from pumpfleet.devices import DeviceBook, DeviceEntry, Verifier
@@ -334,10 +333,7 @@ class Cloud:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, args=(POLL_S,), daemon=True
-        )
-        self.thread.start()
+        self.thread = serve_in_background(self.server)
 
     def close(self) -> None:
         self.server.shutdown()

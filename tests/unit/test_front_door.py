@@ -22,7 +22,7 @@ import pytest
 from benchmarks.door_log import ray_config
 from pumpfleet.ports import free_port
 from serve_apps import front_door, haproxy_config
-from tests.conftest import POLL_S
+from tests.conftest import serve_in_background
 
 
 def _ray_config(tmp_path: Path) -> str:
@@ -95,7 +95,7 @@ class _Replica:
 
         self.server = Quiet(("127.0.0.1", 0), Ok)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, args=(POLL_S,), daemon=True).start()
+        serve_in_background(self.server)
 
     def stop(self) -> None:
         self.gate.set()
