@@ -12,13 +12,23 @@ fleet state as :mod:`serve_apps.fleet_feed` takes them. Arms, on the same batche
 - **drain**: the whole drain, each group queued as a replica queues it and written by
   the feed's thread (:class:`FleetFeed`): rows, explanations and ingest.
 
+Then **a long history**: ``--history-drains`` drains of ``--drain-batches`` batches each
+(as a replica's feed gathers the batches that come within its 0.25 s) into a score
+history that grows to their rows, by :meth:`FleetDB.ingest` with the history's rows
+inserted pump by pump (:meth:`FleetDB.history`, today's) and in time order (the ingest
+before it, the baseline), each drain into both databases in turn; the CPU per 1,000
+windows of the first and the last quarter of the drains.
+
     python -m benchmarks.fleet_feed [--batch 1000] [--repeats 15] [--explain 16]
+                                    [--history-drains 30] [--drain-batches 10]
 
 Each repeat is the fleet's next batch (every pump's next window), through every arm in
 turn; figures are medians of this process's CPU time (``time.process_time``: the feed's
 thread included, and far less moved than wall time by other jobs on the machine). The
 last line is ``feed_ms_per_1000=<x> ingest_ms_per_1000=<x> explain_ms_per_drain=<x>
-floor_ms_per_1000=<x> ... explained_per_drain=<n>``.
+floor_ms_per_1000=<x> ... explained_per_drain=<n> history_pump_ms_per_1000=<x>
+history_time_ms_per_1000=<x> history_ratio=<time order's CPU / pump order's>``, the
+history's figures from its last quarter of drains.
 """
 
 from __future__ import annotations
@@ -150,6 +160,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--explain", type=int, default=16, help="a drain's explanation budget")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument(
+        "--history-drains", type=int, default=30, help="drains into the long history"
+    )
+    parser.add_argument("--drain-batches", type=int, default=10, help="batches a drain")
     args = parser.parse_args(argv)
 
     spec = esp_spec()
@@ -237,12 +251,77 @@ def _timed(args: argparse.Namespace, batches: list[Any], warm: int, scratch: Pat
         "floor_ms_per_1000": ms[floor_name] * per,
         "feed_x_floor": ms["drain: rows, explanations, ingest"] / ms[floor_name],
     }
-    print(
-        " ".join(f"{k}={v:.2f}" for k, v in figures.items())
-        + f" explained_per_drain={statistics.median(explained):.0f}"
-    )
     ingest_db.close()
     feed_db.close()
+    first, last = _history(args, [rows(g, 0) for g in batches], scratch)
+    history = [
+        [order, f"{first[order] * per:.2f}", f"{last[order] * per:.2f}",
+         f"{last['time order'] / last[order]:.2f}x"]
+        for order in first
+    ]  # fmt: skip
+    print(
+        f"FleetDB.ingest into a long history: {args.history_drains} drains of "
+        f"{args.drain_batches} batches ({args.history_drains * args.drain_batches * args.batch:,} "
+        "rows), each into both databases in turn; median CPU ms per 1,000 windows"
+    )
+    print(
+        format_table(
+            ["history rows inserted", "first quarter", "last quarter", "time order / this"],
+            history,
+        )
+    )
+    figures |= {
+        "history_pump_ms_per_1000": last["pump by pump"] * per,
+        "history_time_ms_per_1000": last["time order"] * per,
+        "history_ratio": last["time order"] / last["pump by pump"],
+    }
+    print(
+        " ".join(f"{k}={v:.2f}" for k, v in figures.items() if not k.startswith("history"))
+        + f" explained_per_drain={statistics.median(explained):.0f} "
+        + " ".join(f"{k}={v:.2f}" for k, v in figures.items() if k.startswith("history"))
+    )
+
+
+def _history(
+    args: argparse.Namespace, batches: list[list[Any]], scratch: Path
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median CPU ms a batch of :meth:`FleetDB.ingest`, drain after drain of
+    ``--drain-batches`` batches, over the first and the last quarter of the drains: the
+    score history's rows pump by pump (today's) and in time order (the ingest before).
+    The scored batches are replayed, each round later in time than the one before."""
+    import dataclasses
+
+    from pumpfleet.fleet_store import FleetDB, ScoredRow
+
+    class TimeOrder(FleetDB):
+        @staticmethod
+        def history(ordered: list[ScoredRow]) -> list[ScoredRow]:
+            return ordered
+
+    dbs = {
+        "pump by pump": FleetDB(f"sqlite:///{scratch / 'history-pump.db'}"),
+        "time order": TimeOrder(f"sqlite:///{scratch / 'history-time.db'}"),
+    }
+    span = len(batches) * 3600.0  # a round of the batches, in seconds
+    cpu: dict[str, list[float]] = {k: [] for k in dbs}
+    for d in range(args.history_drains):
+        drain = [
+            dataclasses.replace(r, at=r.at + (j // len(batches)) * span)
+            for j in range(d * args.drain_batches, (d + 1) * args.drain_batches)
+            for r in batches[j % len(batches)]
+        ]
+        names = list(dbs) if d % 2 == 0 else list(dbs)[::-1]  # either first in turn
+        for name in names:
+            c = time.process_time()
+            dbs[name].ingest(drain)
+            cpu[name].append((time.process_time() - c) * 1e3 / args.drain_batches)
+    for db in dbs.values():
+        db.close()
+    q = max(1, args.history_drains // 4)
+    return (
+        {k: statistics.median(v[:q]) for k, v in cpu.items()},
+        {k: statistics.median(v[-q:]) for k, v in cpu.items()},
+    )
 
 
 if __name__ == "__main__":

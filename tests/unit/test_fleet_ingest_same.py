@@ -1,10 +1,11 @@
 """``FleetDB.ingest`` through prepared statements (pumpfleet/fleet_batch.py) leaves the
 database exactly as the ingest before it did, on SQLite and on a real PostgreSQL: the
-same pumps, score history, alerts, alert history and webhook outbox, value for value and
-type for type, over batches that mix new and known pumps, rows out of order and older
-than a pump's latest, missing thresholds, new sites, devices and drivers, two horizons,
-and alerts that open, escalate, clear under a crew and expire; and a batch leaves the
-same state as its rows ingested one at a time."""
+same pumps, score history (each pump's rows in its order; a drain's rows take their ids
+pump by pump), alerts, alert history and webhook outbox, value for value and type for
+type, over batches that mix new and known pumps, rows out of order and older than a
+pump's latest, missing thresholds, new sites, devices and drivers, two horizons, and
+alerts that open, escalate, clear under a crew and expire; and a batch leaves the same
+state as its rows ingested one at a time."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tests.unit.fleet_ingest_before import FleetDBBefore
 H = 3600.0
 TABLES = {
     "fleet_pumps": "pump_id",
-    "fleet_scores": "id",
+    "fleet_scores": "pump_id, at, id",  # each pump's history: ids are in pump order
     "fleet_alerts": "id",
     "fleet_alert_events": "id",
     "fleet_outbox": "id",
@@ -124,6 +125,11 @@ def dump(db: FleetDB) -> dict[str, list[Any]]:
             out[table] = []
             for r in rows:
                 row = dict(r)
+                if table == "fleet_scores":
+                    # a drain's history rows go in pump by pump (FleetDB.history), the
+                    # ingest before's and a row at a time's in time order: the same rows
+                    # in each pump's order, under other ids
+                    del row["id"]
                 if table == "fleet_outbox":
                     row["event_id"] = ids.setdefault(row["event_id"], len(ids))
                     body = json.loads(row["body"])

@@ -278,3 +278,32 @@ def test_the_batch_reads_say_which_engines_they_run_on() -> None:
         ValueError, match=r"^the fleet database runs on SQLite or PostgreSQL, not mysql$"
     ):
         lookups(mysql.dialect())
+
+
+def test_a_drains_history_goes_in_pump_by_pump_and_each_pump_reads_in_time(
+    fleet_url: str,  # noqa: F811
+) -> None:
+    """Rows of several batches in one drain take their history ids one pump after another
+    (the (pump, time) index then takes them leaf page by leaf page), each pump's oldest
+    first, two arms at the same time in the order they came; each pump's history reads
+    as before, oldest first."""
+    db = FleetDB(fleet_url, clock=Clock(10 * H))
+    drain = [
+        row("p2", 1, 0.1),
+        row("p1", 1, 0.2),
+        row("p2", 2, 0.3, arm="champion"),
+        row("p2", 2, 0.4, arm="challenger"),
+        row("p1", 2, 0.5),
+        row("p1", 3, 0.6),
+    ]
+    db.ingest(drain)
+    with db.engine.connect() as conn:
+        q = "SELECT pump_id, failure_probability FROM fleet_scores ORDER BY id"
+        assert [tuple(r) for r in conn.exec_driver_sql(q)] == [
+            ("p1", 0.2), ("p1", 0.5), ("p1", 0.6), ("p2", 0.1), ("p2", 0.3), ("p2", 0.4),
+        ]  # fmt: skip
+    p2 = views.pump(db.engine, "p2", 10 * H, 4 * H)["scores"]
+    assert [(s["at"][11:13], s["failure_probability"]) for s in p2] == [
+        ("01", 0.1), ("02", 0.3), ("02", 0.4),
+    ]  # fmt: skip
+    db.close()
