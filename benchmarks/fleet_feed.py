@@ -26,9 +26,9 @@ Each repeat is the fleet's next batch (every pump's next window), through every 
 turn; figures are medians of this process's CPU time (``time.process_time``: the feed's
 thread included, and far less moved than wall time by other jobs on the machine). The
 last line is ``feed_ms_per_1000=<x> ingest_ms_per_1000=<x> explain_ms_per_drain=<x>
-floor_ms_per_1000=<x> ... explained_per_drain=<n> history_pump_ms_per_1000=<x>
-history_time_ms_per_1000=<x> history_ratio=<time order's CPU / pump order's>``, the
-history's figures from its last quarter of drains.
+floor_ms_per_1000=<x> ... history_pump_ms_per_1000=<x> history_time_ms_per_1000=<x>
+history_ratio=<time order's CPU / pump order's> explained_per_drain=<n>``, the history's
+figures from its last quarter of drains.
 """
 
 from __future__ import annotations
@@ -276,9 +276,8 @@ def _timed(args: argparse.Namespace, batches: list[Any], warm: int, scratch: Pat
         "history_ratio": last["time order"] / last["pump by pump"],
     }
     print(
-        " ".join(f"{k}={v:.2f}" for k, v in figures.items() if not k.startswith("history"))
-        + f" explained_per_drain={statistics.median(explained):.0f} "
-        + " ".join(f"{k}={v:.2f}" for k, v in figures.items() if k.startswith("history"))
+        " ".join(f"{k}={v:.2f}" for k, v in figures.items())
+        + f" explained_per_drain={statistics.median(explained):.0f}"
     )
 
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,10 +68,6 @@ class ScoredRow:
     drivers: list[dict[str, Any]] | None = None
     threshold: float | None = None
     horizon_hours: float | None = None
-
-
-def _pump_of(row: ScoredRow) -> str:
-    return row.pump_id
 
 
 class FleetDB:
@@ -167,9 +164,9 @@ class FleetDB:
         """The score history's rows (``ordered``: oldest first) in the order they are
         inserted: one pump's after another, each pump's oldest first. The history's index
         on (pump, time) then takes a drain's rows leaf page by leaf page; in time order,
-        a drain of many batches went back to each pump's page once a batch, and on a long
-        history that cost a third more CPU (benchmarks/fleet_feed.py, ``--history``)."""
-        return sorted(ordered, key=_pump_of)  # stable: a pump's stay oldest first
+        a drain of many batches went back to each pump's page once a batch
+        (``python -m benchmarks.fleet_feed`` times both on a long history)."""
+        return sorted(ordered, key=attrgetter("pump_id"))  # stable: a pump's stay oldest first
 
     def _statements(self, conn: sa.Connection) -> dict[str, Prepared]:
         if self._prepared is None:
